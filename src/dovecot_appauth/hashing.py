@@ -1,0 +1,126 @@
+"""App-password hashes: verify what is stored, make new ones, and generate passwords.
+
+Stored values look like the Roundcube plugin writes them: `{CRYPT}$6$salt$hash` from
+PHP's crypt(). PHP accepts any salt byte except `$`, and real databases hold salts
+with `+`, `=` or `{`, which passlib/libpass reject ("invalid characters in
+sha512_crypt salt"). The system's libcrypt (libxcrypt on Debian) accepts them exactly
+as PHP does, so SHA-crypt goes through it: the stdlib `crypt` module on Python < 3.13,
+its maintained copy `legacycrypt` on 3.13+. bcrypt and argon2id use their reference
+packages. Every backend is imported on first use, so a login loads only the one its
+hash needs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+PASSWORD_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SALT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+# Dovecot scheme prefixes we may find in front of a modular-crypt string.
+_PREFIXES = ("{CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}", "{BLF-CRYPT}", "{ARGON2ID}")
+
+# Hashes of a random throw-away password with the default cost of each scheme. An
+# unknown user is checked against the one for the configured scheme, so that it costs
+# the same hash work as a known user with one password (no timing oracle).
+_DUMMY_HASHES = {
+    "sha512-crypt": "{CRYPT}$6$7QJDBjqPFYlEaHnX$B6zszmcb/Hsvs2orWAGVUQI2Hup1x1M32ZciV.mIOtykX.R2ukhfot7y2kZV7UkkB9XAcKyzMij4kf1Sdv0B8.",
+    "bcrypt": "{BLF-CRYPT}$2y$10$MX5m9R/GtzHpwCKQGO8oF.TSiPzu5HdiRJ0xXR2LNPjRqVc1WPLTG",
+    "argon2id": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=4$MHGbgFgHXBRC9ItLnG6sPQ$"
+    "dCJ8NxwO9HcjxeCbA8hy/SwXlKj0wK7up5Ln73xxL+0",
+}
+
+
+class UnsupportedHash(ValueError):
+    """A stored value in a format we cannot verify (reported, never a crash)."""
+
+
+def _crypt_module():
+    try:
+        import crypt  # noqa: PLC0415 - Python < 3.13; deprecated but still the libcrypt binding
+    except ImportError:
+        import legacycrypt as crypt  # Python 3.13+: same C binding, maintained separately
+    return crypt
+
+
+def strip_scheme(stored: str) -> str:
+    for prefix in _PREFIXES:
+        if stored.upper().startswith(prefix):
+            return stored[len(prefix):]
+    return stored
+
+
+def scheme_of(stored: str) -> str:
+    """The scheme name of a stored hash: sha512-crypt, sha256-crypt, bcrypt, argon2id."""
+    value = strip_scheme(stored)
+    if value.startswith("$6$"):
+        return "sha512-crypt"
+    if value.startswith("$5$"):
+        return "sha256-crypt"
+    if value[:4] in ("$2y$", "$2b$", "$2a$"):
+        return "bcrypt"
+    if value.startswith("$argon2id$"):
+        return "argon2id"
+    raise UnsupportedHash("stored hash has an unknown format")
+
+
+def verify(password: str, stored: str) -> bool:
+    """True when `password` matches `stored`. Constant-time in the comparison."""
+    scheme = scheme_of(stored)
+    value = strip_scheme(stored)
+    if scheme in ("sha512-crypt", "sha256-crypt"):
+        computed = _crypt_module().crypt(password, value)
+        if not computed or computed.startswith("*"):
+            # libcrypt signals an invalid setting string with "*0"/"*1" or None
+            raise UnsupportedHash(f"libcrypt rejected a stored {scheme} hash")
+        return hmac.compare_digest(computed.encode(), value.encode())
+    if scheme == "bcrypt":
+        import bcrypt
+
+        # bcrypt uses the first 72 bytes (PHP and libxcrypt truncate silently; bcrypt 5
+        # raises instead), and the $2y$ and $2b$ algorithms are the same.
+        secret = password.encode()[:72]
+        return bcrypt.checkpw(secret, ("$2b$" + value[4:]).encode())
+    # argon2id
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return PasswordHasher().verify(value, password)
+    except VerificationError:
+        return False
+    except InvalidHashError:
+        raise UnsupportedHash("stored argon2id hash is malformed") from None
+
+
+def dummy_verify(password: str, scheme: str = "sha512-crypt") -> None:
+    """Spend the hash work of one check, for a user without passwords."""
+    verify(password, _DUMMY_HASHES.get(scheme, _DUMMY_HASHES["sha512-crypt"]))
+
+
+def hash_password(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5000) -> str:
+    """A new stored value, with the Dovecot scheme prefix the plugin also writes."""
+    if scheme == "sha512-crypt":
+        salt = "".join(secrets.choice(_SALT_ALPHABET) for _ in range(16))
+        # glibc and PHP leave `rounds=` out at the default 5000; so do we, byte for byte
+        setting = f"$6${salt}" if rounds == 5000 else f"$6$rounds={rounds}${salt}"
+        return "{CRYPT}" + _crypt_module().crypt(password, setting)
+    if scheme == "bcrypt":
+        import bcrypt
+
+        hashed = bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(rounds=10)).decode()
+        return "{BLF-CRYPT}$2y$" + hashed[4:]
+    if scheme == "argon2id":
+        from argon2 import PasswordHasher
+
+        return "{ARGON2ID}" + PasswordHasher().hash(password)
+    raise ValueError(f"unknown hash scheme {scheme!r}")
+
+
+def generate_password(length: int = 16, chunk: int = 4) -> str:
+    """`length` random characters from [0-9A-Za-z], grouped by dashes (part of the password)."""
+    chars = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
+    if chunk <= 0:
+        return chars
+    return "-".join(chars[i : i + chunk] for i in range(0, length, chunk))

@@ -1,0 +1,297 @@
+"""`dovecot-appauth-checkpassword`: one Dovecot authentication, start to finish.
+
+The orchestrator: read fd 3 and the environment (core), load the config, check the
+password against the user's app passwords (store + hashing), run the audit (pipeline,
+imported only when enabled), record the login, and answer Dovecot by exec'ing its
+reply helper or writing fd 4. `decide()` holds the logic and returns an `Outcome`;
+`main()` does the I/O around it and maps every exception to an exit status, so an
+internal problem is a temporary failure (111) with one stderr line, never a wrong
+password and never a traceback.
+
+Imports at module level are the ones every login needs; keep it that way (see
+`tests/test_imports.py` and `benchmarks/`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, TextIO
+
+from .config import Config, ConfigError, config_path, load
+from .core import (
+    AppAuthError,
+    ExitCode,
+    LoginRequest,
+    Misuse,
+    Mode,
+    TempFail,
+    parse_request,
+    read_environment,
+)
+
+PROG = "dovecot-appauth"
+USAGE = (
+    "usage: dovecot-appauth-checkpassword [--config FILE] [--audit-chain] [REPLY-HELPER...] "
+    "3< request (user NUL password NUL NUL), run by Dovecot's checkpassword passdb"
+)
+HELP = f"""{USAGE}
+
+Checks an app password for Dovecot (passdb driver = checkpassword). Dovecot writes
+`user NUL password NUL NUL` to fd 3 and appends its reply helper as the last argument.
+
+Options (before the reply helper):
+  --config FILE   configuration (default: $DOVECOT_APPAUTH_CONFIG or /etc/dovecot-appauth/config.toml)
+  --audit-chain   audit a login an earlier passdb already authenticated (no app-password check)
+
+Exit status: 0 authenticated, 1 refused, 2 lookup ok / misuse, 3 lookup: unknown user,
+111 temporary failure. Test by hand:
+  printf 'alice@example.com\\0xxxx-xxxx-xxxx-xxxx\\0\\0' | dovecot-appauth-checkpassword 3<&0 4>&1
+"""
+
+
+@dataclass
+class Outcome:
+    """What to tell Dovecot: the status, the reply (on success) and one log line."""
+
+    exit_code: ExitCode
+    user: str | None = None
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    message: str | None = None  # one stderr line for Dovecot's log; never a secret
+
+
+@dataclass(frozen=True)
+class Options:
+    config: str | None = None
+    audit_chain: bool = False
+    reply_argv: tuple[str, ...] = ()
+    show_help: bool = False
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Our options come first; whatever follows is the reply helper's command line."""
+    config = None
+    audit_chain = False
+    args = list(argv)
+    while args and args[0].startswith("-"):
+        arg = args.pop(0)
+        if arg == "--":
+            break
+        if arg in ("-h", "--help"):
+            return Options(show_help=True)
+        if arg == "--config":
+            if not args:
+                raise Misuse("--config needs a file name")
+            config = args.pop(0)
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg == "--audit-chain":
+            audit_chain = True
+        else:
+            raise Misuse(f"unknown option {arg}; {USAGE}")
+    return Options(config=config, audit_chain=audit_chain, reply_argv=tuple(args))
+
+
+def read_fd3() -> bytes:
+    """Read the request from fd 3 up to EOF (a byte more than allowed, to see oversize)."""
+    from .core import MAX_REQUEST_LEN
+
+    chunks = []
+    total = 0
+    try:
+        while total <= MAX_REQUEST_LEN:
+            chunk = os.read(3, MAX_REQUEST_LEN + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        if e.errno == 9:  # EBADF: run by hand without 3<
+            raise Misuse(USAGE) from None
+        raise TempFail(f"cannot read the request from fd 3: {e.strerror}") from None
+    return b"".join(chunks)
+
+
+def _in_networks(ip: str | None, networks: tuple[str, ...]) -> str | None:
+    if not ip or not networks:
+        return None
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for text in networks:
+        network = ipaddress.ip_network(text, strict=False)
+        if address.version == network.version and address in network:
+            return text
+    return None
+
+
+def _fail(message: str | None = None) -> Outcome:
+    return Outcome(ExitCode.FAIL, message=message)
+
+
+def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bool = False,
+           stderr: TextIO | None = None) -> Outcome:
+    """The whole decision for one request; raises TempFail on internal problems."""
+    from .reply import userdb_fields
+
+    if request.mode is Mode.CREDENTIALS_LOOKUP:
+        raise TempFail(
+            f"credentials lookup for {request.username} refused: app-password hashes never leave "
+            "dovecot-appauth; allow only plaintext mechanisms (auth_mechanisms = plain login)"
+        )
+    if audit_chain:
+        return _decide_audit_chain(request, config, now=now, stderr=stderr)
+
+    from .store import open_store
+
+    store = open_store(config.database.dsn, config.database.connect_timeout)
+    try:
+        rows = store.find_passwords(request.username)
+        active = [row for row in rows if row.deleted is None]
+
+        if request.mode is Mode.LOOKUP:
+            if not active:
+                return Outcome(ExitCode.LOOKUP_UNKNOWN)
+            user = active[0].uid
+            return Outcome(ExitCode.LOOKUP_OK, user=user, fields=userdb_fields(user, config.userdb))
+
+        blocked_by = _in_networks(request.remote_ip, config.auth.disallow_passwords_from)
+        if blocked_by:
+            return _fail(
+                f"user {request.username}: app passwords are not accepted from {request.remote_ip} "
+                f"(disallow_passwords_from {blocked_by})"
+            )
+
+        from . import hashing
+
+        password = request.password
+        matched = None
+        revoked = None
+        if password is not None and rows:
+            for row in active:
+                if _verify(password, row, stderr):
+                    matched = row
+                    break
+            if matched is None:
+                # Only after every active row failed: tell a revoked password apart
+                revoked = next((row for row in rows if row.deleted is not None and _verify(password, row, stderr)),
+                               None)
+        elif not active:
+            hashing.dummy_verify(password or "", config.auth.hash_scheme)
+
+        if matched is None:
+            if revoked is not None:
+                return _fail(
+                    f"user {request.username}: refused revoked app password #{revoked.id} "
+                    f"(revoked {revoked.deleted} UTC)"
+                )
+            return _fail()  # wrong password or unknown user: Dovecot logs these itself
+
+        record_fields = {"src_rdns": "<>", "src_loc": "", "src_isp": ""}
+        if config.audit.enabled:
+            from .pipeline import audit_login
+
+            result = audit_login(request, config, user=matched.uid, now=now, pwid=matched.id, stderr=stderr)
+            if result.deny:
+                return _fail(f"user {matched.uid}: login from {request.remote_ip} denied by audit: {result.reason}")
+            record_fields = result.log_columns()
+
+        from .store import LoginRecord
+
+        try:
+            store.record_login(
+                LoginRecord(pwid=matched.id, service=request.service, src_ip=request.remote_ip, **record_fields),
+                now=now,
+                dedup_window=config.auth.dedup_window,
+            )
+        except TempFail as e:
+            # The password was right: refusing would lock the user out over a log row.
+            _say(stderr, f"login of {matched.uid} not recorded: {e}")
+        return Outcome(ExitCode.OK, user=matched.uid, fields=userdb_fields(matched.uid, config.userdb))
+    finally:
+        store.close()
+
+
+def _verify(password: str, row: object, stderr: TextIO | None) -> bool:
+    from .hashing import UnsupportedHash, verify
+
+    try:
+        return verify(password, row.hash)  # type: ignore[attr-defined]
+    except UnsupportedHash as e:
+        _say(stderr, f"app password #{row.id} of {row.uid}: {e}")  # type: ignore[attr-defined]
+        return False
+
+
+def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, stderr: TextIO | None) -> Outcome:
+    """An earlier passdb authenticated the user; we only audit (PROTOCOL.md, Chains)."""
+    from .pipeline import audit_login
+    from .reply import userdb_fields
+
+    if request.mode is Mode.LOOKUP:
+        return Outcome(ExitCode.LOOKUP_UNKNOWN)
+    result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr)
+    if result.deny:
+        return _fail(f"user {request.username}: login from {request.remote_ip} denied by audit: {result.reason}")
+    return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
+
+
+def _say(stderr: TextIO | None, message: str) -> None:
+    """One line on stderr: Dovecot logs each as `auth: Error: ...`."""
+    stream = stderr or sys.stderr
+    try:
+        stream.write(f"{PROG}: {' '.join(message.split())}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapping[str, str]) -> int:
+    """Hand Dovecot the outcome: exec the reply helper, or write fd 4; returns the status."""
+    from .reply import exec_helper, helper_environment, write_fd4
+
+    if outcome.exit_code not in (ExitCode.OK, ExitCode.LOOKUP_OK) or outcome.user is None:
+        return int(outcome.exit_code)
+    lookup = outcome.exit_code is ExitCode.LOOKUP_OK
+    if options.reply_argv and not options.audit_chain:
+        sys.stderr.flush()
+        exec_helper(list(options.reply_argv), helper_environment(env, outcome.user, outcome.fields, lookup=lookup))
+    if not write_fd4(outcome.user, outcome.fields):
+        _say(None, "fd 4 is not open: reply not written (run as Dovecot does, or add 4>&1 to see it)")
+    return int(outcome.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    env = os.environ
+    try:
+        options = parse_args(args)
+        if options.show_help:
+            sys.stdout.write(HELP)
+            sys.exit(0)
+        credentials = parse_request(read_fd3())
+        request = read_environment(credentials, env)
+        try:
+            config = load(config_path(options.config, dict(env)))
+        except ConfigError as e:
+            raise TempFail(f"configuration: {e}") from None
+        outcome = decide(request, config, now=time.time(), audit_chain=options.audit_chain)
+        if outcome.message:
+            _say(None, outcome.message)
+        status = respond(outcome, options, request, env)
+    except AppAuthError as e:
+        _say(None, str(e))
+        status = int(e.exit_code)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback, never "wrong password"
+        _say(None, f"internal error ({type(e).__name__}): temporary failure")
+        status = int(ExitCode.TEMPFAIL)
+    sys.stdout.flush()
+    # Skip interpreter teardown: nothing is left to clean up, and it costs milliseconds
+    # on every login (daemon enrichment threads may still be waiting on the network).
+    os._exit(status)

@@ -1,0 +1,90 @@
+"""The answer to Dovecot: fields for the reply, and how they reach fd 4.
+
+`userdb_fields` and `helper_environment` are pure. `exec_helper` replaces this process
+with Dovecot's `checkpassword-reply` (nothing of ours runs after it: the audit line is
+written before), and `write_fd4` is used when no helper was given (a manual run, or
+the audit chain, where the helper would add its own userdb_uid/gid and clobber the
+earlier passdb's).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, NoReturn
+
+from .config import UserdbConfig
+from .core import TempFail, encode_reply, tab_escape
+
+
+def expand_template(template: str, user: str) -> str:
+    """Dovecot-style variables: %u user, %n local part, %d domain, %% a percent sign."""
+    local, _, domain = user.partition("@")
+    out = []
+    i = 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template):
+            code = template[i + 1]
+            value = {"u": user, "n": local, "d": domain, "%": "%"}.get(code)
+            if value is not None:
+                out.append(value)
+                i += 2
+                continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def userdb_fields(user: str, userdb: UserdbConfig) -> list[tuple[str, str]]:
+    """The configured userdb_* fields for `user` (the canonical name from the database)."""
+    fields = []
+    for key, value in (("userdb_uid", userdb.uid), ("userdb_gid", userdb.gid),
+                       ("userdb_home", userdb.home), ("userdb_mail", userdb.mail)):
+        if value is not None:
+            fields.append((key, expand_template(value, user)))
+    for key, value in userdb.extra.items():
+        fields.append((key, expand_template(value, user)))
+    return fields
+
+
+def helper_environment(
+    base: Mapping[str, str], user: str, fields: list[tuple[str, str]], *, lookup: bool
+) -> dict[str, str]:
+    """The environment for checkpassword-reply: USER, EXTRA and the variables it names.
+
+    The helper copies values verbatim, so they are tab-escaped here (PROTOCOL.md).
+    HOME is dropped: the helper would turn an inherited HOME into userdb_home.
+    """
+    env = {k: v for k, v in base.items() if k not in ("HOME", "EXTRA")}
+    env["USER"] = user
+    names = []
+    for key, value in fields:
+        name = key.upper()
+        env[name] = tab_escape(value)
+        names.append(name)
+    env["EXTRA"] = " ".join(names)
+    if lookup:
+        env["AUTHORIZED"] = "2"
+    return env
+
+
+def exec_helper(argv: list[str], env: dict[str, str]) -> NoReturn:
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as e:
+        raise TempFail(f"cannot run reply helper {argv[0]}: {e.strerror}") from None
+
+
+def write_fd4(user: str, fields: list[tuple[str, str]]) -> bool:
+    """Write the reply to fd 4 ourselves; False when fd 4 is not open (a manual run)."""
+    data = encode_reply([("user", user), *fields])
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(4, view)
+            view = view[written:]
+    except OSError as e:
+        if e.errno == 9:  # EBADF: not run by Dovecot and no 4> redirection
+            return False
+        raise TempFail(f"cannot write the reply to fd 4: {e.strerror}") from None
+    return True

@@ -1,0 +1,200 @@
+"""Per-login SQL: a user's app passwords, and the `log` row of a successful login.
+
+This is the hot path, so it talks to the bare driver (stdlib sqlite3, or PyMySQL)
+with hand-written SQL that works on the schema `schema.py` creates, which is the
+Roundcube plugin imap_apppasswd's. Admin work (creating the schema, listing, revoking)
+goes through SQLAlchemy in `schema.py`; nothing here imports it.
+
+Every driver error becomes `TempFail` with a message that names the problem and
+never a password or hash: a broken database must never look like a wrong password.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .core import TempFail
+from .dsn import Dsn, DsnError, parse_dsn
+
+
+@dataclass(frozen=True)
+class PasswordRow:
+    id: int
+    uid: str  # as stored: the canonical user name returned to Dovecot
+    hash: str
+    deleted: str | None  # UTC time of the soft delete (revocation), None while active
+
+    def __repr__(self) -> str:  # keep the hash out of any accidental log or traceback
+        return f"PasswordRow(id={self.id}, uid={self.uid!r}, deleted={self.deleted!r})"
+
+
+@dataclass(frozen=True)
+class LoginRecord:
+    pwid: int
+    service: str
+    src_ip: str | None
+    src_rdns: str | None = "<>"
+    src_loc: str | None = ""
+    src_isp: str | None = ""
+
+
+def utc_timestamp(now: float) -> str:
+    """`YYYY-MM-DD HH:MM:SS.fff` in UTC, the text form of MariaDB's DATETIME(3)."""
+    seconds = int(now)
+    millis = int((now - seconds) * 1000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}"
+
+
+class Store(Protocol):
+    def find_passwords(self, username: str) -> list[PasswordRow]: ...
+
+    def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+_SELECT_PASSWORDS = "SELECT id, uid, password, deleted FROM app_passwords WHERE uid = {p}{collate}"
+
+# One statement, so the check and the insert cannot interleave with another login's.
+_INSERT_LOG = (
+    "INSERT INTO log (pwid, service, src_ip, src_rdns, src_loc, src_isp, timestamp) "
+    "SELECT {p}, {p}, {p}, {p}, {p}, {p}, {p} {dual}WHERE NOT EXISTS ("
+    "SELECT 1 FROM log WHERE pwid = {p} AND service = {p} AND src_ip = {p} AND timestamp >= {p})"
+)
+
+
+def _insert_params(record: LoginRecord, now: float, dedup_window: float) -> tuple[Any, ...]:
+    stamp = utc_timestamp(now)
+    since = utc_timestamp(now - dedup_window)
+    return (
+        record.pwid, record.service, record.src_ip, record.src_rdns, record.src_loc, record.src_isp, stamp,
+        record.pwid, record.service, record.src_ip, since,
+    )
+
+
+def _describe_sqlite_error(error: Exception, path: str) -> str:
+    text = str(error)
+    if "no such table" in text:
+        return f"database schema missing in {path} ({text}): run 'dovecot-appauth init-db'"
+    if "unable to open" in text:
+        return f"cannot open SQLite database {path} (missing, or its directory not accessible to this user)"
+    if "locked" in text or "busy" in text:
+        return f"SQLite database {path} is locked ({text})"
+    if "readonly" in text:
+        return f"SQLite database {path} is read-only for this user ({text})"
+    return f"SQLite database {path}: {text}"
+
+
+class SqliteStore:
+    def __init__(self, path: str, timeout: float):
+        import sqlite3
+
+        self._errors = sqlite3.Error
+        self.path = path
+        try:
+            # mode=rw: never create an empty database where the real one is missing
+            self.conn = sqlite3.connect(
+                "file:" + path.replace("?", "%3f").replace("#", "%23") + "?mode=rw",
+                uri=True,
+                timeout=timeout,
+                isolation_level=None,
+            )
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as e:
+            raise TempFail(_describe_sqlite_error(e, path)) from None
+
+    def find_passwords(self, username: str) -> list[PasswordRow]:
+        sql = _SELECT_PASSWORDS.format(p="?", collate=" COLLATE NOCASE")
+        try:
+            rows = self.conn.execute(sql, (username,)).fetchall()
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+        return [PasswordRow(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
+
+    def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
+        sql = _INSERT_LOG.format(p="?", dual="")
+        try:
+            cursor = self.conn.execute(sql, _insert_params(record, now, dedup_window))
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class MysqlStore:
+    def __init__(self, dsn: Dsn, timeout: float):
+        import pymysql
+
+        self._errors = pymysql.Error
+        self.where = dsn.redacted()
+        kwargs: dict[str, Any] = {
+            "user": dsn.user,
+            "password": dsn.password or "",
+            "database": dsn.database,
+            "charset": dsn.query.get("charset", "utf8mb4"),
+            "connect_timeout": timeout,
+            "read_timeout": timeout,
+            "write_timeout": timeout,
+            "autocommit": True,
+        }
+        if "unix_socket" in dsn.query:
+            kwargs["unix_socket"] = dsn.query["unix_socket"]
+        else:
+            kwargs["host"] = dsn.host or "localhost"
+            kwargs["port"] = dsn.port or 3306
+        try:
+            self.conn = pymysql.connect(**kwargs)
+        except pymysql.Error as e:
+            raise TempFail(f"cannot connect to {self.where}: {self._message(e)}") from None
+
+    @staticmethod
+    def _message(error: Exception) -> str:
+        args = getattr(error, "args", ())
+        if len(args) >= 2:
+            return f"{args[1]} (error {args[0]})"
+        return str(error) or type(error).__name__
+
+    def _run(self, sql: str, params: tuple[Any, ...]) -> Any:
+        try:
+            cursor = self.conn.cursor()
+            cursor.execute(sql, params)
+            return cursor
+        except self._errors as e:
+            message = self._message(e)
+            if "doesn't exist" in message:
+                message += ": run 'dovecot-appauth init-db'"
+            raise TempFail(f"{self.where}: {message}") from None
+
+    def find_passwords(self, username: str) -> list[PasswordRow]:
+        # uid has a case-insensitive collation (schema.py), so `=` matches any case
+        cursor = self._run(_SELECT_PASSWORDS.format(p="%s", collate=""), (username,))
+        return [
+            PasswordRow(int(r[0]), str(r[1]), str(r[2]), None if r[3] is None else str(r[3]))
+            for r in cursor.fetchall()
+        ]
+
+    def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
+        sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ")
+        cursor = self._run(sql, _insert_params(record, now, dedup_window))
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except self._errors:
+            pass
+
+
+def open_store(dsn_text: str, timeout: float) -> Store:
+    """Connect with the driver the DSN names; `timeout` bounds connecting and each query."""
+    try:
+        dsn = parse_dsn(dsn_text)
+    except DsnError as e:
+        raise TempFail(f"[database] dsn: {e}") from None
+    if dsn.dialect == "sqlite":
+        return SqliteStore(dsn.path or "", timeout)
+    return MysqlStore(dsn, timeout)
