@@ -1,8 +1,10 @@
-"""`check-config`: every problem with the configuration, its files and its database."""
+"""`check-config`: every problem with the configuration, its files, sources and database."""
 
 from __future__ import annotations
 
-from .config import ConfigError, Problem, load
+import os
+
+from .config import Config, ConfigError, Problem, load
 
 
 def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
@@ -11,12 +13,44 @@ def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
     except ConfigError as e:
         return list(e.problems)
     problems = list(config.problems)
+    problems += check_permissions(path, config)
+    from .lists import check_lists
+
+    problems += check_lists(config)
+    problems += check_audit_sources(config)
     if check_database:
         problems += check_database_schema(config)
     return problems
 
 
-def check_database_schema(config) -> list[Problem]:
+def check_permissions(path: str, config: Config) -> list[Problem]:
+    """A DSN with a password in a file others can read is a leak waiting to happen."""
+    from .dsn import DsnError, parse_dsn
+
+    try:
+        dsn = parse_dsn(config.database.dsn)
+    except DsnError:
+        return []
+    if dsn.password and os.stat(path).st_mode & 0o004:
+        return [Problem(path, "holds a database password and is world-readable: chmod 0640, group dovecot",
+                        "warning")]
+    return []
+
+
+def check_audit_sources(config: Config) -> list[Problem]:
+    """Import every lazily loaded source once, so a missing module shows here, not mid-login."""
+    if not config.audit.enabled:
+        return []
+    from .enrich import check_sources
+
+    return [
+        Problem(f"[audit] source {name}", message, "warning")
+        for name, message in check_sources(config).items()
+        if message
+    ]
+
+
+def check_database_schema(config: Config) -> list[Problem]:
     from .dsn import DsnError, parse_dsn
 
     where = "[database] dsn"
@@ -24,6 +58,9 @@ def check_database_schema(config) -> list[Problem]:
         dsn = parse_dsn(config.database.dsn)
     except DsnError as e:
         return [Problem(where, str(e))]
+    if dsn.dialect == "sqlite" and dsn.path and not os.path.exists(dsn.path):
+        # connecting would create an empty file: report instead
+        return [Problem(f"{where} ({dsn.redacted()})", "database file does not exist: run 'dovecot-appauth init-db'")]
     try:
         from .schema import check_schema, make_engine
 

@@ -126,7 +126,10 @@ def cmd_password_list(args: argparse.Namespace) -> int:
             where = item.last_ip or ""
             if item.last_rdns and item.last_rdns != "<>":
                 where += f" ({item.last_rdns})"
+            place = "; ".join(x for x in (item.last_loc, item.last_isp) if x)
             last = f"{item.last_used[:19]} {item.last_service or ''} {where}".strip()
+            if place:
+                last += f" [{place}]"
         else:
             last = "never used"
         rows.append([

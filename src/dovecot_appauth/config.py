@@ -121,11 +121,14 @@ class AuditConfig:
     local_locationname: str = "local network"
     local_networks: dict[str, str] = field(default_factory=dict)
     ignore_networks: tuple[str, ...] = ()
+    # judged as global although IANA lists them as special-purpose (tests, demos)
+    global_networks: tuple[str, ...] = ()
     deadline: float = 1.5
     syslog_identifier: str = "mail-audit"
     syslog_facility: str = "mail"
     syslog_socket: str = "/dev/log"
     journal: str = "auto"  # auto | yes | no
+    log_file: str | None = None  # also append each audit line to this file
     maxmind: MaxMindConfig = MaxMindConfig()
     dns: DnsConfig = DnsConfig()
     rdap: RdapConfig = RdapConfig()
@@ -250,6 +253,15 @@ class _Reader:
                 self.problems.append(Problem(f"{self.where} {key}", "unknown key (ignored)", "warning"))
 
 
+def _result_success(r: _Reader) -> str:
+    # upstream's config.toml.dist spells it "unkown": accept that, with a warning
+    if r.data.get("audit_result_success") == "unkown":
+        r.seen.add("audit_result_success")
+        r.problems.append(Problem(f"{r.where} audit_result_success", '"unkown" read as "unknown"', "warning"))
+        return "unknown"
+    return r.choice("audit_result_success", "ok", RESULT_SUCCESS_VALUES)
+
+
 def parse(data: dict[str, Any], path: str | None = None) -> Config:
     """Build a `Config` from parsed TOML. Raises ConfigError on any error-level problem."""
     name = os.path.basename(path) if path else "config"
@@ -355,17 +367,19 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         enabled=r.bool("enabled", True),
         audit_only=r.bool("audit_only", False),
         disabled_services=tuple(s.lower() for s in r.strings("disabled_services")),
-        audit_result_success=r.choice("audit_result_success", "ok", RESULT_SUCCESS_VALUES),
+        audit_result_success=_result_success(r),
         audit_process_unknown=r.bool("audit_process_unknown", False),
         log_local=r.bool("log_local", True),
         local_locationname=r.str("local_locationname", "local network") or "local network",
         local_networks=r.string_table("local_networks"),
         ignore_networks=r.strings("ignore_networks"),
+        global_networks=r.strings("global_networks"),
         deadline=r.number("deadline", AuditConfig.deadline, 0.05),
         syslog_identifier=r.str("syslog_identifier", "mail-audit") or "mail-audit",
         syslog_facility=r.str("syslog_facility", "mail") or "mail",
-        syslog_socket=r.str("syslog_socket", "/dev/log") or "/dev/log",
+        syslog_socket=r.str("syslog_socket", "/dev/log") or "",
         journal=r.choice("journal", "auto", ("auto", "yes", "no")),
+        log_file=r.str("log_file", None) or None,
         maxmind=maxmind,
         dns=dns,
         rdap=rdap,

@@ -1,0 +1,263 @@
+"""The on-disk enrichment cache: one plain SQLite file of JSON values with expiry times.
+
+What belongs here: storing and finding (source, key) -> JSON dict entries, positive and
+negative, with their expiry; stats and purge for the admin CLI. What does not: knowing
+what a source returns or how long to keep it (enrich.py decides the TTLs), and the clock
+(`now` is always passed in, so tests can move time).
+
+Why plain sqlite3 and not diskcache: diskcache pickles values by default and imports far
+more at start-up; a login that hits the cache costs one SELECT here. Values are JSON text,
+never pickle, so a file written by someone else cannot run code in the login process.
+
+Safety: the directory is made 0700 and the file 0600 whatever the umask (SQLite gives
+its -wal/-shm files the database file's mode). WAL lets concurrent logins read while one
+writes; a short busy timeout bounds how long a writer waits. Every sqlite or OS problem
+becomes `CacheUnavailable`, and the caller carries on without a cache.
+
+Stdlib only (sqlite3, json, os): this module is imported on every login.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, NamedTuple
+
+FILE_NAME = "cache.sqlite"
+BUSY_TIMEOUT_MS = 250  # a login never waits longer than this for another login's write
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entry (
+    source  TEXT NOT NULL,
+    key     TEXT NOT NULL,
+    ok      INTEGER NOT NULL,   -- 1: value is the source's answer; 0: a negative entry
+    value   TEXT NOT NULL,      -- JSON object
+    stored  REAL NOT NULL,      -- unix time
+    expires REAL,               -- unix time; NULL: until replaced (e.g. MaxMind, keyed by file)
+    PRIMARY KEY (source, key)
+) WITHOUT ROWID;
+"""
+
+
+class CacheUnavailable(Exception):
+    """The cache cannot be used (corrupt, unwritable, locked): bypass it for this login."""
+
+
+class Negative(NamedTuple):  # a NamedTuple, not a dataclass: 5x cheaper to define at import
+    """A cached failure: the source was asked recently and did not answer usefully."""
+
+    status: str  # "failed" or "timeout" (facts.SourceStatus values)
+    detail: str
+    stored: float
+
+
+def file_signature(path: str) -> str:
+    """`mtime_ns-size` of a file, so entries derived from it expire when it changes.
+
+    Here rather than in sources/maxmind.py because the warm path must check it without
+    importing the source module. Raises OSError when the file cannot be stat'ed.
+    """
+    st = os.stat(path)
+    return f"{st.st_mtime_ns}-{st.st_size}"
+
+
+class IpCache:
+    """The cache file in `directory`; created on first use. Not shared between threads."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, FILE_NAME)
+        self._conn: sqlite3.Connection | None = None
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        try:
+            if not os.path.isdir(self.directory):
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                os.chmod(self.directory, 0o700)  # makedirs' mode is filtered by the umask
+            if not os.path.exists(self.path):
+                # create the file ourselves: sqlite3.connect would use 0644 & ~umask
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                except FileExistsError:
+                    pass  # another login won the race; it set the mode
+                else:
+                    try:
+                        os.fchmod(fd, 0o600)
+                    finally:
+                        os.close(fd)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            # a cache may lose its last writes in a power cut; it must not make logins
+            # queue behind each other's fsync (WAL + NORMAL syncs only at checkpoints)
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except (OSError, sqlite3.Error) as e:
+            raise CacheUnavailable(f"{self.path}: {e}") from None
+        self._conn = conn
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        # WAL is a property of the file: set once, when the table is made
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+
+    def _run(self, fn: Any) -> Any:
+        """Run fn(conn); create the schema on a new file; map every failure to CacheUnavailable."""
+        try:
+            conn = self._connect()
+            try:
+                return fn(conn)
+            except sqlite3.OperationalError as e:
+                if "no such table" not in str(e):
+                    raise
+                self._init_schema(conn)
+                return fn(conn)
+        except CacheUnavailable:
+            raise
+        except (sqlite3.Error, OSError, ValueError) as e:
+            # ValueError: a JSON value that does not decode (someone edited the file)
+            self.close()
+            raise CacheUnavailable(f"{self.path}: {e}") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get_many(self, keys: list[tuple[str, str]], now: float) -> dict[tuple[str, str], dict | Negative]:
+        """Every unexpired entry among `keys` in one SELECT: value dicts and Negative hits."""
+        if not keys:
+            return {}
+        where = " OR ".join(["(source = ? AND key = ?)"] * len(keys))
+        params: list[Any] = [p for pair in keys for p in pair]
+
+        def q(conn: sqlite3.Connection) -> dict[tuple[str, str], dict | Negative]:
+            rows = conn.execute(
+                f"SELECT source, key, ok, value, stored FROM entry "
+                f"WHERE ({where}) AND (expires IS NULL OR expires > ?)",
+                [*params, now],
+            ).fetchall()
+            out: dict[tuple[str, str], dict | Negative] = {}
+            for source, key, ok, value, stored in rows:
+                data = json.loads(value)
+                if not isinstance(data, dict):
+                    raise ValueError(f"entry {source}/{key} is not a JSON object")
+                out[(source, key)] = data if ok else Negative(
+                    str(data.get("status", "failed")), str(data.get("detail", "")), stored
+                )
+            return out
+
+        return self._run(q)
+
+    def get(self, source: str, key: str, now: float) -> dict | Negative | None:
+        """The entry's value dict, a `Negative` for a cached failure, or None (miss/expired)."""
+        return self.get_many([(source, key)], now).get((source, key))
+
+    # -- writing ----------------------------------------------------------------------
+
+    def put_many(self, rows: list[tuple[str, str, dict, float | None, bool]], now: float) -> None:
+        """Write (source, key, value, ttl, ok) rows in one transaction; ttl None: no expiry."""
+        if not rows:
+            return
+        data = [
+            (source, key, int(ok), json.dumps(value, separators=(",", ":")), now,
+             None if ttl is None else now + ttl)
+            for source, key, value, ttl, ok in rows
+        ]
+
+        def w(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?, ?, ?)", data)
+
+        self._run(w)
+
+    def put(self, source: str, key: str, value: dict, ttl: float | None, now: float) -> None:
+        self.put_many([(source, key, value, ttl, True)], now)
+
+    def put_failure(self, source: str, key: str, detail: str, ttl: float, now: float,
+                    status: str = "failed") -> None:
+        """A negative entry: `get` returns Negative(status, detail) until it expires."""
+        self.put_many([(source, key, {"status": status, "detail": detail}, ttl, False)], now)
+
+    # -- admin ------------------------------------------------------------------------
+
+    def stats(self, now: float) -> dict[str, Any]:
+        """Entries per source (positive/negative), expired entries, bytes on disk."""
+
+        def q(conn: sqlite3.Connection) -> dict[str, Any]:
+            per_source: dict[str, dict[str, int]] = {}
+            for source, ok, n in conn.execute(
+                "SELECT source, ok, count(*) FROM entry "
+                "WHERE expires IS NULL OR expires > ? GROUP BY source, ok", (now,)
+            ):
+                per_source.setdefault(source, {"entries": 0, "negative": 0})
+                per_source[source]["entries" if ok else "negative"] += n
+            (expired,) = conn.execute(
+                "SELECT count(*) FROM entry WHERE expires IS NOT NULL AND expires <= ?", (now,)
+            ).fetchone()
+            return {"path": self.path, "sources": per_source, "expired": expired,
+                    "bytes": self._bytes()}
+
+        return self._run(q)
+
+    def _bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
+
+    def purge(self, ip: str | None = None, *, expired_before: float | None = None) -> int:
+        """Remove entries: those of one IP, the expired ones, or (no arguments) all.
+
+        Purging everything deletes the file, so it is also the repair for a corrupt cache.
+        Returns the number of entries removed (-1 when an unreadable file was deleted).
+        """
+        if ip is None and expired_before is None:
+            try:
+                (count,) = self._run(lambda c: c.execute("SELECT count(*) FROM entry").fetchone())
+            except CacheUnavailable:
+                count = -1
+            self.close()
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(self.path + suffix)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise CacheUnavailable(f"{self.path}{suffix}: {e}") from None
+            return count
+        if ip is not None:
+            import ipaddress  # admin path only
+
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                raise CacheUnavailable(f"not an IP address: {ip!r}") from None
+            mapped = getattr(addr, "ipv4_mapped", None)
+            key = str(mapped or addr)
+
+            def d(conn: sqlite3.Connection) -> int:
+                with conn:
+                    return conn.execute("DELETE FROM entry WHERE key = ?", (key,)).rowcount
+
+            return self._run(d)
+
+        def e(conn: sqlite3.Connection) -> int:
+            with conn:
+                return conn.execute(
+                    "DELETE FROM entry WHERE expires IS NOT NULL AND expires <= ?", (expired_before,)
+                ).rowcount
+
+        return self._run(e)

@@ -1,0 +1,318 @@
+"""Enrich one source IP: the cache first, then the missing sources concurrently, one deadline.
+
+What belongs here: deciding which sources to ask, reading and writing their cache
+entries (TTLs: rDNS `cache.rdns_ttl`, RDAP `cache.rdap_ttl`, MaxMind until a .mmdb file
+changes, failures and timeouts `cache.negative_ttl`), running the misses in daemon
+threads, and turning every outcome into a `SourceReport`. What does not: talking to a
+source (sources/*), storage details (cache.py), judging the facts (rules.py).
+
+Theory of operation. A warm login (every configured source cached) costs one SELECT and
+imports nothing beyond the stdlib modules below: the source modules, dnspython,
+maxminddb, urllib and threading are imported only on a miss, through the module-path
+table `SOURCES` (the way pip's `commands_dict` keeps `pip --help` light). On a miss each
+source runs in its own daemon thread; the caller waits at most `deadline` seconds from
+the start of `enrich()` in total, and a thread still running then is abandoned (daemon:
+it cannot keep the process alive) and reported as TIMEOUT. A broken cache never fails a
+login: it is reported with one stderr line and skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from .cache import CacheUnavailable, IpCache, Negative, file_signature
+from .config import Config
+from .facts import (
+    IpFacts,
+    MaxMindFacts,
+    SourceReport,
+    SourceStatus,
+    maxmind_from_json,
+    whois_from_json,
+)
+
+# name -> module with the source's lookup(); imported only when the cache misses
+SOURCES: dict[str, str] = {
+    "rdns": "dovecot_appauth.sources.rdns",
+    "maxmind": "dovecot_appauth.sources.maxmind",
+    "rdap": "dovecot_appauth.sources.rdap",
+}
+BOOTSTRAP_SOURCE = "rdap-bootstrap"  # cache rows holding IANA bootstrap documents
+
+_Outcome = tuple[SourceStatus, Any, str, float]  # status, value, detail, elapsed ms
+
+
+def normalize_ip(ip: str) -> str:
+    """The canonical text of `ip`; an IPv4-mapped IPv6 address becomes its IPv4.
+
+    Raises ValueError for something that is not an IP address.
+    """
+    addr = ipaddress.ip_address(ip.strip())
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return str(mapped or addr)
+
+
+def open_cache(config: Config) -> IpCache:
+    """The configured cache (for `cache stats` / `cache purge`); opened lazily on first use."""
+    return IpCache(config.resolve(config.audit.cache.path))
+
+
+def _say(stderr: TextIO | None, message: str) -> None:
+    # one line: Dovecot logs every stderr line as an auth error
+    out = stderr if stderr is not None else sys.stderr
+    try:
+        out.write("dovecot-appauth: " + " ".join(message.split()) + "\n")
+        out.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _signature(path: str | None) -> str:
+    if not path:
+        return "-"
+    try:
+        return file_signature(path)
+    except OSError:
+        return "missing"  # when the file appears its signature differs, so it is read then
+
+
+def _ms(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 3)
+
+
+def enrich(
+    ip: str,
+    config: Config,
+    *,
+    now: float,
+    deadline: float | None = None,
+    use_cache: bool = True,
+    stderr: TextIO | None = None,
+) -> IpFacts:
+    """Everything the configured sources know about `ip`, within `deadline` seconds.
+
+    `now` is the wall-clock time used for cache expiry; `deadline` defaults to
+    `[audit] deadline`. Each source's outcome is in `IpFacts.sources` (cached, fetched,
+    timeout, failed, unavailable, with milliseconds). Never raises for a source or cache
+    problem; raises ValueError when `ip` is not an IP address.
+    """
+    started = time.monotonic()
+    audit = config.audit
+    budget = audit.deadline if deadline is None else deadline
+    ip = normalize_ip(ip)
+    reports: dict[str, SourceReport] = {}
+    wanted: list[str] = []
+
+    if audit.dns.enabled:
+        wanted.append("rdns")
+    else:
+        reports["rdns"] = SourceReport(SourceStatus.UNAVAILABLE, 0.0, "disabled in [audit.dns]")
+    city = config.resolve(audit.maxmind.city) if audit.maxmind.city else None
+    asn_db = config.resolve(audit.maxmind.asn) if audit.maxmind.asn else None
+    mm_sig = ""
+    if city or asn_db:
+        wanted.append("maxmind")
+        mm_sig = f"{_signature(city)}|{_signature(asn_db)}"
+    else:
+        reports["maxmind"] = SourceReport(SourceStatus.UNAVAILABLE, 0.0, "no database in [audit.maxmind]")
+    rdap = audit.rdap
+    boot_keys: dict[str, str] = {}  # bootstrap kind -> cache key (URL-specific)
+    if rdap.enabled:
+        wanted.append("rdap")
+        if not rdap.servers:
+            kinds = ("ipv4" if ":" not in ip else "ipv6", "asn")
+            boot_keys = {k: f"{rdap.bootstrap_url}|{k}" for k in kinds}
+    else:
+        reports["rdap"] = SourceReport(SourceStatus.UNAVAILABLE, 0.0, "disabled in [audit.rdap]")
+
+    cache: IpCache | None = None
+    cached: dict[tuple[str, str], dict | Negative] = {}
+    if use_cache and audit.cache.enabled and wanted:
+        try:
+            cache = open_cache(config)
+            keys = [(name, ip) for name in wanted] + [(BOOTSTRAP_SOURCE, k) for k in boot_keys.values()]
+            cached = cache.get_many(keys, now)
+        except CacheUnavailable as e:
+            _say(stderr, f"enrichment cache bypassed: {e}")
+            cache = None
+    read_ms = _ms(started)
+
+    values: dict[str, Any] = {}
+    misses: list[str] = []
+    for name in wanted:
+        hit = cached.get((name, ip))
+        if isinstance(hit, Negative):
+            status = SourceStatus.TIMEOUT if hit.status == SourceStatus.TIMEOUT.value else SourceStatus.FAILED
+            reports[name] = SourceReport(status, read_ms, f"cached: {hit.detail}")
+        elif hit is not None and (name != "maxmind" or hit.get("sig") == mm_sig):
+            try:
+                values[name] = _from_cache(name, hit)
+                reports[name] = SourceReport(SourceStatus.CACHED, read_ms)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                misses.append(name)  # an entry of an older shape: ask again
+        else:
+            misses.append(name)
+
+    if misses:
+        bootstrap = {kind: cached[(BOOTSTRAP_SOURCE, key)] for kind, key in boot_keys.items()
+                     if isinstance(cached.get((BOOTSTRAP_SOURCE, key)), dict)}
+        known_boot = set(bootstrap)
+        outcomes = _run_sources(misses, ip, config, city, asn_db, values, bootstrap,
+                                started + budget, budget)
+        rows: list[tuple[str, str, dict, float | None, bool]] = []
+        neg_ttl = audit.cache.negative_ttl
+        for name in misses:
+            status, value, detail, elapsed = outcomes[name]
+            reports[name] = SourceReport(status, elapsed, detail)
+            if status is SourceStatus.FETCHED:
+                values[name] = value
+                if name == "rdns":
+                    rows.append(("rdns", ip, {"ptr": value}, audit.cache.rdns_ttl, True))
+                elif name == "maxmind":
+                    rows.append(("maxmind", ip, {"sig": mm_sig, "facts": asdict(value)}, None, True))
+                else:
+                    rows.append(("rdap", ip, {"facts": asdict(value)}, audit.cache.rdap_ttl, True))
+                    rows.extend((BOOTSTRAP_SOURCE, boot_keys[k], doc, audit.cache.rdap_ttl, True)
+                                for k, doc in bootstrap.items() if k not in known_boot and k in boot_keys)
+            elif status in (SourceStatus.TIMEOUT, SourceStatus.FAILED) and name != "maxmind":
+                # a short negative entry keeps a dead server from costing every login the deadline;
+                # MaxMind is local and cheap to retry, so its failures are not kept
+                rows.append((name, ip, {"status": status.value, "detail": detail}, neg_ttl, False))
+        if cache is not None and rows:
+            try:
+                cache.put_many(rows, now)
+            except CacheUnavailable as e:
+                _say(stderr, f"enrichment cache not updated: {e}")
+    if cache is not None:
+        cache.close()
+
+    return IpFacts(
+        ip=ip,
+        rdns=values.get("rdns"),
+        maxmind=values.get("maxmind"),
+        whois=values.get("rdap"),
+        sources={name: reports[name] for name in SOURCES if name in reports},
+    )
+
+
+def _from_cache(name: str, hit: dict) -> Any:
+    if name == "rdns":
+        ptr = hit["ptr"]
+        if not isinstance(ptr, str):
+            raise TypeError("ptr")
+        return ptr
+    if name == "maxmind":
+        return maxmind_from_json(hit["facts"])
+    return whois_from_json(hit["facts"])
+
+
+def _run_sources(
+    misses: list[str],
+    ip: str,
+    config: Config,
+    city: str | None,
+    asn_db: str | None,
+    known: dict[str, Any],
+    bootstrap: dict[str, dict],
+    end: float,
+    budget: float,
+) -> dict[str, _Outcome]:
+    """Run the missing sources in daemon threads until they finish or `end` (monotonic)."""
+    # only here: a warm login never starts a thread
+    import importlib
+    import threading
+
+    audit = config.audit
+    results: dict[str, _Outcome] = {}
+    maxmind_done = threading.Event()
+
+    def asn_hint() -> int | None:
+        # RDAP rarely names the origin AS; MaxMind's ASN database does (see sources/rdap.py)
+        mm = known.get("maxmind")
+        if mm is None and "maxmind" in misses:
+            maxmind_done.wait(max(0.0, end - time.monotonic()))
+            outcome = results.get("maxmind")
+            mm = outcome[1] if outcome and outcome[0] is SourceStatus.FETCHED else None
+        return mm.asn if isinstance(mm, MaxMindFacts) else None
+
+    def call(name: str, module: Any) -> tuple[Any, str]:
+        left = max(0.01, end - time.monotonic())
+        if name == "rdns":
+            return module.lookup(ip, audit.dns, min(audit.dns.timeout, left)), ""
+        if name == "maxmind":
+            facts, problems = module.lookup_detailed(ip, city, asn_db)
+            return facts, "; ".join(problems)
+        facts = module.lookup(ip, audit.rdap, min(audit.rdap.timeout, left),
+                              asn_hint=asn_hint, bootstrap=bootstrap)
+        return facts, ""
+
+    def worker(name: str) -> None:
+        start = time.monotonic()
+        try:
+            module = importlib.import_module(SOURCES[name])
+            value, detail = call(name, module)
+            outcome: _Outcome = (SourceStatus.FETCHED, value, detail, _ms(start))
+        except BaseException as e:  # a thread must report, never die silently
+            outcome = (_classify(e), None, f"{type(e).__name__}: {e}", _ms(start))
+        results[name] = outcome
+        if name == "maxmind":
+            maxmind_done.set()
+
+    threads = [threading.Thread(target=worker, args=(n,), name=f"enrich-{n}", daemon=True) for n in misses]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    done = dict(results)  # a copy: abandoned threads may still add to `results`
+    for name in misses:
+        if name not in done:
+            done[name] = (SourceStatus.TIMEOUT, None, f"no answer within the {budget:g}s deadline",
+                          _ms(end - budget))
+    return done
+
+
+def _classify(e: BaseException) -> SourceStatus:
+    from .sources import SourceUnavailable
+
+    if isinstance(e, (SourceUnavailable, ImportError)):
+        return SourceStatus.UNAVAILABLE
+    if isinstance(e, TimeoutError):
+        return SourceStatus.TIMEOUT
+    return SourceStatus.FAILED
+
+
+def check_sources(config: Config) -> dict[str, str | None]:
+    """For `check-config`: import every configured source module once and try the files.
+
+    Returns source name -> problem text (None when fine). Lazy imports otherwise surface
+    only in the middle of a login (pip keeps `_EAGER_IMPORTS` for the same reason).
+    """
+    import importlib
+
+    audit = config.audit
+    problems: dict[str, str | None] = {}
+    enabled = {"rdns": audit.dns.enabled, "maxmind": bool(audit.maxmind.city or audit.maxmind.asn),
+               "rdap": audit.rdap.enabled}
+    for name, path in SOURCES.items():
+        if not enabled[name]:
+            continue
+        try:
+            module = importlib.import_module(path)
+        except ImportError as e:
+            problems[name] = f"cannot import {path}: {e}"
+            continue
+        problems[name] = None
+        if name == "maxmind":
+            for label, p in (("city", audit.maxmind.city), ("asn", audit.maxmind.asn)):
+                if p:
+                    paths = (config.resolve(p), None) if label == "city" else (None, config.resolve(p))
+                    try:
+                        module.lookup("192.0.2.1", *paths)
+                    except Exception as e:  # reported, not raised
+                        problems[name] = f"{label} database: {e}"
+    return problems
+

@@ -1,0 +1,485 @@
+"""Deny and allow list files: parse them, load them for one login, check them for admins.
+
+What belongs here: the line formats of `shared/LISTS.md` (upstream's `lists.dist/` files,
+read as is), problems located as `file:line`, and the optional parsed-form cache. What
+does not: deciding anything (that is `rules.py`, which only reads the `Lists` built here).
+
+Theory of operation:
+- Every entry keeps its file, line number and text, so a verdict can name the line that
+  decided it. A line that does not parse becomes a `Problem` and is skipped; the rest of
+  the file applies. Nothing here raises at login time: an unreadable file is one problem
+  and an empty list.
+- Lists are read fresh for every login (a change applies at the next login, no reload).
+  Parsing 2,000 CIDRs costs a few milliseconds, so when the cache directory is usable the
+  parsed form of each file is kept there as JSON (never pickle), keyed by path, size and
+  mtime_ns. Compiled regexes cannot be stored; the cached form holds only patterns that
+  compiled when the file was parsed, and `regex_fullmatch` compiles lazily, only for the
+  values a login actually checks, with a string fast path for the common `.*literal` forms.
+- No regex is compiled at import time; only the stdlib is imported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .config import ALLOW_KINDS, LIST_KINDS, Config, Problem
+
+REGEX_KINDS = ("reverse_hostname", "network_name", "as_names")
+CC_KINDS = ("network_cc", "as_cc", "countries")
+# Bump when the parsed form changes: older cache files are then ignored.
+CACHE_FORMAT = 2
+# Files larger than this are refused: a list is a few thousand lines, not a dump.
+MAX_LIST_BYTES = 16 * 1024 * 1024
+
+
+class Entry(NamedTuple):
+    """One list entry: where it was written and its parsed value.
+
+    `value` is plain JSON data: ip_networks `(version, network_int, prefixlen)`,
+    as_numbers and geo_location_ids an int, regex kinds the pattern text, country codes
+    upper case, entities upper case, coordinates `(lat, lon, radius_km, intersection)`.
+    A NamedTuple, not a dataclass: thousands are built per login and this is 5x cheaper.
+    """
+
+    file: str
+    line: int
+    text: str  # the entry as written, without a trailing comment
+    value: Any
+    hint: str | None = None  # regex kinds: a literal every match contains (see `required_literal`)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class Lists:
+    """Every list one login needs. A kind that is not configured is absent from the dicts."""
+
+    deny: dict[str, tuple[Entry, ...]] = field(default_factory=dict)
+    allow: dict[str, tuple[Entry, ...]] = field(default_factory=dict)
+    user_allow: dict[str, dict[str, tuple[Entry, ...]]] = field(default_factory=dict)  # lower-cased user
+    problems: list[Problem] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# one parser per kind: (text without comment handling, filename, line) -> (entry text, value)
+# each raises ValueError with a message for the admin; warnings go to `warn`
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """`token   free text` -> (token, free text): ip_networks and as_numbers allow a comment."""
+    parts = line.split(None, 1)
+    return parts[0], (parts[1] if len(parts) > 1 else "")
+
+
+def _parse_ipv4(text: str) -> int | None:
+    """Fast strict dotted-quad parser (ipaddress is ~6 us per call); None if not IPv4."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for part in parts:
+        if not part.isascii() or not part.isdigit() or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        value = (value << 8) | octet
+    return value
+
+
+def parse_network(text: str) -> tuple[tuple[int, int, int], str | None]:
+    """`198.51.100.0/24` or `2001:db8::/32` (no prefix = one host) -> ((version, net, len), warning).
+
+    Host bits are masked away (upstream compared masked addresses, so `176.112.170.0/21`
+    meant `176.112.168.0/21`); the warning names the network actually used.
+    """
+    addr, slash, prefix_text = text.partition("/")
+    v4 = _parse_ipv4(addr)
+    if v4 is not None:
+        version, bits, value = 4, 32, v4
+    else:
+        try:
+            ip6 = ipaddress.IPv6Address(addr)
+        except ValueError:
+            raise ValueError(f"not an IPv4 or IPv6 network: {text!r}") from None
+        if ip6.scope_id:
+            raise ValueError(f"a scoped address is not a network: {text!r}")
+        version, bits, value = 6, 128, int(ip6)
+    if slash:
+        if not prefix_text.isascii() or not prefix_text.isdigit() or int(prefix_text) > bits:
+            raise ValueError(f"bad prefix length in {text!r} (0..{bits})")
+        prefix = int(prefix_text)
+    else:
+        prefix = bits
+    mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
+    network = value & mask
+    warning = None
+    if network != value:
+        cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+        shown = cls((network, prefix))
+        warning = f"{text} has host bits set; it is used as {shown}"
+    return (version, network, prefix), warning
+
+
+def _ip_networks(line: str) -> tuple[str, Any, str | None]:
+    token, _comment = _split_comment(line)
+    value, warning = parse_network(token)
+    return token, value, warning
+
+
+def parse_asn(text: str) -> int:
+    """`AS36492`, `as36492` or `36492` -> 36492."""
+    digits = text[2:] if text[:2].upper() == "AS" else text
+    if not digits.isascii() or not digits.isdigit() or int(digits) > 0xFFFFFFFF:
+        raise ValueError(f"not an AS number: {text!r} (write AS64500 or 64500)")
+    return int(digits)
+
+
+def _as_numbers(line: str) -> tuple[str, Any, str | None]:
+    token, _comment = _split_comment(line)
+    return token, parse_asn(token), None
+
+
+def _regex(line: str) -> tuple[str, Any, str | None]:
+    # the whole line is the pattern (upstream compiled the raw line); surrounding
+    # whitespace is never meant as part of a pattern
+    return line, line, None
+
+
+def _country(line: str) -> tuple[str, Any, str | None]:
+    code = line.strip()
+    if len(code) != 2 or not code.isascii() or not code.isalpha():
+        raise ValueError(f"not a two-letter ISO 3166 country code: {code!r}")
+    return code, code.upper(), None
+
+
+def _entity(line: str) -> tuple[str, Any, str | None]:
+    if any(c.isspace() for c in line):
+        raise ValueError(f"an entity handle has no spaces: {line!r}")
+    return line, line.upper(), None
+
+
+def _geo_id(line: str) -> tuple[str, Any, str | None]:
+    if not line.isascii() or not line.isdigit():
+        raise ValueError(f"not a numeric GeoNames id: {line!r}")
+    return line, int(line), None
+
+
+def _coordinates(line: str) -> tuple[str, Any, str | None]:
+    fields = [f.strip() for f in line.split(",")]
+    if len(fields) not in (3, 4):
+        raise ValueError(f"expected latitude,longitude,radius_km[,intersection]: {line!r}")
+    try:
+        lat, lon, radius = (float(f) for f in fields[:3])
+        intersection = float(fields[3]) if len(fields) == 4 else 1.0
+    except ValueError:
+        raise ValueError(f"not a number in {line!r}") from None
+    if not -90.0 <= lat <= 90.0 or not -180.0 <= lon <= 180.0:
+        raise ValueError(f"latitude must be -90..90 and longitude -180..180: {line!r}")
+    if not radius > 0.0 or radius > 20038.0:  # also rejects NaN
+        raise ValueError(f"radius must be 0 < km <= 20038: {line!r}")
+    if not intersection >= 0.0:
+        raise ValueError(f"intersection must be >= 0: {line!r}")
+    return line, (lat, lon, radius, intersection), None
+
+
+PARSERS = {
+    "ip_networks": _ip_networks,
+    "reverse_hostname": _regex,
+    "network_name": _regex,
+    "network_cc": _country,
+    "entities": _entity,
+    "as_numbers": _as_numbers,
+    "as_names": _regex,
+    "as_cc": _country,
+    "geo_location_ids": _geo_id,
+    "coordinates": _coordinates,
+    "countries": _country,  # allow lists only
+}
+
+
+def parse_list(
+    kind: str, text: str, filename: str, *, validate_regex: bool = True, first_line: int = 1
+) -> tuple[list[Entry], list[Problem]]:
+    """Parse one list file's text. Bad lines become problems (`file:line`) and are skipped.
+
+    `validate_regex=False` skips compiling patterns (they are compiled lazily when used);
+    `check-config` and the cache fill always validate.
+    """
+    parser = PARSERS[kind]
+    entries: list[Entry] = []
+    problems: list[Problem] = []
+    for number, raw in enumerate(text.splitlines(), first_line):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        hint = None
+        try:
+            shown, value, warning = parser(line)
+            if validate_regex and kind in REGEX_KINDS:
+                _compile(value)
+                hint = required_literal(value)
+        except ValueError as e:
+            problems.append(Problem(f"{filename}:{number}", f"{kind}: {e}; line skipped"))
+            continue
+        except re.error as e:
+            message = f"{kind}: bad regular expression: {e}; line skipped"
+            problems.append(Problem(f"{filename}:{number}", message))
+            continue
+        if warning:
+            problems.append(Problem(f"{filename}:{number}", f"{kind}: {warning}", "warning"))
+        entries.append(Entry(filename, number, shown, value, hint))
+    return entries, problems
+
+
+# ---------------------------------------------------------------------------
+# regex matching: lazy compile, string fast path
+
+_compiled: dict[str, re.Pattern[str] | None] = {}
+_SIMPLE_ESCAPES = frozenset(".-_/ ,:;!@#%&'\"=~`<>")
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    compiled = re.compile(pattern)
+    _compiled[pattern] = compiled
+    return compiled
+
+
+def _literal(body: str) -> str | None:
+    """The literal a pattern body stands for, or None if it uses any regex feature."""
+    out = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\":
+            if i + 1 < len(body) and body[i + 1] in _SIMPLE_ESCAPES:
+                out.append(body[i + 1])
+                i += 2
+                continue
+            return None
+        if c in ".^$*+?{}[]|()":
+            return None
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _fast_form(pattern: str) -> tuple[bool, str, bool] | None:
+    """`.*lit`, `lit.*`, `.*lit.*` or `lit` -> (any prefix, literal, any suffix), else None."""
+    lead = pattern.startswith(".*")
+    body = pattern[2:] if lead else pattern
+    trail = body.endswith(".*") and not body.endswith("\\.*")
+    body = body[:-2] if trail else body
+    lit = _literal(body)
+    return None if lit is None else (lead, lit, trail)
+
+
+def required_literal(pattern: str) -> str | None:
+    """The longest literal every match of `pattern` contains, if it has one worth using.
+
+    Computed once when a file is parsed for the cache, so a login can rule a pattern out
+    with `in` instead of compiling it (~0.1 ms each). Only top-level literals count
+    (nothing inside a group, branch or repeat), and none under IGNORECASE. Uses the
+    regex parser's internals, so any surprise just means "no hint".
+    """
+    if _fast_form(pattern) is not None:
+        return None  # matched without the regex engine anyway
+    try:
+        from re import _constants, _parser  # type: ignore[attr-defined]
+
+        parsed = _parser.parse(pattern)
+        if parsed.state.flags & re.IGNORECASE:
+            return None
+        best, run = "", []
+        for op, arg in [*parsed, (None, None)]:
+            if op is _constants.LITERAL:
+                run.append(chr(arg))
+                continue
+            if len(run) > len(best):
+                best = "".join(run)
+            run = []
+        return best if len(best) >= 3 else None
+    except Exception:
+        return None
+
+
+def regex_fullmatch(pattern: str, value: str, hint: str | None = None) -> bool:
+    """Whether `pattern` matches all of `value`; a pattern that does not compile never matches."""
+    if hint is not None and hint not in value:
+        return False
+    if "\n" not in value:  # `.` never matches a newline: leave those to the real engine
+        form = _fast_form(pattern)
+        if form is not None:
+            lead, lit, trail = form
+            if lead and trail:
+                return lit in value
+            if lead:
+                return value.endswith(lit)
+            if trail:
+                return value.startswith(lit)
+            return value == lit
+    compiled = _compiled.get(pattern, False)
+    if compiled is False:
+        try:
+            compiled = _compile(pattern)
+        except re.error:
+            compiled = _compiled[pattern] = None  # reported by check-config; skipped here
+    return compiled is not None and compiled.fullmatch(value) is not None
+
+
+# ---------------------------------------------------------------------------
+# files, cache, per-login loading
+
+
+def _fnv1a(text: str) -> str:
+    h = 0xCBF29CE484222325
+    for b in text.encode("utf-8", "surrogateescape"):
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def _cache_file(cache_dir: str, kind: str, path: str) -> str:
+    return os.path.join(cache_dir, f"{kind}-{_fnv1a(path)}.json")
+
+
+def _read_cache(
+    cache_dir: str, kind: str, path: str, st: os.stat_result
+) -> tuple[list[Entry], list[Problem]] | None:
+    try:
+        with open(_cache_file(cache_dir, kind, path), encoding="utf-8") as f:
+            data = json.load(f)
+        if (
+            data.get("format") != CACHE_FORMAT
+            or data.get("path") != path
+            or data.get("kind") != kind
+            or data.get("size") != st.st_size
+            or data.get("mtime_ns") != st.st_mtime_ns
+        ):
+            return None
+        entries = [
+            Entry(path, line, text, tuple(value) if isinstance(value, list) else value, hint)
+            for line, text, value, hint in data["entries"]
+        ]
+        problems = [Problem(where, message, level) for where, message, level in data["problems"]]
+        return entries, problems
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, stale or damaged: parse the file instead
+
+
+def _write_cache(
+    cache_dir: str, kind: str, path: str, st: os.stat_result, entries: list[Entry], problems: list[Problem]
+) -> None:
+    data = {
+        "format": CACHE_FORMAT,
+        "kind": kind,
+        "path": path,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "entries": [[e.line, e.text, e.value, e.hint] for e in entries],
+        "problems": [[p.where, p.message, p.level] for p in problems],
+    }
+    target = _cache_file(cache_dir, kind, path)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))
+        os.replace(tmp, target)  # atomic: concurrent logins see the old or the new file
+    except (OSError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load_file(
+    kind: str, path: str, *, cache_dir: str | None = None, validate_regex: bool = False
+) -> tuple[list[Entry], list[Problem]]:
+    """Read and parse one list file. Never raises: a file that cannot be read is one problem."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if cache_dir is not None:
+                cached = _read_cache(cache_dir, kind, path, st)
+                if cached is not None:
+                    return cached
+            if st.st_size > MAX_LIST_BYTES:
+                message = f"{kind}: list file larger than {MAX_LIST_BYTES} bytes; list ignored"
+                return [], [Problem(path, message)]
+            raw = f.read()
+    except FileNotFoundError:
+        return [], [Problem(path, f"{kind}: list file not found; list is empty")]
+    except PermissionError:
+        return [], [Problem(path, f"{kind}: list file not readable by uid {os.getuid()}; list is empty")]
+    except OSError as e:
+        return [], [Problem(path, f"{kind}: cannot read list file: {e.strerror}; list is empty")]
+    text = raw.decode("utf-8", "replace")
+    # the cached form must hold only patterns that compile, so a cache fill validates
+    entries, problems = parse_list(kind, text, path, validate_regex=validate_regex or cache_dir is not None)
+    if cache_dir is not None:
+        _write_cache(cache_dir, kind, path, st, entries, problems)
+    return entries, problems
+
+
+def _cache_dir(config: Config) -> str | None:
+    cache = config.audit.cache
+    if not cache.enabled:
+        return None
+    return os.path.join(config.resolve(cache.path), "lists")
+
+
+def _parse_inline(kind: str, values: tuple[str, ...], where: str) -> tuple[list[Entry], list[Problem]]:
+    return parse_list(kind, "\n".join(values), where, validate_regex=True)
+
+
+def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
+    """Every configured deny and allow list, read now. Never raises."""
+    audit = config.audit
+    cache_dir = _cache_dir(config) if use_cache else None
+    lists = Lists()
+    for kind in LIST_KINDS:
+        if kind in audit.lists:
+            entries, problems = load_file(kind, config.resolve(audit.lists[kind]), cache_dir=cache_dir)
+            lists.deny[kind] = tuple(entries)
+            lists.problems.extend(problems)
+    for kind in ALLOW_KINDS:
+        if kind in audit.allow:
+            entries, problems = load_file(kind, config.resolve(audit.allow[kind]), cache_dir=cache_dir)
+            lists.allow[kind] = tuple(entries)
+            lists.problems.extend(problems)
+    for user, allow in audit.allow_users.items():
+        per_user: dict[str, tuple[Entry, ...]] = {}
+        for kind in ALLOW_KINDS:
+            values = getattr(allow, kind)
+            if values:
+                entries, problems = _parse_inline(kind, values, f"[audit.allow.users.{user}] {kind}")
+                per_user[kind] = tuple(entries)
+                lists.problems.extend(problems)
+        lists.user_allow[user.lower()] = per_user
+    return lists
+
+
+def check_lists(config: Config) -> list[Problem]:
+    """Everything `check-config` reports about list files and the networks in [audit]."""
+    audit = config.audit
+    problems: list[Problem] = []
+    for kind in LIST_KINDS:
+        if kind in audit.lists:
+            problems += load_file(kind, config.resolve(audit.lists[kind]), validate_regex=True)[1]
+    for kind in ALLOW_KINDS:
+        if kind in audit.allow:
+            problems += load_file(kind, config.resolve(audit.allow[kind]), validate_regex=True)[1]
+    for user, allow in audit.allow_users.items():
+        for kind in ALLOW_KINDS:
+            problems += _parse_inline(kind, getattr(allow, kind), f"[audit.allow.users.{user}] {kind}")[1]
+    problems += _parse_inline("ip_networks", audit.ignore_networks, "[audit] ignore_networks")[1]
+    problems += _parse_inline("ip_networks", tuple(audit.local_networks), "[audit] local_networks")[1]
+    return problems

@@ -1,0 +1,78 @@
+"""MaxMind City and ASN lookups with the `maxminddb` reader (C extension).
+
+Not geoip2: it adds model classes and imports aiohttp/requests machinery we never use;
+the raw records have the same keys. Each database is optional. A configured file that is
+missing or unreadable makes its part unknown and is reported; when no configured file is
+readable the whole source raises SourceUnavailable. Results are cached by enrich.py until
+a file's `file_signature` changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import maxminddb
+
+from ..cache import file_signature
+from ..facts import GeoName, MaxMindFacts
+from . import SourceUnavailable
+
+__all__ = ["MaxMindUnavailable", "file_signature", "lookup", "lookup_detailed"]
+
+
+class MaxMindUnavailable(SourceUnavailable):
+    """No configured MaxMind database could be read."""
+
+
+def _name(rec: dict[str, Any] | None, code_key: str = "iso_code") -> GeoName:
+    if not rec:
+        return GeoName()
+    return GeoName(rec.get("geoname_id"), (rec.get("names") or {}).get("en"), rec.get(code_key))
+
+
+def _read(path: str, ip: str) -> dict[str, Any] | None:
+    try:
+        with maxminddb.open_database(path) as reader:
+            rec = reader.get(ip)
+    except (OSError, maxminddb.InvalidDatabaseError) as e:
+        raise MaxMindUnavailable(f"{path}: {getattr(e, 'strerror', None) or e}") from None
+    return rec if isinstance(rec, dict) else None
+
+
+def lookup_detailed(ip: str, city_path: str | None, asn_path: str | None) -> tuple[MaxMindFacts, list[str]]:
+    """The facts from every readable database plus one problem line per unreadable one."""
+    problems: list[str] = []
+    city: dict[str, Any] = {}
+    asn: dict[str, Any] = {}
+    ok = 0
+    for path, target in ((city_path, city), (asn_path, asn)):
+        if not path:
+            continue
+        try:
+            target.update(_read(path, ip) or {})
+            ok += 1
+        except MaxMindUnavailable as e:
+            problems.append(str(e))
+    if not ok:
+        raise MaxMindUnavailable("; ".join(problems) or "no MaxMind database configured")
+    loc = city.get("location") or {}
+    facts = MaxMindFacts(
+        city=_name(city.get("city")),
+        subdivisions=tuple(_name(s) for s in city.get("subdivisions") or ()),
+        country=_name(city.get("country")),
+        continent=_name(city.get("continent"), "code"),
+        registered_country=_name(city.get("registered_country")),
+        represented_country=_name(city.get("represented_country")),
+        latitude=loc.get("latitude"),
+        longitude=loc.get("longitude"),
+        accuracy_radius_km=loc.get("accuracy_radius"),
+        postal_code=(city.get("postal") or {}).get("code"),
+        asn=asn.get("autonomous_system_number"),
+        as_org=asn.get("autonomous_system_organization"),
+    )
+    return facts, problems
+
+
+def lookup(ip: str, city_path: str | None, asn_path: str | None) -> MaxMindFacts:
+    """City and ASN facts for `ip`; an address in neither database gives empty facts."""
+    return lookup_detailed(ip, city_path, asn_path)[0]
