@@ -18,7 +18,6 @@ from dovecot_appauth.facts import NO_PTR, IpFacts, SourceStatus
 from tests.localservers import make_config
 
 # the local-server fixtures; conftest.py registers the same plugin (a plugin loads once)
-pytest_plugins = ["tests.fixtures_servers"]
 
 NOW = 1_700_000_000.0
 S = SourceStatus

@@ -14,7 +14,6 @@ from dovecot_appauth.facts import NO_PTR, GeoName, WhoisFacts
 from dovecot_appauth.sources import SourceUnavailable, maxmind, rdap, rdns
 
 # the local-server fixtures; conftest.py registers the same plugin (a plugin loads once)
-pytest_plugins = ["tests.fixtures_servers"]
 
 # ---------------------------------------------------------------------------- rDNS
 

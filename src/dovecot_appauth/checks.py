@@ -66,7 +66,7 @@ def check_database_schema(config: Config) -> list[Problem]:
 
         engine = make_engine(config.database.dsn, config.database.connect_timeout)
         missing = check_schema(engine)
-    except Exception as e:  # noqa: BLE001 - reported, with the password kept out
+    except Exception as e:
         message = str(getattr(e, "orig", None) or e).splitlines()[0][:300]
         return [Problem(f"{where} ({dsn.redacted()})", f"cannot check the database: {message}")]
     return [Problem(f"{where} ({dsn.redacted()})", f"{m}: run 'dovecot-appauth init-db'") for m in missing]

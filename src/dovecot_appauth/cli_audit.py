@@ -11,7 +11,8 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .facts import GeoName, IpFacts
 

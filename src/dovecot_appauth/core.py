@@ -10,8 +10,8 @@ them. Nothing here touches a file descriptor, the database, the network or the c
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 # db-checkpassword.c: CHECKPASSWORD_MAX_REQUEST_LEN
 MAX_REQUEST_LEN = 512
@@ -152,7 +152,10 @@ def _port(value: str | None) -> int | None:
 def read_environment(credentials: Credentials, env: Mapping[str, str]) -> LoginRequest:
     """Combine the fd-3 credentials with Dovecot's environment variables."""
     if env.get("AUTHORIZED") == "1":
-        mode = Mode.CREDENTIALS_LOOKUP if env.get("CREDENTIALS_LOOKUP") == "1" else Mode.LOOKUP
+        # `doveadm auth lookup` and passdb lookups arrive as credentials lookups with an
+        # empty SCHEME: they want the fields, not a hash, so they are plain lookups.
+        wants_hash = env.get("CREDENTIALS_LOOKUP") == "1" and bool(env.get("SCHEME"))
+        mode = Mode.CREDENTIALS_LOOKUP if wants_hash else Mode.LOOKUP
     else:
         mode = Mode.VERIFY
     fields = {

@@ -11,7 +11,7 @@ import os
 def checkpassword() -> None:
     try:
         from .login import main
-    except BaseException as e:  # noqa: BLE001 - anything here is an internal failure
+    except BaseException as e:
         os.write(2, f"dovecot-appauth: internal error: cannot load the program ({type(e).__name__})\n".encode())
         os._exit(111)
     main()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-class SourceStatus(str, enum.Enum):
+class SourceStatus(enum.StrEnum):
     CACHED = "cached"  # served from the on-disk cache
     FETCHED = "fetched"  # asked the source during this login
     TIMEOUT = "timeout"  # the login's deadline ended the wait

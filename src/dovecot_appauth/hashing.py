@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-PASSWORD_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+PASSWORD_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # noqa: S105 - not a secret
 _SALT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 # Dovecot scheme prefixes we may find in front of a modular-crypt string.
@@ -25,7 +25,8 @@ _PREFIXES = ("{CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}", "{BLF-CRYPT}", "{ARG
 # unknown user is checked against the one for the configured scheme, so that it costs
 # the same hash work as a known user with one password (no timing oracle).
 _DUMMY_HASHES = {
-    "sha512-crypt": "{CRYPT}$6$7QJDBjqPFYlEaHnX$B6zszmcb/Hsvs2orWAGVUQI2Hup1x1M32ZciV.mIOtykX.R2ukhfot7y2kZV7UkkB9XAcKyzMij4kf1Sdv0B8.",
+    "sha512-crypt": "{CRYPT}$6$7QJDBjqPFYlEaHnX$"
+    "B6zszmcb/Hsvs2orWAGVUQI2Hup1x1M32ZciV.mIOtykX.R2ukhfot7y2kZV7UkkB9XAcKyzMij4kf1Sdv0B8.",
     "bcrypt": "{BLF-CRYPT}$2y$10$MX5m9R/GtzHpwCKQGO8oF.TSiPzu5HdiRJ0xXR2LNPjRqVc1WPLTG",
     "argon2id": "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=4$MHGbgFgHXBRC9ItLnG6sPQ$"
     "dCJ8NxwO9HcjxeCbA8hy/SwXlKj0wK7up5Ln73xxL+0",
@@ -38,7 +39,7 @@ class UnsupportedHash(ValueError):
 
 def _crypt_module():
     try:
-        import crypt  # noqa: PLC0415 - Python < 3.13; deprecated but still the libcrypt binding
+        import crypt
     except ImportError:
         import legacycrypt as crypt  # Python 3.13+: same C binding, maintained separately
     return crypt
@@ -84,13 +85,14 @@ def verify(password: str, stored: str) -> bool:
         return bcrypt.checkpw(secret, ("$2b$" + value[4:]).encode())
     # argon2id
     from argon2 import PasswordHasher
-    from argon2.exceptions import InvalidHashError, VerificationError
+    from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
     try:
         return PasswordHasher().verify(value, password)
-    except VerificationError:
+    except VerifyMismatchError:
         return False
-    except InvalidHashError:
+    except (InvalidHashError, VerificationError):
+        # argon2-cffi reports a malformed hash as VerificationError("Decoding failed")
         raise UnsupportedHash("stored argon2id hash is malformed") from None
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, TextIO
+from typing import TextIO
 
 from .config import Config, ConfigError, config_path, load
 from .core import (
@@ -141,6 +142,8 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
     """The whole decision for one request; raises TempFail on internal problems."""
     from .reply import userdb_fields
 
+    stderr = stderr or sys.stderr
+
     if request.mode is Mode.CREDENTIALS_LOOKUP:
         raise TempFail(
             f"credentials lookup for {request.username} refused: app-password hashes never leave "
@@ -183,7 +186,8 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
                 # Only after every active row failed: tell a revoked password apart
                 revoked = next((row for row in rows if row.deleted is not None and _verify(password, row, stderr)),
                                None)
-        elif not active:
+        else:
+            # unknown user, or a password that is not UTF-8 (matches nothing): the same work
             hashing.dummy_verify(password or "", config.auth.hash_scheme)
 
         if matched is None:
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     except AppAuthError as e:
         _say(None, str(e))
         status = int(e.exit_code)
-    except Exception as e:  # noqa: BLE001 - the last line of defence: never a traceback, never "wrong password"
+    except Exception as e:
         _say(None, f"internal error ({type(e).__name__}): temporary failure")
         status = int(ExitCode.TEMPFAIL)
     sys.stdout.flush()

@@ -10,10 +10,11 @@ earlier passdb's).
 from __future__ import annotations
 
 import os
-from typing import Mapping, NoReturn
+from collections.abc import Mapping
+from typing import NoReturn
 
 from .config import UserdbConfig
-from .core import TempFail, encode_reply, tab_escape
+from .core import TempFail, encode_reply
 
 
 def expand_template(template: str, user: str) -> str:
@@ -52,7 +53,8 @@ def helper_environment(
 ) -> dict[str, str]:
     """The environment for checkpassword-reply: USER, EXTRA and the variables it names.
 
-    The helper copies values verbatim, so they are tab-escaped here (PROTOCOL.md).
+    Values are passed raw: Dovecot 2.3's checkpassword-reply tab-escapes every EXTRA
+    name and value itself (str_append_tabescaped), so escaping here would double-escape.
     HOME is dropped: the helper would turn an inherited HOME into userdb_home.
     """
     env = {k: v for k, v in base.items() if k not in ("HOME", "EXTRA")}
@@ -60,7 +62,7 @@ def helper_environment(
     names = []
     for key, value in fields:
         name = key.upper()
-        env[name] = tab_escape(value)
+        env[name] = value
         names.append(name)
     env["EXTRA"] = " ".join(names)
     if lookup:
@@ -70,7 +72,7 @@ def helper_environment(
 
 def exec_helper(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
-        os.execve(argv[0], argv, env)
+        os.execve(argv[0], argv, env)  # noqa: S606 - the helper Dovecot gave us, no shell
     except OSError as e:
         raise TempFail(f"cannot run reply helper {argv[0]}: {e.strerror}") from None
 

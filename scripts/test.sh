@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine as root (the README's test command):
+#   scripts/test.sh [pytest args...]
+# 1. installs the Debian packages the end-to-end tests need (only when some are missing),
+# 2. makes the virtualenv ${APPAUTH_VENV:-/opt/dovecot-appauth/venv} from /usr/bin/python3
+#    (world-readable: Dovecot runs our program as user `dovecot`), installs '.[test]' into it,
+# 3. runs `ruff check src tests` and pytest (arguments passed through).
+# Exits non-zero when anything fails, including "no tests collected".
+# Environment: APPAUTH_VENV (venv path), APPAUTH_SKIP_APT=1 (never call apt-get),
+# CI=true (end-to-end tests fail instead of skipping when Dovecot/MariaDB are missing).
+set -euo pipefail
+umask 022
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
+DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d mariadb-server python3-venv python3-dev gcc)
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+# --- 1. Debian packages ---------------------------------------------------------------
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+    for pkg in "${DEB_PACKAGES[@]}"; do
+        if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]; then
+            missing+=("$pkg")
+        fi
+    done
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "${APPAUTH_SKIP_APT:-0}" = 1 ] || [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        log "WARNING: missing Debian packages: ${missing[*]} (not root or APPAUTH_SKIP_APT=1: not installing)"
+    else
+        log "apt-get install ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        # Keep the packages' system services (dovecot on 143/110, mariadb on 3306) from being
+        # started: the tests start their own servers on free ports.
+        policy_rc=/usr/sbin/policy-rc.d
+        made_policy=0
+        if [ ! -e "$policy_rc" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy_rc"
+            chmod 755 "$policy_rc"
+            made_policy=1
+        fi
+        cleanup_policy() { if [ "$made_policy" = 1 ]; then rm -f "$policy_rc"; fi; }
+        trap cleanup_policy EXIT
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+        cleanup_policy
+        trap - EXIT
+    fi
+fi
+
+# --- 2. virtualenv ----------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV from /usr/bin/python3"
+    mkdir -p "$(dirname "$VENV")"
+    /usr/bin/python3 -m venv "$VENV"
+fi
+chmod a+rX "$(dirname "$VENV")" "$VENV" 2>/dev/null || true
+PY="$VENV/bin/python"
+
+# Editable install when user dovecot can read this checkout (then it runs the code under
+# test directly); otherwise (e.g. a checkout under /root) a regular install into the venv.
+editable=(-e)
+if [ "$(id -u)" -eq 0 ] && id dovecot >/dev/null 2>&1 \
+        && ! runuser -u dovecot -- test -r "$ROOT/src/dovecot_appauth/__init__.py" 2>/dev/null; then
+    log "user dovecot cannot read $ROOT: installing a copy (not editable)"
+    editable=()
+fi
+log "pip install ${editable[*]} '.[test]' into $VENV"
+# Offline first (quick on a prepared machine, works without a network), then from the index.
+if ! "$PY" -m pip install -q --disable-pip-version-check --no-index --no-build-isolation \
+        "${editable[@]}" ".[test]" >/dev/null 2>&1; then
+    "$PY" -m pip install -q --disable-pip-version-check "${editable[@]}" ".[test]"
+fi
+chmod -R a+rX "$VENV" 2>/dev/null || true
+
+# --- 3. lint and tests ---------------------------------------------------------------
+log "ruff check src tests"
+"$VENV/bin/ruff" check src tests
+
+log "pytest $*"
+set +e
+"$PY" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "scripts/test.sh: pytest collected no tests: failing" >&2
+    exit 1
+fi
+exit "$rc"

@@ -1,0 +1,81 @@
+"""Small helpers shared by the real-server fixtures (no fixtures here)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+TRUTHY = {"1", "true", "yes", "on"}
+DOVECOT_USER = "dovecot"  # the auth process's user: it runs the checkpassword program
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in TRUTHY
+
+
+def missing_dependency(reason: str) -> None:
+    """Skip locally; fail under CI=true, where the end-to-end tests must run."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: end-to-end tests must not be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@cache
+def shared_tempdir_base() -> str:
+    """A directory for fixture dirs that other users (`dovecot`, `mysql`) can traverse.
+
+    pytest's tmp_path lives under a 0700 directory, so server fixtures make their dirs here
+    with tempfile.mkdtemp(dir=...) and chmod them 0755. Override: APPAUTH_TEST_TMPDIR.
+    """
+    for candidate in (os.environ.get("APPAUTH_TEST_TMPDIR"), tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        if candidate and os.path.isdir(candidate) and _world_traversable(candidate):
+            return candidate
+    return "/tmp"
+
+
+def _world_traversable(path: str) -> bool:
+    path = os.path.abspath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def run_as(user: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a command as another user (we are root): `runuser -u USER -- ARGV`."""
+    return subprocess.run(
+        ["runuser", "-u", user, "--", *argv],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def dovecot_ids() -> tuple[int, int]:
+    """(uid, gid) of user dovecot."""
+    pw = pwd.getpwnam(DOVECOT_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def new_server_dir(prefix: str = "appauth-dc-") -> Path:
+    """A fresh 0755 directory user dovecot can traverse (pytest's tmp_path is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir=shared_tempdir_base()))
+    os.chmod(d, 0o755)
+    return d
