@@ -23,7 +23,7 @@ CREATE TABLE log (
 	src_rdns TEXT, 
 	src_loc TEXT, 
 	src_isp TEXT, 
-	timestamp DATETIME(3) NOT NULL DEFAULT utc_timestamp(3) ON UPDATE utc_timestamp(3), 
+	timestamp DATETIME(3) NOT NULL DEFAULT (utc_timestamp(3)), 
 	PRIMARY KEY (id), 
 	CONSTRAINT log_app_passwords_id_fk FOREIGN KEY(pwid) REFERENCES app_passwords (id) ON DELETE CASCADE
 )ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_general_ci;

@@ -234,7 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", metavar="USER", help="SQLite: give the file and its directory to USER (e.g. dovecot)")
 
     pw = sub.add_parser("password", help="create, list and revoke app passwords",
-                        description="create, list and revoke app passwords", parents=[common])
+                        description="create, list and revoke app passwords", parents=[common],
+                        epilog="examples:\n  dovecot-appauth password create alice@example.com --comment Phone\n"
+                               "  dovecot-appauth password list alice@example.com\n"
+                               "  dovecot-appauth password revoke 12",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     pw_sub = pw.add_subparsers(dest="password_command", metavar="ACTION")
     pw_sub.required = True
     p = command("create", cmd_password_create, "create an app password and print it once",

@@ -253,6 +253,27 @@ class _Reader:
                 self.problems.append(Problem(f"{self.where} {key}", "unknown key (ignored)", "warning"))
 
 
+def _check_networks(problems: list[Problem], name: str, auth: AuthConfig, audit: AuditConfig) -> None:
+    """A network that does not parse would fail every login later: report it here."""
+    import ipaddress
+
+    groups = [
+        ("auth", "disallow_passwords_from", auth.disallow_passwords_from),
+        ("audit", "ignore_networks", audit.ignore_networks),
+        ("audit", "global_networks", audit.global_networks),
+        ("audit.local_networks", "", tuple(audit.local_networks)),
+    ]
+    for user, allow in audit.allow_users.items():
+        groups.append((f"audit.allow.users.{user}", "ip_networks", allow.ip_networks))
+    for section, key, networks in groups:
+        for text in networks:
+            try:
+                ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                where = f"{name}: [{section}] {key}".rstrip()
+                problems.append(Problem(where, f"{text!r} is not an IP network"))
+
+
 def _result_success(r: _Reader) -> str:
     # upstream's config.toml.dist spells it "unkown": accept that, with a warning
     if r.data.get("audit_result_success") == "unkown":
@@ -391,6 +412,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     r.finish()
     top.finish()
 
+    _check_networks(problems, name, auth, audit)
     errors = [p for p in problems if p.level == "error"]
     if errors:
         raise ConfigError(problems)

@@ -96,9 +96,16 @@ def verify(password: str, stored: str) -> bool:
         raise UnsupportedHash("stored argon2id hash is malformed") from None
 
 
-def dummy_verify(password: str, scheme: str = "sha512-crypt") -> None:
-    """Spend the hash work of one check, for a user without passwords."""
-    verify(password, _DUMMY_HASHES.get(scheme, _DUMMY_HASHES["sha512-crypt"]))
+def dummy_verify(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5000) -> None:
+    """Spend the hash work of one check, for a user without passwords.
+
+    With `sha512_rounds` raised, new passwords cost more: the dummy check uses the same
+    rounds, so an unknown user still costs what a known one does.
+    """
+    stored = _DUMMY_HASHES.get(scheme, _DUMMY_HASHES["sha512-crypt"])
+    if stored.startswith("{CRYPT}$6$") and rounds != 5000:
+        stored = stored.replace("$6$", f"$6$rounds={rounds}$", 1)
+    verify(password, stored)
 
 
 def hash_password(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5000) -> str:

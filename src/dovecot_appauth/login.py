@@ -188,7 +188,7 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
                                None)
         else:
             # unknown user, or a password that is not UTF-8 (matches nothing): the same work
-            hashing.dummy_verify(password or "", config.auth.hash_scheme)
+            hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
 
         if matched is None:
             if revoked is not None:

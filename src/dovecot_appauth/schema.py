@@ -73,11 +73,9 @@ def build_metadata(dialect: str) -> MetaData:
     # SQLite only auto-increments an INTEGER PRIMARY KEY
     big_id = BigInteger().with_variant(Integer, "sqlite")
     now = text("(utc_timestamp())") if is_mysql else text("(datetime('now'))")
-    now_ms = (
-        text("utc_timestamp(3) ON UPDATE utc_timestamp(3)")
-        if is_mysql
-        else text("(strftime('%Y-%m-%d %H:%M:%f', 'now'))")
-    )
+    # Upstream's DDL also has `ON UPDATE utc_timestamp(3)`, which MariaDB rejects (ON UPDATE
+    # takes only CURRENT_TIMESTAMP, local time); log rows are never updated, so it is left out.
+    now_ms = text("(utc_timestamp(3))") if is_mysql else text("(strftime('%Y-%m-%d %H:%M:%f', 'now'))")
     table_args: dict[str, Any] = (
         {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_general_ci"}
         if is_mysql

@@ -61,7 +61,7 @@ _SELECT_PASSWORDS = "SELECT id, uid, password, deleted FROM app_passwords WHERE 
 _INSERT_LOG = (
     "INSERT INTO log (pwid, service, src_ip, src_rdns, src_loc, src_isp, timestamp) "
     "SELECT {p}, {p}, {p}, {p}, {p}, {p}, {p} {dual}WHERE NOT EXISTS ("
-    "SELECT 1 FROM log WHERE pwid = {p} AND service = {p} AND src_ip = {p} AND timestamp >= {p})"
+    "SELECT 1 FROM log WHERE pwid = {p} AND service = {p} AND src_ip {same} {p} AND timestamp >= {p})"
 )
 
 
@@ -114,7 +114,7 @@ class SqliteStore:
         return [PasswordRow(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
-        sql = _INSERT_LOG.format(p="?", dual="")
+        sql = _INSERT_LOG.format(p="?", dual="", same="IS")  # IS: NULL-safe, a login without IP
         try:
             cursor = self.conn.execute(sql, _insert_params(record, now, dedup_window))
         except self._errors as e:
@@ -178,7 +178,7 @@ class MysqlStore:
         ]
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
-        sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ")
+        sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ", same="<=>")
         cursor = self._run(sql, _insert_params(record, now, dedup_window))
         return cursor.rowcount == 1
 

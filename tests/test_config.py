@@ -1,0 +1,260 @@
+"""The TOML configuration: defaults, problems with their location, file errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dovecot_appauth.config import (
+    AuthConfig,
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    config_path,
+    load,
+    parse,
+)
+from tests.fixtures_common import new_server_dir
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "config.toml"
+
+
+def _toml(text: str) -> dict:
+    return tomllib.loads(textwrap.dedent(text))
+
+
+def _error(data: dict) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse(data, "/etc/dovecot-appauth/config.toml")
+    return info.value
+
+
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="conf/config.toml not written yet")
+def test_example_config_loads_without_problems():
+    config = load(str(EXAMPLE))
+    assert config.problems == ()
+
+
+def test_empty_config_is_all_defaults():
+    config = parse({})
+    assert config.database == DatabaseConfig()
+    assert config.auth == AuthConfig()
+    assert config.database.dsn == "sqlite:////var/lib/dovecot-appauth/db.sqlite"
+    assert config.database.connect_timeout == 3.0
+    assert config.auth.dedup_window == 60.0
+    assert config.auth.hash_scheme == "sha512-crypt"
+    assert config.audit.enabled is True
+    assert config.problems == ()
+
+
+def test_values_are_read():
+    config = parse(_toml("""
+        [database]
+        dsn = "mysql+pymysql://u:p@db/appauth"
+        connect_timeout = 1.5
+        [auth]
+        disallow_passwords_from = ["192.0.2.10/32", "2001:db8::/64"]
+        hash_scheme = "bcrypt"
+        dedup_window = 30
+        [audit]
+        enabled = false
+    """))
+    assert config.database.dsn == "mysql+pymysql://u:p@db/appauth"
+    assert config.database.connect_timeout == 1.5
+    assert config.auth.disallow_passwords_from == ("192.0.2.10/32", "2001:db8::/64")
+    assert config.auth.hash_scheme == "bcrypt"
+    assert config.auth.dedup_window == 30.0
+    assert config.audit.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[auth]\nfrobnicate = 1\n", "config.toml: [auth] frobnicate"),
+        ("[database]\ndns = 'x'\n", "config.toml: [database] dns"),
+        ("top_level_typo = true\n", "config.toml: top_level_typo"),
+        ("[nosuchsection]\nx = 1\n", "config.toml: nosuchsection"),
+        ("[audit.dns]\nresolver = ['x']\n", "config.toml: [audit.dns] resolver"),
+    ],
+)
+def test_unknown_key_is_a_warning_with_location(text, where):
+    config = parse(tomllib.loads(text), "/etc/dovecot-appauth/config.toml")
+    assert len(config.problems) == 1
+    problem = config.problems[0]
+    assert problem.level == "warning"
+    assert problem.where == where
+    assert "unknown key" in problem.message
+    assert str(problem).startswith(f"warning: {where}")
+
+
+@pytest.mark.parametrize(
+    ("text", "section", "key"),
+    [
+        ("[auth]\ndedup_window = 'sixty'\n", "[auth]", "dedup_window"),
+        ("[auth]\ndedup_window = true\n", "[auth]", "dedup_window"),  # a bool is not a number
+        ("[database]\nconnect_timeout = [1]\n", "[database]", "connect_timeout"),
+        ("[database]\ndsn = 5\n", "[database]", "dsn"),
+        ("[auth]\nsha512_rounds = 5000.5\n", "[auth]", "sha512_rounds"),
+        ("[auth]\nhash_scheme = 'md5'\n", "[auth]", "hash_scheme"),
+        ("[auth]\ndisallow_passwords_from = [1, 2]\n", "[auth]", "disallow_passwords_from"),
+        ("[auth]\ndisallow_passwords_from = 10\n", "[auth]", "disallow_passwords_from"),
+        ("[audit]\nenabled = 'no'\n", "[audit]", "enabled"),
+        ("[audit.dns]\ntimeout = -1\n", "[audit.dns]", "timeout"),
+        ("[userdb]\nuid = true\n", "[userdb]", "uid"),
+        ("auth = 'x'\n", "config.toml:", "auth"),
+    ],
+)
+def test_wrong_type_is_an_error_naming_section_and_key(text, section, key):
+    error = _error(tomllib.loads(text))
+    errors = [p for p in error.problems if p.level == "error"]
+    assert len(errors) == 1
+    assert section in errors[0].where
+    assert errors[0].where.endswith(key)
+    assert section in str(error) and key in str(error)
+
+
+def test_errors_and_warnings_are_all_reported():
+    error = _error(tomllib.loads("[auth]\ndedup_window = 'x'\nhash_scheme = 'md5'\ntypo = 1\n"))
+    assert sorted(p.level for p in error.problems) == ["error", "error", "warning"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"192.0.2.10"', ("192.0.2.10",)),
+        ('"192.0.2.10/32, 2001:db8::/64"', ("192.0.2.10/32", "2001:db8::/64")),
+        ('"192.0.2.10/32 2001:db8::/64"', ("192.0.2.10/32", "2001:db8::/64")),
+        ('["192.0.2.10/32", "2001:db8::/64"]', ("192.0.2.10/32", "2001:db8::/64")),
+        ("[]", ()),
+        ('""', ()),
+    ],
+)
+def test_disallow_passwords_from_string_or_list(value, expected):
+    config = parse(tomllib.loads(f"[auth]\ndisallow_passwords_from = {value}\n"))
+    assert config.auth.disallow_passwords_from == expected
+
+
+def test_userdb_fields_and_extra_prefix():
+    config = parse(_toml("""
+        [userdb]
+        uid = 5000
+        gid = "vmail"
+        home = "/srv/mail/%d/%n"
+        mail = "maildir:~/Maildir"
+        [userdb.extra]
+        quota_rule = "*:storage=1G"
+        userdb_mail_plugins = "quota"
+        nologin_after = 3
+    """))
+    assert config.userdb.uid == "5000"
+    assert config.userdb.gid == "vmail"
+    assert config.userdb.home == "/srv/mail/%d/%n"
+    assert config.userdb.mail == "maildir:~/Maildir"
+    assert config.userdb.extra == {
+        "userdb_quota_rule": "*:storage=1G",
+        "userdb_mail_plugins": "quota",
+        "userdb_nologin_after": "3",
+    }
+
+
+def test_userdb_extra_non_string_is_an_error():
+    error = _error(tomllib.loads("[userdb.extra]\nquota_rule = ['a']\n"))
+    assert "[userdb].extra quota_rule" in str(error)
+
+
+def test_audit_allow_users_lower_cased():
+    config = parse(_toml("""
+        [audit.allow.users."Alice@Example.com"]
+        ip_networks = ["192.0.2.0/24"]
+    """))
+    assert config.audit.allow_users["alice@example.com"].ip_networks == ("192.0.2.0/24",)
+
+
+# --- files --------------------------------------------------------------------------
+
+
+def test_load_reads_file_and_keeps_path(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[database]\ndsn = "sqlite:///db.sqlite"\n[typo]\n')
+    config = load(str(path))
+    assert config.path == str(path)
+    assert config.database.dsn == "sqlite:///db.sqlite"
+    assert [p.where for p in config.problems] == ["config.toml: typo"]
+
+
+def test_load_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="not found") as info:
+        load(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_load_invalid_toml_names_file_and_line(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[database]\ndsn = 'x'\nbroken = \n")
+    with pytest.raises(ConfigError, match="invalid TOML") as info:
+        load(str(path))
+    assert str(path) in str(info.value)
+    assert "line 3" in str(info.value)
+
+
+def test_load_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(str(tmp_path))
+
+
+def test_load_unreadable_file():
+    """As an unprivileged user (root reads any file): the message names the file and the uid."""
+    directory = new_server_dir("appauth-cfg-unreadable-")
+    try:
+        path = directory / "config.toml"
+        path.write_text("")
+        path.chmod(0)
+        script = "import sys\nfrom dovecot_appauth.config import load\nload(sys.argv[1])\n"
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60, cwd="/",
+            env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            user="nobody" if os.geteuid() == 0 else None,
+        )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert "ConfigError" in proc.stderr
+    assert f"{path}: config file not readable by uid" in proc.stderr
+
+
+def test_resolve_relative_to_config_dir(tmp_path):
+    config = Config(path=str(tmp_path / "config.toml"))
+    assert config.resolve("lists/asn.lst") == str(tmp_path / "lists" / "asn.lst")
+    assert config.resolve("/abs/file") == "/abs/file"
+    assert Config().resolve("rel") == "rel"
+
+
+def test_config_path_precedence():
+    env = {"DOVECOT_APPAUTH_CONFIG": "/from/env.toml"}
+    assert config_path("/explicit.toml", env) == "/explicit.toml"
+    assert config_path(None, env) == "/from/env.toml"
+    assert config_path(None, {}) == "/etc/dovecot-appauth/config.toml"
+
+
+@pytest.mark.parametrize(
+    ("toml_text", "where"),
+    [
+        ('[auth]\ndisallow_passwords_from = ["192.0.2.300/32"]\n', "[auth] disallow_passwords_from"),
+        ('[audit]\nignore_networks = ["not-a-net"]\n', "[audit] ignore_networks"),
+        ('[audit]\nglobal_networks = ["2001:db8::/129"]\n', "[audit] global_networks"),
+        ('[audit.local_networks]\n"10.0.0.0/33" = "LAN"\n', "[audit.local_networks]"),
+        ('[audit.allow.users."a@example.com"]\nip_networks = ["x"]\n', "[audit.allow.users.a@example.com] ip_networks"),
+    ],
+)
+def test_parse_rejects_bad_networks(toml_text, where):
+    """A network that does not parse is a config error, not a failure of every login."""
+    with pytest.raises(ConfigError) as info:
+        parse(tomllib.loads(toml_text), "c.toml")
+    assert any(where in p.where and "not an IP network" in p.message for p in info.value.problems), info.value.problems
