@@ -1,0 +1,83 @@
+"""The benchmark suite must keep working: run it briefly and check the shape of its output.
+
+No timing assertions here (a loaded CI machine is not a benchmark): only that
+`benchmarks/run.py --quick --only warm,wrong` sets itself up, runs real logins with the
+expected exit statuses, prints the table and writes well-formed JSON that
+`benchmarks/compare.py` reads, and that `benchmarks/importtime.py` parses -X importtime.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+PROGRAM = Path(sys.executable).parent / "dovecot-appauth-checkpassword"
+
+pytestmark = pytest.mark.skipif(not PROGRAM.exists(), reason=f"{PROGRAM} not installed (pip install -e .)")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "result.json"
+    res = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--reps", "2", "--only", "warm,wrong", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )
+    assert res.returncode == 0, f"run.py failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    return res.stdout, json.loads(out.read_text()), out
+
+
+def test_table_lists_the_scenarios(quick_run):
+    stdout, _, _ = quick_run
+    lines = stdout.splitlines()
+    header = next(line for line in lines if line.startswith("scenario"))
+    for column in ("median", "min", "max", "x bare", "target", "result"):
+        assert column in header
+    for name in ("bare", "bare-isolated", "warm", "wrong"):
+        row = next((line for line in lines if line.split() and line.split()[0] == name), None)
+        assert row is not None, f"no row for {name}:\n{stdout}"
+        assert row.split()[-1] in ("PASS", "MISS", "INFO"), row
+
+
+def test_json_is_well_formed(quick_run):
+    _, data, _ = quick_run
+    assert data["schema"] == 1
+    machine = data["machine"]
+    assert machine["python"] and machine["nproc"] >= 1
+    assert set(data["scenarios"]) >= {"bare", "bare-isolated", "warm", "wrong"}
+    for name in ("bare", "warm", "wrong"):
+        sc = data["scenarios"][name]
+        assert sc["errors"] == 0, sc["note"]  # the logins exited as expected (0, then 1)
+        assert sc["runs"] == len(sc["samples"]) == 2
+        assert sc["min"] <= sc["median"] <= sc["max"]
+        assert sc["status"] in ("PASS", "MISS", "INFO")
+    assert data["scenarios"]["warm"]["ratio_bare"] > 0
+    assert "vs_warm" in data["scenarios"]["wrong"]["extra"]
+    assert "unknown" not in data["scenarios"]  # --only is honoured
+
+
+def test_compare_reads_the_json(quick_run):
+    _, _, path = quick_run
+    res = subprocess.run([sys.executable, str(BENCH / "compare.py"), str(path), str(path)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "warm" in res.stdout and "+0.0" in res.stdout
+
+
+def test_importtime_parser():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import importtime
+    finally:
+        sys.path.remove(str(BENCH))
+    text = ("import time: self [us] | cumulative | imported package\n"
+            "import time:       120 |        120 |   _io\n"
+            "import time:      2003 |      37753 | dovecot_appauth.login\n"
+            "dovecot-appauth: some stderr line\n")
+    assert importtime.parse_importtime(text) == [("_io", 120, 120, 1), ("dovecot_appauth.login", 2003, 37753, 0)]
