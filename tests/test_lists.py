@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import subprocess
 import sys
@@ -237,26 +237,32 @@ def test_load_lists_change_applies_at_next_load(tmp_path):
     assert [e.value for e in load_lists(config).deny["as_numbers"]] == [64502]
 
 
-def test_load_lists_cache_is_json_private_and_used(tmp_path):
+def test_load_lists_cache_is_marshal_private_and_used(tmp_path):
     config = make_config(
         tmp_path, {"reverse_hostname.lst": "(bad\n.*\\.example\\.net\n(a|b)x+\\.host\\.example\n"}
     )
     first = load_lists(config)
     files = list((tmp_path / "cache" / "lists").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".json"
+    assert len(files) == 1 and files[0].suffix == ".marshal"  # marshal, never pickle: loading runs no code
     assert oct(files[0].stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "cache" / "lists").stat().st_mode & 0o777) == "0o700"
-    data = json.loads(files[0].read_text())
+    data = marshal.loads(files[0].read_bytes())
     assert data["entries"][1][3] == ".host.example"  # the prefilter literal is cached
     # the cache is what the next load uses: tamper with it (same key) and see it
-    data["entries"][0][1] = "from-cache"
-    files[0].write_text(json.dumps(data))
+    data["entries"][0] = (data["entries"][0][0], "from-cache", *data["entries"][0][2:])
+    files[0].write_bytes(marshal.dumps(data))
     second = load_lists(config)
     assert second.deny["reverse_hostname"][0].text == "from-cache"
     assert [p.where for p in second.problems] == [p.where for p in first.problems]
     assert len(first.problems) == 1  # the bad regex was reported and left out of the cache
     # a damaged cache file is ignored and rewritten
-    files[0].write_text("{not json")
+    files[0].write_bytes(b"{not marshal")
+    assert load_lists(config).deny["reverse_hostname"][0].text == ".*\\.example\\.net"
+    assert marshal.loads(files[0].read_bytes())["entries"][0][1] == ".*\\.example\\.net"
+    # a cache file others may write is never read (marshal is not for untrusted data)
+    data["entries"][0] = (data["entries"][0][0], "group-writable", *data["entries"][0][2:])
+    files[0].write_bytes(marshal.dumps(data))
+    files[0].chmod(0o620)
     assert load_lists(config).deny["reverse_hostname"][0].text == ".*\\.example\\.net"
 
 

@@ -343,6 +343,7 @@ def test_rules_module_is_pure():
         ".config",
         ".facts",
         ".lists",
+        ".values",  # the pure record base class that replaced dataclasses
     }, imports
 
 

@@ -33,11 +33,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import IO, Any
 
-from .config import AuditConfig
-from .facts import NO_PTR, GeoName, IpFacts
-from .rules import SourceKind, Verdict
+from .facts import NO_PTR
+from .rules import SourceKind
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+    from .config import AuditConfig
+    from .facts import GeoName, IpFacts
+    from .rules import Verdict
 
 MAX_VALUE_CHARS = 256
 MAX_LINE_CHARS = 4096

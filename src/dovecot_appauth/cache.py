@@ -14,15 +14,20 @@ its -wal/-shm files the database file's mode). WAL lets concurrent logins read w
 writes; a short busy timeout bounds how long a writer waits. Every sqlite or OS problem
 becomes `CacheUnavailable`, and the caller carries on without a cache.
 
-Stdlib only (sqlite3, json, os): this module is imported on every login.
+Stdlib only (_sqlite3, _json, os; json when writing): this module is imported on every audited login.
 """
 
 from __future__ import annotations
 
-import json
+# The C module, not the `sqlite3` package: that only adds datetime adapters we never use,
+# and its dbapi2 imports datetime (~3 ms a login). Same classes, so `sqlite3.Error` callers
+# still catch these errors.
+import _sqlite3 as sqlite3
 import os
-import sqlite3
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 FILE_NAME = "cache.sqlite"
 BUSY_TIMEOUT_MS = 250  # a login never waits longer than this for another login's write
@@ -40,16 +45,81 @@ CREATE TABLE IF NOT EXISTS entry (
 """
 
 
+def _json_decoder() -> Any:
+    """A `json.loads` that does not import the `json` package on a warm login.
+
+    `json` imports `re` and compiles five patterns at import (~2 ms a login); decoding
+    our compact values needs none of that: the C scanner `json.loads` itself runs is in
+    `_json`. The context holds exactly the options `json.JSONDecoder()` passes it by
+    default. Anything but a clean parse of the whole text (malformed JSON, whose error
+    the C scanner can only raise once `json.decoder` is imported; trailing data) is
+    handed to the real `json.loads`, so results and errors are always its own. Without
+    `_json` (not CPython) this is `json.loads`.
+    """
+    try:
+        from _json import make_scanner
+    except ImportError:
+        from json import loads
+
+        return loads
+
+    class _Defaults:  # the attributes the C scanner reads from json.JSONDecoder()
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+        parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+    scan = make_scanner(_Defaults())
+
+    def loads(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+            if end == len(text):
+                return value
+        except Exception:  # noqa: S110 - json.loads below gives the real error
+            pass
+        import json
+
+        return json.loads(text)
+
+    return loads
+
+
+_json_loads = _json_decoder()
+
+
 class CacheUnavailable(Exception):
     """The cache cannot be used (corrupt, unwritable, locked): bypass it for this login."""
 
 
-class Negative(NamedTuple):  # a NamedTuple, not a dataclass: 5x cheaper to define at import
-    """A cached failure: the source was asked recently and did not answer usefully."""
+class Negative(tuple):
+    """A cached failure: the source was asked recently and did not answer usefully.
 
-    status: str  # "failed" or "timeout" (facts.SourceStatus values)
-    detail: str
-    stored: float
+    A tuple with named fields, as a NamedTuple would be, without importing `typing`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, status: str, detail: str, stored: float) -> Negative:
+        return tuple.__new__(cls, (status, detail, stored))
+
+    @property
+    def status(self) -> str:
+        """Either "failed" or "timeout" (facts.SourceStatus values)."""
+        return self[0]
+
+    @property
+    def detail(self) -> str:
+        return self[1]
+
+    @property
+    def stored(self) -> float:
+        return self[2]
+
+    def __repr__(self) -> str:
+        return f"Negative(status={self[0]!r}, detail={self[1]!r}, stored={self[2]!r})"
 
 
 def file_signature(path: str) -> str:
@@ -147,7 +217,7 @@ class IpCache:
             ).fetchall()
             out: dict[tuple[str, str], dict | Negative] = {}
             for source, key, ok, value, stored in rows:
-                data = json.loads(value)
+                data = _json_loads(value)
                 if not isinstance(data, dict):
                     raise ValueError(f"entry {source}/{key} is not a JSON object")
                 out[(source, key)] = data if ok else Negative(
@@ -167,6 +237,8 @@ class IpCache:
         """Write (source, key, value, ttl, ok) rows in one transaction; ttl None: no expiry."""
         if not rows:
             return
+        import json  # writing happens after a cache miss only
+
         data = [
             (source, key, int(ok), json.dumps(value, separators=(",", ":")), now,
              None if ttl is None else now + ttl)

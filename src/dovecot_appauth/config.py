@@ -1,7 +1,8 @@
 """Load and validate the TOML configuration.
 
-One `load()` serves the per-login program (which turns any problem of level "error"
-into a temporary failure) and `check-config` (which prints every problem). Key names
+One `parse()` serves the per-login program (through `load_cached`, which keeps the
+parsed TOML in a private cache file, see below; any problem of level "error" becomes a
+temporary failure) and `check-config` (through `load`; it prints every problem). Key names
 follow the upstream web-auth app where they overlap, so its `config.toml` mostly
 works as is; new options have new keys. Unknown keys are reported, never fatal.
 This module reads only the TOML file: list files are `lists.py`'s job.
@@ -10,8 +11,12 @@ This module reads only the TOML file: list files are `lists.py`'s job.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
+
+from .values import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_CONFIG_PATH = "/etc/dovecot-appauth/config.toml"
 CONFIG_ENV = "DOVECOT_APPAUTH_CONFIG"
@@ -25,13 +30,15 @@ HASH_SCHEMES = ("sha512-crypt", "bcrypt", "argon2id")
 RESULT_SUCCESS_VALUES = ("ok", "unknown", "next")
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(Value):
     """One configuration problem, located as precisely as we can."""
 
-    where: str  # "config.toml: [audit] deadline", "lists/asn.deny.lst:12"
-    message: str
-    level: str = "error"  # "error" stops logins (tempfail); "warning" does not
+    __slots__ = ("level", "message", "where")
+
+    def __init__(self, where: str, message: str, level: str = "error"):
+        self.where = where  # "config.toml: [audit] deadline", "lists/asn.deny.lst:12"
+        self.message = message
+        self.level = level  # "error" stops logins (tempfail); "warning" does not
 
     def __str__(self) -> str:
         return f"{self.level}: {self.where}: {self.message}"
@@ -45,107 +52,237 @@ class ConfigError(Exception):
         super().__init__("; ".join(str(p) for p in problems))
 
 
-@dataclass(frozen=True)
-class DatabaseConfig:
-    dsn: str = "sqlite:////var/lib/dovecot-appauth/db.sqlite"
-    connect_timeout: float = 3.0  # seconds, also the SQLite busy timeout
+# Defaults, named once: the constructors below and `parse` both use them.
+DEFAULT_DSN = "sqlite:////var/lib/dovecot-appauth/db.sqlite"
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_HASH_SCHEME = "sha512-crypt"
+DEFAULT_SHA512_ROUNDS = 5000
+DEFAULT_DEDUP_WINDOW = 60.0
+DEFAULT_PASSWORD_LENGTH = 16
+DEFAULT_PASSWORD_CHUNK = 4
+DEFAULT_DNS_TIMEOUT = 1.0
+DEFAULT_RDAP_BOOTSTRAP = "https://data.iana.org/rdap/"
+DEFAULT_RDAP_TIMEOUT = 1.2
+DEFAULT_CACHE_PATH = "/var/cache/dovecot-appauth"
+DEFAULT_RDNS_TTL = 3600.0
+DEFAULT_RDAP_TTL = 7 * 86400.0
+DEFAULT_NEGATIVE_TTL = 300.0
+DEFAULT_DEADLINE = 1.5
+
+# The config classes are plain `Value`s, not dataclasses (see values.py): the per-login
+# program builds them on every login. Fields are never assigned after __init__.
 
 
-@dataclass(frozen=True)
-class AuthConfig:
-    disallow_passwords_from: tuple[str, ...] = ()
-    hash_scheme: str = "sha512-crypt"
-    sha512_rounds: int = 5000  # glibc/PHP default; written as rounds= only when changed
-    dedup_window: float = 60.0  # seconds in which the same password+service+IP logs once
-    password_length: int = 16
-    password_chunk: int = 4
+class DatabaseConfig(Value):
+    __slots__ = ("connect_timeout", "dsn")
+
+    def __init__(self, dsn: str = DEFAULT_DSN, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout  # seconds, also the SQLite busy timeout
 
 
-@dataclass(frozen=True)
-class UserdbConfig:
+class AuthConfig(Value):
+    __slots__ = (
+        "dedup_window",
+        "disallow_passwords_from",
+        "hash_scheme",
+        "password_chunk",
+        "password_length",
+        "sha512_rounds",
+    )
+
+    def __init__(
+        self,
+        disallow_passwords_from: tuple[str, ...] = (),
+        hash_scheme: str = DEFAULT_HASH_SCHEME,
+        sha512_rounds: int = DEFAULT_SHA512_ROUNDS,
+        dedup_window: float = DEFAULT_DEDUP_WINDOW,
+        password_length: int = DEFAULT_PASSWORD_LENGTH,
+        password_chunk: int = DEFAULT_PASSWORD_CHUNK,
+    ):
+        self.disallow_passwords_from = disallow_passwords_from
+        self.hash_scheme = hash_scheme
+        self.sha512_rounds = sha512_rounds  # glibc/PHP default; written as rounds= only when changed
+        self.dedup_window = dedup_window  # seconds in which the same password+service+IP logs once
+        self.password_length = password_length
+        self.password_chunk = password_chunk
+
+
+class UserdbConfig(Value):
     """Fields returned on success; %u user, %n local part, %d domain, %% a percent."""
 
-    uid: str | None = None
-    gid: str | None = None
-    home: str | None = None
-    mail: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)  # any other userdb_* literal
+    __slots__ = ("extra", "gid", "home", "mail", "uid")
+
+    def __init__(
+        self,
+        uid: str | None = None,
+        gid: str | None = None,
+        home: str | None = None,
+        mail: str | None = None,
+        extra: dict[str, str] | None = None,
+    ):
+        self.uid = uid
+        self.gid = gid
+        self.home = home
+        self.mail = mail
+        self.extra = {} if extra is None else extra  # any other userdb_* literal
 
 
-@dataclass(frozen=True)
-class MaxMindConfig:
-    city: str | None = None
-    asn: str | None = None
+class MaxMindConfig(Value):
+    __slots__ = ("asn", "city")
+
+    def __init__(self, city: str | None = None, asn: str | None = None):
+        self.city = city
+        self.asn = asn
 
 
-@dataclass(frozen=True)
-class DnsConfig:
-    enabled: bool = True
-    resolvers: tuple[str, ...] = ()  # empty: the system's (/etc/resolv.conf)
-    port: int = 53
-    timeout: float = 1.0
+class DnsConfig(Value):
+    __slots__ = ("enabled", "port", "resolvers", "timeout")
+
+    def __init__(self, enabled: bool = True, resolvers: tuple[str, ...] = (), port: int = 53,
+                 timeout: float = DEFAULT_DNS_TIMEOUT):
+        self.enabled = enabled
+        self.resolvers = resolvers  # empty: the system's (/etc/resolv.conf)
+        self.port = port
+        self.timeout = timeout
 
 
-@dataclass(frozen=True)
-class RdapConfig:
-    enabled: bool = False  # off by default: it leaves the host for every uncached IP
-    bootstrap_url: str = "https://data.iana.org/rdap/"  # base of ipv4.json / ipv6.json / asn.json
-    servers: tuple[str, ...] = ()  # fixed RDAP base URLs, tried instead of the bootstrap
-    timeout: float = 1.2
+class RdapConfig(Value):
+    __slots__ = ("bootstrap_url", "enabled", "servers", "timeout")
+
+    def __init__(self, enabled: bool = False, bootstrap_url: str = DEFAULT_RDAP_BOOTSTRAP,
+                 servers: tuple[str, ...] = (), timeout: float = DEFAULT_RDAP_TIMEOUT):
+        self.enabled = enabled  # off by default: it leaves the host for every uncached IP
+        self.bootstrap_url = bootstrap_url  # base of ipv4.json / ipv6.json / asn.json
+        self.servers = servers  # fixed RDAP base URLs, tried instead of the bootstrap
+        self.timeout = timeout
 
 
-@dataclass(frozen=True)
-class CacheConfig:
-    path: str = "/var/cache/dovecot-appauth"
-    enabled: bool = True
-    rdns_ttl: float = 3600.0
-    rdap_ttl: float = 7 * 86400.0
-    negative_ttl: float = 300.0  # failures and timeouts
+class CacheConfig(Value):
+    __slots__ = ("enabled", "negative_ttl", "path", "rdap_ttl", "rdns_ttl")
+
+    def __init__(
+        self,
+        path: str = DEFAULT_CACHE_PATH,
+        enabled: bool = True,
+        rdns_ttl: float = DEFAULT_RDNS_TTL,
+        rdap_ttl: float = DEFAULT_RDAP_TTL,
+        negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+    ):
+        self.path = path
+        self.enabled = enabled
+        self.rdns_ttl = rdns_ttl
+        self.rdap_ttl = rdap_ttl
+        self.negative_ttl = negative_ttl  # failures and timeouts
 
 
-@dataclass(frozen=True)
-class UserAllow:
-    ip_networks: tuple[str, ...] = ()
-    as_numbers: tuple[str, ...] = ()
-    countries: tuple[str, ...] = ()
+class UserAllow(Value):
+    __slots__ = ("as_numbers", "countries", "ip_networks")
+
+    def __init__(self, ip_networks: tuple[str, ...] = (), as_numbers: tuple[str, ...] = (),
+                 countries: tuple[str, ...] = ()):
+        self.ip_networks = ip_networks
+        self.as_numbers = as_numbers
+        self.countries = countries
 
 
-@dataclass(frozen=True)
-class AuditConfig:
-    enabled: bool = True
-    audit_only: bool = False  # log the verdict, never deny
-    disabled_services: tuple[str, ...] = ()
-    audit_result_success: str = "ok"
-    audit_process_unknown: bool = False
-    log_local: bool = True
-    local_locationname: str = "local network"
-    local_networks: dict[str, str] = field(default_factory=dict)
-    ignore_networks: tuple[str, ...] = ()
-    # judged as global although IANA lists them as special-purpose (tests, demos)
-    global_networks: tuple[str, ...] = ()
-    deadline: float = 1.5
-    syslog_identifier: str = "mail-audit"
-    syslog_facility: str = "mail"
-    syslog_socket: str = "/dev/log"
-    journal: str = "auto"  # auto | yes | no
-    log_file: str | None = None  # also append each audit line to this file
-    maxmind: MaxMindConfig = MaxMindConfig()
-    dns: DnsConfig = DnsConfig()
-    rdap: RdapConfig = RdapConfig()
-    cache: CacheConfig = CacheConfig()
-    lists: dict[str, str] = field(default_factory=dict)  # kind -> file
-    allow: dict[str, str] = field(default_factory=dict)  # kind -> file (global allow lists)
-    allow_users: dict[str, UserAllow] = field(default_factory=dict)  # lower-cased user
+class AuditConfig(Value):
+    __slots__ = (
+        "allow",
+        "allow_users",
+        "audit_only",
+        "audit_process_unknown",
+        "audit_result_success",
+        "cache",
+        "deadline",
+        "disabled_services",
+        "dns",
+        "enabled",
+        "global_networks",
+        "ignore_networks",
+        "journal",
+        "lists",
+        "local_locationname",
+        "local_networks",
+        "log_file",
+        "log_local",
+        "maxmind",
+        "rdap",
+        "syslog_facility",
+        "syslog_identifier",
+        "syslog_socket",
+    )
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        audit_only: bool = False,
+        disabled_services: tuple[str, ...] = (),
+        audit_result_success: str = "ok",
+        audit_process_unknown: bool = False,
+        log_local: bool = True,
+        local_locationname: str = "local network",
+        local_networks: dict[str, str] | None = None,
+        ignore_networks: tuple[str, ...] = (),
+        global_networks: tuple[str, ...] = (),
+        deadline: float = DEFAULT_DEADLINE,
+        syslog_identifier: str = "mail-audit",
+        syslog_facility: str = "mail",
+        syslog_socket: str = "/dev/log",
+        journal: str = "auto",
+        log_file: str | None = None,
+        maxmind: MaxMindConfig | None = None,
+        dns: DnsConfig | None = None,
+        rdap: RdapConfig | None = None,
+        cache: CacheConfig | None = None,
+        lists: dict[str, str] | None = None,
+        allow: dict[str, str] | None = None,
+        allow_users: dict[str, UserAllow] | None = None,
+    ):
+        self.enabled = enabled
+        self.audit_only = audit_only  # log the verdict, never deny
+        self.disabled_services = disabled_services
+        self.audit_result_success = audit_result_success
+        self.audit_process_unknown = audit_process_unknown
+        self.log_local = log_local
+        self.local_locationname = local_locationname
+        self.local_networks = {} if local_networks is None else local_networks
+        self.ignore_networks = ignore_networks
+        # judged as global although IANA lists them as special-purpose (tests, demos)
+        self.global_networks = global_networks
+        self.deadline = deadline
+        self.syslog_identifier = syslog_identifier
+        self.syslog_facility = syslog_facility
+        self.syslog_socket = syslog_socket
+        self.journal = journal  # auto | yes | no
+        self.log_file = log_file  # also append each audit line to this file
+        self.maxmind = MaxMindConfig() if maxmind is None else maxmind
+        self.dns = DnsConfig() if dns is None else dns
+        self.rdap = RdapConfig() if rdap is None else rdap
+        self.cache = CacheConfig() if cache is None else cache
+        self.lists = {} if lists is None else lists  # kind -> file
+        self.allow = {} if allow is None else allow  # kind -> file (global allow lists)
+        self.allow_users = {} if allow_users is None else allow_users  # lower-cased user
 
 
-@dataclass(frozen=True)
-class Config:
-    path: str | None = None
-    database: DatabaseConfig = DatabaseConfig()
-    auth: AuthConfig = AuthConfig()
-    userdb: UserdbConfig = UserdbConfig()
-    audit: AuditConfig = AuditConfig()
-    problems: tuple[Problem, ...] = ()  # warnings that did not stop loading
+class Config(Value):
+    __slots__ = ("audit", "auth", "database", "path", "problems", "userdb")
+
+    def __init__(
+        self,
+        path: str | None = None,
+        database: DatabaseConfig | None = None,
+        auth: AuthConfig | None = None,
+        userdb: UserdbConfig | None = None,
+        audit: AuditConfig | None = None,
+        problems: tuple[Problem, ...] = (),
+    ):
+        self.path = path
+        self.database = DatabaseConfig() if database is None else database
+        self.auth = AuthConfig() if auth is None else auth
+        self.userdb = UserdbConfig() if userdb is None else userdb
+        self.audit = AuditConfig() if audit is None else audit
+        self.problems = problems  # warnings that did not stop loading
 
     def resolve(self, path: str) -> str:
         """A path from the config, relative to the config file's directory."""
@@ -255,8 +392,6 @@ class _Reader:
 
 def _check_networks(problems: list[Problem], name: str, auth: AuthConfig, audit: AuditConfig) -> None:
     """A network that does not parse would fail every login later: report it here."""
-    import ipaddress
-
     groups = [
         ("auth", "disallow_passwords_from", auth.disallow_passwords_from),
         ("audit", "ignore_networks", audit.ignore_networks),
@@ -265,6 +400,10 @@ def _check_networks(problems: list[Problem], name: str, auth: AuthConfig, audit:
     ]
     for user, allow in audit.allow_users.items():
         groups.append((f"audit.allow.users.{user}", "ip_networks", allow.ip_networks))
+    if not any(networks for _section, _key, networks in groups):
+        return
+    import ipaddress  # only when there are networks to check
+
     for section, key, networks in groups:
         for text in networks:
             try:
@@ -295,19 +434,19 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
 
     r = reader(top.table("database"), "database")
     database = DatabaseConfig(
-        dsn=r.str("dsn", DatabaseConfig.dsn) or DatabaseConfig.dsn,
-        connect_timeout=r.number("connect_timeout", DatabaseConfig.connect_timeout, 0.1),
+        dsn=r.str("dsn", DEFAULT_DSN) or DEFAULT_DSN,
+        connect_timeout=r.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0.1),
     )
     r.finish()
 
     r = reader(top.table("auth"), "auth")
     auth = AuthConfig(
         disallow_passwords_from=r.strings("disallow_passwords_from"),
-        hash_scheme=r.choice("hash_scheme", AuthConfig.hash_scheme, HASH_SCHEMES),
-        sha512_rounds=r.int("sha512_rounds", AuthConfig.sha512_rounds, 1000),
-        dedup_window=r.number("dedup_window", AuthConfig.dedup_window),
-        password_length=r.int("password_length", AuthConfig.password_length, 12),
-        password_chunk=r.int("password_chunk", AuthConfig.password_chunk, 0),
+        hash_scheme=r.choice("hash_scheme", DEFAULT_HASH_SCHEME, HASH_SCHEMES),
+        sha512_rounds=r.int("sha512_rounds", DEFAULT_SHA512_ROUNDS, 1000),
+        dedup_window=r.number("dedup_window", DEFAULT_DEDUP_WINDOW),
+        password_length=r.int("password_length", DEFAULT_PASSWORD_LENGTH, 12),
+        password_chunk=r.int("password_chunk", DEFAULT_PASSWORD_CHUNK, 0),
     )
     r.finish()
 
@@ -335,22 +474,22 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         enabled=d.bool("enabled", True),
         resolvers=d.strings("resolvers"),
         port=d.int("port", 53, 1),
-        timeout=d.number("timeout", DnsConfig.timeout, 0.01),
+        timeout=d.number("timeout", DEFAULT_DNS_TIMEOUT, 0.01),
     )
     rd = sub["rdap"]
     rdap = RdapConfig(
         enabled=rd.bool("enabled", False),
-        bootstrap_url=rd.str("bootstrap_url", RdapConfig.bootstrap_url) or RdapConfig.bootstrap_url,
+        bootstrap_url=rd.str("bootstrap_url", DEFAULT_RDAP_BOOTSTRAP) or DEFAULT_RDAP_BOOTSTRAP,
         servers=rd.strings("servers"),
-        timeout=rd.number("timeout", RdapConfig.timeout, 0.01),
+        timeout=rd.number("timeout", DEFAULT_RDAP_TIMEOUT, 0.01),
     )
     c = sub["cache"]
     cache = CacheConfig(
-        path=c.str("path", CacheConfig.path) or CacheConfig.path,
+        path=c.str("path", DEFAULT_CACHE_PATH) or DEFAULT_CACHE_PATH,
         enabled=c.bool("enabled", True),
-        rdns_ttl=c.number("rdns_ttl", CacheConfig.rdns_ttl),
-        rdap_ttl=c.number("rdap_ttl", CacheConfig.rdap_ttl),
-        negative_ttl=c.number("negative_ttl", CacheConfig.negative_ttl),
+        rdns_ttl=c.number("rdns_ttl", DEFAULT_RDNS_TTL),
+        rdap_ttl=c.number("rdap_ttl", DEFAULT_RDAP_TTL),
+        negative_ttl=c.number("negative_ttl", DEFAULT_NEGATIVE_TTL),
     )
     for s in sub.values():
         s.finish()
@@ -395,7 +534,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         local_networks=r.string_table("local_networks"),
         ignore_networks=r.strings("ignore_networks"),
         global_networks=r.strings("global_networks"),
-        deadline=r.number("deadline", AuditConfig.deadline, 0.05),
+        deadline=r.number("deadline", DEFAULT_DEADLINE, 0.05),
         syslog_identifier=r.str("syslog_identifier", "mail-audit") or "mail-audit",
         syslog_facility=r.str("syslog_facility", "mail") or "mail",
         syslog_socket=r.str("syslog_socket", "/dev/log") or "",
@@ -419,13 +558,13 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     return Config(path=path, database=database, auth=auth, userdb=userdb, audit=audit, problems=tuple(problems))
 
 
-def load(path: str) -> Config:
-    """Read and parse the config file; every failure is a ConfigError naming the file."""
-    import tomllib  # only here: the parser is not needed when the caller has a Config
+def _read_toml(path: str) -> dict[str, Any]:
+    """The file's TOML as a dict; every failure is a ConfigError naming the file."""
+    import tomllib  # only here: a warm login gets the parsed form from the config cache
 
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError([Problem(path, "config file not found")]) from None
     except PermissionError:
@@ -434,4 +573,88 @@ def load(path: str) -> Config:
         raise ConfigError([Problem(path, f"cannot read config file: {e.strerror}")]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Problem(path, f"invalid TOML: {e}")]) from None
+
+
+def load(path: str) -> Config:
+    """Read and parse the config file; every failure is a ConfigError naming the file."""
+    return parse(_read_toml(path), path)
+
+
+# ---------------------------------------------------------------------------
+# The per-login program's config cache.
+#
+# Importing tomllib and parsing the file costs a warm login 5-14 ms (tomllib compiles
+# its regexes at import; the shipped, fully commented config.toml is the 14).
+# `load_cached` keeps the parsed TOML dict (not the Config: `parse` still validates it
+# on every login, so problems are reported exactly as `load` reports them) in a private
+# marshal file (private_file.py), keyed by the config file's path, device, inode, size,
+# mtime and ctime (chmod, chown and every write change ctime, which nobody can set back).
+#
+# Where: the config names the cache directory, so that cannot be the place, and the
+# config's own directory belongs to root. The file is
+# `/tmp/dovecot-appauth-<euid>/config-<hash of the path>.marshal`: one private directory
+# per user (logins run as `dovecot`; one run by hand as root gets its own directory).
+# /tmp is sticky, so only the owner can replace that directory, and private_file.py
+# reads it only when it is owned by this user and writable by nobody else. Someone
+# else's directory, a symlink, a stale or a damaged file all mean: parse the TOML.
+
+CONFIG_CACHE_FORMAT = 1
+CONFIG_CACHE_ROOT = "/tmp"  # noqa: S108 - a private per-uid directory, checked by private_file.py
+
+
+def config_cache_file(path: str) -> str:
+    from .private_file import name_hash
+
+    directory = os.path.join(CONFIG_CACHE_ROOT, f"dovecot-appauth-{os.geteuid()}")
+    return os.path.join(directory, f"config-{name_hash(os.path.abspath(path))}.marshal")
+
+
+def _cache_key(path: str, st: os.stat_result) -> tuple[int | str, ...]:
+    return (CONFIG_CACHE_FORMAT, os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns)
+
+
+def load_cached(path: str) -> Config:
+    """`load`, for the per-login program: the parsed TOML comes from the config cache when
+    the file is unchanged (see above). Same Config, same problems, same errors."""
+    from . import private_file
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return load(path)  # reports the problem exactly as always
+    file = config_cache_file(path)
+    key = _cache_key(path, st)
+    cached = private_file.load(file)
+    if type(cached) is tuple and len(cached) == 2 and cached[0] == key and type(cached[1]) is dict:
+        return parse(cached[1], path)
+    data = _read_toml(path)
+    try:
+        unchanged = _cache_key(path, os.stat(path)) == key
+    except OSError:
+        unchanged = False
+    if unchanged and private_file.store(file, (key, data)):  # a file changed while read is not cached
+        _prune_config_cache(os.path.dirname(file), keep=file)
     return parse(data, path)
+
+
+CONFIG_CACHE_MAX_AGE = 86400.0  # seconds
+
+
+def _prune_config_cache(directory: str, keep: str) -> None:
+    """Remove other configs' cache files not written for a day (on a cache miss only).
+
+    One config means one file; test runs and `--config` experiments would otherwise
+    leave one per config path. A config still in use just gets its file written again.
+    """
+    import time
+
+    old = time.time() - CONFIG_CACHE_MAX_AGE
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if (entry.name.startswith("config-") and entry.path != keep
+                        and entry.stat(follow_symlinks=False).st_mtime < old):
+                    os.unlink(entry.path)
+    except OSError:
+        pass

@@ -10,8 +10,12 @@ them. Nothing here touches a file descriptor, the database, the network or the c
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # db-checkpassword.c: CHECKPASSWORD_MAX_REQUEST_LEN
 MAX_REQUEST_LEN = 512
@@ -65,13 +69,16 @@ class Mode(enum.Enum):
     CREDENTIALS_LOOKUP = "credentials-lookup"  # Dovecot wants the hash: refused
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(Value):
     """The fd-3 request. `password` is None when it was not valid UTF-8."""
 
-    username: str
-    password: str | None
-    password_given: bool
+    __slots__ = ("password", "password_given", "username")
+    _repr_hidden = ("password",)
+
+    def __init__(self, username: str, password: str | None, password_given: bool):
+        self.username = username
+        self.password = password
+        self.password_given = password_given
 
 
 def parse_request(data: bytes) -> Credentials:
@@ -125,21 +132,49 @@ _DOVECOT_VARIABLES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class LoginRequest:
+class LoginRequest(Value):
     """One authentication request as Dovecot describes it."""
 
-    username: str
-    password: str | None
-    mode: Mode
-    service: str
-    remote_ip: str | None = None
-    local_ip: str | None = None
-    remote_port: int | None = None
-    local_port: int | None = None
-    master_user: str | None = None
-    credentials_scheme: str | None = None
-    passdb_fields: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = (
+        "credentials_scheme",
+        "local_ip",
+        "local_port",
+        "master_user",
+        "mode",
+        "passdb_fields",
+        "password",
+        "remote_ip",
+        "remote_port",
+        "service",
+        "username",
+    )
+    _repr_hidden = ("password",)
+
+    def __init__(
+        self,
+        username: str,
+        password: str | None,
+        mode: Mode,
+        service: str,
+        remote_ip: str | None = None,
+        local_ip: str | None = None,
+        remote_port: int | None = None,
+        local_port: int | None = None,
+        master_user: str | None = None,
+        credentials_scheme: str | None = None,
+        passdb_fields: Mapping[str, str] | None = None,
+    ):
+        self.username = username
+        self.password = password
+        self.mode = mode
+        self.service = service
+        self.remote_ip = remote_ip
+        self.local_ip = local_ip
+        self.remote_port = remote_port
+        self.local_port = local_port
+        self.master_user = master_user
+        self.credentials_scheme = credentials_scheme
+        self.passdb_fields = {} if passdb_fields is None else passdb_fields
 
 
 def _port(value: str | None) -> int | None:

@@ -21,11 +21,8 @@ from __future__ import annotations
 import ipaddress
 import sys
 import time
-from dataclasses import asdict
-from typing import Any, TextIO
 
 from .cache import CacheUnavailable, IpCache, Negative, file_signature
-from .config import Config
 from .facts import (
     IpFacts,
     MaxMindFacts,
@@ -35,6 +32,14 @@ from .facts import (
     whois_from_json,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+    from .config import Config
+
+    _Outcome = tuple[SourceStatus, Any, str, float]  # status, value, detail, elapsed ms
+
 # name -> module with the source's lookup(); imported only when the cache misses
 SOURCES: dict[str, str] = {
     "rdns": "dovecot_appauth.sources.rdns",
@@ -42,8 +47,6 @@ SOURCES: dict[str, str] = {
     "rdap": "dovecot_appauth.sources.rdap",
 }
 BOOTSTRAP_SOURCE = "rdap-bootstrap"  # cache rows holding IANA bootstrap documents
-
-_Outcome = tuple[SourceStatus, Any, str, float]  # status, value, detail, elapsed ms
 
 
 def normalize_ip(ip: str) -> str:
@@ -173,9 +176,9 @@ def enrich(
                 if name == "rdns":
                     rows.append(("rdns", ip, {"ptr": value}, audit.cache.rdns_ttl, True))
                 elif name == "maxmind":
-                    rows.append(("maxmind", ip, {"sig": mm_sig, "facts": asdict(value)}, None, True))
+                    rows.append(("maxmind", ip, {"sig": mm_sig, "facts": value.to_json()}, None, True))
                 else:
-                    rows.append(("rdap", ip, {"facts": asdict(value)}, audit.cache.rdap_ttl, True))
+                    rows.append(("rdap", ip, {"facts": value.to_json()}, audit.cache.rdap_ttl, True))
                     rows.extend((BOOTSTRAP_SOURCE, boot_keys[k], doc, audit.cache.rdap_ttl, True)
                                 for k, doc in bootstrap.items() if k not in known_boot and k in boot_keys)
             elif status in (SourceStatus.TIMEOUT, SourceStatus.FAILED) and name != "maxmind":

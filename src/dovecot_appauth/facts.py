@@ -9,8 +9,12 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
-from typing import Any
+
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class SourceStatus(enum.StrEnum):
@@ -22,33 +26,74 @@ class SourceStatus(enum.StrEnum):
     SKIPPED = "skipped"  # not needed (e.g. the address is local and not audited)
 
 
-@dataclass(frozen=True)
-class GeoName:
+# Plain `Value` classes, not dataclasses (see values.py); `to_json` gives what
+# `dataclasses.asdict` gave (nested dicts, tuples kept as tuples).
+
+
+class GeoName(Value):
     """A MaxMind place: GeoNames id, English name and ISO code (any may be unknown)."""
 
-    geoname_id: int | None = None
-    name: str | None = None
-    code: str | None = None
+    __slots__ = ("code", "geoname_id", "name")
+
+    def __init__(self, geoname_id: int | None = None, name: str | None = None, code: str | None = None):
+        self.geoname_id = geoname_id
+        self.name = name
+        self.code = code
 
     def label(self) -> str:
         """`id/name` as in upstream's audit line (`None/None` when unknown)."""
         return f"{self.geoname_id}/{self.name}"
 
+    def to_json(self) -> dict[str, Any]:
+        return {"geoname_id": self.geoname_id, "name": self.name, "code": self.code}
 
-@dataclass(frozen=True)
-class MaxMindFacts:
-    city: GeoName = GeoName()
-    subdivisions: tuple[GeoName, ...] = ()  # least specific first, as MaxMind orders them
-    country: GeoName = GeoName()
-    continent: GeoName = GeoName()
-    registered_country: GeoName = GeoName()
-    represented_country: GeoName = GeoName()
-    latitude: float | None = None
-    longitude: float | None = None
-    accuracy_radius_km: int | None = None
-    postal_code: str | None = None
-    asn: int | None = None  # from the ASN database
-    as_org: str | None = None  # autonomous_system_organization
+
+_NO_PLACE = GeoName()
+
+
+class MaxMindFacts(Value):
+    __slots__ = (
+        "accuracy_radius_km",
+        "as_org",
+        "asn",
+        "city",
+        "continent",
+        "country",
+        "latitude",
+        "longitude",
+        "postal_code",
+        "registered_country",
+        "represented_country",
+        "subdivisions",
+    )
+
+    def __init__(
+        self,
+        city: GeoName = _NO_PLACE,
+        subdivisions: tuple[GeoName, ...] = (),
+        country: GeoName = _NO_PLACE,
+        continent: GeoName = _NO_PLACE,
+        registered_country: GeoName = _NO_PLACE,
+        represented_country: GeoName = _NO_PLACE,
+        latitude: float | None = None,
+        longitude: float | None = None,
+        accuracy_radius_km: int | None = None,
+        postal_code: str | None = None,
+        asn: int | None = None,
+        as_org: str | None = None,
+    ):
+        self.city = city
+        self.subdivisions = subdivisions  # least specific first, as MaxMind orders them
+        self.country = country
+        self.continent = continent
+        self.registered_country = registered_country
+        self.represented_country = represented_country
+        self.latitude = latitude
+        self.longitude = longitude
+        self.accuracy_radius_km = accuracy_radius_km
+        self.postal_code = postal_code
+        self.asn = asn  # from the ASN database
+        self.as_org = as_org  # autonomous_system_organization
 
     def place(self) -> str | None:
         """A readable place for the `log.src_loc` column: `City, Subdivision, Country`."""
@@ -59,37 +104,81 @@ class MaxMindFacts:
         text = ", ".join(p for p in parts if p)
         return text or None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "city": self.city.to_json(),
+            "subdivisions": tuple(s.to_json() for s in self.subdivisions),
+            "country": self.country.to_json(),
+            "continent": self.continent.to_json(),
+            "registered_country": self.registered_country.to_json(),
+            "represented_country": self.represented_country.to_json(),
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "accuracy_radius_km": self.accuracy_radius_km,
+            "postal_code": self.postal_code,
+            "asn": self.asn,
+            "as_org": self.as_org,
+        }
 
-@dataclass(frozen=True)
-class WhoisFacts:
+
+class WhoisFacts(Value):
     """RDAP (whois) network data, in upstream ipwhois terms."""
 
-    asn: int | None = None
-    as_cc: str | None = None
-    as_desc: str | None = None
-    net_name: str | None = None
-    net_cc: str | None = None
-    entities: tuple[str, ...] = ()
+    __slots__ = ("as_cc", "as_desc", "asn", "entities", "net_cc", "net_name")
+
+    def __init__(
+        self,
+        asn: int | None = None,
+        as_cc: str | None = None,
+        as_desc: str | None = None,
+        net_name: str | None = None,
+        net_cc: str | None = None,
+        entities: tuple[str, ...] = (),
+    ):
+        self.asn = asn
+        self.as_cc = as_cc
+        self.as_desc = as_desc
+        self.net_name = net_name
+        self.net_cc = net_cc
+        self.entities = entities
+
+    def to_json(self) -> dict[str, Any]:
+        return {"asn": self.asn, "as_cc": self.as_cc, "as_desc": self.as_desc, "net_name": self.net_name,
+                "net_cc": self.net_cc, "entities": self.entities}
 
 
-@dataclass(frozen=True)
-class SourceReport:
-    status: SourceStatus
-    elapsed_ms: float = 0.0
-    detail: str = ""  # why it failed, which file, ...: never a secret
+class SourceReport(Value):
+    __slots__ = ("detail", "elapsed_ms", "status")
+
+    def __init__(self, status: SourceStatus, elapsed_ms: float = 0.0, detail: str = ""):
+        self.status = status
+        self.elapsed_ms = elapsed_ms
+        self.detail = detail  # why it failed, which file, ...: never a secret
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "elapsed_ms": self.elapsed_ms, "detail": self.detail}
 
 
 # A PTR lookup that found no name is `NO_PTR`, matched by reverse_hostname lists as "<>".
 NO_PTR = "<>"
 
 
-@dataclass(frozen=True)
-class IpFacts:
-    ip: str
-    rdns: str | None = None  # PTR without trailing dot, NO_PTR when none, None when unknown
-    maxmind: MaxMindFacts | None = None
-    whois: WhoisFacts | None = None
-    sources: dict[str, SourceReport] = field(default_factory=dict)
+class IpFacts(Value):
+    __slots__ = ("ip", "maxmind", "rdns", "sources", "whois")
+
+    def __init__(
+        self,
+        ip: str,
+        rdns: str | None = None,
+        maxmind: MaxMindFacts | None = None,
+        whois: WhoisFacts | None = None,
+        sources: dict[str, SourceReport] | None = None,
+    ):
+        self.ip = ip
+        self.rdns = rdns  # PTR without trailing dot, NO_PTR when none, None when unknown
+        self.maxmind = maxmind
+        self.whois = whois
+        self.sources = {} if sources is None else sources
 
     @property
     def asns(self) -> tuple[int, ...]:
@@ -102,7 +191,13 @@ class IpFacts:
         return tuple(found)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "ip": self.ip,
+            "rdns": self.rdns,
+            "maxmind": None if self.maxmind is None else self.maxmind.to_json(),
+            "whois": None if self.whois is None else self.whois.to_json(),
+            "sources": {name: report.to_json() for name, report in self.sources.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IpFacts:

@@ -4,16 +4,21 @@ Stored values look like the Roundcube plugin writes them: `{CRYPT}$6$salt$hash` 
 PHP's crypt(). PHP accepts any salt byte except `$`, and real databases hold salts
 with `+`, `=` or `{`, which passlib/libpass reject ("invalid characters in
 sha512_crypt salt"). The system's libcrypt (libxcrypt on Debian) accepts them exactly
-as PHP does, so SHA-crypt goes through it: the stdlib `crypt` module on Python < 3.13,
-its maintained copy `legacycrypt` on 3.13+. bcrypt and argon2id use their reference
-packages. Every backend is imported on first use, so a login loads only the one its
-hash needs.
+as PHP does, so SHA-crypt goes through it: the stdlib's C binding `_crypt` on Python
+< 3.13, its maintained copy `legacycrypt` on 3.13+. bcrypt and argon2id use their
+reference packages. Every backend is imported on first use, so a login loads only the
+one its hash needs.
+
+Import choices on the per-login path (see docs/PERFORMANCE.md): `_crypt` rather than
+`crypt`, whose import hashes five test strings to list the methods (~11 ms) and warns;
+`_operator._compare_digest` (CPython's constant-time comparison, which `hmac` itself
+uses when built without OpenSSL) rather than `hmac`, which loads OpenSSL through
+`_hashlib` (~5 ms) to get OpenSSL's equivalent; `secrets` only when making something new.
 """
 
 from __future__ import annotations
 
-import hmac
-import secrets
+from _operator import _compare_digest as compare_digest  # constant-time, as hmac.compare_digest
 
 PASSWORD_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # noqa: S105 - not a secret
 _SALT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -38,10 +43,14 @@ class UnsupportedHash(ValueError):
 
 
 def _crypt_module():
+    """Something with `crypt(word, setting)` from the system's libcrypt."""
     try:
-        import crypt
+        import _crypt as crypt  # Python < 3.13: the C binding behind `crypt.crypt`
     except ImportError:
-        import legacycrypt as crypt  # Python 3.13+: same C binding, maintained separately
+        try:
+            import legacycrypt as crypt  # Python 3.13+: same binding, maintained separately
+        except ImportError:
+            import crypt  # a Python build with crypt.py but without _crypt (not seen in practice)
     return crypt
 
 
@@ -75,7 +84,7 @@ def verify(password: str, stored: str) -> bool:
         if not computed or computed.startswith("*"):
             # libcrypt signals an invalid setting string with "*0"/"*1" or None
             raise UnsupportedHash(f"libcrypt rejected a stored {scheme} hash")
-        return hmac.compare_digest(computed.encode(), value.encode())
+        return compare_digest(computed.encode(), value.encode())
     if scheme == "bcrypt":
         import bcrypt
 
@@ -110,6 +119,8 @@ def dummy_verify(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5
 
 def hash_password(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5000) -> str:
     """A new stored value, with the Dovecot scheme prefix the plugin also writes."""
+    import secrets  # admin path only: a login never makes a hash
+
     if scheme == "sha512-crypt":
         salt = "".join(secrets.choice(_SALT_ALPHABET) for _ in range(16))
         # glibc and PHP leave `rounds=` out at the default 5000; so do we, byte for byte
@@ -129,6 +140,8 @@ def hash_password(password: str, scheme: str = "sha512-crypt", *, rounds: int = 
 
 def generate_password(length: int = 16, chunk: int = 4) -> str:
     """`length` random characters from [0-9A-Za-z], grouped by dashes (part of the password)."""
+    import secrets
+
     chars = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
     if chunk <= 0:
         return chars

@@ -11,7 +11,8 @@ Theory of operation:
   and an empty list.
 - Lists are read fresh for every login (a change applies at the next login, no reload).
   Parsing 2,000 CIDRs costs a few milliseconds, so when the cache directory is usable the
-  parsed form of each file is kept there as JSON (never pickle), keyed by path, size and
+  parsed form of each file is kept there as a private marshal file (never pickle; see
+  private_file.py: `json` would cost a login its import and `re`), keyed by path, size and
   mtime_ns. Compiled regexes cannot be stored; the cached form holds only patterns that
   compiled when the file was parsed, and `regex_fullmatch` compiles lazily, only for the
   values a login actually checks, with a string fast path for the common `.*literal` forms.
@@ -21,50 +22,89 @@ Theory of operation:
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
 
-from .config import ALLOW_KINDS, LIST_KINDS, Config, Problem
+from . import private_file
+from .config import ALLOW_KINDS, LIST_KINDS, Problem
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    import re
+    from typing import Any
+
+    from .config import Config
 
 REGEX_KINDS = ("reverse_hostname", "network_name", "as_names")
 CC_KINDS = ("network_cc", "as_cc", "countries")
 # Bump when the parsed form changes: older cache files are then ignored.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 # Files larger than this are refused: a list is a few thousand lines, not a dump.
 MAX_LIST_BYTES = 16 * 1024 * 1024
 
 
-class Entry(NamedTuple):
+class Entry(tuple):
     """One list entry: where it was written and its parsed value.
 
-    `value` is plain JSON data: ip_networks `(version, network_int, prefixlen)`,
-    as_numbers and geo_location_ids an int, regex kinds the pattern text, country codes
-    upper case, entities upper case, coordinates `(lat, lon, radius_km, intersection)`.
-    A NamedTuple, not a dataclass: thousands are built per login and this is 5x cheaper.
+    `value` is plain data: ip_networks `(version, network_int, prefixlen)`, as_numbers
+    and geo_location_ids an int, regex kinds the pattern text, country codes upper case,
+    entities upper case, coordinates `(lat, lon, radius_km, intersection)`.
+    A tuple with named fields, as a NamedTuple would be but without importing `typing`
+    or `collections` (see values.py): thousands are built per login.
     """
 
-    file: str
-    line: int
-    text: str  # the entry as written, without a trailing comment
-    value: Any
-    hint: str | None = None  # regex kinds: a literal every match contains (see `required_literal`)
+    __slots__ = ()
+
+    def __new__(cls, file: str, line: int, text: str, value: Any, hint: str | None = None) -> Entry:
+        return tuple.__new__(cls, (file, line, text, value, hint))
+
+    @property
+    def file(self) -> str:
+        return self[0]
+
+    @property
+    def line(self) -> int:
+        return self[1]
+
+    @property
+    def text(self) -> str:
+        """The entry as written, without a trailing comment."""
+        return self[2]
+
+    @property
+    def value(self) -> Any:
+        return self[3]
+
+    @property
+    def hint(self) -> str | None:
+        """Regex kinds: a literal every match contains (see `required_literal`)."""
+        return self[4]
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
 
+    def __repr__(self) -> str:
+        return f"Entry(file={self[0]!r}, line={self[1]!r}, text={self[2]!r}, value={self[3]!r}, hint={self[4]!r})"
 
-@dataclass
-class Lists:
+
+class Lists(Value):
     """Every list one login needs. A kind that is not configured is absent from the dicts."""
 
-    deny: dict[str, tuple[Entry, ...]] = field(default_factory=dict)
-    allow: dict[str, tuple[Entry, ...]] = field(default_factory=dict)
-    user_allow: dict[str, dict[str, tuple[Entry, ...]]] = field(default_factory=dict)  # lower-cased user
-    problems: list[Problem] = field(default_factory=list)
+    __slots__ = ("allow", "deny", "problems", "user_allow")
+    __hash__ = None  # type: ignore[assignment]  # filled in place while loading
+
+    def __init__(
+        self,
+        deny: dict[str, tuple[Entry, ...]] | None = None,
+        allow: dict[str, tuple[Entry, ...]] | None = None,
+        user_allow: dict[str, dict[str, tuple[Entry, ...]]] | None = None,
+        problems: list[Problem] | None = None,
+    ):
+        self.deny = {} if deny is None else deny
+        self.allow = {} if allow is None else allow
+        self.user_allow = {} if user_allow is None else user_allow  # lower-cased user
+        self.problems = [] if problems is None else problems
 
 
 # ---------------------------------------------------------------------------
@@ -226,12 +266,8 @@ def parse_list(
             if validate_regex and kind in REGEX_KINDS:
                 _compile(value)
                 hint = required_literal(value)
-        except ValueError as e:
+        except ValueError as e:  # _compile turns re.error into "bad regular expression: ..."
             problems.append(Problem(f"{filename}:{number}", f"{kind}: {e}; line skipped"))
-            continue
-        except re.error as e:
-            message = f"{kind}: bad regular expression: {e}; line skipped"
-            problems.append(Problem(f"{filename}:{number}", message))
             continue
         if warning:
             problems.append(Problem(f"{filename}:{number}", f"{kind}: {warning}", "warning"))
@@ -242,12 +278,20 @@ def parse_list(
 # ---------------------------------------------------------------------------
 # regex matching: lazy compile, string fast path
 
+# `re` is imported only here and below, when a pattern is really compiled: a login whose
+# regex lists are all answered by the fast path or the cached hint never imports it.
 _compiled: dict[str, re.Pattern[str] | None] = {}
 _SIMPLE_ESCAPES = frozenset(".-_/ ,:;!@#%&'\"=~`<>")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
-    compiled = re.compile(pattern)
+    """Compile and remember `pattern`; a bad one raises ValueError("bad regular expression: ...")."""
+    import re
+
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"bad regular expression: {e}") from None
     _compiled[pattern] = compiled
     return compiled
 
@@ -292,6 +336,7 @@ def required_literal(pattern: str) -> str | None:
     if _fast_form(pattern) is not None:
         return None  # matched without the regex engine anyway
     try:
+        import re
         from re import _constants, _parser  # type: ignore[attr-defined]
 
         parsed = _parser.parse(pattern)
@@ -329,7 +374,7 @@ def regex_fullmatch(pattern: str, value: str, hint: str | None = None) -> bool:
     if compiled is False:
         try:
             compiled = _compile(pattern)
-        except re.error:
+        except ValueError:
             compiled = _compiled[pattern] = None  # reported by check-config; skipped here
     return compiled is not None and compiled.fullmatch(value) is not None
 
@@ -338,39 +383,30 @@ def regex_fullmatch(pattern: str, value: str, hint: str | None = None) -> bool:
 # files, cache, per-login loading
 
 
-def _fnv1a(text: str) -> str:
-    h = 0xCBF29CE484222325
-    for b in text.encode("utf-8", "surrogateescape"):
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
-
-
 def _cache_file(cache_dir: str, kind: str, path: str) -> str:
-    return os.path.join(cache_dir, f"{kind}-{_fnv1a(path)}.json")
+    return os.path.join(cache_dir, f"{kind}-{private_file.name_hash(path)}.marshal")
 
 
 def _read_cache(
     cache_dir: str, kind: str, path: str, st: os.stat_result
 ) -> tuple[list[Entry], list[Problem]] | None:
+    data = private_file.load(_cache_file(cache_dir, kind, path))
     try:
-        with open(_cache_file(cache_dir, kind, path), encoding="utf-8") as f:
-            data = json.load(f)
         if (
-            data.get("format") != CACHE_FORMAT
+            type(data) is not dict
+            or data.get("format") != CACHE_FORMAT
             or data.get("path") != path
             or data.get("kind") != kind
             or data.get("size") != st.st_size
             or data.get("mtime_ns") != st.st_mtime_ns
         ):
             return None
-        entries = [
-            Entry(path, line, text, tuple(value) if isinstance(value, list) else value, hint)
-            for line, text, value, hint in data["entries"]
-        ]
+        # marshal keeps tuples: the values come back as parsed (no list -> tuple pass)
+        entries = [Entry(path, line, text, value, hint) for line, text, value, hint in data["entries"]]
         problems = [Problem(where, message, level) for where, message, level in data["problems"]]
         return entries, problems
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing, stale or damaged: parse the file instead
+    except (ValueError, KeyError, TypeError):
+        return None  # stale or damaged: parse the file instead
 
 
 def _write_cache(
@@ -382,22 +418,10 @@ def _write_cache(
         "path": path,
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
-        "entries": [[e.line, e.text, e.value, e.hint] for e in entries],
-        "problems": [[p.where, p.message, p.level] for p in problems],
+        "entries": [(e.line, e.text, e.value, e.hint) for e in entries],
+        "problems": [(p.where, p.message, p.level) for p in problems],
     }
-    target = _cache_file(cache_dir, kind, path)
-    tmp = f"{target}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, target)  # atomic: concurrent logins see the old or the new file
-    except (OSError, ValueError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    private_file.store(_cache_file(cache_dir, kind, path), data)
 
 
 def load_file(

@@ -17,21 +17,26 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TextIO
 
-from .config import Config, ConfigError, config_path, load
+from .config import ConfigError, config_path, load_cached
 from .core import (
     AppAuthError,
     ExitCode,
-    LoginRequest,
     Misuse,
     Mode,
     TempFail,
     parse_request,
     read_environment,
 )
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import TextIO
+
+    from .config import Config
+    from .core import LoginRequest
 
 PROG = "dovecot-appauth"
 USAGE = (
@@ -53,22 +58,29 @@ Exit status: 0 authenticated, 1 refused, 2 lookup ok / misuse, 3 lookup: unknown
 """
 
 
-@dataclass
-class Outcome:
+class Outcome(Value):
     """What to tell Dovecot: the status, the reply (on success) and one log line."""
 
-    exit_code: ExitCode
-    user: str | None = None
-    fields: list[tuple[str, str]] = field(default_factory=list)
-    message: str | None = None  # one stderr line for Dovecot's log; never a secret
+    __slots__ = ("exit_code", "fields", "message", "user")
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __init__(self, exit_code: ExitCode, user: str | None = None, fields: list[tuple[str, str]] | None = None,
+                 message: str | None = None):
+        self.exit_code = exit_code
+        self.user = user
+        self.fields = [] if fields is None else fields
+        self.message = message  # one stderr line for Dovecot's log; never a secret
 
 
-@dataclass(frozen=True)
-class Options:
-    config: str | None = None
-    audit_chain: bool = False
-    reply_argv: tuple[str, ...] = ()
-    show_help: bool = False
+class Options(Value):
+    __slots__ = ("audit_chain", "config", "reply_argv", "show_help")
+
+    def __init__(self, config: str | None = None, audit_chain: bool = False, reply_argv: tuple[str, ...] = (),
+                 show_help: bool = False):
+        self.config = config
+        self.audit_chain = audit_chain
+        self.reply_argv = reply_argv
+        self.show_help = show_help
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -282,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         credentials = parse_request(read_fd3())
         request = read_environment(credentials, env)
         try:
-            config = load(config_path(options.config, dict(env)))
+            # the parsed TOML is cached per login user (config.py); validated as always
+            config = load_cached(config_path(options.config, dict(env)))
         except ConfigError as e:
             raise TempFail(f"configuration: {e}") from None
         outcome = decide(request, config, now=time.time(), audit_chain=options.audit_chain)

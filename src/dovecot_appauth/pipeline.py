@@ -9,23 +9,31 @@ passdb); `explain` calls `assess` for the same result without logging anything.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TextIO
 
-from .config import Config
-from .core import LoginRequest
-from .facts import NO_PTR, IpFacts
-from .rules import SourceClass, SourceKind, Verdict, classify_source, evaluate
+from .facts import NO_PTR
+from .rules import SourceKind, classify_source, evaluate
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from .config import Config
+    from .core import LoginRequest
+    from .facts import IpFacts
+    from .rules import SourceClass, Verdict
 
 
-@dataclass(frozen=True)
-class Assessment:
+class Assessment(Value):
     """What the audit concluded about one login, before anything is written."""
 
-    source: SourceClass
-    facts: IpFacts | None
-    verdict: Verdict
-    line: str
+    __slots__ = ("facts", "line", "source", "verdict")
+
+    def __init__(self, source: SourceClass, facts: IpFacts | None, verdict: Verdict, line: str):
+        self.source = source
+        self.facts = facts
+        self.verdict = verdict
+        self.line = line
 
     @property
     def deny(self) -> bool:

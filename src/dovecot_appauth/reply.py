@@ -10,11 +10,15 @@ earlier passdb's).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import NoReturn
 
-from .config import UserdbConfig
 from .core import TempFail, encode_reply
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import NoReturn
+
+    from .config import UserdbConfig
 
 
 def expand_template(template: str, user: str) -> str:

@@ -32,13 +32,18 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
-from .config import AuditConfig
-from .facts import IpFacts
-from .lists import Entry, Lists, parse_network, regex_fullmatch
+from .lists import parse_network, regex_fullmatch
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from .config import AuditConfig
+    from .facts import IpFacts
+    from .lists import Entry, Lists
 
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius
 _SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598: counted as global
@@ -65,12 +70,15 @@ class SourceKind(enum.Enum):
     GLOBAL = "global"  # judged by the lists
 
 
-@dataclass(frozen=True)
-class SourceClass:
-    kind: SourceKind
-    name: str | None = None  # LOCAL: the local_networks name, else local_locationname
-    location: str | None = None  # LOCAL: local_locationname (upstream's as_desc for local sources)
-    network: str | None = None  # the ignore/local network that matched, if any
+class SourceClass(Value):
+    __slots__ = ("kind", "location", "name", "network")
+
+    def __init__(self, kind: SourceKind, name: str | None = None, location: str | None = None,
+                 network: str | None = None):
+        self.kind = kind
+        self.name = name  # LOCAL: the local_networks name, else local_locationname
+        self.location = location  # LOCAL: local_locationname (upstream's as_desc for local sources)
+        self.network = network  # the ignore/local network that matched, if any
 
 
 class CheckResult(enum.Enum):
@@ -81,14 +89,17 @@ class CheckResult(enum.Enum):
     NOT_REACHED = "not reached"  # an earlier rule decided
 
 
-@dataclass(frozen=True)
-class Match:
-    kind: str  # list kind ("as_numbers"), or "service" / "source"
-    file: str | None  # list file, or the config location of an inline list
-    line: int | None
-    value: str  # the fact that matched, as shown in the reason
-    list: str = "deny"  # "deny" | "allow" | "user-allow" | "service" | "source"
-    entry: str | None = None  # the entry as written
+class Match(Value):
+    __slots__ = ("entry", "file", "kind", "line", "list", "value")
+
+    def __init__(self, kind: str, file: str | None, line: int | None, value: str, list: str = "deny",
+                 entry: str | None = None) -> None:
+        self.kind = kind  # list kind ("as_numbers"), or "service" / "source"
+        self.file = file  # list file, or the config location of an inline list
+        self.line = line
+        self.value = value  # the fact that matched, as shown in the reason
+        self.list = list  # "deny" | "allow" | "user-allow" | "service" | "source"
+        self.entry = entry  # the entry as written
 
     @property
     def rule(self) -> str:
@@ -100,24 +111,38 @@ class Match:
         return f"{self.file}:{self.line}" if self.file is not None else "config"
 
 
-@dataclass(frozen=True)
-class Check:
-    list: str  # "deny" | "allow" | "user-allow"
-    kind: str
-    result: CheckResult
-    detail: str = ""
+class Check(Value):
+    __slots__ = ("detail", "kind", "list", "result")
+
+    def __init__(self, list: str, kind: str, result: CheckResult, detail: str = ""):
+        self.list = list  # "deny" | "allow" | "user-allow"
+        self.kind = kind
+        self.result = result
+        self.detail = detail
 
 
-@dataclass(frozen=True)
-class Verdict:
-    outcome: Outcome
-    reason: str
-    matched: Match | None
-    checks: tuple[Check, ...] = ()
-    log: bool = True  # write the audit line
-    audit_only: bool = False  # recorded, never enforced
-    source: SourceClass = field(default_factory=lambda: SourceClass(SourceKind.GLOBAL))
-    unknown: tuple[str, ...] = ()  # facts that were unknown while judging
+class Verdict(Value):
+    __slots__ = ("audit_only", "checks", "log", "matched", "outcome", "reason", "source", "unknown")
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        reason: str,
+        matched: Match | None,
+        checks: tuple[Check, ...] = (),
+        log: bool = True,
+        audit_only: bool = False,
+        source: SourceClass | None = None,
+        unknown: tuple[str, ...] = (),
+    ):
+        self.outcome = outcome
+        self.reason = reason
+        self.matched = matched
+        self.checks = checks
+        self.log = log  # write the audit line
+        self.audit_only = audit_only  # recorded, never enforced
+        self.source = SourceClass(SourceKind.GLOBAL) if source is None else source
+        self.unknown = unknown  # facts that were unknown while judging
 
     @property
     def effective_deny(self) -> bool:
@@ -206,16 +231,20 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
-Found = tuple[Entry, str] | None | _Unknown
+if TYPE_CHECKING:
+    Found = tuple[Entry, str] | None | _Unknown
 
 
-@dataclass(frozen=True)
-class Subject:
+class Subject(Value):
     """The facts in the shape the matchers need, computed once per evaluation."""
 
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None  # IPv4-mapped already unwrapped
-    addr6: ipaddress.IPv6Address | None  # the mapped form too, for IPv6 entries like ::ffff:0:0/96
-    facts: IpFacts | None
+    __slots__ = ("addr", "addr6", "facts")
+
+    def __init__(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+                 addr6: ipaddress.IPv6Address | None, facts: IpFacts | None):
+        self.addr = addr  # IPv4-mapped already unwrapped
+        self.addr6 = addr6  # the mapped form too, for IPv6 entries like ::ffff:0:0/96
+        self.facts = facts
 
     @property
     def whois(self) -> Any:

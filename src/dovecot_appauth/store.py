@@ -12,32 +12,42 @@ never a password or hash: a broken database must never look like a wrong passwor
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from .core import TempFail
-from .dsn import Dsn, DsnError, parse_dsn
+from .dsn import DsnError, parse_dsn
+from .values import Value
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    from .dsn import Dsn
 
 
-@dataclass(frozen=True)
-class PasswordRow:
-    id: int
-    uid: str  # as stored: the canonical user name returned to Dovecot
-    hash: str
-    deleted: str | None  # UTC time of the soft delete (revocation), None while active
+class PasswordRow(Value):
+    __slots__ = ("deleted", "hash", "id", "uid")
+
+    def __init__(self, id: int, uid: str, hash: str, deleted: str | None):
+        self.id = id
+        self.uid = uid  # as stored: the canonical user name returned to Dovecot
+        self.hash = hash
+        self.deleted = deleted  # UTC time of the soft delete (revocation), None while active
 
     def __repr__(self) -> str:  # keep the hash out of any accidental log or traceback
         return f"PasswordRow(id={self.id}, uid={self.uid!r}, deleted={self.deleted!r})"
 
 
-@dataclass(frozen=True)
-class LoginRecord:
-    pwid: int
-    service: str
-    src_ip: str | None
-    src_rdns: str | None = "<>"
-    src_loc: str | None = ""
-    src_isp: str | None = ""
+class LoginRecord(Value):
+    __slots__ = ("pwid", "service", "src_ip", "src_isp", "src_loc", "src_rdns")
+
+    def __init__(self, pwid: int, service: str, src_ip: str | None, src_rdns: str | None = "<>",
+                 src_loc: str | None = "", src_isp: str | None = ""):
+        self.pwid = pwid
+        self.service = service
+        self.src_ip = src_ip
+        self.src_rdns = src_rdns
+        self.src_loc = src_loc
+        self.src_isp = src_isp
 
 
 def utc_timestamp(now: float) -> str:
@@ -47,12 +57,14 @@ def utc_timestamp(now: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}"
 
 
-class Store(Protocol):
-    def find_passwords(self, username: str) -> list[PasswordRow]: ...
+if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a login ~4 ms
 
-    def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool: ...
+    class Store(Protocol):
+        def find_passwords(self, username: str) -> list[PasswordRow]: ...
 
-    def close(self) -> None: ...
+        def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool: ...
+
+        def close(self) -> None: ...
 
 
 _SELECT_PASSWORDS = "SELECT id, uid, password, deleted FROM app_passwords WHERE uid = {p}{collate}"
@@ -89,7 +101,9 @@ def _describe_sqlite_error(error: Exception, path: str) -> str:
 
 class SqliteStore:
     def __init__(self, path: str, timeout: float):
-        import sqlite3
+        # The C module itself: the `sqlite3` package adds only datetime adapters we never
+        # use, and its dbapi2 imports datetime (~3 ms a login). Same classes, same errors.
+        import _sqlite3 as sqlite3
 
         self._errors = sqlite3.Error
         self.path = path

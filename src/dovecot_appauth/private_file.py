@@ -1,0 +1,102 @@
+"""Small private cache files of the per-login program (the config cache, the list cache).
+
+They hold `marshal` data: loading marshal never runs code (unlike pickle), it is built
+into the interpreter (no import), and it keeps tuples, which JSON cannot; `json` would
+also import `re` and compile its patterns, a few ms on every login (docs/PERFORMANCE.md).
+marshal is not meant for untrusted input, so a file is read only when it is private:
+a regular file (not a symlink) owned by this process's user and writable by nobody else,
+in a directory of the same kind. Anything else reads as "no cache", and the caller
+parses the original file. Writers replace a file atomically, so concurrent logins see
+the old version or the new one.
+
+Stdlib only (os, stat, marshal), all loaded at interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import stat
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_BYTES = 64 * 1024 * 1024  # far above any real list; a bigger file is not ours
+
+
+def name_hash(text: str) -> str:
+    """64-bit FNV-1a of `text`, for file names (hash() is salted per process)."""
+    h = 0xCBF29CE484222325
+    for b in text.encode("utf-8", "surrogateescape"):
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def _private(st: os.stat_result, kind: int) -> bool:
+    """Of the file type `kind`, owned by this user, and writable by nobody else."""
+    return stat.S_IFMT(st.st_mode) == kind and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def load(path: str) -> Any:
+    """The marshalled value in `path`, or None when it is missing, not private or damaged."""
+    try:
+        if not _private(os.lstat(os.path.dirname(path) or "."), stat.S_IFDIR):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not _private(st, stat.S_IFREG) or st.st_size > MAX_BYTES:
+            return None
+        chunks = []
+        left = st.st_size + 1  # one byte more: a file that grew is read whole, then rejected below
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        raw = b"".join(chunks)
+        if len(raw) != st.st_size:
+            return None
+        return marshal.loads(raw)  # noqa: S302 - a private file of our own, checked above
+    except Exception:  # unreadable, truncated, not marshal data: no cache
+        return None
+    finally:
+        os.close(fd)
+
+
+def store(path: str, value: Any) -> bool:
+    """Write `value` to `path` (0600; the directory is made 0700). Best effort: False on failure.
+
+    A value marshal cannot store (a TOML datetime, say) is not cached.
+    """
+    directory = os.path.dirname(path) or "."
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        data = marshal.dumps(value)
+        try:
+            os.makedirs(directory, mode=0o700)
+        except FileExistsError:
+            pass
+        if not _private(os.lstat(directory), stat.S_IFDIR):
+            return False
+        # O_TRUNC, not O_EXCL: the directory is ours alone, and a stale file of a crashed
+        # login with the same pid must not block the cache
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return True
+    except (OSError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
