@@ -122,7 +122,7 @@ def test_environment_reader(env, with_password):
 # --- list files ------------------------------------------------------------------------------
 
 LIST_PARSE_KINDS = sorted(set(cfgmod.LIST_KINDS) | set(cfgmod.ALLOW_KINDS))
-# what str.splitlines() splits on besides "\n": excluded here, see the xfail test below
+# what str.splitlines() splits on besides "\n": excluded here, see the line-number test below
 _SPLITLINES_EXTRA = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 list_tokens = st.sampled_from([
     "192.0.2.0/24", "192.0.2.1/24", "2001:db8::/32", "2001:db8::1/129", "fe80::1%eth0", "300.1.1.1", "0/0",
@@ -167,15 +167,11 @@ def test_list_parser(kind, text, validate):
         json.dumps(e.value)  # the parsed form is plain JSON data (the lists cache)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_list numbers lines with str.splitlines(), so a form feed, "
-                   "VT, \\x1c-\\x1e, NEL or U+2028/2029 inside a line shifts every later file:line")
 def test_list_parser_line_numbers_follow_newlines_only():
     _, problems = lists.parse_list("ip_networks", "192.0.2.0/24 comment\x0cwith a form feed\n300.1.1.1\n", "f")
     assert [p.where for p in problems] == ["f:2"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a regex line with a huge repeat count or deep nesting raises "
-                   "OverflowError/RecursionError out of parse_list instead of becoming a file:line problem")
 @pytest.mark.parametrize("pattern", ["host-\\d{4294967296}", "(" * 1200 + "a" + ")" * 1200])
 def test_regex_list_line_that_cannot_compile_is_a_problem(pattern):
     entries, problems = lists.parse_list("reverse_hostname", f"ok\\.example\n{pattern}\n", "f", validate_regex=True)
@@ -247,9 +243,6 @@ def test_config_parse_arbitrary_dicts(data):
         assert config.audit.deadline >= 0.05
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config.parse accepts nan/inf numbers (TOML allows them): "
-                   "connect_timeout = inf removes the database deadline, dedup_window = inf makes every right "
-                   "password exit 111 (OverflowError), deadline = nan/inf breaks the audit wait")
 @fuzz(100, 2_000)
 @given(section_key=st.sampled_from([("database", "connect_timeout"), ("auth", "dedup_window"),
                                     ("audit", "deadline"), ("audit.dns", "timeout"), ("audit.rdap", "timeout"),
@@ -511,9 +504,6 @@ def test_rdap_garbage_login_contained(rdap_responder, reply, bootstrap):
         _check_whois(f.whois)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rdap.lookup lets TypeError/IndexError/RecursionError escape on "
-                   "wrong-typed or deeply nested JSON (documented: only TimeoutError or RdapError); the login "
-                   "is safe only because enrich's worker catches everything")
 @fuzz(40, 2_000)
 @given(reply=rdap_reply, bootstrap=st.booleans())
 @example(reply=(200, b'{"name": "N", "remarks": 5}', "application/rdap+json", None), bootstrap=False)

@@ -233,8 +233,6 @@ def test_check_config_accepts_0640_root_dovecot(tmp_path):
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="BUG (issue 6 item 4): check-config warns only when a config holding a DB "
-                   "password is world-readable, not when its group (other than dovecot's) can read it")
 def test_check_config_warns_group_readable_by_another_group(tmp_path):
     assert _permission_warnings(_mysql_config(tmp_path, 0o640, 0))  # root:root 0640: group root reads it
 

@@ -256,7 +256,9 @@ def parse_list(
     parser = PARSERS[kind]
     entries: list[Entry] = []
     problems: list[Problem] = []
-    for number, raw in enumerate(text.splitlines(), first_line):
+    # split on LF only: str.splitlines() also splits on form feed, NEL, U+2028 ... and
+    # would shift every later file:line in the problems an admin is pointed at
+    for number, raw in enumerate(text.split("\n"), first_line):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -292,6 +294,9 @@ def _compile(pattern: str) -> re.Pattern[str]:
         compiled = re.compile(pattern)
     except re.error as e:
         raise ValueError(f"bad regular expression: {e}") from None
+    except (OverflowError, RecursionError, MemoryError) as e:
+        # a huge repeat count or deep nesting: re raises these instead of re.error
+        raise ValueError(f"regular expression too large ({type(e).__name__})") from None
     _compiled[pattern] = compiled
     return compiled
 

@@ -32,9 +32,12 @@ def _name(rec: dict[str, Any] | None, code_key: str = "iso_code") -> GeoName:
 
 def _read(path: str, ip: str) -> dict[str, Any] | None:
     try:
-        with maxminddb.open_database(path) as reader:
+        # MODE_MMAP: the pure-Python reader. maxminddb 3.2's C extension crashes the
+        # process (SIGSEGV, no stderr line) on a .mmdb with one corrupt byte; this reader
+        # raises InvalidDatabaseError instead, and one lookup per cache miss is cheap.
+        with maxminddb.open_database(path, maxminddb.MODE_MMAP) as reader:
             rec = reader.get(ip)
-    except (OSError, maxminddb.InvalidDatabaseError) as e:
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:  # ValueError: mmap of an empty file
         raise MaxMindUnavailable(f"{path}: {getattr(e, 'strerror', None) or e}") from None
     return rec if isinstance(rec, dict) else None
 

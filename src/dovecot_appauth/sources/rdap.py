@@ -74,6 +74,22 @@ class _Budget:
         return left
 
 
+def _read_body(resp: Any, budget: _Budget) -> bytes:
+    """Read at most MAX_BYTES + 1 in chunks, checking the budget between them: the socket
+    timeout alone bounds each read, so a server dripping a byte at a time could hold a
+    lookup for many budgets."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_BYTES:
+        budget.left()  # raises TimeoutError when the lookup's time is up
+        chunk = resp.read1(min(65536, MAX_BYTES + 1 - size)) if hasattr(resp, "read1") else resp.read(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _fetch_json(url: str, budget: _Budget, *, allow_file: bool = False) -> dict[str, Any] | None:
     """GET one JSON object; None on 404 (this server does not know the resource)."""
     scheme = urllib.parse.urlsplit(url).scheme
@@ -83,7 +99,7 @@ def _fetch_json(url: str, budget: _Budget, *, allow_file: bool = False) -> dict[
                                                "User-Agent": USER_AGENT})
     try:
         with _OPENER.open(req, timeout=budget.left()) as resp:
-            body = resp.read(MAX_BYTES + 1)
+            body = _read_body(resp, budget)
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 404:
@@ -225,8 +241,22 @@ def lookup(
     documents already known; documents fetched here are added to it. An address no
     server knows gives empty facts. Raises TimeoutError or RdapError.
     """
-    budget = _Budget(timeout)
-    boot = bootstrap if bootstrap is not None else {}
+    try:
+        return _lookup(ip, cfg, _Budget(timeout), asn_hint, bootstrap if bootstrap is not None else {})
+    except (TimeoutError, RdapError):
+        raise
+    except (TypeError, KeyError, IndexError, AttributeError, ValueError, RecursionError) as e:
+        # an answer of the wrong shape (e.g. "remarks": 5, deep nesting): the server's fault
+        raise RdapError(f"malformed RDAP data ({type(e).__name__})") from None
+
+
+def _lookup(
+    ip: str,
+    cfg: RdapConfig,
+    budget: _Budget,
+    asn_hint: Callable[[], int | None] | int | None,
+    boot: dict[str, dict[str, Any]],
+) -> WhoisFacts:
     version = ipaddress.ip_address(ip).version
     net = _query(_bases(cfg, f"ipv{version}", ip, budget, boot), f"ip/{ip}", budget)
     if net is None:
