@@ -14,7 +14,8 @@ umask 022
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
-DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d mariadb-server python3-venv python3-dev gcc)
+# chromium: the HTML report is screenshotted headless (tests/test_report.py)
+DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d mariadb-server python3-venv python3-dev gcc chromium)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

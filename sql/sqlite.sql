@@ -14,6 +14,58 @@ CREATE TABLE app_passwords (
 
 CREATE INDEX app_passwords_uid_index ON app_passwords (uid);
 
+CREATE TABLE auth_failures (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	timestamp DATETIME DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')) NOT NULL, 
+	uid VARCHAR(256) COLLATE "NOCASE" NOT NULL, 
+	src_ip VARCHAR(64), 
+	service VARCHAR(64)
+);
+
+CREATE INDEX auth_failures_ip_index ON auth_failures (src_ip, timestamp);
+
+CREATE INDEX auth_failures_timestamp_index ON auth_failures (timestamp);
+
+CREATE INDEX auth_failures_uid_index ON auth_failures (uid, timestamp);
+
+CREATE TABLE app_password_policy (
+	pwid BIGINT NOT NULL, 
+	services VARCHAR(255), 
+	expires DATETIME, 
+	networks TEXT, 
+	PRIMARY KEY (pwid), 
+	CONSTRAINT app_password_policy_pwid_fk FOREIGN KEY(pwid) REFERENCES app_passwords (id) ON DELETE CASCADE
+);
+
+CREATE TABLE audit_events (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	timestamp DATETIME DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')) NOT NULL, 
+	uid VARCHAR(256) COLLATE "NOCASE" NOT NULL, 
+	pwid BIGINT, 
+	service VARCHAR(64), 
+	src_ip VARCHAR(64), 
+	src_rdns VARCHAR(255), 
+	country VARCHAR(8), 
+	asn BIGINT, 
+	as_org VARCHAR(255), 
+	place VARCHAR(255), 
+	latitude DOUBLE, 
+	longitude DOUBLE, 
+	accuracy_km INTEGER, 
+	result VARCHAR(32) NOT NULL, 
+	rule VARCHAR(64), 
+	reason TEXT, 
+	authenticated BOOLEAN DEFAULT 0 NOT NULL, 
+	alert VARCHAR(64), 
+	CONSTRAINT audit_events_pwid_fk FOREIGN KEY(pwid) REFERENCES app_passwords (id) ON DELETE SET NULL
+);
+
+CREATE INDEX audit_events_pwid_index ON audit_events (pwid);
+
+CREATE INDEX audit_events_timestamp_index ON audit_events (timestamp);
+
+CREATE INDEX audit_events_uid_index ON audit_events (uid, timestamp);
+
 CREATE TABLE log (
 	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
 	pwid BIGINT NOT NULL, 

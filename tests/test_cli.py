@@ -18,7 +18,7 @@ SCRIPT = Path(sys.executable).parent / "dovecot-appauth"
 PASSWORD_RE = re.compile(r"[0-9A-Za-z]{4}(?:-[0-9A-Za-z]{4}){3}")
 SUBCOMMANDS = [
     ["init-db"], ["password"], ["password", "create"], ["password", "list"], ["password", "revoke"],
-    ["login-test"], ["check-config"],
+    ["login-test"], ["check-config"], ["upgrade-db"], ["password", "set"], ["prune"], ["report"],
 ]
 
 
@@ -74,7 +74,8 @@ def _hashes(conf) -> list[str]:
 def test_init_db_creates_then_reports_complete(conf, capsys):
     status, out, _ = run(capsys, conf, "init-db")
     assert status == 0
-    assert out.strip() == f"created app_passwords, log, app_passwords_with_log in sqlite:///{_db(conf)}"
+    assert out.strip() == ("created app_passwords, auth_failures, app_password_policy, audit_events, log, "
+                           f"app_passwords_with_log in sqlite:///{_db(conf)}")
     assert _db(conf).exists()
     status, out, _ = run(capsys, conf, "init-db")
     assert status == 0 and "schema already complete" in out
@@ -104,7 +105,7 @@ def test_password_create_prints_it_once(ready, capsys):
 
 def test_password_create_json(ready, capsys):
     data = _create(capsys, ready, "bob@example.com", "phone")
-    assert set(data) == {"id", "uid", "comment", "password"}
+    assert set(data) == {"id", "uid", "comment", "password", "services", "expires", "networks"}
     assert (data["uid"], data["comment"]) == ("bob@example.com", "phone")
     assert PASSWORD_RE.fullmatch(data["password"])
 
@@ -115,7 +116,8 @@ def test_password_list_never_prints_a_hash(ready, capsys):
     status, out, _ = run(capsys, ready, "password", "list")
     assert status == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "USER", "CREATED", "(UTC)", "COMMENT", "LAST", "USE", "(UTC)", "STATE"]
+    assert lines[0].split() == ["ID", "USER", "CREATED", "(UTC)", "COMMENT", "LAST", "USE", "(UTC)", "POLICY",
+                                "STATE"]
     assert len(lines) == 3
     assert lines[1].split()[:2] == [str(a["id"]), "alice@example.com"]
     assert "laptop" in lines[1] and "never used" in lines[1] and lines[1].endswith("active")

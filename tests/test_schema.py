@@ -172,8 +172,11 @@ def test_mariadb_script_gives_the_same_schema_as_init_db(mariadb):
 # --- init-db and the plugin's tables ----------------------------------------------------
 
 
+ALL_TABLES = ["app_passwords", "auth_failures", "app_password_policy", "audit_events", "log"]
+
+
 def test_init_db_is_idempotent(engine):
-    assert schema.init_db(engine) == ["app_passwords", "log", schema.VIEW_NAME]
+    assert schema.init_db(engine) == [*ALL_TABLES, schema.VIEW_NAME]
     pwid = schema.create_password(engine, "alice@example.com", HASH)
     assert schema.init_db(engine) == []
     assert schema.check_schema(engine) == []
@@ -182,7 +185,7 @@ def test_init_db_is_idempotent(engine):
 
 def test_check_schema_reports_what_is_missing(engine):
     assert set(schema.check_schema(engine)) == {
-        "table app_passwords is missing", "table log is missing", f"view {schema.VIEW_NAME} is missing",
+        *(f"table {t} is missing" for t in ALL_TABLES), f"view {schema.VIEW_NAME} is missing",
     }
     schema.init_db(engine)
     _execute(engine, f"DROP VIEW {schema.VIEW_NAME}")
@@ -326,3 +329,75 @@ def test_create_password_duplicate_is_an_error(engine):
     schema.create_password(engine, "alice@example.com", HASH)
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         schema.create_password(engine, "alice@example.com", HASH)
+
+
+# --- side tables: policies, audit events, upgrade-db ------------------------------------
+
+
+def test_upgrade_db_adds_side_tables_to_an_old_database(engine):
+    """A database made by the plugin's own DDL (or an older version of ours) is brought up to date."""
+    schema.init_db(engine)
+    pwid = schema.create_password(engine, "alice@example.com", HASH)
+    for name in ("audit_events", "app_password_policy"):
+        _execute(engine, f"DROP TABLE {name}")
+    _execute(engine, "DROP INDEX app_passwords_uid_index" + (" ON app_passwords" if _is_mysql(engine) else ""))
+    assert set(schema.check_schema(engine)) == {"table audit_events is missing",
+                                                "table app_password_policy is missing"}
+    added = schema.upgrade_db(engine)
+    assert added == ["table app_password_policy", "table audit_events", "index app_passwords_uid_index"]
+    assert schema.upgrade_db(engine) == []
+    assert schema.check_schema(engine) == []
+    assert [r["id"] for r in _rows(engine, "SELECT id FROM app_passwords")] == [pwid]
+
+
+def test_policy_create_set_list(engine):
+    from dovecot_appauth.policy import Policy
+
+    schema.init_db(engine)
+    expires = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+    a = schema.create_password(engine, "alice@example.com", HASH + "a",
+                               policy=Policy(("imap", "smtp"), expires, ("198.51.100.0/24",)))
+    b = schema.create_password(engine, "alice@example.com", HASH + "b", policy=Policy())
+    assert schema.get_policy(engine, a) == Policy(("imap", "smtp"), expires, ("198.51.100.0/24",))
+    assert schema.get_policy(engine, b) is None  # an empty policy is no row
+    assert _rows(engine, "SELECT count(*) AS n FROM app_password_policy")[0]["n"] == 1
+
+    assert schema.set_policy(engine, a, services=None) == Policy(None, expires, ("198.51.100.0/24",))
+    assert schema.set_policy(engine, b, networks=("2001:db8::/32",)) == Policy(None, None, ("2001:db8::/32",))
+    assert schema.set_policy(engine, a, expires=None, networks=None) is None
+    assert schema.get_policy(engine, a) is None
+    with pytest.raises(LookupError):
+        schema.set_policy(engine, 999_999, services=("imap",))
+
+    listed = {p.id: p for p in schema.list_passwords(engine)}
+    assert listed[a].policy is None and listed[b].policy == Policy(None, None, ("2001:db8::/32",))
+    assert listed[b].to_json()["networks"] == ["2001:db8::/32"]
+    assert listed[a].to_json()["services"] is None
+
+
+def test_policy_rows_follow_the_plugin_hard_delete(engine):
+    from dovecot_appauth.policy import Policy
+
+    schema.init_db(engine)
+    pwid = schema.create_password(engine, "alice@example.com", HASH, policy=Policy(("imap",)))
+    _execute(engine, "INSERT INTO audit_events (timestamp, uid, pwid, result, authenticated) "
+                     "VALUES ('2026-01-01 00:00:00.000', 'alice@example.com', :p, 'allow', 1)", p=pwid)
+    assert _execute(engine, PLUGIN_HARD_DELETE, id=pwid, uid="alice@example.com") == 1
+    assert _rows(engine, "SELECT count(*) AS n FROM app_password_policy")[0]["n"] == 0  # cascaded
+    # the audit event stays, without the password
+    assert [(r["uid"], r["pwid"]) for r in _rows(engine, "SELECT uid, pwid FROM audit_events")] == [
+        ("alice@example.com", None)]
+
+
+def test_prune_deletes_only_old_rows(engine):
+    schema.init_db(engine)
+    for stamp in ("2026-01-01 00:00:00.000", "2026-02-01 00:00:00.000", "2026-03-01 00:00:00.000"):
+        _execute(engine, "INSERT INTO audit_events (timestamp, uid, result, authenticated) "
+                         "VALUES (:t, 'u', 'allow', 1)", t=stamp)
+        _execute(engine, "INSERT INTO auth_failures (timestamp, uid) VALUES (:t, 'u')", t=stamp)
+    cut = {"events_before": "2026-02-15 00:00:00.000", "failures_before": "2026-03-01 00:00:00.000"}
+    assert schema.prune(engine, **cut, dry_run=True) == {"audit_events": 2, "auth_failures": 2}
+    assert _rows(engine, "SELECT count(*) AS n FROM audit_events")[0]["n"] == 3
+    assert schema.prune(engine, **cut) == {"audit_events": 2, "auth_failures": 2}
+    assert schema.prune(engine, **cut) == {"audit_events": 0, "auth_failures": 0}
+    assert [str(r["t"])[:10] for r in _rows(engine, "SELECT timestamp AS t FROM audit_events")] == ["2026-03-01"]

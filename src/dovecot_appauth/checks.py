@@ -31,10 +31,25 @@ def check_permissions(path: str, config: Config) -> list[Problem]:
         dsn = parse_dsn(config.database.dsn)
     except DsnError:
         return []
-    if dsn.password and os.stat(path).st_mode & 0o004:
+    if not dsn.password:
+        return []
+    st = os.stat(path)
+    if st.st_mode & 0o004:
         return [Problem(path, "holds a database password and is world-readable: chmod 0640, group dovecot",
                         "warning")]
+    if st.st_mode & 0o040 and st.st_gid != _dovecot_gid():
+        return [Problem(path, "holds a database password and is readable by a group other than dovecot's: "
+                              "chgrp dovecot, chmod 0640", "warning")]
     return []
+
+
+def _dovecot_gid() -> int | None:
+    import grp
+
+    try:
+        return grp.getgrnam("dovecot").gr_gid
+    except KeyError:
+        return None
 
 
 def check_audit_sources(config: Config) -> list[Problem]:
@@ -69,4 +84,12 @@ def check_database_schema(config: Config) -> list[Problem]:
     except Exception as e:
         message = str(getattr(e, "orig", None) or e).splitlines()[0][:300]
         return [Problem(f"{where} ({dsn.redacted()})", f"cannot check the database: {message}")]
-    return [Problem(f"{where} ({dsn.redacted()})", f"{m}: run 'dovecot-appauth init-db'") for m in missing]
+    # The plugin's tables are needed for any login; the side tables of newer versions
+    # (policies, audit events, failed logins) are optional until `upgrade-db` adds them.
+    core = ("table app_passwords ", "table log ", "column app_passwords.", "column log.", "view ")
+    return [
+        Problem(f"{where} ({dsn.redacted()})", f"{m}: run 'dovecot-appauth init-db'")
+        if m.startswith(core) else
+        Problem(f"{where} ({dsn.redacted()})", f"{m}: run 'dovecot-appauth upgrade-db'", "warning")
+        for m in missing
+    ]

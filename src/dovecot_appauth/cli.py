@@ -19,6 +19,7 @@ from .config import Config, ConfigError, config_path, load
 EPILOG_MAIN = """examples:
   dovecot-appauth init-db
   dovecot-appauth password create alice@example.com --comment "Thunderbird laptop"
+  dovecot-appauth password create bob@example.com --services imap,smtp --expires 90d --from 198.51.100.0/24
   dovecot-appauth password list alice@example.com
   dovecot-appauth login-test alice@example.com --service imap --ip 198.51.100.7
   dovecot-appauth check-config
@@ -72,6 +73,18 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade_db(args: argparse.Namespace) -> int:
+    from .schema import upgrade_db
+
+    config = _load_config(args)
+    added = upgrade_db(_engine(config))
+    from .dsn import parse_dsn
+
+    where = parse_dsn(config.database.dsn).redacted()
+    print(f"added {', '.join(added)} to {where}" if added else f"nothing to add: {where} is up to date")
+    return 0
+
+
 def _chown_sqlite(path: str, owner: str) -> None:
     """The checkpassword program runs as Dovecot's auth user: it must write the file and its dir."""
     import shutil
@@ -91,14 +104,66 @@ def cmd_password_create(args: argparse.Namespace) -> int:
     from .hashing import generate_password, hash_password
     from .schema import create_password
 
+    policy = _policy_from_args(args)
     password = generate_password(config.auth.password_length, config.auth.password_chunk)
     hashed = hash_password(password, config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
-    password_id = create_password(_engine(config), args.user, hashed, args.comment)
+    password_id = create_password(_engine(config), args.user, hashed, args.comment, policy=policy)
     if args.json:
-        _print_json({"id": password_id, "uid": args.user, "comment": args.comment, "password": password})
+        _print_json({"id": password_id, "uid": args.user, "comment": args.comment, "password": password,
+                     **policy.to_json()})
     else:
         print(f"app password #{password_id} for {args.user}: {password}")
+        if not policy.empty:
+            print(f"policy: {policy.describe()}")
         print("It is shown only this once; the dashes are part of it.")
+    return 0
+
+
+def _policy_from_args(args: argparse.Namespace, *, changes: bool = False) -> Any:
+    """The policy options as a Policy (create), or as `set_policy` keyword changes (set)."""
+    import time
+
+    from .policy import Policy, PolicyError, parse_expiry, parse_networks, parse_services
+
+    updates: dict[str, Any] = {}
+    try:
+        if getattr(args, "all_services", False):
+            updates["services"] = None
+        elif args.services:
+            updates["services"] = parse_services(args.services)
+        if getattr(args, "no_expiry", False):
+            updates["expires"] = None
+        elif args.expires:
+            updates["expires"] = parse_expiry(args.expires, time.time())
+        if getattr(args, "from_anywhere", False):
+            updates["networks"] = None
+        elif args.networks:
+            updates["networks"] = parse_networks(args.networks)
+    except PolicyError as e:
+        raise CliError(str(e)) from None
+    if changes:
+        return updates
+    return Policy(updates.get("services"), updates.get("expires"), updates.get("networks"))
+
+
+def cmd_password_set(args: argparse.Namespace) -> int:
+    from .schema import set_policy
+
+    changes = _policy_from_args(args, changes=True)
+    if not changes:
+        raise CliError("nothing to change: give --services/--all-services, --expires/--no-expiry "
+                       "or --from/--from-anywhere")
+    config = _load_config(args)
+    try:
+        policy = set_policy(_engine(config), args.id, **changes)
+    except LookupError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        from .policy import Policy
+
+        _print_json({"id": args.id, **(policy or Policy()).to_json()})
+    else:
+        print(f"app password #{args.id}: {policy.describe() if policy else 'no limits'}")
     return 0
 
 
@@ -112,8 +177,11 @@ def _format_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def cmd_password_list(args: argparse.Namespace) -> int:
     config = _load_config(args)
+    import time
+
     from .schema import list_passwords
 
+    now = time.time()
     items = list_passwords(_engine(config), args.user, include_revoked=not args.active)
     if args.json:
         _print_json([item.to_json() for item in items])
@@ -135,10 +203,20 @@ def cmd_password_list(args: argparse.Namespace) -> int:
             last = "never used"
         rows.append([
             str(item.id), item.uid, item.created[:19], item.comment or "",
-            last, f"revoked {item.deleted[:19]}" if item.deleted else "active",
+            last, item.policy.describe() if item.policy else "-", _state(item, now),
         ])
-    print(_format_table(["ID", "USER", "CREATED (UTC)", "COMMENT", "LAST USE (UTC)", "STATE"], rows))
+    print(_format_table(["ID", "USER", "CREATED (UTC)", "COMMENT", "LAST USE (UTC)", "POLICY", "STATE"], rows))
     return 0
+
+
+def _state(item: Any, now: float) -> str:
+    from .policy import is_expired, utc_text
+
+    if item.deleted:
+        return f"revoked {item.deleted[:19]}"
+    if is_expired(item.policy, now):
+        return f"expired {utc_text(item.policy.expires)[:16]}"
+    return "active"
 
 
 def cmd_password_revoke(args: argparse.Namespace) -> int:
@@ -201,6 +279,98 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+# --- throttle ---------------------------------------------------------------------------
+
+
+def cmd_throttle_list(args: argparse.Namespace) -> int:
+    import time
+
+    from .schema import throttle_counts
+    from .store import utc_timestamp
+
+    config = _load_config(args)
+    settings = config.throttle
+    counts = throttle_counts(_engine(config), utc_timestamp(time.time() - settings.window))
+    limits = {"user+ip": settings.max_per_user_ip, "ip": settings.max_per_ip, "user": settings.max_per_user}
+    rows = []
+    for kind, entries in counts.items():
+        for *key, failures in entries:
+            limit = limits[kind]
+            throttled = limit > 0 and failures >= limit
+            if throttled or args.all:
+                rows.append({"kind": kind, "user": key[0] if kind != "ip" else None,
+                             "ip": key[-1] if kind != "user" else None,
+                             "failures": failures, "limit": limit, "throttled": throttled})
+    if args.json:
+        _print_json({"window_seconds": settings.window, "entries": rows})
+        return 0
+    if not rows:
+        print(f"nothing throttled (failed logins in the last {settings.window:g} s are under every limit)")
+        return 0
+    print(_format_table(
+        ["KIND", "USER", "IP", "FAILURES", "LIMIT", "STATE"],
+        [[r["kind"], r["user"] or "", r["ip"] or "", str(r["failures"]), str(r["limit"] or "off"),
+          "throttled" if r["throttled"] else "ok"] for r in rows],
+    ))
+    return 0
+
+
+def cmd_throttle_reset(args: argparse.Namespace) -> int:
+    from .schema import throttle_reset
+
+    if not (args.user or args.ip or args.all):
+        raise CliError("say what to reset: --user USER, --ip IP (or both), or --all")
+    config = _load_config(args)
+    removed = throttle_reset(_engine(config), user=args.user, ip=args.ip)
+    print(f"forgot {removed} failed login(s)")
+    return 0
+
+
+# --- prune and report -------------------------------------------------------------------
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import time
+
+    from .policy import PolicyError, parse_duration
+    from .schema import prune
+    from .store import utc_timestamp
+
+    config = _load_config(args)
+    try:
+        keep = parse_duration(args.older_than) if args.older_than else config.audit.events_retention_days * 86400
+    except PolicyError as e:
+        raise CliError(f"--older-than: {e}") from None
+    if keep <= 0:
+        raise CliError("--older-than must be more than 0")
+    now = time.time()
+    # failed logins matter only inside the limiter's window; a day is kept for `throttle list`
+    throttle = getattr(config, "throttle", None)
+    failures_keep = max(float(getattr(throttle, "window", 0.0)), 86400.0)
+    counts = prune(_engine(config), events_before=utc_timestamp(now - keep),
+                   failures_before=utc_timestamp(now - failures_keep), dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {counts.get('audit_events', 0)} audit event(s) older than {keep / 86400:g} days and "
+          f"{counts.get('auth_failures', 0)} failed-login record(s) older than {failures_keep / 86400:g} days")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    config = _load_config(args)
+    try:
+        text = report.run(_engine(config), args, database=config.database.dsn)
+    except report.ReportError as e:
+        raise CliError(str(e)) from None
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    elif not args.mail_to:
+        sys.stdout.write(text)
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -232,10 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("init-db", cmd_init_db, "create the tables and the view (idempotent)",
                 "dovecot-appauth init-db --owner dovecot")
     p.add_argument("--owner", metavar="USER", help="SQLite: give the file and its directory to USER (e.g. dovecot)")
+    command("upgrade-db", cmd_upgrade_db,
+            "add what a newer version needs (policy and audit-event tables, indexes); idempotent",
+            "dovecot-appauth upgrade-db")
 
-    pw = sub.add_parser("password", help="create, list and revoke app passwords",
-                        description="create, list and revoke app passwords", parents=[common],
+    pw = sub.add_parser("password", help="create, list, limit and revoke app passwords",
+                        description="create, list, limit and revoke app passwords", parents=[common],
                         epilog="examples:\n  dovecot-appauth password create alice@example.com --comment Phone\n"
+                               "  dovecot-appauth password set 12 --services imap,smtp --expires 90d\n"
                                "  dovecot-appauth password list alice@example.com\n"
                                "  dovecot-appauth password revoke 12",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
                 'dovecot-appauth password create alice@example.com --comment "Phone"', pw_sub)
     p.add_argument("user", help="the user name as Dovecot sees it")
     p.add_argument("--comment", help="what the password is for (shown in the webmail plugin)")
+    _policy_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command("set", cmd_password_set, "change an app password's policy (services, expiry, networks)",
+                "dovecot-appauth password set 12 --services imap --expires 2026-12-31 --from-anywhere", pw_sub)
+    p.add_argument("id", type=int, help="the password's id (see password list)")
+    _policy_options(p, changing=True)
     p.add_argument("--json", action="store_true", help="print JSON")
     p = command("list", cmd_password_list, "list app passwords with their last use (never hashes)",
                 "dovecot-appauth password list alice@example.com --json", pw_sub)
@@ -272,8 +452,56 @@ def build_parser() -> argparse.ArgumentParser:
                 "dovecot-appauth check-config --config /etc/dovecot-appauth/config.toml")
     p.add_argument("--no-database", action="store_true", help="do not connect to the database")
 
+    p = command("prune", cmd_prune, "delete old audit events and failed-login records",
+                "dovecot-appauth prune --older-than 90d --dry-run")
+    p.add_argument("--older-than", metavar="AGE",
+                   help="audit events older than AGE (90d, 12h; default: [audit] events_retention_days)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+
+    p = command("report", cmd_report,
+                "summarise the audit events: blocked users, new places, unknown networks, unused passwords",
+                "dovecot-appauth report --since 24h --format html --known-good known.yml --mail-to root")
+    p.add_argument("--since", default="24h", metavar="AGE", help="events of the last AGE, or since a UTC date "
+                   "(default: 24h)")
+    p.add_argument("--format", choices=("text", "markdown", "html", "json"), default="text")
+    p.add_argument("--known-good", metavar="FILE",
+                   help="YAML with KNOWN_GOOD_ASNS, KNOWN_DNS_SUFF, AS_COMMENTS (upstream audit_mail.py's file)")
+    p.add_argument("--unused-days", type=int, default=90, metavar="N",
+                   help="list active app passwords not used for N days (default: 90; 0: leave out)")
+    p.add_argument("--mail-to", metavar="ADDR", action="append",
+                   help="send the report by mail through the local `sendmail -t` (repeatable)")
+    p.add_argument("--mail-from", metavar="ADDR", help="From: of the mail (default: sendmail's)")
+    p.add_argument("--output", metavar="FILE", help="write the report to FILE instead of stdout")
+
+    th = sub.add_parser("throttle", help="show or reset the brute-force limiter",
+                        description="show or reset the brute-force limiter", parents=[common])
+    th_sub = th.add_subparsers(dest="throttle_command", metavar="ACTION")
+    th_sub.required = True
+    p = command("list", cmd_throttle_list, "users and IPs at a limit (failed logins in the window)",
+                "dovecot-appauth throttle list --all --json", th_sub)
+    p.add_argument("--all", action="store_true", help="also list counters under their limit")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = command("reset", cmd_throttle_reset, "forget failed logins, so a throttled client may try again",
+                "dovecot-appauth throttle reset --user alice@example.com --ip 198.51.100.7", th_sub)
+    p.add_argument("--user", help="only this user's failures")
+    p.add_argument("--ip", help="only failures from this address")
+    p.add_argument("--all", action="store_true", help="forget every failure")
+
     _add_audit_commands(sub, command)
     return parser
+
+
+def _policy_options(p: argparse.ArgumentParser, changing: bool = False) -> None:
+    p.add_argument("--services", metavar="LIST", action="append",
+                   help="only these services (imap,pop3,smtp,submission,sieve; repeatable; default: all)")
+    p.add_argument("--expires", metavar="WHEN",
+                   help="90d, 12h, a UTC date (valid through that day) or time, or never")
+    p.add_argument("--from", dest="networks", metavar="CIDR", action="append",
+                   help="only from these networks (IPv4/IPv6; comma list, repeatable; default: anywhere)")
+    if changing:
+        p.add_argument("--all-services", action="store_true", help="remove the service limit")
+        p.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+        p.add_argument("--from-anywhere", action="store_true", help="remove the network limit")
 
 
 def _add_audit_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:

@@ -68,6 +68,10 @@ DEFAULT_RDNS_TTL = 3600.0
 DEFAULT_RDAP_TTL = 7 * 86400.0
 DEFAULT_NEGATIVE_TTL = 300.0
 DEFAULT_DEADLINE = 1.5
+DEFAULT_EVENTS_RETENTION_DAYS = 90.0
+DEFAULT_ALERT_LOOKBACK_DAYS = 30.0
+DEFAULT_MAX_SPEED_KMH = 1000.0  # faster than an airliner, with margin
+ALERT_ACTIONS = ("log", "deny")
 
 # The config classes are plain `Value`s, not dataclasses (see values.py): the per-login
 # program builds them on every login. Fields are never assigned after __init__.
@@ -198,6 +202,7 @@ class AuditConfig(Value):
         "disabled_services",
         "dns",
         "enabled",
+        "events_retention_days",
         "global_networks",
         "ignore_networks",
         "journal",
@@ -208,6 +213,7 @@ class AuditConfig(Value):
         "log_local",
         "maxmind",
         "rdap",
+        "record_events",
         "syslog_facility",
         "syslog_identifier",
         "syslog_socket",
@@ -238,6 +244,8 @@ class AuditConfig(Value):
         lists: dict[str, str] | None = None,
         allow: dict[str, str] | None = None,
         allow_users: dict[str, UserAllow] | None = None,
+        record_events: bool = True,
+        events_retention_days: float = DEFAULT_EVENTS_RETENTION_DAYS,
     ):
         self.enabled = enabled
         self.audit_only = audit_only  # log the verdict, never deny
@@ -263,10 +271,27 @@ class AuditConfig(Value):
         self.lists = {} if lists is None else lists  # kind -> file
         self.allow = {} if allow is None else allow  # kind -> file (global allow lists)
         self.allow_users = {} if allow_users is None else allow_users  # lower-cased user
+        self.record_events = record_events  # one audit_events row per audited login
+        self.events_retention_days = events_retention_days  # `prune` deletes older audit_events rows
+
+
+class AlertsConfig(Value):
+    """`[alerts]`: new-place alerts on successful logins (alerts.py)."""
+
+    __slots__ = ("action", "enabled", "lookback_days", "max_speed_kmh", "notify_command")
+
+    def __init__(self, enabled: bool = False, lookback_days: float = DEFAULT_ALERT_LOOKBACK_DAYS,
+                 max_speed_kmh: float = DEFAULT_MAX_SPEED_KMH, action: str = "log",
+                 notify_command: str | tuple[str, ...] | None = None):
+        self.enabled = enabled
+        self.lookback_days = lookback_days  # the history a login is compared with
+        self.max_speed_kmh = max_speed_kmh  # impossible travel above this; 0 switches it off
+        self.action = action  # "log" or "deny"
+        self.notify_command = notify_command  # shell text or argv; gets the event as JSON on stdin
 
 
 class Config(Value):
-    __slots__ = ("audit", "auth", "database", "path", "problems", "userdb")
+    __slots__ = ("alerts", "audit", "auth", "database", "path", "problems", "userdb")
 
     def __init__(
         self,
@@ -276,12 +301,14 @@ class Config(Value):
         userdb: UserdbConfig | None = None,
         audit: AuditConfig | None = None,
         problems: tuple[Problem, ...] = (),
+        alerts: AlertsConfig | None = None,
     ):
         self.path = path
         self.database = DatabaseConfig() if database is None else database
         self.auth = AuthConfig() if auth is None else auth
         self.userdb = UserdbConfig() if userdb is None else userdb
         self.audit = AuditConfig() if audit is None else audit
+        self.alerts = AlertsConfig() if alerts is None else alerts
         self.problems = problems  # warnings that did not stop loading
 
     def resolve(self, path: str) -> str:
@@ -328,6 +355,9 @@ class _Reader:
     def number(self, key: str, default: float, minimum: float = 0.0) -> float:
         value = self._get(key, (int, float), "a number")
         if value is None:
+            return default
+        if value != value or value in (float("inf"), float("-inf")):  # TOML allows nan and inf
+            self.problems.append(Problem(f"{self.where} {key}", "must be a finite number"))
             return default
         if value < minimum:
             self.problems.append(Problem(f"{self.where} {key}", f"must be at least {minimum}"))
@@ -540,6 +570,8 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         syslog_socket=r.str("syslog_socket", "/dev/log") or "",
         journal=r.choice("journal", "auto", ("auto", "yes", "no")),
         log_file=r.str("log_file", None) or None,
+        record_events=r.bool("record_events", True),
+        events_retention_days=r.number("events_retention_days", DEFAULT_EVENTS_RETENTION_DAYS, 1.0),
         maxmind=maxmind,
         dns=dns,
         rdap=rdap,
@@ -549,13 +581,33 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         allow_users=allow_users,
     )
     r.finish()
+    alerts = _alerts(reader(top.table("alerts"), "alerts"))
     top.finish()
 
     _check_networks(problems, name, auth, audit)
     errors = [p for p in problems if p.level == "error"]
     if errors:
         raise ConfigError(problems)
-    return Config(path=path, database=database, auth=auth, userdb=userdb, audit=audit, problems=tuple(problems))
+    return Config(path=path, database=database, auth=auth, userdb=userdb, audit=audit, problems=tuple(problems),
+                  alerts=alerts)
+
+
+def _alerts(r: _Reader) -> AlertsConfig:
+    command: str | tuple[str, ...] | None = None
+    raw = r.data.get("notify_command")
+    if isinstance(raw, list):
+        command = r.strings("notify_command") or None
+    else:
+        command = r.str("notify_command", None) or None
+    alerts = AlertsConfig(
+        enabled=r.bool("enabled", False),
+        lookback_days=r.number("lookback_days", DEFAULT_ALERT_LOOKBACK_DAYS, 0.01),
+        max_speed_kmh=r.number("max_speed_kmh", DEFAULT_MAX_SPEED_KMH),
+        action=r.choice("action", "log", ALERT_ACTIONS),
+        notify_command=command,
+    )
+    r.finish()
+    return alerts
 
 
 def _read_toml(path: str) -> dict[str, Any]:

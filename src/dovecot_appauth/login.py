@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .core import LoginRequest
+    from .store import PasswordRow, Store
 
 PROG = "dovecot-appauth"
 USAGE = (
@@ -169,7 +170,10 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
     store = open_store(config.database.dsn, config.database.connect_timeout)
     try:
         rows = store.find_passwords(request.username)
-        active = [row for row in rows if row.deleted is None]
+        if store.upgrade_note:
+            _say(stderr, store.upgrade_note)
+        # an expired password (app_password_policy) is treated exactly like a revoked one
+        active = [row for row in rows if row.deleted is None and not _expired(row, now)]
 
         if request.mode is Mode.LOOKUP:
             if not active:
@@ -195,14 +199,21 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
                     matched = row
                     break
             if matched is None:
-                # Only after every active row failed: tell a revoked password apart
-                revoked = next((row for row in rows if row.deleted is not None and _verify(password, row, stderr)),
-                               None)
+                # Only after every active row failed: tell a revoked (or expired) password apart
+                revoked = next((row for row in rows if (row.deleted is not None or _expired(row, now))
+                                and _verify(password, row, stderr)), None)
         else:
             # unknown user, or a password that is not UTF-8 (matches nothing): the same work
             hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
 
         if matched is None:
+            if revoked is not None and revoked.deleted is None:
+                from .policy import utc_text
+
+                return _fail(
+                    f"user {request.username}: refused expired app password #{revoked.id} "
+                    f"(expired {utc_text(revoked.policy.expires)} UTC)"  # type: ignore[union-attr]
+                )
             if revoked is not None:
                 return _fail(
                     f"user {request.username}: refused revoked app password #{revoked.id} "
@@ -210,13 +221,22 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
                 )
             return _fail()  # wrong password or unknown user: Dovecot logs these itself
 
+        if matched.policy is not None:
+            from .policy import check
+
+            refusal = check(matched.policy, request.service, request.remote_ip, now)
+            if refusal is not None:
+                _record_refusal(store, config, request, matched, refusal, now, stderr)
+                return _fail(f"user {matched.uid}: app password #{matched.id} refused: {refusal}")
+
         record_fields = {"src_rdns": "<>", "src_loc": "", "src_isp": ""}
         if config.audit.enabled:
             from .pipeline import audit_login
 
-            result = audit_login(request, config, user=matched.uid, now=now, pwid=matched.id, stderr=stderr)
+            result = audit_login(request, config, user=matched.uid, now=now, pwid=matched.id, stderr=stderr,
+                                 store=store)
             if result.deny:
-                return _fail(f"user {matched.uid}: login from {request.remote_ip} denied by audit: {result.reason}")
+                return _fail(result.denial(matched.uid, request.remote_ip))
             record_fields = result.log_columns()
 
         from .store import LoginRecord
@@ -233,6 +253,28 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
         return Outcome(ExitCode.OK, user=matched.uid, fields=userdb_fields(matched.uid, config.userdb))
     finally:
         store.close()
+
+
+def _expired(row: PasswordRow, now: float) -> bool:
+    policy = row.policy
+    return policy is not None and policy.expires is not None and now >= policy.expires
+
+
+def _record_refusal(store: Store, config: Config, request: LoginRequest, row: PasswordRow, reason: str,
+                    now: float, stderr: TextIO | None) -> None:
+    """A policy refusal is an audit event too (result "refused"), without enrichment."""
+    if not (config.audit.enabled and config.audit.record_events) or store.upgrade_note:
+        return
+    from .events import REFUSED, event_row
+    from .store import utc_timestamp
+
+    try:
+        store.record_event(event_row(
+            timestamp=utc_timestamp(now), user=row.uid, pwid=row.id, service=request.service, ip=request.remote_ip,
+            facts=None, result=REFUSED, rule="policy", reason=reason, authenticated=False,
+        ))
+    except TempFail as e:
+        _say(stderr, f"audit event of {row.uid} not recorded: {e}")
 
 
 def _verify(password: str, row: object, stderr: TextIO | None) -> bool:
@@ -252,9 +294,22 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
 
     if request.mode is Mode.LOOKUP:
         return Outcome(ExitCode.LOOKUP_UNKNOWN)
-    result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr)
+    store = None
+    if config.audit.enabled and config.audit.record_events:
+        # only for the audit events and alerts: a database that is down must not fail the login
+        from .store import open_store
+
+        try:
+            store = open_store(config.database.dsn, config.database.connect_timeout)
+        except TempFail as e:
+            _say(stderr, f"audit event of {request.username} not recorded: {e}")
+    try:
+        result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr, store=store)
+    finally:
+        if store is not None:
+            store.close()
     if result.deny:
-        return _fail(f"user {request.username}: login from {request.remote_ip} denied by audit: {result.reason}")
+        return _fail(result.denial(request.username, request.remote_ip))
     return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -39,6 +41,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 VIEW_NAME = "app_passwords_with_log"
 
@@ -114,6 +119,72 @@ def build_metadata(dialect: str) -> MetaData:
         Index("log_pwid_timestamp_index", "pwid", "timestamp"),
         **table_args,
     )
+    # ours: failed logins for the brute-force limiter, in the shared database so that
+    # every login process (and, on MariaDB, every mail host) counts the same attempts
+    Table(
+        "auth_failures",
+        md,
+        Column("id", big_id, primary_key=True, autoincrement=True),
+        Column("timestamp", mysql.DATETIME(fsp=3) if is_mysql else DateTime, nullable=False, server_default=now_ms),
+        Column("uid", String(256, collation=None if is_mysql else "NOCASE"), nullable=False),
+        Column("src_ip", String(64), nullable=True),
+        Column("service", String(64), nullable=True),
+        Index("auth_failures_uid_index", "uid", "timestamp"),
+        Index("auth_failures_ip_index", "src_ip", "timestamp"),
+        Index("auth_failures_timestamp_index", "timestamp"),
+        **table_args,
+    )
+    # ours: per-password policy, a side table so the plugin's `app_passwords` stays as it
+    # is; no row (or NULL) means no limit. Formats: policy.py.
+    Table(
+        "app_password_policy",
+        md,
+        Column(
+            "pwid",
+            BigInteger,
+            ForeignKey("app_passwords.id", ondelete="CASCADE", name="app_password_policy_pwid_fk"),
+            primary_key=True,
+            autoincrement=False,
+        ),
+        Column("services", String(255), nullable=True),  # "imap,smtp"
+        Column("expires", DateTime, nullable=True),  # UTC
+        Column("networks", Text, nullable=True),  # "198.51.100.0/24,2001:db8::/32"
+        **table_args,
+    )
+    # ours: one row per audited login, for reports on every host sharing the database
+    # (journald is per host) and for the new-place alerts; pruned by `prune`.
+    Table(
+        "audit_events",
+        md,
+        Column("id", big_id, primary_key=True, autoincrement=True),
+        Column("timestamp", mysql.DATETIME(fsp=3) if is_mysql else DateTime, nullable=False, server_default=now_ms),
+        Column("uid", String(256, collation=None if is_mysql else "NOCASE"), nullable=False),
+        Column(
+            "pwid",
+            BigInteger,
+            ForeignKey("app_passwords.id", ondelete="SET NULL", name="audit_events_pwid_fk"),
+            nullable=True,
+        ),
+        Column("service", String(64), nullable=True),
+        Column("src_ip", String(64), nullable=True),
+        Column("src_rdns", String(255), nullable=True),
+        Column("country", String(8), nullable=True),  # ISO code
+        Column("asn", BigInteger, nullable=True),
+        Column("as_org", String(255), nullable=True),
+        Column("place", String(255), nullable=True),  # "City, Subdivision, Country"
+        Column("latitude", Double, nullable=True),
+        Column("longitude", Double, nullable=True),
+        Column("accuracy_km", Integer, nullable=True),
+        Column("result", String(32), nullable=False),  # allow, deny, unknown, deny-audit-only, refused
+        Column("rule", String(64), nullable=True),  # the matched list or check, e.g. "ip_networks"
+        Column("reason", Text, nullable=True),
+        Column("authenticated", Boolean, nullable=False, server_default=text("0")),
+        Column("alert", String(64), nullable=True),  # "new-country,new-asn"
+        Index("audit_events_uid_index", "uid", "timestamp"),
+        Index("audit_events_timestamp_index", "timestamp"),
+        Index("audit_events_pwid_index", "pwid"),
+        **table_args,
+    )
     return md
 
 
@@ -158,24 +229,51 @@ def make_engine(dsn: str, timeout: float = 3.0) -> Engine:
     )
 
 
-def init_db(engine: Engine) -> list[str]:
-    """Create what is missing (tables, indexes, view); returns the names it created."""
+def _create_missing(engine: Engine) -> tuple[list[str], list[str], bool]:
+    """Create missing tables, indexes of existing tables and the view: (tables, indexes, view?)."""
     from sqlalchemy import inspect
 
     name = _dialect_name(engine.dialect.name)
     md = build_metadata(name)
-    existing = set(inspect(engine).get_table_names())
-    views = set(inspect(engine).get_view_names())
-    created = [t.name for t in md.sorted_tables if t.name not in existing]
+    insp = inspect(engine)
+    existing = set(insp.get_table_names())
+    views = set(insp.get_view_names())
+    tables = [t.name for t in md.sorted_tables if t.name not in existing]
+    have = {t.name: {i["name"] for i in insp.get_indexes(t.name)} for t in md.sorted_tables if t.name in existing}
+    indexes: list[str] = []
     with engine.begin() as conn:
         md.create_all(conn, checkfirst=True)
-        if VIEW_NAME not in views:
+        for table in md.sorted_tables:
+            if table.name not in existing:
+                continue  # created above, with its indexes
+            for index in sorted(table.indexes, key=lambda i: i.name or ""):
+                if index.name not in have[table.name]:
+                    index.create(conn)
+                    indexes.append(str(index.name))
+        made_view = VIEW_NAME not in views
+        if made_view:
             conn.execute(text(view_ddl(name)))
-            created.append(VIEW_NAME)
         if name == "sqlite":
             # WAL lets logins read while another login writes its log row
             conn.exec_driver_sql("PRAGMA journal_mode = WAL")
-    return created
+    return tables, indexes, made_view
+
+
+def init_db(engine: Engine) -> list[str]:
+    """Create what is missing (tables, indexes, view); returns the names it created."""
+    tables, indexes, made_view = _create_missing(engine)
+    return tables + indexes + ([VIEW_NAME] if made_view else [])
+
+
+def upgrade_db(engine: Engine) -> list[str]:
+    """Bring an older database up to date (idempotent): what it added, as `table X`, `index Y`, `view Z`.
+
+    Only adds: new side tables (`app_password_policy`, `audit_events`, `auth_failures`),
+    missing indexes, the view. The plugin's tables and their rows are never altered.
+    """
+    tables, indexes, made_view = _create_missing(engine)
+    return ([f"table {t}" for t in tables] + [f"index {i}" for i in indexes]
+            + ([f"view {VIEW_NAME}"] if made_view else []))
 
 
 def check_schema(engine: Engine) -> list[str]:
@@ -199,9 +297,14 @@ def check_schema(engine: Engine) -> list[str]:
     return problems
 
 
-def _tables(engine: Engine) -> tuple[Table, Table]:
+def _all_tables(engine: Engine) -> tuple[Table, Table, Table]:
     md = build_metadata(_dialect_name(engine.dialect.name))
-    return md.tables["app_passwords"], md.tables["log"]
+    return md.tables["app_passwords"], md.tables["log"], md.tables["auth_failures"]
+
+
+def _tables(engine: Engine) -> tuple[Table, Table]:
+    passwords, log, _ = _all_tables(engine)
+    return passwords, log
 
 
 def _now(engine: Engine) -> Any:
@@ -210,11 +313,71 @@ def _now(engine: Engine) -> Any:
     return func.strftime("%Y-%m-%d %H:%M:%f", "now")
 
 
-def create_password(engine: Engine, uid: str, hashed: str, comment: str | None = None) -> int:
+def _policy_table(engine: Engine) -> Table:
+    return build_metadata(_dialect_name(engine.dialect.name)).tables["app_password_policy"]
+
+
+def _policy_values(policy: Policy) -> dict[str, Any]:
+    import datetime
+
+    from .policy import format_networks, format_services
+
+    expires = None
+    if policy.expires is not None:
+        expires = datetime.datetime.fromtimestamp(int(policy.expires), datetime.UTC).replace(tzinfo=None)
+    return {"services": format_services(policy.services), "expires": expires,
+            "networks": format_networks(policy.networks)}
+
+
+def create_password(engine: Engine, uid: str, hashed: str, comment: str | None = None,
+                    policy: Policy | None = None) -> int:
+    """Insert a password (and its policy, in the same transaction); returns its id."""
     passwords, _ = _tables(engine)
     with engine.begin() as conn:
         result = conn.execute(passwords.insert().values(uid=uid, password=hashed, comment=comment))
-        return int(result.inserted_primary_key[0])
+        password_id = int(result.inserted_primary_key[0])
+        if policy is not None and not policy.empty:
+            conn.execute(_policy_table(engine).insert().values(pwid=password_id, **_policy_values(policy)))
+        return password_id
+
+
+_UNCHANGED: Any = object()
+
+
+def get_policy(engine: Engine, password_id: int) -> Policy | None:
+    from .policy import from_row
+
+    table = _policy_table(engine)
+    with engine.connect() as conn:
+        row = conn.execute(select(table.c.services, table.c.expires, table.c.networks)
+                           .where(table.c.pwid == password_id)).first()
+    return None if row is None else from_row(row[0], _text(row[1]), row[2])
+
+
+def set_policy(engine: Engine, password_id: int, *, services: Any = _UNCHANGED, expires: Any = _UNCHANGED,
+               networks: Any = _UNCHANGED) -> Policy | None:
+    """Change some parts of a password's policy (None: no limit); returns the new policy.
+
+    Raises LookupError when the password does not exist. A policy that limits nothing
+    is stored as no row at all.
+    """
+    from .policy import Policy
+
+    passwords, _ = _tables(engine)
+    table = _policy_table(engine)
+    current = get_policy(engine, password_id) or Policy()
+    new = Policy(
+        current.services if services is _UNCHANGED else services,
+        current.expires if expires is _UNCHANGED else expires,
+        current.networks if networks is _UNCHANGED else networks,
+    )
+    with engine.begin() as conn:
+        if conn.execute(select(passwords.c.id).where(passwords.c.id == password_id)).first() is None:
+            raise LookupError(f"app password #{password_id} does not exist")
+        conn.execute(table.delete().where(table.c.pwid == password_id))
+        if not new.empty:
+            conn.execute(table.insert().values(pwid=password_id, **_policy_values(new)))
+    return None if new.empty else new
 
 
 def revoke_password(engine: Engine, password_id: int) -> bool:
@@ -244,9 +407,13 @@ class PasswordInfo:
     last_rdns: str | None
     last_loc: str | None
     last_isp: str | None
+    policy: Policy | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = {k: v for k, v in self.__dict__.items() if k != "policy"}
+        empty = {"services": None, "expires": None, "networks": None}
+        data.update(self.policy.to_json() if self.policy is not None else empty)
+        return data
 
 
 def _text(value: Any) -> str | None:
@@ -259,7 +426,10 @@ def _text(value: Any) -> str | None:
 
 def list_passwords(engine: Engine, user: str | None = None, include_revoked: bool = True) -> list[PasswordInfo]:
     """Every password (of one user), with its latest use; the view has no service, so join it."""
+    from .policy import from_row
+
     passwords, log = _tables(engine)
+    policy = _policy_table(engine)
     latest = (
         select(
             log.c.pwid,
@@ -287,8 +457,14 @@ def list_passwords(engine: Engine, user: str | None = None, include_revoked: boo
             latest.c.src_rdns,
             latest.c.src_loc,
             latest.c.src_isp,
+            policy.c.services,
+            policy.c.expires,
+            policy.c.networks,
         )
-        .select_from(passwords.outerjoin(latest, (latest.c.pwid == passwords.c.id) & (latest.c.rn == 1)))
+        .select_from(
+            passwords.outerjoin(latest, (latest.c.pwid == passwords.c.id) & (latest.c.rn == 1))
+            .outerjoin(policy, policy.c.pwid == passwords.c.id)
+        )
         .order_by(passwords.c.uid, passwords.c.id)
     )
     if user is not None:
@@ -301,9 +477,68 @@ def list_passwords(engine: Engine, user: str | None = None, include_revoked: boo
         PasswordInfo(
             id=int(r[0]), uid=r[1], created=_text(r[2]) or "", comment=r[3], deleted=_text(r[4]),
             last_used=_text(r[5]), last_service=r[6], last_ip=r[7], last_rdns=r[8], last_loc=r[9], last_isp=r[10],
+            policy=from_row(r[11], _text(r[12]), r[13]),
         )
         for r in rows
     ]
+
+
+def throttle_counts(engine: Engine, since: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Failed logins since `since` (UTC text), per (user, IP), per IP and per user, most first."""
+    _, _, failures = _all_tables(engine)
+    recent = failures.c.timestamp >= since
+    n = func.count().label("n")
+    queries = {
+        "user+ip": select(failures.c.uid, failures.c.src_ip, n).where(recent)
+        .group_by(failures.c.uid, failures.c.src_ip),
+        "ip": select(failures.c.src_ip, n).where(recent).group_by(failures.c.src_ip),
+        "user": select(failures.c.uid, n).where(recent).group_by(failures.c.uid),
+    }
+    with engine.connect() as conn:
+        return {
+            name: sorted((tuple(row) for row in conn.execute(query)), key=lambda r: (-r[-1], str(r[:-1])))
+            for name, query in queries.items()
+        }
+
+
+def throttle_reset(engine: Engine, *, user: str | None = None, ip: str | None = None) -> int:
+    """Forget failed logins (of one user and/or IP, or all); returns how many rows went."""
+    _, _, failures = _all_tables(engine)
+    query = failures.delete()
+    if user is not None:
+        query = query.where(func.lower(failures.c.uid) == user.lower())
+    if ip is not None:
+        query = query.where(failures.c.src_ip == ip)
+    with engine.begin() as conn:
+        return int(conn.execute(query).rowcount)
+
+
+def prune(engine: Engine, *, events_before: str | None, failures_before: str | None,
+          dry_run: bool = False) -> dict[str, int]:
+    """Delete `audit_events` / `auth_failures` rows older than the given UTC texts; the counts.
+
+    The plugin's `log` table is the users' own history (the webmail shows it) and is
+    never pruned here. A table that does not exist yet (older database) counts 0.
+    """
+    from sqlalchemy import inspect
+
+    md = build_metadata(_dialect_name(engine.dialect.name))
+    present = set(inspect(engine).get_table_names())
+    counts: dict[str, int] = {}
+    with engine.begin() as conn:
+        for name, before in (("audit_events", events_before), ("auth_failures", failures_before)):
+            if before is None:
+                continue
+            if name not in present:
+                counts[name] = 0
+                continue
+            table = md.tables[name]
+            old = table.c.timestamp < before
+            if dry_run:
+                counts[name] = int(conn.execute(select(func.count()).select_from(table).where(old)).scalar_one())
+            else:
+                counts[name] = int(conn.execute(table.delete().where(old)).rowcount)
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:

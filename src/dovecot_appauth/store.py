@@ -22,19 +22,22 @@ if TYPE_CHECKING:
     from typing import Any, Protocol
 
     from .dsn import Dsn
+    from .events import EventRow
+    from .policy import Policy
 
 
 class PasswordRow(Value):
-    __slots__ = ("deleted", "hash", "id", "uid")
+    __slots__ = ("deleted", "hash", "id", "policy", "uid")
 
-    def __init__(self, id: int, uid: str, hash: str, deleted: str | None):
+    def __init__(self, id: int, uid: str, hash: str, deleted: str | None, policy: Policy | None = None):
         self.id = id
         self.uid = uid  # as stored: the canonical user name returned to Dovecot
         self.hash = hash
         self.deleted = deleted  # UTC time of the soft delete (revocation), None while active
+        self.policy = policy  # app_password_policy (policy.py); None: no limits
 
     def __repr__(self) -> str:  # keep the hash out of any accidental log or traceback
-        return f"PasswordRow(id={self.id}, uid={self.uid!r}, deleted={self.deleted!r})"
+        return f"PasswordRow(id={self.id}, uid={self.uid!r}, deleted={self.deleted!r}, policy={self.policy!r})"
 
 
 class LoginRecord(Value):
@@ -60,7 +63,13 @@ def utc_timestamp(now: float) -> str:
 if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a login ~4 ms
 
     class Store(Protocol):
+        upgrade_note: str | None
+
         def find_passwords(self, username: str) -> list[PasswordRow]: ...
+
+        def record_event(self, row: EventRow) -> None: ...
+
+        def recent_events(self, username: str, since: float) -> list[tuple[Any, ...]]: ...
 
         def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool: ...
 
@@ -68,6 +77,23 @@ if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a logi
 
 
 _SELECT_PASSWORDS = "SELECT id, uid, password, deleted FROM app_passwords WHERE uid = {p}{collate}"
+# With each password's policy, in the same round trip (the side table may be missing in a
+# database from before `upgrade-db`: then the plain query above, and a note).
+_SELECT_PASSWORDS_POLICY = (
+    "SELECT p.id, p.uid, p.password, p.deleted, q.services, q.expires, q.networks FROM app_passwords p "
+    "LEFT JOIN app_password_policy q ON q.pwid = p.id WHERE p.uid = {p}{collate}"
+)
+UPGRADE_NOTE = ("database has no app_password_policy/audit_events tables (policies and audit events are off): "
+                "run 'dovecot-appauth upgrade-db'")
+
+
+def _password_row(r: tuple[Any, ...]) -> PasswordRow:
+    policy = None
+    if len(r) > 4 and (r[4] is not None or r[5] is not None or r[6] is not None):
+        from .policy import from_row  # only for a password that has a policy
+
+        policy = from_row(r[4], None if r[5] is None else str(r[5]), r[6])
+    return PasswordRow(int(r[0]), str(r[1]), str(r[2]), None if r[3] is None else str(r[3]), policy)
 
 # One statement, so the check and the insert cannot interleave with another login's.
 _INSERT_LOG = (
@@ -89,6 +115,8 @@ def _insert_params(record: LoginRecord, now: float, dedup_window: float) -> tupl
 def _describe_sqlite_error(error: Exception, path: str) -> str:
     text = str(error)
     if "no such table" in text:
+        if "audit_events" in text or "app_password_policy" in text:
+            return f"{path}: {text}: run 'dovecot-appauth upgrade-db'"
         return f"database schema missing in {path} ({text}): run 'dovecot-appauth init-db'"
     if "unable to open" in text:
         return f"cannot open SQLite database {path} (missing, or its directory not accessible to this user)"
@@ -107,6 +135,7 @@ class SqliteStore:
 
         self._errors = sqlite3.Error
         self.path = path
+        self.upgrade_note: str | None = None  # set when the side tables are missing
         try:
             # mode=rw: never create an empty database where the real one is missing
             self.conn = sqlite3.connect(
@@ -120,22 +149,58 @@ class SqliteStore:
             raise TempFail(_describe_sqlite_error(e, path)) from None
 
     def find_passwords(self, username: str) -> list[PasswordRow]:
-        sql = _SELECT_PASSWORDS.format(p="?", collate=" COLLATE NOCASE")
+        sql = _SELECT_PASSWORDS_POLICY.format(p="?", collate=" COLLATE NOCASE")
         try:
-            rows = self.conn.execute(sql, (username,)).fetchall()
+            try:
+                rows = self.conn.execute(sql, (username,)).fetchall()
+            except self._errors as e:
+                if "app_password_policy" not in str(e):
+                    raise
+                self.upgrade_note = UPGRADE_NOTE
+                rows = self.conn.execute(_SELECT_PASSWORDS.format(p="?", collate=" COLLATE NOCASE"),
+                                         (username,)).fetchall()
         except self._errors as e:
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
-        return [PasswordRow(int(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
+        return [_password_row(r) for r in rows]
+
+    def record_event(self, row: EventRow) -> None:
+        from .events import INSERT_EVENT
+
+        try:
+            # one transaction with the `log` row that follows (record_login or close commits):
+            # one commit, so one sync of the WAL, per login
+            if not self.conn.in_transaction:
+                self.conn.execute("BEGIN")
+            self.conn.execute(INSERT_EVENT.format(p="?"), row.params())
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+
+    def recent_events(self, username: str, since: float) -> list[tuple[Any, ...]]:
+        from .events import SELECT_HISTORY
+
+        try:
+            return self.conn.execute(SELECT_HISTORY.format(p="?", collate=" COLLATE NOCASE"),
+                                     (username, utc_timestamp(since))).fetchall()
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="?", dual="", same="IS")  # IS: NULL-safe, a login without IP
         try:
             cursor = self.conn.execute(sql, _insert_params(record, now, dedup_window))
+            inserted = cursor.rowcount == 1
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
         except self._errors as e:
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
-        return cursor.rowcount == 1
+        return inserted
 
     def close(self) -> None:
+        if self.conn.in_transaction:  # an audit event without a log row (a denied login)
+            try:
+                self.conn.execute("COMMIT")
+            except self._errors:
+                pass  # the login's answer does not depend on it
         self.conn.close()
 
 
@@ -145,6 +210,7 @@ class MysqlStore:
 
         self._errors = pymysql.Error
         self.where = dsn.redacted()
+        self.upgrade_note: str | None = None  # set when the side tables are missing
         kwargs: dict[str, Any] = {
             "user": dsn.user,
             "password": dsn.password or "",
@@ -178,18 +244,36 @@ class MysqlStore:
             cursor.execute(sql, params)
             return cursor
         except self._errors as e:
-            message = self._message(e)
-            if "doesn't exist" in message:
-                message += ": run 'dovecot-appauth init-db'"
-            raise TempFail(f"{self.where}: {message}") from None
+            raise self._tempfail(e) from None
+
+    def _tempfail(self, error: Exception) -> TempFail:
+        message = self._message(error)
+        if "doesn't exist" in message:
+            side = "audit_events" in message or "app_password_policy" in message
+            message += f": run 'dovecot-appauth {'upgrade-db' if side else 'init-db'}'"
+        return TempFail(f"{self.where}: {message}")
 
     def find_passwords(self, username: str) -> list[PasswordRow]:
         # uid has a case-insensitive collation (schema.py), so `=` matches any case
-        cursor = self._run(_SELECT_PASSWORDS.format(p="%s", collate=""), (username,))
-        return [
-            PasswordRow(int(r[0]), str(r[1]), str(r[2]), None if r[3] is None else str(r[3]))
-            for r in cursor.fetchall()
-        ]
+        try:
+            cursor = self.conn.cursor()
+            cursor.execute(_SELECT_PASSWORDS_POLICY.format(p="%s", collate=""), (username,))
+        except self._errors as e:
+            if "app_password_policy" not in self._message(e):
+                raise self._tempfail(e) from None
+            self.upgrade_note = UPGRADE_NOTE
+            cursor = self._run(_SELECT_PASSWORDS.format(p="%s", collate=""), (username,))
+        return [_password_row(r) for r in cursor.fetchall()]
+
+    def record_event(self, row: EventRow) -> None:
+        from .events import INSERT_EVENT
+
+        self._run(INSERT_EVENT.format(p="%s"), row.params())
+
+    def recent_events(self, username: str, since: float) -> list[tuple[Any, ...]]:
+        from .events import SELECT_HISTORY
+
+        return list(self._run(SELECT_HISTORY.format(p="%s", collate=""), (username, utc_timestamp(since))).fetchall())
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ", same="<=>")
