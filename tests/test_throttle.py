@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from dovecot_appauth.throttle import ThrottleSettings, assess
+from tests.conftest import run_cli
+from tests.hardening import dovecot_env, make_site
 
 
 @pytest.mark.parametrize(
@@ -30,3 +36,153 @@ def test_assess_zero_switches_a_counter_off():
     throttled = assess(1000, 1000, 5, settings)
     assert throttled is not None and throttled.limit == "user"
     assert throttled.describe(600) == "5 failed logins per user in 600 s (limit 5)"
+
+
+# --- the installed program, on SQLite and MariaDB ----------------------------------------------
+
+
+LIMITS = {"max_per_user_ip": 3, "max_per_ip": 5, "max_per_user": 8, "delay": 0.0}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def site(request):
+    dsn = None
+    if request.param == "mariadb":
+        dsn = request.getfixturevalue("mariadb_database").dsn
+    s = make_site(dsn, prefix="appauth-throttle-")
+    s.add_password("a", "alice@example.com")
+    s.add_password("b", "bob@example.com")
+    s.write(throttle=LIMITS)
+    yield s
+    s.remove()
+
+
+def _login(site, key, password=None, ip="198.51.100.7", user=None):
+    env = dovecot_env(ip=ip)
+    if user is not None:
+        return site.login(user, password, env=env)
+    return site.login(key, password, env=env)
+
+
+def test_right_password_refused_after_too_many_failures(site):
+    for _ in range(3):
+        assert _login(site, "a", "wrong").status == 1
+    right = _login(site, "a")
+    assert right.status == 111, right
+    assert "throttled, 3 failed logins per user+ip in 600 s (limit 3)" in right.stderr
+    assert site.pw("a") not in right.stderr
+    # the same user from another address, and another user from this one, still log in
+    assert _login(site, "a", ip="198.51.100.8").status == 0
+    assert _login(site, "b").status == 0
+    # a reset lifts it
+    out = run_cli(site.path, "throttle", "reset", "--user", "alice@example.com", "--ip", "198.51.100.7").stdout
+    assert "forgot 3 failed login(s)" in out
+    assert _login(site, "a").status == 0
+
+
+def test_throttled_login_does_no_hash_work(site, monkeypatch):
+    """A throttled client gets its answer before any password hash is computed."""
+    from dovecot_appauth import hashing
+    from dovecot_appauth.config import load
+    from dovecot_appauth.core import Credentials, TempFail, read_environment
+    from dovecot_appauth.login import decide
+
+    for _ in range(3):
+        _login(site, "a", "wrong")
+    calls = []
+    real_verify = hashing.verify
+    monkeypatch.setattr(hashing, "verify", lambda pw, stored: calls.append(1) or real_verify(pw, stored))
+    config = load(str(site.path))
+    request = read_environment(Credentials("alice@example.com", site.pw("a"), True), dovecot_env())
+    with pytest.raises(TempFail, match="throttled"):
+        decide(request, config, now=time.time())
+    assert calls == []
+    # from another address the same request is checked (one hash) and accepted
+    request = read_environment(Credentials("alice@example.com", site.pw("a"), True), dovecot_env("198.51.100.9"))
+    assert decide(request, config, now=time.time()).exit_code == 0
+    assert calls == [1]
+
+
+def test_per_ip_and_per_user_limits(site):
+    for n in range(5):  # five different users from one address
+        assert _login(site, None, "wrong", user=f"nobody{n}@example.com").status == 1
+    run = _login(site, "b")
+    assert run.status == 111 and "per ip" in run.stderr
+    for n in range(8):  # alice guessed at from eight addresses
+        _login(site, "a", "wrong", ip=f"203.0.113.{10 + n}")
+    run = _login(site, "a", ip="203.0.113.99")
+    assert run.status == 111 and "per user in" in run.stderr
+
+
+def test_deny_verdict_and_exempt_networks(site):
+    site.write(throttle={**LIMITS, "verdict": "deny", "exempt_networks": ["192.0.2.0/24"]})
+    for ip in ("198.51.100.7", "192.0.2.5"):
+        for _ in range(3):
+            _login(site, "a", "wrong", ip=ip)
+    denied = _login(site, "a")
+    assert denied.status == 1 and "throttled" in denied.stderr
+    assert _login(site, "a", ip="192.0.2.5").status == 0  # exempt network
+
+
+def test_allow_listed_network_is_exempt(site):
+    (site.dir / "lists" / "allow.lst").write_text("198.51.100.0/24 the office\n")
+    site.write(throttle=LIMITS, audit__allow={"ip_networks": str(site.dir / "lists" / "allow.lst")})
+    for _ in range(4):
+        _login(site, "a", "wrong")
+    assert _login(site, "a").status == 0
+
+
+def test_disabled_throttle_counts_nothing(site):
+    site.write(throttle={**LIMITS, "enabled": False})
+    for _ in range(5):
+        _login(site, "a", "wrong")
+    assert _login(site, "a").status == 0
+    data = json.loads(run_cli(site.path, "throttle", "list", "--all", "--json").stdout)
+    assert data["entries"] == []
+
+
+def test_concurrent_failures_are_all_counted(site):
+    with ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(lambda _: _login(site, "a", "wrong", ip="203.0.113.50"), range(12)))
+    assert all(r.status in (1, 111) for r in runs), [(r.status, r.stderr) for r in runs]
+    data = json.loads(run_cli(site.path, "throttle", "list", "--all", "--json").stdout)
+    by_kind = {(e["kind"], e["user"], e["ip"]): e for e in data["entries"]}
+    # every refusal before the limit is counted; throttled attempts are not counted again
+    counted = by_kind[("user+ip", "alice@example.com", "203.0.113.50")]["failures"]
+    assert counted == sum(1 for r in runs if r.status == 1)
+    assert counted >= 3
+
+
+def test_throttle_list_text_and_reset_all(site):
+    for _ in range(3):
+        _login(site, "a", "wrong")
+    text = run_cli(site.path, "throttle", "list").stdout
+    assert "user+ip" in text and "alice@example.com" in text and "throttled" in text
+    assert "forgot 3" in run_cli(site.path, "throttle", "reset", "--all").stdout
+    assert "nothing throttled" in run_cli(site.path, "throttle", "list").stdout
+    res = run_cli(site.path, "throttle", "reset", check=False)
+    assert res.returncode == 1 and "--all" in res.stderr
+
+
+# --- through a real Dovecot --------------------------------------------------------------------
+
+
+@pytest.mark.dovecot
+def test_throttle_through_dovecot(dovecot, sqlite_config):
+    from tests.fixtures_dovecot import checkpassword_passdb
+
+    with open(sqlite_config.path, "a") as f:
+        f.write("\n[throttle]\nmax_per_user_ip = 2\ndelay = 0\n")
+    pw = sqlite_config.create_password("throttled@example.com")["password"]
+    dovecot.reconfigure(passdb=checkpassword_passdb(sqlite_config.path))
+    for _ in range(2):
+        ok, text = dovecot.imap_login("throttled@example.com", "wrong-password", client_ip="100.64.7.7")
+        assert not ok and "AUTHENTICATIONFAILED" in text
+    ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="100.64.7.7")
+    assert not ok and "UNAVAILABLE" in text, text
+    assert dovecot.wait_for_log(r"dovecot-appauth: user throttled@example.com from 100\.64\.7\.7: throttled")
+    ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="100.64.7.8")
+    assert ok, text
+    sqlite_config.cli("throttle", "reset", "--ip", "100.64.7.7")
+    ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="100.64.7.7")
+    assert ok, text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from .throttle import THROTTLE_VERDICTS, ThrottleSettings
 from .values import Value
 
 TYPE_CHECKING = False
@@ -291,7 +292,7 @@ class AlertsConfig(Value):
 
 
 class Config(Value):
-    __slots__ = ("alerts", "audit", "auth", "database", "path", "problems", "userdb")
+    __slots__ = ("alerts", "audit", "auth", "database", "path", "problems", "throttle", "userdb")
 
     def __init__(
         self,
@@ -302,6 +303,7 @@ class Config(Value):
         audit: AuditConfig | None = None,
         problems: tuple[Problem, ...] = (),
         alerts: AlertsConfig | None = None,
+        throttle: ThrottleSettings | None = None,
     ):
         self.path = path
         self.database = DatabaseConfig() if database is None else database
@@ -309,6 +311,7 @@ class Config(Value):
         self.userdb = UserdbConfig() if userdb is None else userdb
         self.audit = AuditConfig() if audit is None else audit
         self.alerts = AlertsConfig() if alerts is None else alerts
+        self.throttle = ThrottleSettings() if throttle is None else throttle
         self.problems = problems  # warnings that did not stop loading
 
     def resolve(self, path: str) -> str:
@@ -420,13 +423,16 @@ class _Reader:
                 self.problems.append(Problem(f"{self.where} {key}", "unknown key (ignored)", "warning"))
 
 
-def _check_networks(problems: list[Problem], name: str, auth: AuthConfig, audit: AuditConfig) -> None:
+def _check_networks(
+    problems: list[Problem], name: str, auth: AuthConfig, audit: AuditConfig, throttle: ThrottleSettings
+) -> None:
     """A network that does not parse would fail every login later: report it here."""
     groups = [
         ("auth", "disallow_passwords_from", auth.disallow_passwords_from),
         ("audit", "ignore_networks", audit.ignore_networks),
         ("audit", "global_networks", audit.global_networks),
         ("audit.local_networks", "", tuple(audit.local_networks)),
+        ("throttle", "exempt_networks", throttle.exempt_networks),
     ]
     for user, allow in audit.allow_users.items():
         groups.append((f"audit.allow.users.{user}", "ip_networks", allow.ip_networks))
@@ -582,14 +588,31 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     )
     r.finish()
     alerts = _alerts(reader(top.table("alerts"), "alerts"))
+    throttle = _throttle(reader(top.table("throttle"), "throttle"))
     top.finish()
 
-    _check_networks(problems, name, auth, audit)
+    _check_networks(problems, name, auth, audit, throttle)
     errors = [p for p in problems if p.level == "error"]
     if errors:
         raise ConfigError(problems)
     return Config(path=path, database=database, auth=auth, userdb=userdb, audit=audit, problems=tuple(problems),
-                  alerts=alerts)
+                  alerts=alerts, throttle=throttle)
+
+
+def _throttle(r: _Reader) -> ThrottleSettings:
+    d = ThrottleSettings()
+    settings = ThrottleSettings(
+        enabled=r.bool("enabled", d.enabled),
+        window=r.number("window", d.window, 1.0),
+        max_per_user_ip=r.int("max_per_user_ip", d.max_per_user_ip),
+        max_per_ip=r.int("max_per_ip", d.max_per_ip),
+        max_per_user=r.int("max_per_user", d.max_per_user),
+        verdict=r.choice("verdict", d.verdict, THROTTLE_VERDICTS),
+        delay=r.number("delay", d.delay),
+        exempt_networks=r.strings("exempt_networks"),
+    )
+    r.finish()
+    return settings
 
 
 def _alerts(r: _Reader) -> AlertsConfig:

@@ -188,6 +188,10 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
                 f"(disallow_passwords_from {blocked_by})"
             )
 
+        throttled = _check_throttle(store, config, request, now)
+        if throttled is not None:
+            return throttled
+
         from . import hashing
 
         password = request.password
@@ -207,6 +211,7 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
             hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
 
         if matched is None:
+            _record_failure(store, config, request, now, stderr)
             if revoked is not None and revoked.deleted is None:
                 from .policy import utc_text
 
@@ -253,6 +258,52 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
         return Outcome(ExitCode.OK, user=matched.uid, fields=userdb_fields(matched.uid, config.userdb))
     finally:
         store.close()
+
+
+def _check_throttle(store: Store, config: Config, request: LoginRequest, now: float) -> Outcome | None:
+    """Refuse, before any hash work, a client over a brute-force limit (throttle.py).
+
+    Returns the refusal for verdict "deny"; raises TempFail (after `delay`) for "tempfail".
+    """
+    settings = config.throttle
+    if not settings.enabled or not request.remote_ip or store.upgrade_note:
+        return None
+    from .throttle import assess
+
+    counts = store.failure_counts(request.username, request.remote_ip, now - settings.window)
+    throttled = assess(*counts, settings)
+    if throttled is None or _throttle_exempt(request.remote_ip, config):
+        return None
+    message = (f"user {request.username} from {request.remote_ip}: throttled, "
+               f"{throttled.describe(settings.window)}; 'dovecot-appauth throttle reset' lifts it")
+    if settings.verdict == "deny":
+        return _fail(message)
+    if settings.delay > 0:
+        time.sleep(settings.delay)  # slows a guessing client down; Dovecot waits for us
+    raise TempFail(message)
+
+
+def _throttle_exempt(ip: str, config: Config) -> bool:
+    """Exempt: [throttle] exempt_networks and the global [audit.allow] ip_networks list."""
+    if _in_networks(ip, config.throttle.exempt_networks):
+        return True
+    allow_file = config.audit.allow.get("ip_networks")
+    if not allow_file:
+        return False
+    from .lists import load_file
+    from .rules import ip_in_list
+
+    entries, _problems = load_file("ip_networks", config.resolve(allow_file))
+    return ip_in_list(tuple(entries), ip) is not None
+
+
+def _record_failure(store: Store, config: Config, request: LoginRequest, now: float, stderr: TextIO) -> None:
+    if not config.throttle.enabled or store.upgrade_note:
+        return
+    try:
+        store.record_failure(request.username, request.remote_ip, request.service, now)
+    except TempFail as e:
+        _say(stderr, f"failed login of {request.username} not counted for throttling: {e}")
 
 
 def _expired(row: PasswordRow, now: float) -> bool:

@@ -276,6 +276,12 @@ def match_ip_networks(entries: tuple[Entry, ...], s: Subject) -> Found:
     return None
 
 
+def ip_in_list(entries: tuple[Entry, ...], ip: str) -> Entry | None:
+    """The first `ip_networks` entry that contains `ip` (used by the throttle's exemption)."""
+    found = match_ip_networks(entries, _subject(ip, None))
+    return found[0] if isinstance(found, tuple) else None
+
+
 def _first_regex(entries: tuple[Entry, ...], values: Iterable[str]) -> Found:
     for e in entries:
         for value in values:

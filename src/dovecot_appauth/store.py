@@ -73,6 +73,10 @@ if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a logi
 
         def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool: ...
 
+        def failure_counts(self, username: str, ip: str, since: float) -> tuple[int, int, int]: ...
+
+        def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None: ...
+
         def close(self) -> None: ...
 
 
@@ -83,7 +87,8 @@ _SELECT_PASSWORDS_POLICY = (
     "SELECT p.id, p.uid, p.password, p.deleted, q.services, q.expires, q.networks FROM app_passwords p "
     "LEFT JOIN app_password_policy q ON q.pwid = p.id WHERE p.uid = {p}{collate}"
 )
-UPGRADE_NOTE = ("database has no app_password_policy/audit_events tables (policies and audit events are off): "
+UPGRADE_NOTE = ("database has no app_password_policy/audit_events/auth_failures tables (policies, audit events "
+                "and throttling are off): "
                 "run 'dovecot-appauth upgrade-db'")
 
 
@@ -101,6 +106,21 @@ _INSERT_LOG = (
     "SELECT {p}, {p}, {p}, {p}, {p}, {p}, {p} {dual}WHERE NOT EXISTS ("
     "SELECT 1 FROM log WHERE pwid = {p} AND service = {p} AND src_ip {same} {p} AND timestamp >= {p})"
 )
+
+
+# The throttle's three counters in one round trip; the WHERE uses the uid and src_ip
+# indexes of auth_failures (schema.py).
+_COUNT_FAILURES = (
+    "SELECT COALESCE(SUM(CASE WHEN uid = {p}{collate} AND src_ip = {p} THEN 1 ELSE 0 END), 0), "
+    "COALESCE(SUM(CASE WHEN src_ip = {p} THEN 1 ELSE 0 END), 0), "
+    "COALESCE(SUM(CASE WHEN uid = {p}{collate} THEN 1 ELSE 0 END), 0) "
+    "FROM auth_failures WHERE timestamp >= {p} AND (uid = {p}{collate} OR src_ip = {p})"
+)
+_INSERT_FAILURE = "INSERT INTO auth_failures (timestamp, uid, src_ip, service) VALUES ({p}, {p}, {p}, {p})"
+
+
+def _count_params(username: str, ip: str, since: float) -> tuple[Any, ...]:
+    return (username, ip, ip, username, utc_timestamp(since), username, ip)
 
 
 def _insert_params(record: LoginRecord, now: float, dedup_window: float) -> tuple[Any, ...]:
@@ -181,6 +201,24 @@ class SqliteStore:
         try:
             return self.conn.execute(SELECT_HISTORY.format(p="?", collate=" COLLATE NOCASE"),
                                      (username, utc_timestamp(since))).fetchall()
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+
+    def failure_counts(self, username: str, ip: str, since: float) -> tuple[int, int, int]:
+        """Failed logins since `since`: (this user from this IP, this IP, this user)."""
+        try:
+            row = self.conn.execute(_COUNT_FAILURES.format(p="?", collate=" COLLATE NOCASE"),
+                                    _count_params(username, ip, since)).fetchone()
+        except self._errors as e:
+            if "auth_failures" in str(e):  # an old database: no throttling until upgrade-db
+                self.upgrade_note = UPGRADE_NOTE
+                return (0, 0, 0)
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+        return (int(row[0]), int(row[1]), int(row[2]))
+
+    def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None:
+        try:
+            self.conn.execute(_INSERT_FAILURE.format(p="?"), (utc_timestamp(now), username, ip, service))
         except self._errors as e:
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
 
@@ -274,6 +312,22 @@ class MysqlStore:
         from .events import SELECT_HISTORY
 
         return list(self._run(SELECT_HISTORY.format(p="%s", collate=""), (username, utc_timestamp(since))).fetchall())
+
+    def failure_counts(self, username: str, ip: str, since: float) -> tuple[int, int, int]:
+        """Failed logins since `since`: (this user from this IP, this IP, this user)."""
+        try:
+            cursor = self.conn.cursor()
+            cursor.execute(_COUNT_FAILURES.format(p="%s", collate=""), _count_params(username, ip, since))
+        except self._errors as e:
+            if "auth_failures" in self._message(e):  # an old database: no throttling until upgrade-db
+                self.upgrade_note = UPGRADE_NOTE
+                return (0, 0, 0)
+            raise self._tempfail(e) from None
+        row = cursor.fetchone()
+        return (int(row[0]), int(row[1]), int(row[2]))
+
+    def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None:
+        self._run(_INSERT_FAILURE.format(p="%s"), (utc_timestamp(now), username, ip, service))
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ", same="<=>")

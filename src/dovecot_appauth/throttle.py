@@ -11,8 +11,12 @@ rather than a denial, and allow-listed and local networks are never throttled.
 
 from __future__ import annotations
 
+from .values import Value
 
-class ThrottleSettings:
+THROTTLE_VERDICTS = ("tempfail", "deny")
+
+
+class ThrottleSettings(Value):
     """`[throttle]` in the config."""
 
     __slots__ = ("delay", "enabled", "exempt_networks", "max_per_ip", "max_per_user", "max_per_user_ip",
@@ -20,7 +24,6 @@ class ThrottleSettings:
 
     def __init__(
         self,
-        *,
         enabled: bool = True,
         window: float = 600.0,
         max_per_user_ip: int = 10,
@@ -38,15 +41,6 @@ class ThrottleSettings:
         self.verdict = verdict  # "tempfail" (exit 111 after `delay`) or "deny" (exit 1)
         self.delay = delay
         self.exempt_networks = exempt_networks
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"ThrottleSettings({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ThrottleSettings):
-            return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
 
 class Throttled:
