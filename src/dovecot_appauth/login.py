@@ -128,24 +128,6 @@ def read_fd3() -> bytes:
     return b"".join(chunks)
 
 
-def _in_networks(ip: str | None, networks: tuple[str, ...]) -> str | None:
-    if not ip or not networks:
-        return None
-    import ipaddress
-
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    for text in networks:
-        network = ipaddress.ip_network(text, strict=False)
-        if address.version == network.version and address in network:
-            return text
-    return None
-
-
 def _fail(message: str | None = None) -> Outcome:
     return Outcome(ExitCode.FAIL, message=message)
 
@@ -181,7 +163,9 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
             user = active[0].uid
             return Outcome(ExitCode.LOOKUP_OK, user=user, fields=userdb_fields(user, config.userdb))
 
-        blocked_by = _in_networks(request.remote_ip, config.auth.disallow_passwords_from)
+        from .policy import in_networks
+
+        blocked_by = in_networks(request.remote_ip, config.auth.disallow_passwords_from)
         if blocked_by:
             return _fail(
                 f"user {request.username}: app passwords are not accepted from {request.remote_ip} "
@@ -285,7 +269,9 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
 
 def _throttle_exempt(ip: str, config: Config) -> bool:
     """Exempt: [throttle] exempt_networks and the global [audit.allow] ip_networks list."""
-    if _in_networks(ip, config.throttle.exempt_networks):
+    from .policy import in_networks
+
+    if in_networks(ip, config.throttle.exempt_networks):
         return True
     allow_file = config.audit.allow.get("ip_networks")
     if not allow_file:

@@ -147,7 +147,7 @@ def format_networks(networks: tuple[str, ...] | None) -> str | None:
 
 def in_networks(ip: str | None, networks: tuple[str, ...]) -> str | None:
     """The first network containing `ip` (IPv4-mapped IPv6 counts as IPv4), else None."""
-    if not ip:
+    if not ip or not networks:  # the common case on a login: no ipaddress import
         return None
     import ipaddress
 
