@@ -14,8 +14,9 @@ umask 022
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
-# chromium: the HTML report is screenshotted headless (tests/test_report.py)
-DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d mariadb-server python3-venv python3-dev gcc chromium)
+# chromium: the HTML report is screenshotted headless (tests/test_report.py);
+# dovecot-auth-lua: the Lua passdb example against `serve` (tests/test_end_to_end_serve.py)
+DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc chromium)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

@@ -18,6 +18,7 @@ def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
 
     problems += check_lists(config)
     problems += check_audit_sources(config)
+    problems += check_nextcloud(config)
     if check_database:
         problems += check_database_schema(config)
     return problems
@@ -63,6 +64,26 @@ def check_audit_sources(config: Config) -> list[Problem]:
         for name, message in check_sources(config).items()
         if message
     ]
+
+
+def check_nextcloud(config: Config) -> list[Problem]:
+    """`[auth] backend = "nextcloud"`: what `parse` cannot see from the TOML alone."""
+    if config.auth.backend != "nextcloud":
+        return []
+    from urllib.parse import urlsplit
+
+    nc = config.nextcloud
+    problems = []
+    if nc.ca_file and not os.access(config.resolve(nc.ca_file), os.R_OK):
+        problems.append(Problem("[nextcloud] ca_file", f"{config.resolve(nc.ca_file)} is not readable"))
+    parts = urlsplit(nc.url or "")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+        problems.append(Problem("[nextcloud] url", "plain http to another host sends app passwords in clear: "
+                                                   "use https", "warning"))
+    if nc.cache_seconds > 600:
+        problems.append(Problem("[nextcloud] cache_seconds", f"{nc.cache_seconds:g}s: a password revoked in "
+                                                             "Nextcloud keeps working that long", "warning"))
+    return problems
 
 
 def check_database_schema(config: Config) -> list[Problem]:

@@ -505,10 +505,13 @@ def _policy_options(p: argparse.ArgumentParser, changing: bool = False) -> None:
 
 
 def _add_audit_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
-    """explain and cache: registered here, implemented in `cli_audit.py`."""
-    from . import cli_audit
+    """explain, cache, import-upstream and serve: registered here, implemented in
+    `cli_audit.py`, `cli_migrate.py` and `cli_serve.py` (which imports the server lazily)."""
+    from . import cli_audit, cli_migrate, cli_serve
 
     cli_audit.register(sub, command)
+    cli_migrate.register(sub, command)
+    cli_serve.register(sub, command)
 
 
 def main(argv: list[str] | None = None) -> int:

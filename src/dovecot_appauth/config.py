@@ -29,6 +29,7 @@ LIST_KINDS = (
 ALLOW_KINDS = ("ip_networks", "as_numbers", "countries")
 HASH_SCHEMES = ("sha512-crypt", "bcrypt", "argon2id")
 RESULT_SUCCESS_VALUES = ("ok", "unknown", "next")
+BACKENDS = ("sql", "nextcloud")
 
 
 class Problem(Value):
@@ -72,6 +73,8 @@ DEFAULT_DEADLINE = 1.5
 DEFAULT_EVENTS_RETENTION_DAYS = 90.0
 DEFAULT_ALERT_LOOKBACK_DAYS = 30.0
 DEFAULT_MAX_SPEED_KMH = 1000.0  # faster than an airliner, with margin
+DEFAULT_NEXTCLOUD_TIMEOUT = 3.0
+DEFAULT_NEXTCLOUD_CACHE_SECONDS = 60.0
 ALERT_ACTIONS = ("log", "deny")
 
 # The config classes are plain `Value`s, not dataclasses (see values.py): the per-login
@@ -88,6 +91,7 @@ class DatabaseConfig(Value):
 
 class AuthConfig(Value):
     __slots__ = (
+        "backend",
         "dedup_window",
         "disallow_passwords_from",
         "hash_scheme",
@@ -104,13 +108,30 @@ class AuthConfig(Value):
         dedup_window: float = DEFAULT_DEDUP_WINDOW,
         password_length: int = DEFAULT_PASSWORD_LENGTH,
         password_chunk: int = DEFAULT_PASSWORD_CHUNK,
+        backend: str = "sql",
     ):
+        self.backend = backend  # "sql": app_passwords table; "nextcloud": [nextcloud] (nextcloud.py)
         self.disallow_passwords_from = disallow_passwords_from
         self.hash_scheme = hash_scheme
         self.sha512_rounds = sha512_rounds  # glibc/PHP default; written as rounds= only when changed
         self.dedup_window = dedup_window  # seconds in which the same password+service+IP logs once
         self.password_length = password_length
         self.password_chunk = password_chunk
+
+
+class NextcloudConfig(Value):
+    """`[nextcloud]`, used when `[auth] backend = "nextcloud"` (nextcloud.py reads it)."""
+
+    __slots__ = ("ca_file", "cache_seconds", "forward_ip", "timeout", "url")
+
+    def __init__(self, url: str | None = None, timeout: float = DEFAULT_NEXTCLOUD_TIMEOUT,
+                 cache_seconds: float = DEFAULT_NEXTCLOUD_CACHE_SECONDS, ca_file: str | None = None,
+                 forward_ip: bool = True):
+        self.url = url  # WebDAV URL answering PROPFIND; %u is the URL-quoted user
+        self.timeout = timeout  # one deadline for connect, TLS, request and status line
+        self.cache_seconds = cache_seconds  # positive cache; 0 asks Nextcloud every time
+        self.ca_file = ca_file  # PEM bundle for https (default: the system's)
+        self.forward_ip = forward_ip  # send X-Forwarded-For: client IP
 
 
 class UserdbConfig(Value):
@@ -292,7 +313,7 @@ class AlertsConfig(Value):
 
 
 class Config(Value):
-    __slots__ = ("alerts", "audit", "auth", "database", "path", "problems", "throttle", "userdb")
+    __slots__ = ("alerts", "audit", "auth", "database", "nextcloud", "path", "problems", "throttle", "userdb")
 
     def __init__(
         self,
@@ -304,6 +325,7 @@ class Config(Value):
         problems: tuple[Problem, ...] = (),
         alerts: AlertsConfig | None = None,
         throttle: ThrottleSettings | None = None,
+        nextcloud: NextcloudConfig | None = None,
     ):
         self.path = path
         self.database = DatabaseConfig() if database is None else database
@@ -312,6 +334,7 @@ class Config(Value):
         self.audit = AuditConfig() if audit is None else audit
         self.alerts = AlertsConfig() if alerts is None else alerts
         self.throttle = ThrottleSettings() if throttle is None else throttle
+        self.nextcloud = NextcloudConfig() if nextcloud is None else nextcloud
         self.problems = problems  # warnings that did not stop loading
 
     def resolve(self, path: str) -> str:
@@ -483,6 +506,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         dedup_window=r.number("dedup_window", DEFAULT_DEDUP_WINDOW),
         password_length=r.int("password_length", DEFAULT_PASSWORD_LENGTH, 12),
         password_chunk=r.int("password_chunk", DEFAULT_PASSWORD_CHUNK, 0),
+        backend=r.choice("backend", "sql", BACKENDS),
     )
     r.finish()
 
@@ -589,6 +613,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     r.finish()
     alerts = _alerts(reader(top.table("alerts"), "alerts"))
     throttle = _throttle(reader(top.table("throttle"), "throttle"))
+    nextcloud = _nextcloud(reader(top.table("nextcloud"), "nextcloud"), auth.backend == "nextcloud")
     top.finish()
 
     _check_networks(problems, name, auth, audit, throttle)
@@ -596,7 +621,28 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     if errors:
         raise ConfigError(problems)
     return Config(path=path, database=database, auth=auth, userdb=userdb, audit=audit, problems=tuple(problems),
-                  alerts=alerts, throttle=throttle)
+                  alerts=alerts, throttle=throttle, nextcloud=nextcloud)
+
+
+def _nextcloud(r: _Reader, used: bool) -> NextcloudConfig:
+    settings = NextcloudConfig(
+        url=r.str("url", None) or None,
+        timeout=r.number("timeout", DEFAULT_NEXTCLOUD_TIMEOUT, 0.1),
+        cache_seconds=r.number("cache_seconds", DEFAULT_NEXTCLOUD_CACHE_SECONDS),
+        ca_file=r.str("ca_file", None) or None,
+        forward_ip=r.bool("forward_ip", True),
+    )
+    r.finish()
+    url = settings.url
+    if url is None:
+        if used:
+            r.problems.append(Problem(f"{r.where} url", 'is required with [auth] backend = "nextcloud"'))
+        return settings
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if scheme not in ("http", "https") or not host or "@" in host or any(c.isspace() for c in url):
+        r.problems.append(Problem(f"{r.where} url", "must be http(s)://host[:port]/path, without credentials"))
+    return settings
 
 
 def _throttle(r: _Reader) -> ThrottleSettings:

@@ -151,6 +151,8 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
 
     store = open_store(config.database.dsn, config.database.connect_timeout)
     try:
+        if config.auth.backend == "nextcloud":
+            return _decide_nextcloud(request, config, store, now=now, stderr=stderr)
         rows = store.find_passwords(request.username)
         if store.upgrade_note:
             _say(stderr, store.upgrade_note)
@@ -163,18 +165,9 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
             user = active[0].uid
             return Outcome(ExitCode.LOOKUP_OK, user=user, fields=userdb_fields(user, config.userdb))
 
-        from .policy import in_networks
-
-        blocked_by = in_networks(request.remote_ip, config.auth.disallow_passwords_from)
-        if blocked_by:
-            return _fail(
-                f"user {request.username}: app passwords are not accepted from {request.remote_ip} "
-                f"(disallow_passwords_from {blocked_by})"
-            )
-
-        throttled = _check_throttle(store, config, request, now)
-        if throttled is not None:
-            return throttled
+        refused = _check_source(store, config, request, now)
+        if refused is not None:
+            return refused
 
         from . import hashing
 
@@ -242,6 +235,56 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
         return Outcome(ExitCode.OK, user=matched.uid, fields=userdb_fields(matched.uid, config.userdb))
     finally:
         store.close()
+
+
+def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, now: float,
+                      stderr: TextIO) -> Outcome:
+    """`[auth] backend = "nextcloud"`: Nextcloud checks the password (nextcloud.py).
+
+    The same throttling, audit and audit events as a SQL login, without what needs a
+    password row: no `log` row, no per-password policy, `pwid` NULL in `audit_events`.
+    Nextcloud knows its users, we do not: a userdb lookup answers "unknown user".
+    """
+    from .reply import userdb_fields
+
+    if request.mode is Mode.LOOKUP:
+        return Outcome(ExitCode.LOOKUP_UNKNOWN)
+    refused = _check_source(store, config, request, now)
+    if refused is not None:
+        return refused
+
+    from .nextcloud import NextcloudSettings, verify
+
+    nc = config.nextcloud
+    settings = NextcloudSettings(nc.url or "", nc.timeout, nc.cache_seconds,
+                                 config.resolve(nc.ca_file) if nc.ca_file else None, nc.forward_ip)
+    cache_dir = config.resolve(config.audit.cache.path) if config.audit.cache.enabled else None
+    if not request.password or not verify(request.username, request.password, request.remote_ip, settings,
+                                          cache_dir, now=now):
+        _record_failure(store, config, request, now, stderr)
+        return _fail()  # wrong password or unknown user: Dovecot logs these itself
+    if config.audit.enabled:
+        from .pipeline import audit_login
+
+        result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr,
+                             store=store)
+        if result.deny:
+            return _fail(result.denial(request.username, request.remote_ip))
+    return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
+
+
+def _check_source(store: Store, config: Config, request: LoginRequest, now: float) -> Outcome | None:
+    """Refusals that depend on where the client is, checked before any password work:
+    `disallow_passwords_from` (e.g. the webmail host), then the brute-force limiter."""
+    from .policy import in_networks
+
+    blocked_by = in_networks(request.remote_ip, config.auth.disallow_passwords_from)
+    if blocked_by:
+        return _fail(
+            f"user {request.username}: app passwords are not accepted from {request.remote_ip} "
+            f"(disallow_passwords_from {blocked_by})"
+        )
+    return _check_throttle(store, config, request, now)
 
 
 def _check_throttle(store: Store, config: Config, request: LoginRequest, now: float) -> Outcome | None:

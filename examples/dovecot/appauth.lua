@@ -1,0 +1,173 @@
+-- Dovecot Lua passdb: app passwords checked by `dovecot-appauth serve` (POST /verify).
+-- For Dovecot 2.4 (no checkpassword driver) and 2.3 alike: the same policy, throttling,
+-- audit and recording as the checkpassword program. Tested with Dovecot 2.3.19
+-- (Debian 12, dovecot-auth-lua) by tests/test_end_to_end_serve.py.
+--
+-- passdb {
+--   driver = lua
+--   args = file=/etc/dovecot/appauth.lua blocking=yes
+-- }
+-- userdb {
+--   driver = prefetch      # the userdb_* fields of [userdb] in dovecot-appauth's config
+-- }
+--
+-- Right password: OK with `user` and the userdb_* fields the service returns. Wrong
+-- password, unknown user, refused by a policy or the audit: PASSWORD_MISMATCH. The
+-- service down, slow (over `timeout`) or answering anything else: INTERNAL_FAILURE
+-- (the client sees [UNAVAILABLE], never "wrong password").
+
+local verify_url = os.getenv("APPAUTH_VERIFY_URL") or "http://127.0.0.1:8077/verify"
+local token = os.getenv("APPAUTH_TOKEN")  -- the serve --token-file secret, if any
+
+local http_client = dovecot.http.client {
+  timeout = 5000;        -- ms; keep it above the service's own deadlines (audit, Nextcloud)
+  max_attempts = 1;
+  debug = false;
+}
+
+-- --- a small JSON encoder/decoder (Dovecot's Lua has no JSON library) ---------------
+local function json_string(s)
+  s = tostring(s or "")
+  s = s:gsub('[%c"\\]', function(c)
+    return string.format("\\u%04x", c:byte())
+  end)
+  return '"' .. s .. '"'
+end
+
+local function utf8_char(code)
+  if code < 0x80 then return string.char(code) end
+  if code < 0x800 then
+    return string.char(0xC0 + math.floor(code / 0x40), 0x80 + code % 0x40)
+  end
+  return string.char(0xE0 + math.floor(code / 0x1000), 0x80 + math.floor(code / 0x40) % 0x40, 0x80 + code % 0x40)
+end
+
+local escapes = { ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+
+local function json_decode(text)
+  local pos = 1
+  local value
+
+  local function skip() pos = text:find("[^ \t\r\n]", pos) or (#text + 1) end
+
+  local function str()
+    local out = {}
+    pos = pos + 1
+    while true do
+      local c = text:sub(pos, pos)
+      if c == "" then error("unterminated string") end
+      if c == '"' then pos = pos + 1; return table.concat(out) end
+      if c == "\\" then
+        local e = text:sub(pos + 1, pos + 1)
+        if e == "u" then
+          out[#out + 1] = utf8_char(tonumber(text:sub(pos + 2, pos + 5), 16) or 63)
+          pos = pos + 6
+        else
+          out[#out + 1] = escapes[e] or e
+          pos = pos + 2
+        end
+      else
+        out[#out + 1] = c
+        pos = pos + 1
+      end
+    end
+  end
+
+  function value()
+    skip()
+    local c = text:sub(pos, pos)
+    if c == '"' then return str() end
+    if c == "{" or c == "[" then
+      local close, result, n = (c == "{") and "}" or "]", {}, 0
+      pos = pos + 1
+      skip()
+      if text:sub(pos, pos) == close then pos = pos + 1; return result end
+      while true do
+        if close == "}" then
+          skip()
+          local key = str()
+          skip()
+          pos = pos + 1  -- ':'
+          result[key] = value()
+        else
+          n = n + 1
+          result[n] = value()
+        end
+        skip()
+        local sep = text:sub(pos, pos)
+        pos = pos + 1
+        if sep == close then return result end
+        if sep ~= "," then error("bad JSON") end
+      end
+    end
+    local word = text:match("^[%w%.%-+]+", pos)
+    if not word then error("bad JSON") end
+    pos = pos + #word
+    if word == "true" then return true elseif word == "false" then return false
+    elseif word == "null" then return nil end
+    return tonumber(word)
+  end
+
+  return value()
+end
+
+-- --- the passdb ----------------------------------------------------------------------
+function script_init()
+  return 0
+end
+
+function script_deinit()
+end
+
+local function verify(req, password)
+  local request = http_client:request {
+    url = verify_url;
+    method = "POST";
+  }
+  request:add_header("Content-Type", "application/json")
+  if token then
+    request:add_header("Authorization", "Bearer " .. token)
+  end
+  request:set_payload("{" ..
+    '"user":' .. json_string(req.user) ..
+    ',"password":' .. json_string(password) ..
+    ',"service":' .. json_string(req.service) ..
+    ',"remote_ip":' .. json_string(req.remote_ip) ..
+    ',"local_ip":' .. json_string(req.local_ip) .. "}")
+  local response = request:submit()
+  local status = response:status()
+  if status ~= 200 then
+    return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE,
+      "appauth: " .. verify_url .. ": HTTP " .. status .. " " .. (response:reason() or "")
+  end
+  local ok, answer = pcall(json_decode, response:payload() or "")
+  if not ok or type(answer) ~= "table" then
+    return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE, "appauth: " .. verify_url .. ": not a JSON answer"
+  end
+  if answer.result == "ok" then
+    local fields = {}
+    if type(answer.fields) == "table" then
+      for k, v in pairs(answer.fields) do
+        fields[k] = tostring(v)
+      end
+    end
+    if type(answer.user) == "string" then
+      fields.user = answer.user
+    end
+    return dovecot.auth.PASSDB_RESULT_OK, fields
+  elseif answer.result == "fail" then
+    return dovecot.auth.PASSDB_RESULT_PASSWORD_MISMATCH, ""
+  end
+  return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE, "appauth: temporary failure (see dovecot-appauth serve's log)"
+end
+
+-- plaintext mechanisms (auth_mechanisms = plain login): Dovecot hands us the password
+function auth_password_verify(req, password)
+  return verify(req, password)
+end
+
+-- app-password hashes never leave dovecot-appauth: no credentials lookups
+function auth_passdb_lookup(req)
+  return dovecot.auth.PASSDB_RESULT_SCHEME_NOT_AVAILABLE,
+    "appauth: only plaintext mechanisms are supported (auth_mechanisms = plain login)"
+end

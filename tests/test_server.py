@@ -1,0 +1,159 @@
+"""`serve`: the auth-policy and verify endpoints, through a real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+from dovecot_appauth import hashing, schema  # noqa: E402
+from dovecot_appauth.server import Engine, build_app  # noqa: E402
+
+PASSWORD = "Serv-eTes-tPas-sw0r"
+DENIED_IP = "203.0.113.9"
+ALLOWED_IP = "198.51.100.7"
+
+
+def _site(tmp_path):
+    db = tmp_path / "db.sqlite"
+    engine = schema.make_engine(f"sqlite:///{db}")
+    schema.init_db(engine)
+    schema.create_password(engine, "alice@example.com", hashing.hash_password(PASSWORD))
+    engine.dispose()
+    (tmp_path / "ip.deny.lst").write_text("203.0.113.0/24\n")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[database]\ndsn = "sqlite:///{db}"\n\n[userdb]\nuid = "5000"\nhome = "/srv/%u"\n\n'
+        f'[audit]\nenabled = true\nglobal_networks = ["203.0.113.0/24", "198.51.100.0/24"]\n'
+        f'syslog_socket = ""\njournal = "no"\nlog_file = "{tmp_path / "audit.log"}"\n\n'
+        f'[audit.dns]\nenabled = false\n\n[audit.cache]\npath = "{tmp_path / "cache"}"\n\n'
+        f'[audit.lists]\nip_networks = "ip.deny.lst"\n'
+    )
+    return path, db
+
+
+class Served:
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(100):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+
+    def post(self, path: str, body, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+@pytest.fixture
+def site(tmp_path):
+    path, db = _site(tmp_path)
+    log = io.StringIO()
+    served = Served(build_app(Engine(str(path), stderr=log)))
+    served.log = log
+    served.db = db
+    served.dir = tmp_path
+    yield served
+    served.close()
+
+
+def test_verify_right_wrong_and_denied(site):
+    status, body = site.post("/verify", {"user": "Alice@example.com", "password": PASSWORD, "service": "imap",
+                                         "remote_ip": ALLOWED_IP})
+    assert status == 200 and body["result"] == "ok" and body["user"] == "alice@example.com"
+    assert body["fields"]["userdb_uid"] == "5000"
+    assert site.post("/verify", {"user": "alice@example.com", "password": "nope", "remote_ip": ALLOWED_IP})[1] == \
+        {"result": "fail"}
+    status, body = site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": DENIED_IP})
+    assert body == {"result": "fail"}
+    assert "denied by audit" in site.log.getvalue()
+    import sqlite3
+
+    rows = sqlite3.connect(site.db).execute("SELECT service, src_ip FROM log").fetchall()
+    assert rows == [("imap", ALLOWED_IP)]
+    assert "result=deny" in (site.dir / "audit.log").read_text()
+
+
+def test_verify_bad_requests(site):
+    assert site.post("/verify", b"not json")[0] == 400
+    assert site.post("/verify", {"user": 1, "password": None})[1]["result"] == "fail"
+
+
+def test_verify_database_down_is_tempfail(site):
+    site.db.unlink()
+    site.db.parent.chmod(0o500)
+    try:
+        assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD})[1] == {"result": "tempfail"}
+    finally:
+        site.db.parent.chmod(0o700)
+
+
+def test_policy_allow_rejects_denied_addresses(site):
+    req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap", "pwhash": "ab", "session_id": "x"}
+    assert site.post("/policy?command=allow", req) == (200, {"status": -1, "msg": "Authentication failed"})
+    req["remote"] = ALLOWED_IP
+    assert site.post("/?command=allow", req) == (200, {"status": 0, "msg": ""})
+    # no audit line for a check; one for a successful report
+    assert not (site.dir / "audit.log").exists()
+    report = {**req, "success": True, "policy_reject": False, "tls": False}
+    assert site.post("/?command=report", report) == (200, {"status": 0, "msg": ""})
+    assert "user=<alice@example.com>, service=imap, ip=198.51.100.7" in (site.dir / "audit.log").read_text()
+    # and the audit event is committed (the store is closed after the report)
+    conn = sqlite3.connect(site.db)
+    try:
+        events = conn.execute("SELECT uid, pwid, src_ip, service FROM audit_events").fetchall()
+    finally:
+        conn.close()
+    assert events == [("alice@example.com", None, ALLOWED_IP, "imap")]
+    assert site.post("/?command=bogus", req)[0] == 400
+
+
+def test_token_is_required_when_configured(tmp_path):
+    path, _ = _site(tmp_path)
+    served = Served(build_app(Engine(str(path), stderr=io.StringIO()), token="s3cret"))
+    try:
+        req = {"login": "alice@example.com", "remote": ALLOWED_IP, "protocol": "imap"}
+        assert served.post("/policy?command=allow", req)[0] == 401
+        basic = base64.b64encode(b"dovecot:s3cret").decode()
+        assert served.post("/policy?command=allow", req, {"Authorization": f"Basic {basic}"})[0] == 200
+        assert served.post("/policy?command=allow", req, {"Authorization": "Bearer s3cret"})[0] == 200
+        assert served.post("/policy?command=allow", req, {"Authorization": "Bearer wrong"})[0] == 401
+    finally:
+        served.close()
+
+
+def test_engine_reloads_the_config_on_change(tmp_path):
+    path, _ = _site(tmp_path)
+    engine = Engine(str(path), stderr=io.StringIO())
+    assert engine.config().audit.enabled
+    path.write_text(path.read_text().replace("enabled = true", "enabled = false", 1) + "\n")
+    assert not engine.config().audit.enabled
+    path.write_text("[database\n")
+    assert not engine.config().audit.enabled  # a broken edit keeps the previous config
+    assert "not reloaded" in engine.stderr.getvalue()
