@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_common import DOVECOT_USER, dovecot_ids, new_server_dir, shared_tempdir_base
+from tests.fixtures_common import give_to_dovecot as _give_to_dovecot
 
 pytest_plugins = ["tests.fixtures_dovecot", "tests.fixtures_mariadb", "tests.fixtures_servers"]
 
@@ -70,17 +71,6 @@ def write_appauth_config(directory: str | os.PathLike, dsn: str, *, userdb: dict
     path.write_text("\n".join(lines) + "\n" + extra_toml)
     os.chmod(path, 0o644)
     return path
-
-
-def _give_to_dovecot(path: Path) -> None:
-    """chown -R to user dovecot (we run as root in these tests; a no-op otherwise)."""
-    if os.geteuid() != 0:
-        return
-    uid, gid = dovecot_ids()
-    os.chown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
 
 @dataclass

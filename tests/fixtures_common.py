@@ -79,3 +79,14 @@ def new_server_dir(prefix: str = "appauth-dc-") -> Path:
     d = Path(tempfile.mkdtemp(prefix=prefix, dir=shared_tempdir_base()))
     os.chmod(d, 0o755)
     return d
+
+
+def give_to_dovecot(path: Path) -> None:
+    """chown -R to user dovecot (we run as root in these tests; a no-op otherwise)."""
+    if os.geteuid() != 0:
+        return
+    uid, gid = dovecot_ids()
+    os.chown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)

@@ -29,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.fixtures_common import dovecot_ids, new_server_dir
+from tests.fixtures_common import give_to_dovecot as chown_dovecot
+from tests.fixtures_common import new_server_dir
 
 VENV_BIN = Path(sys.executable).parent
 PROGRAM = VENV_BIN / "dovecot-appauth-checkpassword"
@@ -151,16 +152,6 @@ def toml_doc(sections: dict[str, dict]) -> str:
         out += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         out.append("")
     return "\n".join(out)
-
-
-def chown_dovecot(path: Path) -> None:
-    if os.geteuid() != 0:
-        return
-    uid, gid = dovecot_ids()
-    os.chown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
 
 @dataclass
