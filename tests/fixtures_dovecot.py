@@ -584,3 +584,16 @@ def dovecot_factory():
 def dovecot(dovecot_factory) -> DovecotServer:
     """A module-wide Dovecot (passwd-file passdb with FIXTURE_USERS until reconfigured)."""
     return dovecot_factory()
+
+
+def our_lines(text: str) -> list[str]:
+    """The lines of a Dovecot log that our program wrote (its stderr, as `auth: Error:`)."""
+    return [line for line in text.splitlines() if "dovecot-appauth:" in line]
+
+
+def settle_log(dovecot: DovecotServer, mark: int, pattern: str) -> str:
+    """Dovecot's log since `mark`: wait for `pattern`, then a moment more (the log process
+    writes asynchronously)."""
+    dovecot.wait_for_log(pattern, since=mark)
+    time.sleep(0.15)
+    return dovecot.log_since(mark)

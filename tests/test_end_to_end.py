@@ -21,7 +21,7 @@ import pytest
 from dovecot_appauth.hashing import generate_password, hash_password
 from tests.conftest import AppauthConfig, _give_to_dovecot
 from tests.fixtures_common import dovecot_ids, free_port
-from tests.fixtures_dovecot import DEFAULT_USERDB, DovecotServer, checkpassword_passdb
+from tests.fixtures_dovecot import DEFAULT_USERDB, DovecotServer, checkpassword_passdb, our_lines, settle_log
 
 pytestmark = [pytest.mark.dovecot,
               pytest.mark.filterwarnings("ignore:'crypt' is deprecated:DeprecationWarning")]
@@ -105,16 +105,6 @@ def set_database_keys(cfg: AppauthConfig, **keys) -> None:
     extra = "".join(f"{k} = {v!r}\n" for k, v in keys.items())
     cfg.path.write_text(text.replace("[database]\n", "[database]\n" + extra, 1))
 
-
-def our_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if "dovecot-appauth:" in line]
-
-
-def settle_log(dovecot: DovecotServer, mark: int, pattern: str) -> str:
-    """Wait for ``pattern``, then a moment more (the log process writes asynchronously)."""
-    dovecot.wait_for_log(pattern, since=mark)
-    time.sleep(0.15)
-    return dovecot.log_since(mark)
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,8 @@ from tests.fixtures_dovecot import (
     DovecotServer,
     audit_chain_passdbs,
     checkpassword_passdb,
+    our_lines,
+    settle_log,
     write_passwd_file,
 )
 
@@ -126,15 +128,6 @@ def log_rows(cfg: AppauthConfig, pwid: int) -> list[tuple]:
     finally:
         conn.close()
 
-
-def our_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if "dovecot-appauth:" in line]
-
-
-def settle_log(dovecot: DovecotServer, mark: int, pattern: str) -> str:
-    dovecot.wait_for_log(pattern, since=mark)
-    time.sleep(0.15)
-    return dovecot.log_since(mark)
 
 
 # --- fixtures --------------------------------------------------------------------------

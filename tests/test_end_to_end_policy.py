@@ -18,7 +18,7 @@ import pytest
 from dovecot_appauth.hashing import generate_password, hash_password
 from dovecot_appauth.store import utc_timestamp
 from tests.conftest import AppauthConfig, _give_to_dovecot
-from tests.fixtures_dovecot import DovecotServer, checkpassword_passdb
+from tests.fixtures_dovecot import DovecotServer, checkpassword_passdb, our_lines, settle_log
 
 pytestmark = [pytest.mark.dovecot,
               pytest.mark.filterwarnings("ignore:'crypt' is deprecated:DeprecationWarning")]
@@ -58,15 +58,6 @@ def execute(cfg: AppauthConfig, sql: str, *params) -> None:
     finally:
         conn.close()
 
-
-def our_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if "dovecot-appauth:" in line]
-
-
-def settle_log(dovecot: DovecotServer, mark: int, pattern: str) -> str:
-    dovecot.wait_for_log(pattern, since=mark)
-    time.sleep(0.15)
-    return dovecot.log_since(mark)
 
 
 @pytest.fixture(scope="module")
