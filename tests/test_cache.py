@@ -153,6 +153,39 @@ def test_IpCache_purge_ip_and_expired(cache):
     assert not os.path.exists(cache.path)
 
 
+def test_IpCache_new_file_appears_ready_made(tmp_path):
+    c = IpCache(str(tmp_path / "cache"))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    c.close()
+    assert os.listdir(c.directory) == [FILE_NAME]  # closed: no -wal/-shm, no private build file left
+    conn = sqlite3.connect(c.path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT count(*) FROM entry").fetchone() == (1,)
+    finally:
+        conn.close()
+
+
+def test_IpCache_empty_file_gets_its_table(tmp_path):
+    # what an older version (or `touch`) leaves: an empty file is still a usable cache
+    d = tmp_path / "cache"
+    d.mkdir(mode=0o700)
+    (d / FILE_NAME).write_bytes(b"")
+    c = IpCache(str(d))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    assert c.get("rdns", "ip", NOW) == {"ptr": "x"}
+    c.close()
+
+
+def test_IpCache_purge_all_removes_half_made_files(tmp_path):
+    c = IpCache(str(tmp_path / "cache"))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    leftover = c.path + ".new-4242-1"  # a login killed while building the file
+    open(leftover, "wb").close()
+    assert c.purge() == 1
+    assert os.listdir(c.directory) == []
+
+
 def test_file_signature_is_mtime_and_size(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"12345")

@@ -242,7 +242,7 @@ from dovecot_appauth.config import AuditConfig, CacheConfig, Config, DnsConfig, 
 from dovecot_appauth.enrich import enrich
 p = json.loads(sys.argv[1])
 audit = AuditConfig(
-    deadline=3.0,
+    deadline=10.0,  # about the cache, not the deadline: a loaded machine must not time a source out
     maxmind=MaxMindConfig(city=p["city"], asn=p["asn"]),
     dns=DnsConfig(resolvers=("127.0.0.1",), port=p["dns_port"]),
     rdap=RdapConfig(enabled=True, servers=(p["rdap"],)),
@@ -256,19 +256,36 @@ print(json.dumps(out))
 """
 
 
-def test_enrich_concurrent_processes_share_the_cache(tmp_path, dns_server, rdap_server):
+# Every fsync made 100 ms slow (a busy disk), injected by strace: creating the file and
+# checkpointing it hold locks across fsyncs, and no login may wait past its busy timeout.
+SLOW_FSYNC = ["strace", "-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-e", "trace=fsync,fdatasync",
+              "-e", "inject=fsync,fdatasync:delay_exit=100000"]
+
+
+@pytest.mark.parametrize("disk", ["fast", "slow-fsync"])
+def test_enrich_concurrent_processes_share_the_cache(tmp_path, dns_server, rdap_server, disk):
+    from tests.fixtures_common import missing_dependency
     from tests.localservers import ASN_MMDB, CITY_MMDB
 
+    prefix: list[str] = []
+    if disk == "slow-fsync":
+        if shutil.which("strace") is None:
+            missing_dependency("strace is not installed (Debian package strace)")
+        if subprocess.run(["strace", "-qq", "-o", "/dev/null", "true"], capture_output=True).returncode != 0:
+            pytest.skip("this machine does not allow ptrace, so strace cannot inject slow fsyncs")
+        prefix = SLOW_FSYNC
     ips = ["192.0.2.10", "198.51.100.7", "203.0.113.66", "2001:db8::25", "100.64.1.1"]
     params = {"city": CITY_MMDB, "asn": ASN_MMDB, "dns_port": dns_server.port, "rdap": rdap_server.base(),
               "cache": str(tmp_path / "cache"), "ips": ips, "now": NOW}
-    procs = [subprocess.Popen([sys.executable, "-c", _LOGIN, json.dumps(params)], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([*prefix, sys.executable, "-c", _LOGIN, json.dumps(params)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(8)]
     for p in procs:
-        out, err = p.communicate(timeout=60)
+        out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert err == ""  # no "cache bypassed" line: concurrent logins do not lock each other out
         for st in json.loads(out):
             assert set(st.values()) <= {"fetched", "cached"}, st
     stats = IpCache(str(tmp_path / "cache")).stats(NOW)
     assert stats["sources"]["rdns"]["entries"] == len(ips)
+    assert sorted(os.listdir(tmp_path / "cache"))[0] == FILE_NAME  # no file left under a private name
+    assert not [n for n in os.listdir(tmp_path / "cache") if ".new-" in n]

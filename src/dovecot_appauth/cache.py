@@ -11,8 +11,10 @@ never pickle, so a file written by someone else cannot run code in the login pro
 
 Safety: the directory is made 0700 and the file 0600 whatever the umask (SQLite gives
 its -wal/-shm files the database file's mode). WAL lets concurrent logins read while one
-writes; a short busy timeout bounds how long a writer waits. Every sqlite or OS problem
-becomes `CacheUnavailable`, and the caller carries on without a cache.
+writes; a short busy timeout bounds how long any login waits. The file appears ready-made
+(table created, WAL on) and the writer after a miss checkpoints, so that no login holds a
+lock across fsyncs that the others would wait for. Every sqlite or OS problem becomes
+`CacheUnavailable`, and the caller carries on without a cache.
 
 Stdlib only (_sqlite3, _json, os; json when writing): this module is imported on every audited login.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 # and its dbapi2 imports datetime (~3 ms a login). Same classes, so `sqlite3.Error` callers
 # still catch these errors.
 import _sqlite3 as sqlite3
+import _thread
 import os
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FILE_NAME = "cache.sqlite"
-BUSY_TIMEOUT_MS = 250  # a login never waits longer than this for another login's write
+BUSY_TIMEOUT_MS = 500  # a login never waits longer than this for another login's write or checkpoint
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entry (
@@ -150,16 +153,7 @@ class IpCache:
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
                 os.chmod(self.directory, 0o700)  # makedirs' mode is filtered by the umask
             if not os.path.exists(self.path):
-                # create the file ourselves: sqlite3.connect would use 0644 & ~umask
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                except FileExistsError:
-                    pass  # another login won the race; it set the mode
-                else:
-                    try:
-                        os.fchmod(fd, 0o600)
-                    finally:
-                        os.close(fd)
+                self._create_file()
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             # a cache may lose its last writes in a power cut; it must not make logins
             # queue behind each other's fsync (WAL + NORMAL syncs only at checkpoints)
@@ -168,6 +162,39 @@ class IpCache:
             raise CacheUnavailable(f"{self.path}: {e}") from None
         self._conn = conn
         return conn
+
+    def _create_file(self) -> None:
+        """Put a ready cache file (0600, WAL, table made) at `path`, atomically.
+
+        Built under a private name and hard-linked into place, so a concurrent login never
+        opens a file without its table or still in rollback-journal mode: making the table
+        there takes locks across several fsyncs, which on a slow disk outlast every other
+        login's busy timeout. Losing the race to another login is fine: its file is used.
+        """
+        # unique per thread too: `serve` runs logins in threads of one process
+        tmp = f"{self.path}.new-{os.getpid()}-{_thread.get_ident()}"
+        try:
+            os.unlink(tmp)  # left by a killed process that had our pid
+        except FileNotFoundError:
+            pass
+        # our own mode: sqlite3.connect would create 0644 & ~umask
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._init_schema(conn)
+            finally:
+                conn.close()  # the last connection: checkpoints and removes tmp's -wal/-shm
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another login was first
+        finally:
+            os.unlink(tmp)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         # WAL is a property of the file: set once, when the table is made
@@ -249,6 +276,14 @@ class IpCache:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?, ?, ?)", data)
+            # Copy the new pages into the main file now, while other logins keep reading.
+            # Otherwise the last login to close the file does it, holding an exclusive lock
+            # across two fsyncs that every login opening the file meanwhile waits for; on a
+            # slow disk that outlasts their busy timeout and they run without the cache.
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.OperationalError:
+                pass  # another login is checkpointing: the rows are committed, it copies them
 
         self._run(w)
 
@@ -302,7 +337,11 @@ class IpCache:
             except CacheUnavailable:
                 count = -1
             self.close()
-            for suffix in ("", "-wal", "-shm"):
+            try:  # files a killed login left half made (see _create_file)
+                leftovers = [n for n in os.listdir(self.directory) if n.startswith(FILE_NAME + ".new-")]
+            except OSError:
+                leftovers = []
+            for suffix in ("", "-wal", "-shm", *(n[len(FILE_NAME):] for n in leftovers)):
                 try:
                     os.unlink(self.path + suffix)
                 except FileNotFoundError:
