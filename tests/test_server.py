@@ -75,7 +75,9 @@ class Served:
 def site(tmp_path):
     path, db = _site(tmp_path)
     log = io.StringIO()
-    served = Served(build_app(Engine(str(path), stderr=log)))
+    engine = Engine(str(path), stderr=log)
+    served = Served(build_app(engine))
+    served.engine = engine
     served.log = log
     served.db = db
     served.dir = tmp_path
@@ -105,7 +107,28 @@ def test_verify_bad_requests(site):
     assert site.post("/verify", {"user": 1, "password": None})[1]["result"] == "fail"
 
 
+def test_verify_password_that_is_not_utf8_is_a_wrong_password(site):
+    # Dovecot's Lua passes the client's bytes on; JSON text with such bytes is not a bad request
+    body = b'{"user": "alice@example.com", "password": "\xff\xfeabc", "remote_ip": "198.51.100.7"}'
+    assert site.post("/verify", body) == (200, {"result": "fail"})
+    body = b'{"user": "al\xffice@example.com", "password": "x", "remote_ip": "198.51.100.7"}'
+    assert site.post("/verify", body) == (200, {"result": "fail"})
+    assert "Traceback" not in site.log.getvalue()
+
+
+def test_requests_share_one_database_connection(site):
+    for ip in ("198.51.100.7", "198.51.100.8", "198.51.100.9"):
+        assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ip})[1][
+            "result"] == "ok"
+    assert site.post("/verify", {"user": "alice@example.com", "password": "nope"})[1] == {"result": "fail"}
+    report = {"login": "alice@example.com", "remote": ALLOWED_IP, "protocol": "imap", "success": True}
+    assert site.post("/?command=report", report)[0] == 200
+    assert site.engine.pool.opened == 1
+
+
 def test_verify_database_down_is_tempfail(site):
+    # a pooled connection to a database that has since gone is not used
+    assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD})[1]["result"] == "ok"
     site.db.unlink()
     site.db.parent.chmod(0o500)
     try:

@@ -130,6 +130,33 @@ def test_maxmind_file_signature_changes_with_the_file(mmdb_paths, tmp_path):
     assert maxmind.file_signature(str(copy)) != before
 
 
+def test_maxmind_reader_is_kept_until_the_file_is_replaced(mmdb_paths, tmp_path):
+    # what `serve` relies on: one open reader per file, a new one after geoipupdate's rename
+    path = tmp_path / "geo.mmdb"
+    shutil.copy(mmdb_paths[0], path)
+    assert maxmind.lookup("198.51.100.7", str(path), None).country.code == "DE"
+    first = maxmind._readers[str(path)][1]
+    assert maxmind.lookup("198.51.100.7", str(path), None).country.code == "DE"
+    assert maxmind._readers[str(path)][1] is first
+    staged = tmp_path / "geo.mmdb.new"
+    shutil.copy(mmdb_paths[1], staged)  # the ASN database: no country
+    os.replace(staged, path)
+    facts = maxmind.lookup("198.51.100.7", str(path), None)
+    assert facts.country == GeoName()
+    assert maxmind._readers[str(path)][1] is not first
+    assert first.get("198.51.100.7")["country"]["iso_code"] == "DE"  # a request still using it is fine
+
+
+def test_maxmind_reader_of_a_broken_file_is_dropped(mmdb_paths, tmp_path):
+    path = tmp_path / "geo.mmdb"
+    shutil.copy(mmdb_paths[0], path)
+    maxmind.lookup("198.51.100.7", str(path), None)
+    path.write_bytes(b"")  # truncated in place
+    with pytest.raises(maxmind.MaxMindUnavailable):
+        maxmind.lookup("198.51.100.7", str(path), None)
+    assert str(path) not in maxmind._readers
+
+
 def test_maxmind_test_databases_read_like_geoip2(mmdb_paths):
     # the record layout geoip2's City/ASN models expect, read with the raw reader
     import maxminddb

@@ -463,3 +463,33 @@ def test_record_login_dedup_without_client_ip(backend, alice):
     finally:
         store.close()
     assert len(_log(backend, pw)) == 2
+
+
+def test_record_login_concurrent_connections_lose_no_row_and_dedup_holds(backend, alice):
+    # Concurrent INSERT ... SELECT into `log` deadlock on InnoDB's AUTO-INC lock (error 1467
+    # or 1213); the store runs the statement again, so no successful login goes unrecorded.
+    import threading
+
+    def worker(n: int, barrier: threading.Barrier, errors: list) -> None:
+        store = backend.store(timeout=10.0)
+        try:
+            barrier.wait()
+            for i in range(10):
+                store.record_login(LoginRecord(alice["a"], "imap", f"198.51.{n}.{i}"), now=NOW, dedup_window=60)
+                # every worker also records the same login: exactly one row of it may exist
+                store.record_login(LoginRecord(alice["b"], "imap", f"203.0.113.{i}"), now=NOW, dedup_window=60)
+        except Exception as e:  # reported by the assert below
+            errors.append(e)
+        finally:
+            store.close()
+
+    errors: list = []
+    barrier = threading.Barrier(6)
+    threads = [threading.Thread(target=worker, args=(n, barrier, errors)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(_log(backend, alice["a"])) == 60
+    assert sorted(r[1] for r in _log(backend, alice["b"])) == sorted(f"203.0.113.{i}" for i in range(10))

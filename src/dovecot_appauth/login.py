@@ -133,10 +133,12 @@ def _fail(message: str | None = None) -> Outcome:
 
 
 def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bool = False,
-           stderr: TextIO | None = None) -> Outcome:
-    """The whole decision for one request; raises TempFail on internal problems."""
-    from .reply import userdb_fields
+           stderr: TextIO | None = None, store: Store | None = None) -> Outcome:
+    """The whole decision for one request; raises TempFail on internal problems.
 
+    `store`: an open store to use and leave open (serve's pool); by default one is
+    opened for this request and closed at the end.
+    """
     stderr = stderr or sys.stderr
 
     if request.mode is Mode.CREDENTIALS_LOOKUP:
@@ -147,94 +149,103 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
     if audit_chain:
         return _decide_audit_chain(request, config, now=now, stderr=stderr)
 
-    from .store import open_store
+    if store is None:
+        from .store import open_store
 
-    store = open_store(config.database.dsn, config.database.connect_timeout)
-    try:
-        if config.auth.backend == "nextcloud":
-            return _decide_nextcloud(request, config, store, now=now, stderr=stderr)
-        rows = store.find_passwords(request.username)
-        if store.upgrade_note:
-            _say(stderr, store.upgrade_note)
-        # an expired password (app_password_policy) is treated exactly like a revoked one
-        active = [row for row in rows if row.deleted is None and not _expired(row, now)]
-
-        if request.mode is Mode.LOOKUP:
-            if not active:
-                return Outcome(ExitCode.LOOKUP_UNKNOWN)
-            user = active[0].uid
-            return Outcome(ExitCode.LOOKUP_OK, user=user, fields=userdb_fields(user, config.userdb))
-
-        refused = _check_source(store, config, request, now)
-        if refused is not None:
-            return refused
-
-        from . import hashing
-
-        password = request.password
-        matched = None
-        revoked = None
-        if password is not None and rows:
-            for row in active:
-                if _verify(password, row, stderr):
-                    matched = row
-                    break
-            if matched is None:
-                # Only after every active row failed: tell a revoked (or expired) password apart
-                revoked = next((row for row in rows if (row.deleted is not None or _expired(row, now))
-                                and _verify(password, row, stderr)), None)
-        else:
-            # unknown user, or a password that is not UTF-8 (matches nothing): the same work
-            hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
-
-        if matched is None:
-            _record_failure(store, config, request, now, stderr)
-            if revoked is not None and revoked.deleted is None:
-                from .policy import utc_text
-
-                return _fail(
-                    f"user {request.username}: refused expired app password #{revoked.id} "
-                    f"(expired {utc_text(revoked.policy.expires)} UTC)"  # type: ignore[union-attr]
-                )
-            if revoked is not None:
-                return _fail(
-                    f"user {request.username}: refused revoked app password #{revoked.id} "
-                    f"(revoked {revoked.deleted} UTC)"
-                )
-            return _fail()  # wrong password or unknown user: Dovecot logs these itself
-
-        if matched.policy is not None:
-            from .policy import check
-
-            refusal = check(matched.policy, request.service, request.remote_ip, now)
-            if refusal is not None:
-                _record_refusal(store, config, request, matched, refusal, now, stderr)
-                return _fail(f"user {matched.uid}: app password #{matched.id} refused: {refusal}")
-
-        record_fields = {"src_rdns": "<>", "src_loc": "", "src_isp": ""}
-        if config.audit.enabled:
-            from .pipeline import audit_login
-
-            result = audit_login(request, config, user=matched.uid, now=now, pwid=matched.id, stderr=stderr,
-                                 store=store)
-            if result.deny:
-                return _fail(result.denial(matched.uid, request.remote_ip))
-            record_fields = result.log_columns()
-
-        from .store import LoginRecord
-
+        own = open_store(config.database.dsn, config.database.connect_timeout)
         try:
-            store.record_login(
-                LoginRecord(pwid=matched.id, service=request.service, src_ip=request.remote_ip, **record_fields),
-                now=now,
-                dedup_window=config.auth.dedup_window,
+            return _decide(request, config, own, now=now, stderr=stderr)
+        finally:
+            own.close()
+    return _decide(request, config, store, now=now, stderr=stderr)
+
+
+def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, stderr: TextIO) -> Outcome:
+    """Lookup or password check against `store`, then policy, audit and the `log` row."""
+    from .reply import userdb_fields
+
+    if config.auth.backend == "nextcloud":
+        return _decide_nextcloud(request, config, store, now=now, stderr=stderr)
+    rows = store.find_passwords(request.username)
+    if store.upgrade_note:
+        _say(stderr, store.upgrade_note)
+    # an expired password (app_password_policy) is treated exactly like a revoked one
+    active = [row for row in rows if row.deleted is None and not _expired(row, now)]
+
+    if request.mode is Mode.LOOKUP:
+        if not active:
+            return Outcome(ExitCode.LOOKUP_UNKNOWN)
+        user = active[0].uid
+        return Outcome(ExitCode.LOOKUP_OK, user=user, fields=userdb_fields(user, config.userdb))
+
+    refused = _check_source(store, config, request, now)
+    if refused is not None:
+        return refused
+
+    from . import hashing
+
+    password = request.password
+    matched = None
+    revoked = None
+    if password is not None and rows:
+        for row in active:
+            if _verify(password, row, stderr):
+                matched = row
+                break
+        if matched is None:
+            # Only after every active row failed: tell a revoked (or expired) password apart
+            revoked = next((row for row in rows if (row.deleted is not None or _expired(row, now))
+                            and _verify(password, row, stderr)), None)
+    else:
+        # unknown user, or a password that is not UTF-8 (matches nothing): the same work
+        hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
+
+    if matched is None:
+        _record_failure(store, config, request, now, stderr)
+        if revoked is not None and revoked.deleted is None:
+            from .policy import utc_text
+
+            return _fail(
+                f"user {request.username}: refused expired app password #{revoked.id} "
+                f"(expired {utc_text(revoked.policy.expires)} UTC)"  # type: ignore[union-attr]
             )
-        except TempFail as e:
-            # The password was right: refusing would lock the user out over a log row.
-            _say(stderr, f"login of {matched.uid} not recorded: {e}")
-        return Outcome(ExitCode.OK, user=matched.uid, fields=userdb_fields(matched.uid, config.userdb))
-    finally:
-        store.close()
+        if revoked is not None:
+            return _fail(
+                f"user {request.username}: refused revoked app password #{revoked.id} "
+                f"(revoked {revoked.deleted} UTC)"
+            )
+        return _fail()  # wrong password or unknown user: Dovecot logs these itself
+
+    if matched.policy is not None:
+        from .policy import check
+
+        refusal = check(matched.policy, request.service, request.remote_ip, now)
+        if refusal is not None:
+            _record_refusal(store, config, request, matched, refusal, now, stderr)
+            return _fail(f"user {matched.uid}: app password #{matched.id} refused: {refusal}")
+
+    record_fields = {"src_rdns": "<>", "src_loc": "", "src_isp": ""}
+    if config.audit.enabled:
+        from .pipeline import audit_login
+
+        result = audit_login(request, config, user=matched.uid, now=now, pwid=matched.id, stderr=stderr,
+                             store=store)
+        if result.deny:
+            return _fail(result.denial(matched.uid, request.remote_ip))
+        record_fields = result.log_columns()
+
+    from .store import LoginRecord
+
+    try:
+        store.record_login(
+            LoginRecord(pwid=matched.id, service=request.service, src_ip=request.remote_ip, **record_fields),
+            now=now,
+            dedup_window=config.auth.dedup_window,
+        )
+    except TempFail as e:
+        # The password was right: refusing would lock the user out over a log row.
+        _say(stderr, f"login of {matched.uid} not recorded: {e}")
+    return Outcome(ExitCode.OK, user=matched.uid, fields=userdb_fields(matched.uid, config.userdb))
 
 
 def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, now: float,

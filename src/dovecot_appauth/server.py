@@ -14,11 +14,11 @@ Two faces of the same engine (login.decide, pipeline.assess/audit_login):
   (examples/dovecot/appauth.lua calls it from a Lua passdb, for Dovecot 2.4).
 
 Kept warm between requests: the interpreter and imports, the parsed config (reloaded
-when the file changes) and the parsed lists (keyed by path, size and mtime in
-`lists.py`). Not yet: a database pool (`login.decide` opens its own store per request)
-and MaxMind readers (`sources/maxmind.py` opens the .mmdb per cache miss). The engine
-is synchronous (SQL, DNS), so each request runs in Starlette's thread pool. Not on the
-per-login path: nothing imports this module but the `serve` command.
+when the file changes), the parsed lists (keyed by path, size and mtime in `lists.py`),
+the database connections (`pool.py`) and the MaxMind readers (`sources/maxmind.py`,
+reopened when a .mmdb file changes). The engine is synchronous (SQL, DNS), so each
+request runs in Starlette's thread pool. Not on the per-login path: nothing imports
+this module but the `serve` command.
 """
 
 from __future__ import annotations
@@ -37,16 +37,19 @@ from starlette.routing import Route
 
 from .config import Config, ConfigError, load
 from .core import LoginRequest, Mode, TempFail
+from .pool import StorePool
 
 MAX_BODY = 64 * 1024
 
 
 class Engine:
-    """The config, reloaded when its file changes; each request gets the current one."""
+    """The config, reloaded when its file changes, and the database pool; each request
+    gets the current config and a pooled store."""
 
     def __init__(self, path: str, stderr: Any = None):
         self.path = path
         self.stderr = stderr or sys.stderr
+        self.pool = StorePool()
         self._key: tuple[int, int] | None = None
         self._config: Config | None = None
 
@@ -79,11 +82,17 @@ class Engine:
         user, password = body.get("user"), body.get("password")
         if not isinstance(user, str) or not isinstance(password, str) or not user:
             return {"result": "fail", "reason": "user and password must be strings"}
+        if not _utf8(user):
+            return {"result": "fail"}  # no user has such a name
+        if not _utf8(password):
+            password = None  # as from fd 3: not UTF-8, so it matches nothing (after the same hash work)
         request = LoginRequest(user, password, Mode.VERIFY, _text(body.get("service"), "imap").lower(),
                                remote_ip=_ip(body.get("remote_ip")), local_ip=_ip(body.get("local_ip")))
+        config = self.config()
         log = io.StringIO()
         try:
-            outcome = decide(request, self.config(), now=time.time(), stderr=log)
+            with self.pool.store(config.database.dsn, config.database.connect_timeout) as store:
+                outcome = decide(request, config, now=time.time(), stderr=log, store=store)
         except TempFail as e:
             self._relay(log)
             self.say(str(e))
@@ -96,7 +105,7 @@ class Engine:
         return {"result": "fail"}
 
     def policy(self, command: str, body: dict[str, Any]) -> dict[str, Any]:
-        from .pipeline import assess, audit_login
+        from .pipeline import assess
 
         config = self.config()
         user = _text(body.get("login"), "")
@@ -107,13 +116,8 @@ class Engine:
         try:
             if command == "report":
                 if _true(body.get("success")) and not _true(body.get("policy_reject")) and config.audit.enabled:
-                    request = LoginRequest(user, None, Mode.VERIFY, service, remote_ip=ip)
-                    store = self._event_store(config, log)
-                    try:
-                        audit_login(request, config, user=user, now=now, pwid=None, stderr=log, store=store)
-                    finally:
-                        if store is not None:
-                            store.close()  # commits the audit_events row
+                    self._audit_report(LoginRequest(user, None, Mode.VERIFY, service, remote_ip=ip), config,
+                                       now, log)
                 return {"status": 0, "msg": ""}
             if not config.audit.enabled:
                 return {"status": 0, "msg": ""}
@@ -125,20 +129,35 @@ class Engine:
             return {"status": -1, "msg": "Authentication failed"}
         return {"status": 0, "msg": ""}
 
-    def _event_store(self, config: Config, log: io.StringIO):
-        if not config.audit.record_events:
-            return None
-        from .store import open_store
+    def _audit_report(self, request: LoginRequest, config: Config, now: float, log: io.StringIO) -> None:
+        """The audit line and event of a login another passdb accepted (Dovecot's report)."""
+        from .pipeline import audit_login
 
+        store = None
+        if config.audit.record_events:
+            try:
+                store = self.pool.acquire(config.database.dsn, config.database.connect_timeout)
+            except TempFail as e:  # the audit line is still written
+                log.write(f"audit event not recorded: {e}\n")
+        healthy = False
         try:
-            return open_store(config.database.dsn, config.database.connect_timeout)
-        except TempFail as e:
-            log.write(f"audit event not recorded: {e}\n")
-            return None
+            audit_login(request, config, user=request.username, now=now, pwid=None, stderr=log, store=store)
+            healthy = True
+        finally:
+            if store is not None:
+                self.pool.release(store, healthy)  # finish() commits the audit_events row
 
     def _relay(self, log: io.StringIO) -> None:
         for line in log.getvalue().splitlines():
             self.say(line.removeprefix("dovecot-appauth: "))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text(value: Any, default: str) -> str:
@@ -167,7 +186,9 @@ async def _json(request: Request) -> dict[str, Any] | None:
     if len(body) > MAX_BODY:
         return None
     try:
-        data = json.loads(body or b"{}")
+        # surrogateescape: a client's password need not be UTF-8 (Dovecot passes its bytes
+        # on); such a password is a wrong one (verify), not a malformed request
+        data = json.loads(body.decode("utf-8", "surrogateescape") or "{}")
     except ValueError:
         return None
     return data if isinstance(data, dict) else None

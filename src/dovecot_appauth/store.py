@@ -11,6 +11,7 @@ never a password or hash: a broken database must never look like a wrong passwor
 
 from __future__ import annotations
 
+import os
 import time
 
 from .core import TempFail
@@ -76,6 +77,10 @@ if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a logi
         def failure_counts(self, username: str, ip: str, since: float) -> tuple[int, int, int]: ...
 
         def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None: ...
+
+        def finish(self) -> None: ...
+
+        def usable(self) -> bool: ...
 
         def close(self) -> None: ...
 
@@ -148,7 +153,7 @@ def _describe_sqlite_error(error: Exception, path: str) -> str:
 
 
 class SqliteStore:
-    def __init__(self, path: str, timeout: float):
+    def __init__(self, path: str, timeout: float, shared: bool = False):
         # The C module itself: the `sqlite3` package adds only datetime adapters we never
         # use, and its dbapi2 imports datetime (~3 ms a login). Same classes, same errors.
         import _sqlite3 as sqlite3
@@ -163,8 +168,12 @@ class SqliteStore:
                 uri=True,
                 timeout=timeout,
                 isolation_level=None,
+                # shared: kept by serve's pool, which hands it to one thread at a time
+                check_same_thread=not shared,
             )
             self.conn.execute("PRAGMA foreign_keys = ON")
+            # which file this is, so that a pool notices the database was replaced (mv, restore)
+            self._identity = _file_identity(path) if shared else None
         except sqlite3.Error as e:
             raise TempFail(_describe_sqlite_error(e, path)) from None
 
@@ -233,13 +242,42 @@ class SqliteStore:
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
         return inserted
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """End the request: commit what is pending, forget what it learnt of the schema."""
+        self.upgrade_note = None
         if self.conn.in_transaction:  # an audit event without a log row (a denied login)
             try:
                 self.conn.execute("COMMIT")
             except self._errors:
-                pass  # the login's answer does not depend on it
+                try:
+                    self.conn.execute("ROLLBACK")
+                except self._errors:
+                    pass
+                # the login's answer does not depend on it
+
+    def usable(self) -> bool:
+        """Still the database at `path` (not replaced since it was opened)? For pooled stores."""
+        return self._identity is None or self._identity == _file_identity(self.path)
+
+    def close(self) -> None:
+        self.finish()
         self.conn.close()
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+# InnoDB deadlocks between concurrent logins' INSERT ... SELECT into `log`: each takes the
+# table's AUTO-INC lock (a bulk insert, innodb_autoinc_lock_mode=1) and shared next-key
+# locks for its NOT EXISTS. 1213 is the deadlock; 1467 ("Failed to read auto-increment
+# value from storage engine") is the same deadlock met while waiting for the AUTO-INC lock.
+_DEADLOCK_ERRORS = (1213, 1467)
+_DEADLOCK_RETRIES = 8  # doubling pauses from about 2 ms: under 1 s in all
 
 
 class MysqlStore:
@@ -331,8 +369,34 @@ class MysqlStore:
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ", same="<=>")
-        cursor = self._run(sql, _insert_params(record, now, dedup_window))
-        return cursor.rowcount == 1
+        params = _insert_params(record, now, dedup_window)
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                cursor = self.conn.cursor()
+                cursor.execute(sql, params)
+                return cursor.rowcount == 1
+            except self._errors as e:
+                code = e.args[0] if e.args else None
+                if code not in _DEADLOCK_ERRORS or attempt == _DEADLOCK_RETRIES:
+                    raise self._tempfail(e) from None
+                # InnoDB rolled the statement back; running it again is safe (the NOT EXISTS
+                # sees the concurrent login's row if that one won) and is what InnoDB expects.
+                # A jittered, doubling pause keeps the same logins from meeting again.
+                jitter = (time.perf_counter_ns() % 1000 + 500) / 1000
+                time.sleep(0.002 * (2**attempt) * jitter)
+        raise AssertionError("unreachable")
+
+    def finish(self) -> None:
+        """End the request (autocommit: nothing pending); forget what it learnt of the schema."""
+        self.upgrade_note = None
+
+    def usable(self) -> bool:
+        """Is the server still there (it closes idle connections after wait_timeout)? For pooled stores."""
+        try:
+            self.conn.ping(reconnect=False)
+        except self._errors:
+            return False
+        return True
 
     def close(self) -> None:
         try:
@@ -341,12 +405,15 @@ class MysqlStore:
             pass
 
 
-def open_store(dsn_text: str, timeout: float) -> Store:
-    """Connect with the driver the DSN names; `timeout` bounds connecting and each query."""
+def open_store(dsn_text: str, timeout: float, *, shared: bool = False) -> Store:
+    """Connect with the driver the DSN names; `timeout` bounds connecting and each query.
+
+    `shared`: the store will be kept in a pool (pool.py) and used by one thread after another.
+    """
     try:
         dsn = parse_dsn(dsn_text)
     except DsnError as e:
         raise TempFail(f"[database] dsn: {e}") from None
     if dsn.dialect == "sqlite":
-        return SqliteStore(dsn.path or "", timeout)
+        return SqliteStore(dsn.path or "", timeout, shared)
     return MysqlStore(dsn, timeout)

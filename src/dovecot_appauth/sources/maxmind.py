@@ -30,14 +30,32 @@ def _name(rec: dict[str, Any] | None, code_key: str = "iso_code") -> GeoName:
     return GeoName(rec.get("geoname_id"), (rec.get("names") or {}).get("en"), rec.get(code_key))
 
 
+# path -> (file_signature, reader): `serve` keeps each database open between requests and
+# reopens it when the file changes (geoipupdate renames a new file into place, so a reader
+# of the old one stays valid until it is dropped). The per-login program does one lookup.
+_readers: dict[str, tuple[str, Any]] = {}
+
+
+def _reader(path: str) -> Any:
+    signature = file_signature(path)
+    known = _readers.get(path)
+    if known is not None and known[0] == signature:
+        return known[1]
+    # MODE_MMAP: the pure-Python reader. maxminddb 3.2's C extension crashes the
+    # process (SIGSEGV, no stderr line) on a .mmdb with one corrupt byte; this reader
+    # raises InvalidDatabaseError instead, and one lookup per cache miss is cheap.
+    reader = maxminddb.open_database(path, maxminddb.MODE_MMAP)
+    # the replaced reader is not closed: another thread may be reading it; dropping the
+    # last reference unmaps it
+    _readers[path] = (signature, reader)
+    return reader
+
+
 def _read(path: str, ip: str) -> dict[str, Any] | None:
     try:
-        # MODE_MMAP: the pure-Python reader. maxminddb 3.2's C extension crashes the
-        # process (SIGSEGV, no stderr line) on a .mmdb with one corrupt byte; this reader
-        # raises InvalidDatabaseError instead, and one lookup per cache miss is cheap.
-        with maxminddb.open_database(path, maxminddb.MODE_MMAP) as reader:
-            rec = reader.get(ip)
+        rec = _reader(path).get(ip)
     except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:  # ValueError: mmap of an empty file
+        _readers.pop(path, None)
         raise MaxMindUnavailable(f"{path}: {getattr(e, 'strerror', None) or e}") from None
     return rec if isinstance(rec, dict) else None
 
