@@ -9,9 +9,7 @@ them. Nothing here touches a file descriptor, the database, the network or the c
 
 from __future__ import annotations
 
-import enum
-
-from .values import Value
+from .values import Choice, IntChoice, Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -21,7 +19,7 @@ if TYPE_CHECKING:
 MAX_REQUEST_LEN = 512
 
 
-class ExitCode(enum.IntEnum):
+class ExitCode(IntChoice):
     """Every status the per-login program can end with; never write these as numbers."""
 
     OK = 0  # verify mode: authenticated (with a non-empty fd-4 reply)
@@ -63,7 +61,7 @@ class Misuse(AppAuthError):
     exit_code = MISUSE
 
 
-class Mode(enum.Enum):
+class Mode(Choice):
     VERIFY = "verify"  # a plaintext password to check
     LOOKUP = "lookup"  # userdb / passdb lookup: AUTHORIZED=1, no password
     CREDENTIALS_LOOKUP = "credentials-lookup"  # Dovecot wants the hash: refused

@@ -25,8 +25,7 @@ _LAUNCHER = '''#!{python} -IS
 # dovecot-appauth-checkpassword for {prefix}, written by
 # `python -m dovecot_appauth.entry launcher`: run again after moving or upgrading Python.
 # -I -S: no `site` (no .pth processing) and no PYTHON* variables; the paths `site` would
-# add are listed here instead. pip's console script also imports `re` for its argv[0]
-# clean-up. Together ~10 ms of every login (docs/PERFORMANCE.md).
+# add are listed here instead: a few ms of every login (docs/PERFORMANCE.md).
 import sys
 
 sys.path.extend({paths!r})

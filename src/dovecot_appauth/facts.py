@@ -8,16 +8,14 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-import enum
-
-from .values import Value
+from .values import StrChoice, Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
     from typing import Any
 
 
-class SourceStatus(enum.StrEnum):
+class SourceStatus(StrChoice):
     CACHED = "cached"  # served from the on-disk cache
     FETCHED = "fetched"  # asked the source during this login
     TIMEOUT = "timeout"  # the login's deadline ended the wait

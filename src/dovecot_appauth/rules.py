@@ -29,12 +29,11 @@ which rule matches, so `evaluate` does not read them; `chain_result` applies the
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import math
 
 from .lists import parse_network, regex_fullmatch
-from .values import Value
+from .values import Choice, Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius
 _SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598: counted as global
 
 
-class Outcome(enum.Enum):
+class Outcome(Choice):
     """What the audit says about a login.
 
     ALLOW   explicitly fine: an allow list matched, or the source is local / ignored.
@@ -64,7 +63,7 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"
 
 
-class SourceKind(enum.Enum):
+class SourceKind(Choice):
     IGNORED = "ignored"  # in ignore_networks: neither judged nor logged
     LOCAL = "local"  # not globally reachable: exempt from the lists
     GLOBAL = "global"  # judged by the lists
@@ -81,7 +80,7 @@ class SourceClass(Value):
         self.network = network  # the ignore/local network that matched, if any
 
 
-class CheckResult(enum.Enum):
+class CheckResult(Choice):
     MATCH = "match"
     NO_MATCH = "no match"
     UNKNOWN = "unknown"  # the fact it needs is unknown: not matched
@@ -528,7 +527,7 @@ def evaluate(
     return verdict(Outcome.UNKNOWN, reason, None, checks, True)
 
 
-class ChainResult(enum.Enum):
+class ChainResult(Choice):
     """What an audit-only passdb answers (upstream's HTTP status -> PASSDB_RESULT_*)."""
 
     OK = "ok"  # 200: PASSDB_RESULT_OK
