@@ -361,11 +361,13 @@ service pop3-login {{
         self.start()
 
     # --- clients -----------------------------------------------------------------------
-    def imap_login(self, user: str, password: str, client_ip: str | None = None, select: bool = True,
+    def imap_login(self, user: str, password: str | bytes, client_ip: str | None = None, select: bool = True,
                    timeout: float = 30) -> LoginResult:
         """LOGIN over IMAP (after ``ID ("x-originating-ip" IP)`` when ``client_ip``), then
         SELECT INBOX. ``ok`` needs both; ``text`` holds the server's replies, e.g.
-        ``LOGIN NO [AUTHENTICATIONFAILED] Authentication failed.`` or ``... [UNAVAILABLE] ...``."""
+        ``LOGIN NO [AUTHENTICATIONFAILED] Authentication failed.`` or ``... [UNAVAILABLE] ...``.
+        A ``bytes`` password goes as is (e.g. not UTF-8) with AUTHENTICATE PLAIN instead of LOGIN;
+        its replies are labelled ``LOGIN`` too."""
         parts: list[str] = []
         try:
             conn = imaplib.IMAP4(self.host, self.imap_port, timeout=timeout)
@@ -376,7 +378,11 @@ service pop3-login {{
                 typ, data = conn.xatom("ID", f'("x-originating-ip" "{client_ip}")')
                 parts.append(f"ID {typ} {_text(conn.untagged_responses.pop('ID', data))}")
             try:
-                typ, data = conn.login(conn._quote(user), password)
+                if isinstance(password, bytes):
+                    plain = b"\0" + user.encode() + b"\0" + password
+                    typ, data = conn.authenticate("PLAIN", lambda _challenge: plain)
+                else:
+                    typ, data = conn.login(conn._quote(user), password)
             except imaplib.IMAP4.abort as exc:
                 return LoginResult(False, " | ".join([*parts, f"LOGIN aborted: {_text(exc.args)}"]))
             except imaplib.IMAP4.error as exc:

@@ -180,3 +180,54 @@ def test_engine_reloads_the_config_on_change(tmp_path):
     path.write_text("[database\n")
     assert not engine.config().audit.enabled  # a broken edit keeps the previous config
     assert "not reloaded" in engine.stderr.getvalue()
+
+
+# --- serve's Unix socket and token file ---------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_unix_listener_has_its_mode_from_the_start(tmp_path, umask):
+    import os
+    import stat
+
+    from dovecot_appauth.server import unix_listener
+
+    path = str(tmp_path / "s.sock")
+    old = os.umask(umask)
+    try:
+        sock = unix_listener(path, 0o660)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_ISSOCK(os.stat(path).st_mode) and stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        # a second service on the same path is refused while this one listens
+        with pytest.raises(OSError, match="another service"):
+            unix_listener(path, 0o660)
+    finally:
+        sock.close()
+    # closed without removing the file (as uvicorn does when stopped by a signal): replaced
+    again = unix_listener(path, 0o600)
+    again.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_unix_listener_never_replaces_a_file(tmp_path):
+    from dovecot_appauth.server import unix_listener
+
+    path = tmp_path / "config.toml"
+    path.write_text("not a socket")
+    with pytest.raises(OSError, match="not a socket"):
+        unix_listener(str(path), 0o660)
+    assert path.read_text() == "not a socket"
+
+
+def test_serve_refuses_an_empty_token_file(tmp_path):
+    from tests.conftest import run_cli
+
+    path, _ = _site(tmp_path)
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    result = run_cli(path, "serve", "--port", "1", "--token-file", str(empty), check=False)
+    assert result.returncode != 0 and "is empty" in result.stderr
+    result = run_cli(path, "serve", "--unix-socket", str(tmp_path / "s"), "--socket-mode", "999", check=False)
+    assert result.returncode != 0 and "octal mode" in result.stderr

@@ -13,17 +13,35 @@
 --
 -- Right password: OK with `user` and the userdb_* fields the service returns. Wrong
 -- password, unknown user, refused by a policy or the audit: PASSWORD_MISMATCH. The
--- service down, slow (over `timeout`) or answering anything else: INTERNAL_FAILURE
+-- service down, slow (over the 5 s request timeout) or answering anything else: INTERNAL_FAILURE
 -- (the client sees [UNAVAILABLE], never "wrong password").
 
 local verify_url = os.getenv("APPAUTH_VERIFY_URL") or "http://127.0.0.1:8077/verify"
 local token = os.getenv("APPAUTH_TOKEN")  -- the serve --token-file secret, if any
 
-local http_client = dovecot.http.client {
-  timeout = 5000;        -- ms; keep it above the service's own deadlines (audit, Nextcloud)
-  max_attempts = 1;
-  debug = false;
-}
+-- Dovecot 2.3 and 2.4 name the HTTP client's settings differently, and 2.3 silently ignores
+-- names it does not know (a misspelt timeout left the 60 s default: a hung service held each
+-- login, and an auth worker, that long) while 2.4 refuses them. So: the 2.3 names first, and
+-- the 2.4 names (lib-http's settings without `http_client_`) when 2.4 refuses those. The
+-- 2.3 branch is tested with 2.3.19; the 2.4 names are taken from Dovecot 2.4's source.
+-- 5 s: keep it above the service's own deadlines (audit, Nextcloud).
+local function new_http_client()
+  local ok, client = pcall(dovecot.http.client, {
+    request_absolute_timeout_msecs = 5000;  -- the whole request, connect included
+    request_timeout_msecs = 5000;
+    max_attempts = 1;
+  })
+  if ok then
+    return client
+  end
+  return dovecot.http.client {
+    request_absolute_timeout = "5s";
+    request_timeout = "5s";
+    request_max_attempts = 1;
+  }
+end
+
+local http_client = new_http_client()
 
 -- --- a small JSON encoder/decoder (Dovecot's Lua has no JSON library) ---------------
 local function json_string(s)

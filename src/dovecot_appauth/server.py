@@ -253,13 +253,51 @@ def build_app(engine: Engine, token: str | None = None) -> Starlette:
 
 
 def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: str | None = None,
-          token: str | None = None) -> None:
+          token: str | None = None, socket_mode: int = 0o660) -> None:
     import uvicorn
 
     engine = Engine(config_path)
     engine.config()  # a broken config fails at start, not at the first login
     app = build_app(engine, token)
     if uds:
-        uvicorn.run(app, uds=uds, log_level="warning", access_log=False)
+        listener = unix_listener(uds, socket_mode)
+        uvicorn.run(app, fd=listener.fileno(), log_level="warning", access_log=False)
     else:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def unix_listener(path: str, mode: int) -> Any:
+    """A listening Unix socket at `path` with `mode` from the start (uvicorn's own is 0666:
+    any local user could ask /verify or report fake logins). A socket file left by an
+    earlier run is replaced; one that a running service answers on is not. Raises OSError."""
+    import socket
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: uvicorn leaves it behind when stopped by a signal
+        else:
+            raise OSError(f"{path}: another service is listening there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~mode)  # the file never exists with wider permissions
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)  # the umask can only take bits away
+    sock.listen(2048)  # uvicorn's default backlog
+    return sock
