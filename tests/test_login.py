@@ -330,6 +330,8 @@ def test_database_missing_is_tempfail(site):
         (["--config", "/etc/x.toml", "helper", "-x"], Options(config="/etc/x.toml", reply_argv=("helper", "-x"))),
         (["--config=/etc/x.toml", "--audit-chain"], Options(config="/etc/x.toml", audit_chain=True)),
         (["--", "--helper-with-dash"], Options(reply_argv=("--helper-with-dash",))),
+        (["--debug", "--config", "c.toml", "helper", "--debug"],
+         Options(config="c.toml", debug=True, reply_argv=("helper", "--debug"))),
         (["--help"], Options(show_help=True)),
         (["-h", "helper"], Options(show_help=True)),
     ],

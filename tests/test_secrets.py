@@ -93,8 +93,9 @@ def _drain(sock: socket.socket) -> list[bytes]:
             return out
 
 
-def _login(site, evidence, name, user, password, *, expect, config=None, env=None, run_as=None):
-    run = run_checkpassword(config or site.path, request_bytes(user, password), env=env or dovecot_env(), user=run_as)
+def _login(site, evidence, name, user, password, *, expect, config=None, env=None, run_as=None, args=()):
+    run = run_checkpassword(config or site.path, request_bytes(user, password), env=env or dovecot_env(), user=run_as,
+                            args=args)
     evidence.add(f"stderr of {name}", run.stderr)
     evidence.add(f"fd 4 of {name}", run.reply)
     assert run.status == expect, (name, run.status, run.stderr)
@@ -179,6 +180,35 @@ def test_no_secret_anywhere(secret_site):
     secrets = [*site.secrets, DB_PASSWORD]
     leaks = [(w, s) for w, s in ev.leaks(secrets) if not w.endswith(("maria.toml", "bad.toml"))]
     assert leaks == []
+
+
+def test_debug_output_names_steps_but_no_secret(secret_site):
+    site = secret_site
+    ev = Evidence()
+    pw, old_pw = site.pw("a"), site.pw("old")
+    debug = ("--debug",)
+    ok = _login(site, ev, "success", USER, pw, expect=0, args=debug)
+    lines = [line for line in ok.stderr.splitlines() if "debug: " in line]
+    assert "debug: request: user 'alice@example.com', service imap" in lines[0], ok.stderr
+    assert lines[0].endswith("password given") and "loaded after" in lines[1], ok.stderr
+    assert "passwords of 'alice@example.com'" in ok.stderr and "matched" in ok.stderr
+    assert "audit: source global, verdict" in ok.stderr and "log row written" in ok.stderr
+    assert "answer: status 0" in ok.stderr
+    wrong = _login(site, ev, "wrong", USER, pw[:-1] + "x", expect=1, args=debug)
+    assert "no active password matched" in wrong.stderr
+    revoked = _login(site, ev, "revoked", USER, old_pw, expect=1, args=debug)
+    assert "not active" in revoked.stderr
+    _login(site, ev, "unknown", "nobody@example.com", pw, expect=1, args=debug)
+    deny = _login(site, ev, "audit deny", USER, pw, expect=1, env=dovecot_env(ip="203.0.113.9"), args=debug)
+    assert "(refused)" in deny.stderr
+    maria = site.write("maria.toml", database={
+        "dsn": f"mysql+pymysql://mailserver:{DB_PASSWORD}@127.0.0.1:{free_port()}/mail", "connect_timeout": 0.5})
+    down = _login(site, ev, "mariadb down", USER, pw, expect=111, config=maria, args=debug)
+    assert "answer: status 111" in down.stderr
+    bad = site.dir / "bad.toml"
+    bad.write_text(site.path.read_text() + f"\n[database\ndsn = 'x{pw}'\n")
+    _login(site, ev, "bad config", USER, pw, expect=111, config=bad, args=debug)
+    assert ev.leaks([*site.secrets, DB_PASSWORD]) == []
 
 
 def test_hash_is_only_in_app_passwords(secret_site):

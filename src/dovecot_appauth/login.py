@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .core import LoginRequest
+    from .pipeline import Assessment
     from .store import PasswordRow, Store
 
 PROG = "dovecot-appauth"
 USAGE = (
-    "usage: dovecot-appauth-checkpassword [--config FILE] [--audit-chain] [REPLY-HELPER...] "
+    "usage: dovecot-appauth-checkpassword [--config FILE] [--audit-chain] [--debug] [REPLY-HELPER...] "
     "3< request (user NUL password NUL NUL), run by Dovecot's checkpassword passdb"
 )
 HELP = f"""{USAGE}
@@ -52,6 +53,10 @@ Checks an app password for Dovecot (passdb driver = checkpassword). Dovecot writ
 Options (before the reply helper):
   --config FILE   configuration (default: $DOVECOT_APPAUTH_CONFIG or /etc/dovecot-appauth/config.toml)
   --audit-chain   audit a login an earlier passdb already authenticated (no app-password check)
+  --debug         one `debug:` line per step on stderr (Dovecot logs them as errors): the
+                  request, the passwords on record (ids only), which one matched, the
+                  audit's sources and verdict, the log row, the time taken. Never a password
+                  or hash.
 
 Exit status: 0 authenticated, 1 refused, 2 lookup ok / misuse, 3 lookup: unknown user,
 111 temporary failure. Test by hand:
@@ -74,20 +79,22 @@ class Outcome(Value):
 
 
 class Options(Value):
-    __slots__ = ("audit_chain", "config", "reply_argv", "show_help")
+    __slots__ = ("audit_chain", "config", "debug", "reply_argv", "show_help")
 
     def __init__(self, config: str | None = None, audit_chain: bool = False, reply_argv: tuple[str, ...] = (),
-                 show_help: bool = False):
+                 show_help: bool = False, debug: bool = False):
         self.config = config
         self.audit_chain = audit_chain
         self.reply_argv = reply_argv
         self.show_help = show_help
+        self.debug = debug
 
 
 def parse_args(argv: list[str]) -> Options:
     """Our options come first; whatever follows is the reply helper's command line."""
     config = None
     audit_chain = False
+    debug = False
     args = list(argv)
     while args and args[0].startswith("-"):
         arg = args.pop(0)
@@ -103,9 +110,11 @@ def parse_args(argv: list[str]) -> Options:
             config = arg.split("=", 1)[1]
         elif arg == "--audit-chain":
             audit_chain = True
+        elif arg == "--debug":
+            debug = True
         else:
             raise Misuse(f"unknown option {arg}; {USAGE}")
-    return Options(config=config, audit_chain=audit_chain, reply_argv=tuple(args))
+    return Options(config=config, audit_chain=audit_chain, reply_argv=tuple(args), debug=debug)
 
 
 def read_fd3() -> bytes:
@@ -171,6 +180,8 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
         _say(stderr, store.upgrade_note)
     # an expired password (app_password_policy) is treated exactly like a revoked one
     active = [row for row in rows if row.deleted is None and not _expired(row, now)]
+    if _debugging:
+        _debug_passwords(request.username, rows, now)
 
     if request.mode is Mode.LOOKUP:
         if not active:
@@ -199,6 +210,10 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
     else:
         # unknown user, or a password that is not UTF-8 (matches nothing): the same work
         hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
+    if _debugging:
+        _debug(f"password #{matched.id} matched" if matched else
+               f"no active password matched ({len(active)} tried)"
+               + (f"; it is #{revoked.id}, not active" if revoked else ""))
 
     if matched is None:
         _record_failure(store, config, request, now, stderr)
@@ -230,6 +245,8 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
 
         result = audit_login(request, config, user=matched.uid, now=now, pwid=matched.id, stderr=stderr,
                              store=store)
+        if _debugging:
+            _debug_audit(result)
         if result.deny:
             return _fail(result.denial(matched.uid, request.remote_ip))
         record_fields = result.log_columns()
@@ -237,11 +254,13 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
     from .store import LoginRecord
 
     try:
-        store.record_login(
+        inserted = store.record_login(
             LoginRecord(pwid=matched.id, service=request.service, src_ip=request.remote_ip, **record_fields),
             now=now,
             dedup_window=config.auth.dedup_window,
         )
+        _debug("log row written" if inserted else
+               f"log row skipped: same password, service and client within {config.auth.dedup_window:g} s")
     except TempFail as e:
         # The password was right: refusing would lock the user out over a log row.
         _say(stderr, f"login of {matched.uid} not recorded: {e}")
@@ -309,6 +328,8 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
     from .throttle import assess
 
     counts = store.failure_counts(request.username, request.remote_ip, now - settings.window)
+    _debug(f"throttle: failures within {settings.window:g} s: {counts[0]} of this user from this client, "
+           f"{counts[1]} from this client, {counts[2]} of this user")
     throttled = assess(*counts, settings)
     if throttled is None or _throttle_exempt(request.remote_ip, config):
         return None
@@ -404,6 +425,10 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
     return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
 
 
+def _ms_since(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.1f} ms"
+
+
 def _say(stderr: TextIO | None, message: str) -> None:
     """One line on stderr: Dovecot logs each as `auth: Error: ...`."""
     stream = stderr or sys.stderr
@@ -412,6 +437,48 @@ def _say(stderr: TextIO | None, message: str) -> None:
         stream.flush()
     except (OSError, ValueError):
         pass
+
+
+# --debug of the per-login program. A module flag rather than a parameter because only
+# main() sets it, for this one process; `serve` never does.
+_debugging = False
+
+
+def _debug(message: str) -> None:
+    """A `debug:` line on stderr when --debug is given. Callers pass ids, counts, names and
+    verdicts only: never a password, hash or DSN secret."""
+    if _debugging:
+        _say(None, "debug: " + message)
+
+
+def _debug_request(request: LoginRequest) -> None:
+    _debug(f"request: user {request.username!r}, service {request.service}, mode {request.mode.value}, "
+           f"client {request.remote_ip or '-'}, local {request.local_ip or '-'}, "
+           f"password {'given' if request.password is not None else 'absent or not UTF-8'}")
+
+
+def _debug_passwords(username: str, rows: list[PasswordRow], now: float) -> None:
+    states = [f"#{row.id} {'revoked' if row.deleted is not None else 'expired' if _expired(row, now) else 'active'}"
+              for row in rows]
+    _debug(f"passwords of {username!r}: {', '.join(states) or 'none'}")
+
+
+def _debug_audit(result: Assessment) -> None:
+    sources = ", ".join(f"{name} {report.status.value} {report.elapsed_ms:.1f} ms"
+                        for name, report in (result.facts.sources.items() if result.facts else ()))
+    _debug(f"audit: source {result.source.kind.value}, verdict {result.verdict.outcome.value}"
+           f"{' (refused)' if result.deny else ''}: {result.reason}" + (f"; {sources}" if sources else ""))
+
+
+def _debug_internal_error(error: BaseException) -> None:
+    """Where an unexpected exception was raised (file:line), not its message: a library's
+    message may quote what it was given."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames if "dovecot_appauth" in f.filename] or frames
+    where = f"{os.path.basename(ours[-1].filename)}:{ours[-1].lineno} in {ours[-1].name}" if ours else "?"
+    _debug(f"internal error {type(error).__name__} at {where}")
 
 
 def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapping[str, str]) -> int:
@@ -430,6 +497,8 @@ def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapp
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _debugging
+    started = time.monotonic()
     args = sys.argv[1:] if argv is None else argv
     env = os.environ
     try:
@@ -437,22 +506,32 @@ def main(argv: list[str] | None = None) -> None:
         if options.show_help:
             sys.stdout.write(HELP)
             sys.exit(0)
+        _debugging = options.debug
         credentials = parse_request(read_fd3())
         request = read_environment(credentials, env)
+        if _debugging:
+            _debug_request(request)
+        path = config_path(options.config, dict(env))
         try:
             # the parsed TOML is cached per login user (config.py); validated as always
-            config = load_cached(config_path(options.config, dict(env)))
+            config = load_cached(path)
         except ConfigError as e:
             raise TempFail(f"configuration: {e}") from None
+        _debug(f"config {path} loaded after {_ms_since(started)}")
         outcome = decide(request, config, now=time.time(), audit_chain=options.audit_chain)
         if outcome.message:
             _say(None, outcome.message)
+        _debug(f"answer: status {int(outcome.exit_code)} after {_ms_since(started)}"
+               + (f", user {outcome.user!r}" if outcome.user else ""))
         status = respond(outcome, options, request, env)
     except AppAuthError as e:
         _say(None, str(e))
         status = int(e.exit_code)
+        _debug(f"answer: status {status} after {_ms_since(started)}")
     except Exception as e:
         _say(None, f"internal error ({type(e).__name__}): temporary failure")
+        if _debugging:
+            _debug_internal_error(e)
         status = int(ExitCode.TEMPFAIL)
     sys.stdout.flush()
     # Skip interpreter teardown: nothing is left to clean up, and it costs milliseconds
