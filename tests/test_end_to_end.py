@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 
@@ -20,7 +18,7 @@ import pytest
 
 from dovecot_appauth.hashing import generate_password, hash_password
 from tests.conftest import AppauthConfig, _give_to_dovecot
-from tests.fixtures_common import dovecot_ids, free_port
+from tests.fixtures_common import SilentServer, dovecot_ids, free_port
 from tests.fixtures_dovecot import DEFAULT_USERDB, DovecotServer, checkpassword_passdb, our_lines, settle_log
 
 pytestmark = [pytest.mark.dovecot,
@@ -414,32 +412,10 @@ def test_mariadb_closed_port_is_unavailable_fast(dovecot, mariadb, appauth_confi
 @pytest.mark.mariadb
 def test_mariadb_silent_server_is_unavailable_within_connect_timeout(dovecot, mariadb, appauth_config_factory):
     """A server that accepts TCP and never speaks: the connect timeout bounds the login."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
+    with SilentServer() as silent:
+        port = silent.port
         cfg = appauth_config_factory(f"mysql+pymysql://appauth:x@127.0.0.1:{port}/silent", init_db=False)
         set_database_keys(cfg, connect_timeout=1)
         use(dovecot, cfg)
         _assert_unavailable(dovecot, "silent@example.com", WRONG, f"127.0.0.1:{port}/silent", "198.51.100.30",
                             within=1 + 1.5)
-    finally:
-        stop.set()
-        thread.join(2)
-        listener.close()
-        for conn in held:
-            conn.close()

@@ -13,14 +13,13 @@ import signal
 import socket
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CLI, _give_to_dovecot
-from tests.fixtures_common import free_port
+from tests.fixtures_common import SilentServer, free_port
 from tests.fixtures_dovecot import passwd_file_passdb, write_passwd_file
 
 pytest.importorskip("starlette")
@@ -360,32 +359,14 @@ def test_lua_passdb_non_utf8_password_is_a_wrong_password(dovecot, service, site
 
 # --- the script's own timeout ---------------------------------------------------------------
 def test_lua_passdb_hung_service_is_unavailable_after_the_script_timeout(dovecot):
-    held: list[socket.socket] = []
-    done = threading.Event()
-    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, never answers
-        listener.settimeout(0.1)
-
-        def accept() -> None:
-            while not done.is_set():
-                try:
-                    held.append(listener.accept()[0])
-                except OSError:
-                    pass
-
-        thread = threading.Thread(target=accept, daemon=True)
-        thread.start()
-        try:
-            passdb, env = lua_passdb(f"http://127.0.0.1:{listener.getsockname()[1]}/verify")
-            dovecot.reconfigure(passdb=passdb, extra_conf="", import_environment=env)
-            mark = dovecot.log_mark()
-            started = time.monotonic()
-            result = dovecot.imap_login("dave@example.com", "Any-Pass-Word-1111", client_ip=ALLOWED_IP, timeout=90)
-            elapsed = time.monotonic() - started
-        finally:
-            done.set()
-            thread.join(5)
-            for conn in held:
-                conn.close()
+    with SilentServer() as silent:
+        passdb, env = lua_passdb(f"http://127.0.0.1:{silent.port}/verify")
+        dovecot.reconfigure(passdb=passdb, extra_conf="", import_environment=env)
+        mark = dovecot.log_mark()
+        started = time.monotonic()
+        result = dovecot.imap_login("dave@example.com", "Any-Pass-Word-1111", client_ip=ALLOWED_IP, timeout=90)
+        elapsed = time.monotonic() - started
+        held = list(silent.held)
     assert held, "the script never connected"
     assert not result.ok and "UNAVAILABLE" in result.text, result.text
     # the script's 5 s, not the http-client's 60 s default (Dovecot 2.3 ignores unknown setting names)
