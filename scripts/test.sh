@@ -17,7 +17,8 @@ VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
 # chromium: the HTML report is screenshotted headless (tests/test_report.py);
 # dovecot-auth-lua: the Lua passdb example against `serve` (tests/test_end_to_end_serve.py)
 # strace: slows fsync down to test the enrichment cache on a busy disk (tests/test_enrich.py)
-DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc chromium strace)
+# valgrind: instruction counts of a login (benchmarks/instructions.py, tests/test_benchmark_smoke.py)
+DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc chromium strace valgrind)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

@@ -81,3 +81,24 @@ def test_importtime_parser():
             "import time:      2003 |      37753 | dovecot_appauth.login\n"
             "dovecot-appauth: some stderr line\n")
     assert importtime.parse_importtime(text) == [("_io", 120, 120, 1), ("dovecot_appauth.login", 2003, 37753, 0)]
+
+
+def test_instruction_counts_show_no_user_oracle(tmp_path):
+    """benchmarks/instructions.py runs, and its deterministic counts say what the timing
+    does only noisily: a wrong password for a real user and any password for an unknown
+    user cost the same work (one hash of the same scheme and rounds)."""
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        from tests.fixtures_common import missing_dependency
+
+        missing_dependency("valgrind is not installed (Debian package valgrind)")
+    out = tmp_path / "instructions.json"
+    res = subprocess.run([sys.executable, str(BENCH / "instructions.py"), "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    assert res.returncode == 0, f"instructions.py failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    counts = {name: min(values) for name, values in json.loads(out.read_text())["instructions"].items()}
+    assert set(counts) == {"bare", "bare-isolated", "warm", "wrong", "unknown"}
+    assert counts["bare-isolated"] < counts["bare"] < counts["wrong"] < counts["warm"]
+    assert abs(counts["wrong"] - counts["unknown"]) / counts["unknown"] < 0.01, counts
+    assert "wrong vs unknown" in res.stdout
