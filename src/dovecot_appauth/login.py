@@ -298,6 +298,8 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
 
         result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr,
                              store=store)
+        if _debugging:
+            _debug_audit(result)
         if result.deny:
             return _fail(result.denial(request.username, request.remote_ip))
     return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
@@ -420,6 +422,8 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
     finally:
         if store is not None:
             store.close()
+    if _debugging:
+        _debug_audit(result)
     if result.deny:
         return _fail(result.denial(request.username, request.remote_ip))
     return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
