@@ -1,14 +1,17 @@
 -- Dovecot Lua passdb: app passwords checked by `dovecot-appauth serve` (POST /verify).
 -- For Dovecot 2.4 (no checkpassword driver) and 2.3 alike: the same policy, throttling,
 -- audit and recording as the checkpassword program. Tested with Dovecot 2.3.19
--- (Debian 12, dovecot-auth-lua) by tests/test_end_to_end_serve.py.
+-- (Debian 12, dovecot-auth-lua) by tests/test_end_to_end_serve.py, and by hand with
+-- Dovecot 2.4.4 built from source.
 --
--- passdb {
---   driver = lua
---   args = file=/etc/dovecot/appauth.lua blocking=yes
--- }
+-- Dovecot 2.3:                                 Dovecot 2.4:
+-- passdb {                                     passdb lua {
+--   driver = lua                                 lua_file = /etc/dovecot/appauth.lua
+--   args = file=/etc/dovecot/appauth.lua       }
+--          blocking=yes                        userdb prefetch {
+-- }                                            }
 -- userdb {
---   driver = prefetch      # the userdb_* fields of [userdb] in dovecot-appauth's config
+--   driver = prefetch   # the userdb_* fields of [userdb] in dovecot-appauth's config
 -- }
 --
 -- Right password: OK with `user` and the userdb_* fields the service returns. Wrong
@@ -22,8 +25,10 @@ local token = os.getenv("APPAUTH_TOKEN")  -- the serve --token-file secret, if a
 -- Dovecot 2.3 and 2.4 name the HTTP client's settings differently, and 2.3 silently ignores
 -- names it does not know (a misspelt timeout left the 60 s default: a hung service held each
 -- login, and an auth worker, that long) while 2.4 refuses them. So: the 2.3 names first, and
--- the 2.4 names (lib-http's settings without `http_client_`) when 2.4 refuses those. The
--- 2.3 branch is tested with 2.3.19; the 2.4 names are taken from Dovecot 2.4's source.
+-- the 2.4 names (lib-http's settings without `http_client_`) when 2.4 refuses those (seen
+-- with 2.4.4: "Invalid HTTP client setting: request_absolute_timeout_msecs is unknown
+-- setting", then the 2.4 names time a hung service out after 5 s). Trying 2.4's names
+-- first would not work: 2.3 would accept them silently and keep its 60 s default.
 -- 5 s: keep it above the service's own deadlines (audit, Nextcloud).
 local function new_http_client()
   local ok, client = pcall(dovecot.http.client, {
