@@ -166,6 +166,19 @@ def test_IpCache_new_file_appears_ready_made(tmp_path):
         conn.close()
 
 
+def test_IpCache_without_hard_links_renames_the_file_into_place(tmp_path, monkeypatch):
+    def no_links(src, dst, **kwargs):
+        raise OSError(1, "Operation not permitted")  # what a file system without hard links says
+
+    monkeypatch.setattr(os, "link", no_links)
+    c = IpCache(str(tmp_path / "cache"))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    assert c.get("rdns", "ip", NOW) == {"ptr": "x"}
+    c.close()
+    assert os.listdir(c.directory) == [FILE_NAME]
+    assert stat.S_IMODE(os.stat(c.path).st_mode) == 0o600
+
+
 def test_IpCache_empty_file_gets_its_table(tmp_path):
     # what an older version (or `touch`) leaves: an empty file is still a usable cache
     d = tmp_path / "cache"

@@ -193,8 +193,16 @@ class IpCache:
                 os.link(tmp, self.path)
             except FileExistsError:
                 pass  # another login was first
+            except OSError:
+                # no hard links on this file system (some FUSE and network ones): a rename,
+                # which replaces a file another login made meanwhile (its rows are only lost)
+                if not os.path.exists(self.path):
+                    os.replace(tmp, self.path)
         finally:
-            os.unlink(tmp)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass  # renamed into place
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         # WAL is a property of the file: set once, when the table is made

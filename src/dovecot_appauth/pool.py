@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 class StorePool:
     def __init__(self, max_idle: int = 8):
         self.max_idle = max_idle
-        self.opened = 0  # stores opened so far (for tests and `health`)
+        self.opened = 0  # stores opened so far (tests read it)
         self._lock = threading.Lock()
         self._key: tuple[str, float] | None = None
         self._idle: list[Store] = []
