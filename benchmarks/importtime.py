@@ -23,7 +23,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,24 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs = max(1, min(args.runs, 50))
 
-    workdir = Path(tempfile.mkdtemp(prefix="appauth-importtime-", dir=bench.shared_tmp()))
-    os.chmod(workdir, 0o755)
-    dns = None
-    try:
-        try:
-            from tests.localservers import LocalDns
-
-            dns = LocalDns().start()
-        except ImportError as e:
-            bench.log(f"no local DNS server ({e}): reverse DNS disabled")
-        lists = workdir / "lists"
-        shutil.copytree(bench.LISTS_DIR, lists)
-        (workdir / "db").mkdir()
-        cache = workdir / "cache"
-        cfg = bench.write_config(workdir / "config.toml", dsn=f"sqlite:///{workdir / 'db' / 'db.sqlite'}",
-                                 cache_dir=cache, log_file=workdir / "audit.log", lists_dir=lists,
-                                 dns_port=dns.port if dns else None)
-        accounts = bench.populate(cfg)
+    with bench.small_site("appauth-importtime-") as site:
+        cfg, cache, accounts = site.config, site.cache, site.accounts
         user, password, expect = {
             "warm": (bench.USER, accounts.password, 0),
             "cold": (bench.USER, accounts.password, 0),
@@ -100,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         program = [str(args.program), "--config", str(cfg), *helper]
         env = bench.dovecot_env(bench.CLIENT_IP, user=user)
         request = bench.request_bytes(user, password)
-        err = str(workdir / "stderr.txt")
+        err = str(site.workdir / "stderr.txt")
         # warm the enrichment and list caches, and check the login works as expected
         plain_ms = []
         for _ in range(max(3, runs)):
@@ -131,10 +114,6 @@ def main(argv: list[str] | None = None) -> int:
                 entry["cum"].append(cum_us)
                 if len(entry["self"]) == 1:
                     order.append((name, depth))
-    finally:
-        if dns is not None:
-            dns.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
     depth_of = dict(order)
     med = {n: (statistics.median(v["self"]), statistics.median(v["cum"]), len(v["self"]))

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,33 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
 
-    workdir = Path(tempfile.mkdtemp(prefix="appauth-instructions-", dir=bench.shared_tmp()))
-    os.chmod(workdir, 0o755)
-    dns = None
     counts: dict[str, list[int]] = {}
-    try:
-        try:
-            from tests.localservers import LocalDns
-
-            dns = LocalDns().start()
-        except ImportError as e:
-            bench.log(f"no local DNS server ({e}): reverse DNS disabled")
-        lists = workdir / "lists"
-        shutil.copytree(bench.LISTS_DIR, lists)
-        (workdir / "db").mkdir()
-        cfg = bench.write_config(workdir / "config.toml", dsn=f"sqlite:///{workdir / 'db' / 'db.sqlite'}",
-                                 cache_dir=workdir / "cache", log_file=workdir / "audit.log", lists_dir=lists,
-                                 dns_port=dns.port if dns else None)
-        accounts = bench.populate(cfg)
-        err = str(workdir / "stderr.txt")
-        program = [str(args.program), "--config", str(cfg)]
+    with bench.small_site("appauth-instructions-") as site:
+        err = str(site.workdir / "stderr.txt")
+        program = [str(args.program), "--config", str(site.config)]
         scenarios = [
             # name, argv, user, password, expected status, runs
             ("bare", [bench.PYTHON, "-c", "pass"], bench.USER, "", 0, 1),
             ("bare-isolated", [bench.PYTHON, "-I", "-S", "-c", "pass"], bench.USER, "", 0, 1),
-            ("warm", program, bench.USER, accounts.password, 0, 3),
+            ("warm", program, bench.USER, site.accounts.password, 0, 3),
             ("wrong", program, bench.USER, "xxxx-xxxx-xxxx-xxxx", 1, 1),
-            ("unknown", program, bench.UNKNOWN_USER, accounts.password, 1, 1),
+            ("unknown", program, bench.UNKNOWN_USER, site.accounts.password, 1, 1),
         ]
         for name, cmd, user, password, expect, runs in scenarios:
             env = bench.dovecot_env(bench.CLIENT_IP, user=user)
@@ -91,10 +73,6 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(2):
                     bench.spawn(cmd, env, request, err)
             counts[name] = [count(cmd, env, request, err, expect) for _ in range(runs)]
-    finally:
-        if dns is not None:
-            dns.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
     bare = min(counts["bare"])
     isolated = min(counts["bare-isolated"])

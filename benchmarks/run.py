@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,6 +354,45 @@ def shared_tmp() -> str:
     except ImportError:  # pytest missing: fixtures_common imports it
         return "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
     return shared_tempdir_base()
+
+
+@dataclass
+class SmallSite:
+    """The warm-login site of the benchmark, for the one-scenario tools (importtime.py,
+    instructions.py): its config (SQLite made with the CLI, test MaxMind files, example
+    lists, reverse DNS on a local server when dnslib is there) and its users."""
+
+    workdir: Path
+    config: Path
+    cache: Path
+    accounts: Accounts
+
+
+@contextlib.contextmanager
+def small_site(prefix: str) -> Iterator[SmallSite]:
+    """Build a SmallSite in a new temp dir; stop its DNS server and remove it afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=shared_tmp()))
+    os.chmod(workdir, 0o755)
+    dns = None
+    try:
+        try:
+            from tests.localservers import LocalDns
+
+            dns = LocalDns().start()
+        except ImportError as e:
+            log(f"no local DNS server ({e}): reverse DNS disabled")
+        lists = workdir / "lists"
+        shutil.copytree(LISTS_DIR, lists)
+        (workdir / "db").mkdir()
+        cache = workdir / "cache"
+        config = write_config(workdir / "config.toml", dsn=f"sqlite:///{workdir / 'db' / 'db.sqlite'}",
+                              cache_dir=cache, log_file=workdir / "audit.log", lists_dir=lists,
+                              dns_port=dns.port if dns else None)
+        yield SmallSite(workdir, config, cache, populate(config))
+    finally:
+        if dns is not None:
+            dns.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- the benchmark
