@@ -177,18 +177,19 @@ auth_policy_server_timeout_msecs = 1000
     assert dovecot.imap_login(PASSWD_USER, PASSWD_PW, client_ip=ALLOWED_IP).ok
 
 
-def lua_passdb(url: str) -> tuple[str, dict[str, str]]:
+def use_lua_passdb(dovecot, url: str, token: str | None = None) -> None:
+    """Reconfigure Dovecot with examples/dovecot/appauth.lua as its passdb, calling `url`."""
     if not os.path.exists(LUA_MODULE):
         pytest.skip("dovecot-auth-lua missing (apt-get install dovecot-auth-lua)")
-    return (f"passdb {{\n  driver = lua\n  args = file={LUA_SCRIPT} blocking=yes\n}}\n",
-            {"APPAUTH_VERIFY_URL": url})
+    env = {"APPAUTH_VERIFY_URL": url, **({"APPAUTH_TOKEN": token} if token is not None else {})}
+    dovecot.reconfigure(passdb=f"passdb {{\n  driver = lua\n  args = file={LUA_SCRIPT} blocking=yes\n}}\n",
+                        extra_conf="", import_environment=env)
 
 
 def test_lua_passdb_verifies_app_passwords_through_serve(dovecot, service, site):
     _give_to_dovecot(site.db_path.parent)
     created = site.create_password("dave@example.com")
-    passdb, env = lua_passdb(service.url("/verify"))
-    dovecot.reconfigure(passdb=passdb, extra_conf="", import_environment=env)
+    use_lua_passdb(dovecot, service.url("/verify"))
     mark = dovecot.log_mark()
     ok = dovecot.imap_login("dave@example.com", created["password"], client_ip=ALLOWED_IP)
     assert ok.ok, ok.text + dovecot.log_since(mark)
@@ -204,8 +205,7 @@ def test_lua_passdb_verifies_app_passwords_through_serve(dovecot, service, site)
 
 
 def test_lua_passdb_service_down_is_unavailable(dovecot):
-    passdb, env = lua_passdb(f"http://127.0.0.1:{free_port()}/verify")
-    dovecot.reconfigure(passdb=passdb, extra_conf="", import_environment=env)
+    use_lua_passdb(dovecot, f"http://127.0.0.1:{free_port()}/verify")
     result = dovecot.imap_login("dave@example.com", "Any-Pass-Word-1111", client_ip=ALLOWED_IP)
     assert not result.ok and "UNAVAILABLE" in result.text, result.text
 
@@ -271,8 +271,7 @@ def test_token_file_auth_policy_with_a_bearer_api_header(dovecot, token_service,
 def test_token_file_lua_passdb_sends_the_token_from_its_environment(dovecot, token_service, token, site):
     _give_to_dovecot(site.db_path.parent)
     created = site.create_password("erin@example.com")
-    passdb, env = lua_passdb(token_service.url("/verify"))
-    dovecot.reconfigure(passdb=passdb, extra_conf="", import_environment={**env, "APPAUTH_TOKEN": token})
+    use_lua_passdb(dovecot, token_service.url("/verify"), token=token)
     mark = dovecot.log_mark()
     ok = dovecot.imap_login("erin@example.com", created["password"], client_ip=ALLOWED_IP)
     assert ok.ok, ok.text + dovecot.log_since(mark)
@@ -282,8 +281,8 @@ def test_token_file_lua_passdb_sends_the_token_from_its_environment(dovecot, tok
     # a wrong token, or none: serve answers 401, the script INTERNAL_FAILURE -> [UNAVAILABLE],
     # for the right password as for a wrong one (never "wrong password", never OK)
     wrong = secrets.token_hex(24)
-    for environment in ({**env, "APPAUTH_TOKEN": wrong}, env):
-        dovecot.reconfigure(import_environment=environment)
+    for given in (wrong, None):
+        use_lua_passdb(dovecot, token_service.url("/verify"), token=given)
         mark = dovecot.log_mark()
         for password in (created["password"], "Wrong-Pass-Word-0000"):
             result = dovecot.imap_login("erin@example.com", password, client_ip=ALLOWED_IP)
@@ -343,8 +342,7 @@ def test_serve_on_a_unix_socket_answers_verify_and_policy(site):
 def test_lua_passdb_non_utf8_password_is_a_wrong_password(dovecot, service, site):
     _give_to_dovecot(site.db_path.parent)
     created = site.create_password("grace@example.com")
-    passdb, env = lua_passdb(service.url("/verify"))
-    dovecot.reconfigure(passdb=passdb, extra_conf="", import_environment=env)
+    use_lua_passdb(dovecot, service.url("/verify"))
     mark = dovecot.log_mark()
     # the same path (AUTHENTICATE PLAIN with raw bytes) logs in with the right password
     ok = dovecot.imap_login("grace@example.com", created["password"].encode(), client_ip=ALLOWED_IP)
@@ -360,8 +358,7 @@ def test_lua_passdb_non_utf8_password_is_a_wrong_password(dovecot, service, site
 # --- the script's own timeout ---------------------------------------------------------------
 def test_lua_passdb_hung_service_is_unavailable_after_the_script_timeout(dovecot):
     with SilentServer() as silent:
-        passdb, env = lua_passdb(f"http://127.0.0.1:{silent.port}/verify")
-        dovecot.reconfigure(passdb=passdb, extra_conf="", import_environment=env)
+        use_lua_passdb(dovecot, f"http://127.0.0.1:{silent.port}/verify")
         mark = dovecot.log_mark()
         started = time.monotonic()
         result = dovecot.imap_login("dave@example.com", "Any-Pass-Word-1111", client_ip=ALLOWED_IP, timeout=90)

@@ -89,8 +89,7 @@ def _run_all(site) -> None:
     assert rows == expected, (dict(rows - expected), dict(expected - rows))
 
 
-def test_parallel_logins_sqlite():
-    site = make_site(prefix="appauth-par-")
+def _parallel_logins(site) -> None:
     try:
         _populate(site)
         # The limiter would rightly throttle the 40 wrong passwords from one address; this
@@ -99,16 +98,12 @@ def test_parallel_logins_sqlite():
         _run_all(site)
     finally:
         site.remove()
+
+
+def test_parallel_logins_sqlite():
+    _parallel_logins(make_site(prefix="appauth-par-"))
 
 
 @pytest.mark.mariadb
 def test_parallel_logins_mariadb(mariadb_database):
-    site = make_site(mariadb_database.dsn, prefix="appauth-par-mdb-")
-    try:
-        _populate(site)
-        # The limiter would rightly throttle the 40 wrong passwords from one address; this
-        # test is about concurrent verdicts and dedup (test_throttle.py covers the limiter).
-        site.write(database={"connect_timeout": 3.0}, throttle={"enabled": False})
-        _run_all(site)
-    finally:
-        site.remove()
+    _parallel_logins(make_site(mariadb_database.dsn, prefix="appauth-par-mdb-"))
