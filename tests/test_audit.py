@@ -337,10 +337,10 @@ def test_emit_never_raises(sock_dir):
     emit("line", {}, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="no"), Broken())
 
 
-def test_emit_uses_journald_when_available(sock_dir, monkeypatch):
-    sent = []
+def _journal_module(monkeypatch, sock_dir: str, send) -> None:
+    """A `systemd.journal` whose send() is `send`, and a journald socket file that exists."""
     fake = types.ModuleType("systemd.journal")
-    fake.send = lambda message, **fields: sent.append((message, fields))
+    fake.send = send
     pkg = types.ModuleType("systemd")
     pkg.journal = fake
     monkeypatch.setitem(sys.modules, "systemd", pkg)
@@ -348,6 +348,11 @@ def test_emit_uses_journald_when_available(sock_dir, monkeypatch):
     journal_socket = os.path.join(sock_dir, "journal")
     open(journal_socket, "w").close()
     monkeypatch.setattr(audit_mod, "JOURNAL_SOCKET", journal_socket)
+
+
+def test_emit_uses_journald_when_available(sock_dir, monkeypatch):
+    sent = []
+    _journal_module(monkeypatch, sock_dir, lambda message, **fields: sent.append((message, fields)))
     audit = AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="auto")
     err = io.StringIO()
     emit("the line", {"AUDIT_USER": "u"}, audit, err)
@@ -364,19 +369,10 @@ def test_emit_uses_journald_when_available(sock_dir, monkeypatch):
 
 
 def test_emit_journald_failure_falls_back_to_syslog(sock_dir, monkeypatch):
-    fake = types.ModuleType("systemd.journal")
-
     def send(message, **fields):
         raise OSError("journal gone")
 
-    fake.send = send
-    pkg = types.ModuleType("systemd")
-    pkg.journal = fake
-    monkeypatch.setitem(sys.modules, "systemd", pkg)
-    monkeypatch.setitem(sys.modules, "systemd.journal", fake)
-    journal_socket = os.path.join(sock_dir, "journal")
-    open(journal_socket, "w").close()
-    monkeypatch.setattr(audit_mod, "JOURNAL_SOCKET", journal_socket)
+    _journal_module(monkeypatch, sock_dir, send)
     path = os.path.join(sock_dir, "log")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(path)
