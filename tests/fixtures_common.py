@@ -91,35 +91,3 @@ def give_to_dovecot(path: Path) -> None:
         for name in dirs + files:
             os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
 
-
-class SilentServer:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers (a hung
-    service). Use as a context manager; ``port``, and ``held``: the accepted connections."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def _accept(self) -> None:
-        while not self._done.is_set():
-            try:
-                self.held.append(self.listener.accept()[0])
-            except OSError:
-                pass
-
-    def __enter__(self) -> SilentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(5)
-        self.listener.close()
-        for conn in self.held:
-            conn.close()

@@ -18,8 +18,9 @@ import pytest
 
 from dovecot_appauth.hashing import generate_password, hash_password
 from tests.conftest import AppauthConfig, _give_to_dovecot
-from tests.fixtures_common import SilentServer, dovecot_ids, free_port
+from tests.fixtures_common import dovecot_ids, free_port
 from tests.fixtures_dovecot import DEFAULT_USERDB, DovecotServer, checkpassword_passdb, our_lines, settle_log
+from tests.hardening import HangingTcp
 
 pytestmark = [pytest.mark.dovecot,
               pytest.mark.filterwarnings("ignore:'crypt' is deprecated:DeprecationWarning")]
@@ -412,7 +413,7 @@ def test_mariadb_closed_port_is_unavailable_fast(dovecot, mariadb, appauth_confi
 @pytest.mark.mariadb
 def test_mariadb_silent_server_is_unavailable_within_connect_timeout(dovecot, mariadb, appauth_config_factory):
     """A server that accepts TCP and never speaks: the connect timeout bounds the login."""
-    with SilentServer() as silent:
+    with HangingTcp() as silent:
         port = silent.port
         cfg = appauth_config_factory(f"mysql+pymysql://appauth:x@127.0.0.1:{port}/silent", init_db=False)
         set_database_keys(cfg, connect_timeout=1)

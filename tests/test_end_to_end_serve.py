@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, _give_to_dovecot
-from tests.fixtures_common import SilentServer, free_port
+from tests.fixtures_common import free_port
 from tests.fixtures_dovecot import passwd_file_passdb, write_passwd_file
+from tests.hardening import HangingTcp
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -357,13 +358,13 @@ def test_lua_passdb_non_utf8_password_is_a_wrong_password(dovecot, service, site
 
 # --- the script's own timeout ---------------------------------------------------------------
 def test_lua_passdb_hung_service_is_unavailable_after_the_script_timeout(dovecot):
-    with SilentServer() as silent:
+    with HangingTcp() as silent:
         use_lua_passdb(dovecot, f"http://127.0.0.1:{silent.port}/verify")
         mark = dovecot.log_mark()
         started = time.monotonic()
         result = dovecot.imap_login("dave@example.com", "Any-Pass-Word-1111", client_ip=ALLOWED_IP, timeout=90)
         elapsed = time.monotonic() - started
-        held = list(silent.held)
+        held = list(silent.conns)
     assert held, "the script never connected"
     assert not result.ok and "UNAVAILABLE" in result.text, result.text
     # the script's 5 s, not the http-client's 60 s default (Dovecot 2.3 ignores unknown setting names)
