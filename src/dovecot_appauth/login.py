@@ -259,8 +259,9 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
             now=now,
             dedup_window=config.auth.dedup_window,
         )
-        _debug("log row written" if inserted else
-               f"log row skipped: same password, service and client within {config.auth.dedup_window:g} s")
+        if _debugging:
+            _debug("log row written" if inserted else
+                   f"log row skipped: same password, service and client within {config.auth.dedup_window:g} s")
     except TempFail as e:
         # The password was right: refusing would lock the user out over a log row.
         _say(stderr, f"login of {matched.uid} not recorded: {e}")
@@ -330,8 +331,9 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
     from .throttle import assess
 
     counts = store.failure_counts(request.username, request.remote_ip, now - settings.window)
-    _debug(f"throttle: failures within {settings.window:g} s: {counts[0]} of this user from this client, "
-           f"{counts[1]} from this client, {counts[2]} of this user")
+    if _debugging:
+        _debug(f"throttle: failures within {settings.window:g} s: {counts[0]} of this user from this client, "
+               f"{counts[1]} from this client, {counts[2]} of this user")
     throttled = assess(*counts, settings)
     if throttled is None or _throttle_exempt(request.remote_ip, config):
         return None
@@ -450,7 +452,8 @@ _debugging = False
 
 def _debug(message: str) -> None:
     """A `debug:` line on stderr when --debug is given. Callers pass ids, counts, names and
-    verdicts only: never a password, hash or DSN secret."""
+    verdicts only: never a password, hash or DSN secret; and test `_debugging` first, so
+    that a login without --debug does not build the text."""
     if _debugging:
         _say(None, "debug: " + message)
 
@@ -521,17 +524,20 @@ def main(argv: list[str] | None = None) -> None:
             config = load_cached(path)
         except ConfigError as e:
             raise TempFail(f"configuration: {e}") from None
-        _debug(f"config {path} loaded after {_ms_since(started)}")
+        if _debugging:
+            _debug(f"config {path} loaded after {_ms_since(started)}")
         outcome = decide(request, config, now=time.time(), audit_chain=options.audit_chain)
         if outcome.message:
             _say(None, outcome.message)
-        _debug(f"answer: status {int(outcome.exit_code)} after {_ms_since(started)}"
-               + (f", user {outcome.user!r}" if outcome.user else ""))
+        if _debugging:
+            _debug(f"answer: status {int(outcome.exit_code)} after {_ms_since(started)}"
+                   + (f", user {outcome.user!r}" if outcome.user else ""))
         status = respond(outcome, options, request, env)
     except AppAuthError as e:
         _say(None, str(e))
         status = int(e.exit_code)
-        _debug(f"answer: status {status} after {_ms_since(started)}")
+        if _debugging:
+            _debug(f"answer: status {status} after {_ms_since(started)}")
     except Exception as e:
         _say(None, f"internal error ({type(e).__name__}): temporary failure")
         if _debugging:
