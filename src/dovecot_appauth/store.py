@@ -272,10 +272,11 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-# InnoDB deadlocks between concurrent logins' INSERT ... SELECT into `log`: each takes the
-# table's AUTO-INC lock (a bulk insert, innodb_autoinc_lock_mode=1) and shared next-key
-# locks for its NOT EXISTS. 1213 is the deadlock; 1467 ("Failed to read auto-increment
-# value from storage engine") is the same deadlock met while waiting for the AUTO-INC lock.
+# InnoDB deadlocks between concurrent logins, e.g. their INSERT ... SELECT into `log`: each
+# takes the table's AUTO-INC lock (a bulk insert, innodb_autoinc_lock_mode=1) and shared
+# next-key locks for its NOT EXISTS. 1213 is the deadlock; 1467 ("Failed to read
+# auto-increment value from storage engine") is the same deadlock met while waiting for
+# the AUTO-INC lock. MysqlStore._run runs such a statement again.
 _DEADLOCK_ERRORS = (1213, 1467)
 _DEADLOCK_RETRIES = 8  # doubling pauses from about 2 ms: under 1 s in all
 
@@ -315,12 +316,25 @@ class MysqlStore:
         return str(error) or type(error).__name__
 
     def _run(self, sql: str, params: tuple[Any, ...]) -> Any:
-        try:
-            cursor = self.conn.cursor()
-            cursor.execute(sql, params)
-            return cursor
-        except self._errors as e:
-            raise self._tempfail(e) from None
+        """Execute one autocommit statement; errors become TempFail.
+
+        A statement InnoDB chose as a deadlock victim was rolled back, and running it again
+        is what InnoDB expects: each of ours is a transaction of its own, and the `log`
+        insert's NOT EXISTS then sees the row of the login that won. A jittered, doubling
+        pause keeps the same logins from meeting again.
+        """
+        for attempt in range(_DEADLOCK_RETRIES + 1):
+            try:
+                cursor = self.conn.cursor()
+                cursor.execute(sql, params)
+                return cursor
+            except self._errors as e:
+                code = e.args[0] if e.args else None
+                if code not in _DEADLOCK_ERRORS or attempt == _DEADLOCK_RETRIES:
+                    raise self._tempfail(e) from None
+                jitter = (time.perf_counter_ns() % 1000 + 500) / 1000
+                time.sleep(0.002 * (2**attempt) * jitter)
+        raise AssertionError("unreachable")
 
     def _tempfail(self, error: Exception) -> TempFail:
         message = self._message(error)
@@ -369,22 +383,7 @@ class MysqlStore:
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ", same="<=>")
-        params = _insert_params(record, now, dedup_window)
-        for attempt in range(_DEADLOCK_RETRIES + 1):
-            try:
-                cursor = self.conn.cursor()
-                cursor.execute(sql, params)
-                return cursor.rowcount == 1
-            except self._errors as e:
-                code = e.args[0] if e.args else None
-                if code not in _DEADLOCK_ERRORS or attempt == _DEADLOCK_RETRIES:
-                    raise self._tempfail(e) from None
-                # InnoDB rolled the statement back; running it again is safe (the NOT EXISTS
-                # sees the concurrent login's row if that one won) and is what InnoDB expects.
-                # A jittered, doubling pause keeps the same logins from meeting again.
-                jitter = (time.perf_counter_ns() % 1000 + 500) / 1000
-                time.sleep(0.002 * (2**attempt) * jitter)
-        raise AssertionError("unreachable")
+        return self._run(sql, _insert_params(record, now, dedup_window)).rowcount == 1
 
     def finish(self) -> None:
         """End the request (autocommit: nothing pending); forget what it learnt of the schema."""
