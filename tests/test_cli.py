@@ -253,6 +253,31 @@ def test_check_config_reports_missing_schema(conf, capsys):
     assert "table app_passwords is missing: run 'dovecot-appauth init-db'" in out
 
 
+def _percent_conf(tmp_path: Path, dsn_name: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[database]\ndsn = "sqlite:///{tmp_path}/{dsn_name}"\n\n[userdb]\nuid = "5000"\n\n'
+                    '[audit]\nenabled = false\n')
+    return path
+
+
+def test_percent_in_sqlite_file_name_check_config_and_login_agree(tmp_path, capsys, monkeypatch):
+    """`a%2541.sqlite` in the URL is the file `a%41.sqlite`: init-db, check-config and a login
+    all use that file (the login used to open `aA.sqlite` and fail while check-config passed)."""
+    conf = _percent_conf(tmp_path, "a%2541.sqlite")
+    assert run(capsys, conf, "init-db")[0] == 0
+    assert (tmp_path / "a%41.sqlite").exists()
+    a = _create(capsys, conf, "alice@example.com")
+    assert run(capsys, conf, "check-config")[:2] == (0, f"{conf}: 0 error(s), 0 warning(s)\n")
+    status, out, _ = run(capsys, conf, "login-test", "alice@example.com", "--json", stdin=a["password"] + "\n",
+                         monkeypatch=monkeypatch)
+    assert (status, json.loads(out)["verdict"]) == (0, "AUTHENTICATED")
+    # written unescaped, %41 means "A" to both: check-config says so and how to write a %
+    unescaped = _percent_conf(tmp_path, "a%41.sqlite")
+    status, out, _ = run(capsys, unescaped, "check-config")
+    assert status == 1
+    assert "database file does not exist" in out and "write a % in the file name as %25" in out
+
+
 # --- help ---------------------------------------------------------------------------------
 
 
