@@ -303,6 +303,14 @@ def test_check_config_reports_missing_schema(conf, capsys):
     assert "table app_passwords is missing: run 'dovecot-appauth init-db'" in out
 
 
+def test_check_config_refuses_userdb_extra_names_with_space_or_equals(ready, capsys):
+    ready.write_text(ready.read_text() + '\n[userdb.extra]\n"quota rule" = "*:storage=1G"\n"a=b" = "c"\n')
+    status, out, _ = run(capsys, ready, "check-config", "--no-database")
+    assert status == 1
+    assert "error: config.toml: [userdb].extra 'quota rule': a field name must not be empty or contain" in out
+    assert "error: config.toml: [userdb].extra 'a=b': a field name must not be empty or contain" in out
+
+
 def _percent_conf(tmp_path: Path, dsn_name: str) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(f'[database]\ndsn = "sqlite:///{tmp_path}/{dsn_name}"\n\n[userdb]\nuid = "5000"\n\n'
