@@ -313,6 +313,10 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
 
 def _is_ip_address(text: str) -> bool:
     """An IPv4 or IPv6 address as Dovecot writes TCPREMOTEIP (no scope, no port)."""
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        # the common case without an import; leading zeros are refused, as inet_pton does
+        return all(int(p) <= 255 and (p == "0" or not p.startswith("0")) for p in parts)
     import _socket  # the C module: `socket` would import enum and more on every login
 
     for family in (_socket.AF_INET, _socket.AF_INET6):
