@@ -332,6 +332,23 @@ def test_client_address_that_is_not_an_address_is_refused_clearly(site, ip, audi
     assert site.log() == []
 
 
+@pytest.mark.parametrize("ip", ["0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3", "1.2.3.4.5", "256.1.1.1", "::1",
+                                "::ffff:192.0.2.1", "2001:db8::1", "2001:db8::g", " 192.0.2.1", "\u0661.2.3.4"])
+def test_address_check_agrees_with_inet_pton(ip):
+    import socket
+
+    from dovecot_appauth.login import _is_ip_address
+
+    def parses(family: int) -> bool:
+        try:
+            socket.inet_pton(family, ip)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    assert _is_ip_address(ip) == (parses(socket.AF_INET) or parses(socket.AF_INET6))
+
+
 def test_service_is_stored_in_lower_case(site):
     assert _decide(site, _request("alice@example.com", ALICE_1, service="IMAP"))[0].exit_code is ExitCode.OK
     assert _decide(site, _request("alice@example.com", ALICE_1, service="imap"))[0].exit_code is ExitCode.OK
