@@ -312,6 +312,7 @@ class LocalRdap:
 
     def __init__(self, slow_seconds: float = 5.0):
         self.slow_seconds = slow_seconds
+        self.networks: dict[str, dict[str, Any]] = {}  # a test's own answers, before RDAP_NETWORKS
         self.requests: list[str] = []
         self._httpd: _RdapHttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -343,7 +344,7 @@ class LocalRdap:
                 addr = ipaddress.ip_address(value)
             except ValueError:
                 return None
-            for cidr, obj in RDAP_NETWORKS.items():
+            for cidr, obj in (*self.networks.items(), *RDAP_NETWORKS.items()):
                 if addr in ipaddress.ip_network(cidr):
                     return obj
         elif kind == "autnum" and value.isdigit():

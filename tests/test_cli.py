@@ -110,6 +110,56 @@ def test_password_create_json(ready, capsys):
     assert PASSWORD_RE.fullmatch(data["password"])
 
 
+def test_password_create_stores_the_user_name_in_lower_case(ready, capsys):
+    """A login answers Dovecot with the stored name: `Alice@Example.org` would rename the
+    IMAP user and make a second mailbox."""
+    status, out, err = run(capsys, ready, "password", "create", "Alice@Example.ORG", "--json")
+    assert status == 0
+    assert json.loads(out)["uid"] == "alice@example.org"
+    assert err == "dovecot-appauth: user name 'Alice@Example.ORG' stored in lower case as 'alice@example.org'\n"
+    conn = sqlite3.connect(_db(ready))
+    try:
+        assert conn.execute("SELECT uid FROM app_passwords").fetchall() == [("alice@example.org",)]
+    finally:
+        conn.close()
+    # the lookup is case-insensitive: the login from any spelling answers with the stored name
+    status, out, _ = run(capsys, ready, "login-test", "ALICE@example.org", "--lookup", "--json")
+    assert (status, json.loads(out)["fields"][0]) == (0, ["user", "alice@example.org"])
+
+
+@pytest.mark.parametrize("user", ["alice\t@example.org", "alice@example.org\n", "al\x7fice@example.org",
+                                  "al\x85ice@example.org", " alice@example.org", ""])
+def test_password_create_refuses_a_user_name_no_login_can_have(ready, capsys, user):
+    status, out, err = run(capsys, ready, "password", "create", user)
+    assert status == 1 and out == ""
+    assert err.startswith("dovecot-appauth: the user name ") and err.endswith(": no password created\n")
+    assert len(err.splitlines()) == 1
+    assert _hashes(ready) == []
+
+
+def test_password_list_json_has_the_state(ready, capsys):
+    active = _create(capsys, ready, "alice@example.com")
+    revoked = _create(capsys, ready, "alice@example.com")
+    expired = _create(capsys, ready, "alice@example.com")
+    assert run(capsys, ready, "password", "revoke", str(revoked["id"]))[0] == 0
+    assert run(capsys, ready, "password", "set", str(expired["id"]), "--expires", "2020-01-01")[0] == 0
+    status, out, _ = run(capsys, ready, "password", "list", "--json")
+    assert status == 0
+    assert {i["id"]: i["state"] for i in json.loads(out)} == {
+        active["id"]: "active", revoked["id"]: "revoked", expired["id"]: "expired"}
+
+
+@pytest.mark.parametrize("action", ["create", "set"])
+def test_password_help_lists_every_service_it_accepts(capsys, action):
+    from dovecot_appauth.policy import KNOWN_SERVICES
+
+    with pytest.raises(SystemExit):
+        cli.main(["password", action, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"({','.join(KNOWN_SERVICES)};" in text
+    assert "lmtp" in text and "doveadm" in text
+
+
 def test_password_list_never_prints_a_hash(ready, capsys):
     a = _create(capsys, ready, "alice@example.com", "laptop")
     b = _create(capsys, ready, "bob@example.com")
@@ -251,6 +301,39 @@ def test_check_config_reports_missing_schema(conf, capsys):
     status, out, _ = run(capsys, conf, "check-config")
     assert status == 1
     assert "table app_passwords is missing: run 'dovecot-appauth init-db'" in out
+
+
+def test_check_config_refuses_userdb_extra_names_with_space_or_equals(ready, capsys):
+    ready.write_text(ready.read_text() + '\n[userdb.extra]\n"quota rule" = "*:storage=1G"\n"a=b" = "c"\n')
+    status, out, _ = run(capsys, ready, "check-config", "--no-database")
+    assert status == 1
+    assert "error: config.toml: [userdb].extra 'quota rule': a field name must not be empty or contain" in out
+    assert "error: config.toml: [userdb].extra 'a=b': a field name must not be empty or contain" in out
+
+
+def _percent_conf(tmp_path: Path, dsn_name: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[database]\ndsn = "sqlite:///{tmp_path}/{dsn_name}"\n\n[userdb]\nuid = "5000"\n\n'
+                    '[audit]\nenabled = false\n')
+    return path
+
+
+def test_percent_in_sqlite_file_name_check_config_and_login_agree(tmp_path, capsys, monkeypatch):
+    """`a%2541.sqlite` in the URL is the file `a%41.sqlite`: init-db, check-config and a login
+    all use that file (the login used to open `aA.sqlite` and fail while check-config passed)."""
+    conf = _percent_conf(tmp_path, "a%2541.sqlite")
+    assert run(capsys, conf, "init-db")[0] == 0
+    assert (tmp_path / "a%41.sqlite").exists()
+    a = _create(capsys, conf, "alice@example.com")
+    assert run(capsys, conf, "check-config")[:2] == (0, f"{conf}: 0 error(s), 0 warning(s)\n")
+    status, out, _ = run(capsys, conf, "login-test", "alice@example.com", "--json", stdin=a["password"] + "\n",
+                         monkeypatch=monkeypatch)
+    assert (status, json.loads(out)["verdict"]) == (0, "AUTHENTICATED")
+    # written unescaped, %41 means "A" to both: check-config says so and how to write a %
+    unescaped = _percent_conf(tmp_path, "a%41.sqlite")
+    status, out, _ = run(capsys, unescaped, "check-config")
+    assert status == 1
+    assert "database file does not exist" in out and "write a % in the file name as %25" in out
 
 
 # --- help ---------------------------------------------------------------------------------

@@ -164,6 +164,22 @@ def test_userdb_fields_and_extra_prefix():
     }
 
 
+@pytest.mark.parametrize("key", ["quota rule", "quota=rule", "quota\trule", "", "x\u00a0y", "a\x7f"])
+def test_userdb_extra_field_name_that_dovecot_cannot_get_is_an_error(key):
+    """A space split the name in EXTRA (the field was lost); a `=` made every login 111."""
+    error = _error({"userdb": {"extra": {key: "1G", "quota_rule2": "*:storage=2G"}}})
+    [problem] = error.problems
+    assert (problem.level, problem.where) == ("error", f"config.toml: [userdb].extra {key!r}")
+    assert "must not be empty or contain white space, '=' or a control character" in str(problem)
+
+
+def test_userdb_extra_field_names_dovecot_uses_are_fine():
+    config = parse({"userdb": {"extra": {"namespace/inbox/mailbox/Sent/autocreate": "yes", "quota_rule2": "x",
+                                         "acl_groups": "a,b"}}})
+    assert sorted(config.userdb.extra) == ["userdb_acl_groups", "userdb_namespace/inbox/mailbox/Sent/autocreate",
+                                           "userdb_quota_rule2"]
+
+
 def test_userdb_extra_non_string_is_an_error():
     error = _error(tomllib.loads("[userdb.extra]\nquota_rule = ['a']\n"))
     assert "[userdb].extra quota_rule" in str(error)

@@ -208,6 +208,12 @@ def test_read_environment_authorized_other_than_1_is_verify():
     assert read_environment(_creds(), {**DOVECOT_ENV, "AUTHORIZED": "2"}).mode is Mode.VERIFY
 
 
+@pytest.mark.parametrize("sent", ["IMAP", "Imap", "imap"])
+def test_read_environment_service_in_lower_case(sent):
+    """One service whatever case it was sent in: policies, the log and audit events compare it."""
+    assert read_environment(_creds(), {**DOVECOT_ENV, "SERVICE": sent}).service == "imap"
+
+
 def test_read_environment_remote_ip_fallback_and_missing():
     env = {"SERVICE": "smtp", "REMOTE_IP": "2001:db8::7", "LOCAL_IP": "::1"}
     req = read_environment(_creds(), env)

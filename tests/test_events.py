@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
+import shutil
+import subprocess
+import sys
 import time
 
-from dovecot_appauth.events import COLUMNS, INSERT_EVENT, SELECT_HISTORY, event_row, notify, sightings
+import pytest
+
+from dovecot_appauth.events import (
+    COLUMNS,
+    INSERT_EVENT,
+    MAX_PAYLOAD,
+    SELECT_HISTORY,
+    encode_payload,
+    event_row,
+    notify,
+    sightings,
+)
 from dovecot_appauth.facts import GeoName, IpFacts, MaxMindFacts, WhoisFacts
 
 
@@ -69,4 +84,82 @@ def test_notify_argv_form_and_missing_program(tmp_path):
         time.sleep(0.05)
     time.sleep(0.1)
     assert json.loads(out.read_text()) == {"n": 1}
-    assert notify(("/nonexistent/notify",), {"n": 2})  # fails in the detached child, never in the login
+    # a program that cannot start is one line, never an exception in the login
+    err = io.StringIO()
+    assert not notify(("/nonexistent/notify",), {"n": 2}, err)
+    assert err.getvalue() == ("dovecot-appauth: alerts: notify_command: cannot start /nonexistent/notify: "
+                              "No such file or directory\n")
+
+
+def _wait_for_line(path, seconds: float = 10) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (path.exists() and path.read_text().endswith("\n")):
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_notify_payload_over_the_limit_is_still_valid_json(tmp_path):
+    """It was cut at 60,000 bytes, mid-string: the command got invalid JSON."""
+    out = tmp_path / "big.json"
+    payload = {"uid": "alice@example.com", "reason": "é" * 50_000, "asn": 64500, "authenticated": True,
+               "alerts": [{"kind": "new-asn", "detail": "x" * 40_000}]}
+    assert notify(f"cat > {out}", payload)
+    text = _wait_for_line(out)
+    assert len(text.encode()) <= MAX_PAYLOAD
+    sent = json.loads(text)
+    assert sent["truncated"] is True
+    assert (sent["uid"], sent["asn"], sent["authenticated"]) == ("alice@example.com", 64500, True)
+    assert sent["reason"].startswith("éé") and sent["alerts"][0]["kind"] == "new-asn"
+
+
+@pytest.mark.parametrize("size", [10, 1000, 100_000])
+def test_encode_payload_is_complete_json_within_the_limit(size):
+    for payload in ({"text": "\u20ac" * size}, {"items": list(range(size))}, {f"k{i}": "v" for i in range(size)},
+                    {"nested": [{"a": ["b" * size] * 3}] * 3}):
+        data = encode_payload(payload)
+        assert len(data) <= MAX_PAYLOAD and data.endswith(b"\n")
+        decoded = json.loads(data)
+        assert isinstance(decoded, dict)
+        if len(json.dumps(payload, ensure_ascii=False).encode()) < MAX_PAYLOAD:
+            assert decoded == payload  # small enough: sent unchanged
+
+
+_SPAWN_SCRIPT = """
+import os, sys, threading
+from dovecot_appauth.events import notify
+started = threading.Event()
+stop = threading.Event()
+def enrichment():  # stands for the login's enrichment threads, alive while it sends an alert
+    started.set()
+    stop.wait(10)
+thread = threading.Thread(target=enrichment, daemon=True)
+thread.start()
+started.wait(10)
+print(os.getpid(), thread.native_id, flush=True)
+ok = notify(("/bin/sh", "-c", "cat > " + sys.argv[1]), {"n": 1})
+stop.set()
+thread.join()
+sys.exit(0 if ok else 1)
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_notify_never_forks_a_threaded_process(tmp_path):
+    """A fork() copies one thread of a threaded process: a lock held by another thread
+    stays held for ever in the child. The command must start by vfork/posix_spawn + exec."""
+    out, trace = tmp_path / "notified.json", tmp_path / "strace.txt"
+    run = subprocess.run(["strace", "-f", "-qq", "-e", "trace=clone,clone3,fork,vfork", "-o", str(trace),
+                          sys.executable, "-c", _SPAWN_SCRIPT, str(out)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(_wait_for_line(out)) == {"n": 1}
+    ours = set(run.stdout.split())  # the interpreter's pid and its thread's
+    creations = []
+    for line in trace.read_text().splitlines():
+        pid, _, call = line.partition(" ")
+        call = call.strip()
+        if pid in ours and call.startswith(("clone", "fork", "vfork")) and "CLONE_THREAD" not in call:
+            creations.append(call)
+    assert creations, trace.read_text()  # the command was started from the interpreter
+    for call in creations:
+        assert call.startswith("vfork(") or "CLONE_VFORK" in call, call

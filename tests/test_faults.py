@@ -202,6 +202,27 @@ def test_sqlite_write_locked(site):
     assert len(lines) == 1 and "not counted for throttling" in lines[0] and "locked" in lines[0], wrong.stderr
 
 
+def test_sqlite_write_locked_waits_one_timeout_in_all(site):
+    """Audit event and log row both blocked: one busy timeout for the login, not one per row
+    (with connect_timeout = 3 it took 6 s and more)."""
+    timeout = 3.0
+    site.write(database={"connect_timeout": timeout}, **audit_sections(site))
+    other = sqlite3.connect(site.db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        run = site.login("a")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert run.status == 0, run.stderr
+    assert run.reply.startswith(f"user={USER}\t".encode())
+    assert [line.split(":")[1].strip() for line in run.lines] == [f"audit event of {USER} not recorded",
+                                                                 f"login of {USER} not recorded"]
+    assert "not waited for again" in run.lines[1]
+    assert run.elapsed >= timeout * 0.8  # it did wait for the lock once
+    assert run.elapsed < timeout + MARGIN, run.elapsed
+
+
 def test_sqlite_locked_for_readers(site):
     other = sqlite3.connect(site.db_path, isolation_level=None)
     try:

@@ -68,14 +68,16 @@ class Site:
     hashes: list[str] = field(default_factory=list)
 
     def write(self, *, dsn: str | None = None, auth: dict | None = None, extra: dict | None = None,
-              timeout: float = 2.0) -> None:
+              timeout: float = 2.0, audit: dict | None = None) -> None:
         lines = ["[database]", f"dsn = {_toml(dsn or f'sqlite:///{self.db}')}", f"connect_timeout = {timeout}",
                  "", "[auth]"]
         lines += [f"{k} = {_toml(v)}" for k, v in (auth or {}).items()]
         lines += ["", "[userdb]"] + [f"{k} = {_toml(v)}" for k, v in USERDB.items()]
         lines += ["", "[userdb.extra]", 'quota_rule = "*:storage=1G"']
         lines += [f"{k} = {_toml(v)}" for k, v in (extra or {}).items()]
-        lines += ["", "[audit]", "enabled = false", ""]
+        lines += ["", "[audit]"] + [f"{k} = {_toml(v)}" for k, v in (audit or {"enabled": False}).items()] + [""]
+        if audit:  # no source that could reach the network
+            lines += ["[audit.dns]", "enabled = false", "", "[audit.rdap]", "enabled = false", ""]
         self.path.write_text("\n".join(lines))
         os.chmod(self.path, 0o644)
 
@@ -286,6 +288,71 @@ def test_log_row_failure_does_not_refuse_a_right_password(site):
     assert outcome.exit_code is ExitCode.OK
     assert "not recorded" in err and "locked" in err
     assert err.count("\n") == 1
+
+
+# audit on (Site.write turns its network sources off): what a refusal records needs none
+AUDIT_EVENTS_ONLY = {"enabled": True, "record_events": True}
+
+
+def _events(site: Site) -> list[tuple]:
+    conn = sqlite3.connect(site.db)
+    try:
+        return conn.execute("SELECT uid, pwid, service, src_ip, result, rule, reason, authenticated "
+                            "FROM audit_events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_expired_password_refusal_is_an_audit_event(site):
+    """Like the service and network refusals: the report's "blocked users and why" lists it."""
+    engine = schema.make_engine(f"sqlite:///{site.db}")
+    try:
+        schema.set_policy(engine, site.ids["alice_1"], expires=NOW - 3600)
+    finally:
+        engine.dispose()
+    site.write(audit=AUDIT_EVENTS_ONLY)
+    outcome, _ = _decide(site, _request("alice@example.com", ALICE_1))
+    assert outcome.exit_code is ExitCode.FAIL
+    assert outcome.message == (f"user alice@example.com: refused expired app password #{site.ids['alice_1']} "
+                               "(expired 2023-11-14 21:13:20 UTC)")
+    assert _events(site) == [("alice@example.com", site.ids["alice_1"], "imap", "198.51.100.7", "refused", "policy",
+                              "expired 2023-11-14 21:13:20 UTC", 0)]
+    assert site.log() == []
+
+
+@pytest.mark.parametrize("audit", [None, AUDIT_EVENTS_ONLY])
+@pytest.mark.parametrize("ip", ["not-an-ip", "198.51.100.7:993", "198.51.100.300", "2001:db8::1%eth0", "a\x01b"])
+def test_client_address_that_is_not_an_address_is_refused_clearly(site, ip, audit):
+    """Not an internal error (audit on) and not a login that every address check skipped (audit off)."""
+    site.write(audit=audit, auth={"disallow_passwords_from": ["0.0.0.0/0", "::/0"]})
+    outcome, _ = _decide(site, _request("alice@example.com", ALICE_1, ip=ip))
+    assert outcome.exit_code is ExitCode.FAIL
+    assert outcome.message == (f"user alice@example.com: refused: client address {ip!r} (TCPREMOTEIP) "
+                               "is not an IP address")
+    assert site.log() == []
+
+
+@pytest.mark.parametrize("ip", ["0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3", "1.2.3.4.5", "256.1.1.1", "::1",
+                                "::ffff:192.0.2.1", "2001:db8::1", "2001:db8::g", " 192.0.2.1", "\u0661.2.3.4"])
+def test_address_check_agrees_with_inet_pton(ip):
+    import socket
+
+    from dovecot_appauth.login import _is_ip_address
+
+    def parses(family: int) -> bool:
+        try:
+            socket.inet_pton(family, ip)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    assert _is_ip_address(ip) == (parses(socket.AF_INET) or parses(socket.AF_INET6))
+
+
+def test_service_is_stored_in_lower_case(site):
+    assert _decide(site, _request("alice@example.com", ALICE_1, service="IMAP"))[0].exit_code is ExitCode.OK
+    assert _decide(site, _request("alice@example.com", ALICE_1, service="imap"))[0].exit_code is ExitCode.OK
+    assert [r[1] for r in site.log()] == ["imap"]  # one service: the second login is the same use
 
 
 # --- decide(): lookups and internal failures -------------------------------------------------
@@ -590,3 +657,13 @@ def test_program_doveadm_style_lookup_without_scheme(site):
                       env={"AUTHORIZED": "1", "CREDENTIALS_LOOKUP": "1", "SCHEME": ""})
     assert run.status == 2, run.stderr
     assert run.fields == [("user", "alice@example.com"), *EXPECTED_FIELDS]
+
+
+def test_program_client_address_not_an_address_is_one_clear_line(site):
+    """It was `internal error (ValueError)` with the audit on: now a refusal that says why."""
+    site.write(audit=AUDIT_EVENTS_ONLY)
+    run = run_program(site, _req("alice@example.com", ALICE_1), env={"TCPREMOTEIP": "unknown", "REMOTE_IP": ""})
+    assert run.status == 1
+    assert run.lines == ["dovecot-appauth: user alice@example.com: refused: client address 'unknown' (TCPREMOTEIP) "
+                         "is not an IP address"]
+    assert run.reply == b""

@@ -272,3 +272,62 @@ def test_rdns_lookup_config_port_is_used(dns_server):
     wrong = DnsConfig(enabled=True, resolvers=("127.0.0.1",), port=dns_server.port + 1 or 1, timeout=0.2)
     with pytest.raises((TimeoutError, rdns.RdnsError)):
         rdns.lookup("192.0.2.10", wrong, 0.2)
+
+
+class _Comparisons(Exception):
+    pass
+
+
+class _CountedHandle(str):
+    """A handle that counts how often it is compared for equality (a set compares only on
+    a hash match; a list's `in` compares with every handle kept so far)."""
+
+    budget = 0
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        _CountedHandle.budget -= 1
+        if _CountedHandle.budget < 0:
+            raise _Comparisons("more equality tests than entities: the walk is not linear")
+        return str.__eq__(self, other)
+
+
+def _many_entities(tops: int, per_top: int) -> list[dict]:
+    """`tops` registrants, each with `per_top` contacts, one of them shared by all (a duplicate)."""
+    return [{"handle": f"ORG-{i}", "entities": [{"handle": f"C-{i}-{j}"} for j in range(per_top - 1)]
+             + [{"handle": "ABUSE-SHARED"}]} for i in range(tops)]
+
+
+def _counted(entities: list[dict]) -> list[dict]:
+    return [{"handle": _CountedHandle(e["handle"]), "entities": _counted(e.get("entities", []))} for e in entities]
+
+
+def test_rdap_entity_walk_of_20000_entities_is_linear(fresh_rdap_server):
+    """20,200 entities (under MAX_BYTES) through the local RDAP server: every handle once, in
+    walk order; and the walk compares handles at most once per entity (it compared each new
+    handle with all earlier ones: 1.4-2.9 s of CPU for such an answer)."""
+    entities = _many_entities(200, 100)
+    fresh_rdap_server.networks["2001:db8:e::/48"] = {
+        "objectClassName": "ip network", "handle": "2001:db8:e::/48", "name": "MANY-ENTITIES", "country": "NL",
+        "entities": entities}
+    facts = rdap.lookup("2001:db8:e::1", fresh_rdap_server.rdap_config(timeout=10.0), 10.0)
+    expected = []
+    for i in range(200):
+        expected += [f"ORG-{i}"] + [f"C-{i}-{j}" for j in range(99)] + (["ABUSE-SHARED"] if i == 0 else [])
+    assert facts.net_name == "MANY-ENTITIES"
+    assert facts.entities == tuple(expected)
+
+    counted = _counted(entities)
+    _CountedHandle.budget = 20_200  # one per entity
+    walked = rdap.entity_handles(counted)
+    assert _CountedHandle.budget == 20_200 - 199  # only the 199 repeats of ABUSE-SHARED were compared
+    _CountedHandle.budget = 10**9  # the comparison below counts too
+    assert [str(h) for h in walked] == expected
+
+
+def test_rdap_entity_walk_keeps_depth_first_order_and_skips_junk():
+    entities = [{"handle": "A", "entities": [{"handle": "B", "entities": [{"handle": "C"}]}, "junk", 5,
+                                            {"handle": "A"}, {"handle": 7}]},
+                None, {"entities": [{"handle": "D"}]}, {"handle": "B"}]
+    assert rdap.entity_handles(entities) == ["A", "B", "C", "D"]
+    assert rdap.entity_handles(None) == []

@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from dovecot_appauth import schema
 from dovecot_appauth.core import TempFail
+from dovecot_appauth.events import event_row
 from dovecot_appauth.store import LoginRecord, PasswordRow, open_store, utc_timestamp
 from tests.fixtures_common import shared_tempdir_base
 
@@ -357,9 +358,61 @@ def test_sqlite_locked(sqlite_backend):
     _assert_clean(message)
 
 
+def test_sqlite_write_locked_costs_one_timeout_per_login(sqlite_backend):
+    """The audit event waits the whole busy timeout; the log row that follows does not wait again."""
+    backend = sqlite_backend
+    alice = _seed(backend)
+    timeout = 1.5
+    other = sqlite3.connect(backend.path, isolation_level=None, timeout=0.1)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("INSERT INTO log (pwid, service, src_ip) VALUES (?, 'imap', '192.0.2.99')", (alice["a"],))
+        store = backend.store(timeout=timeout)
+        try:
+            with pytest.raises(TempFail, match="locked"):
+                store.record_event(event_row(timestamp=utc_timestamp(NOW), user="alice@example.com", pwid=alice["a"],
+                                             service="imap", ip="192.0.2.1", facts=None, result="unknown"))
+            started = time.monotonic()
+            with pytest.raises(TempFail, match=r"locked.*not waited for again") as info:
+                store.record_login(LoginRecord(alice["a"], "imap", "192.0.2.1"), now=NOW, dedup_window=60)
+            # SQLite's busy handler waits at least the whole timeout: this did not wait at all
+            assert time.monotonic() - started < timeout
+            store.finish()  # the next request (serve's pool) waits again: the lock may be gone
+            other.execute("ROLLBACK")
+            assert store.record_login(LoginRecord(alice["a"], "imap", "192.0.2.1"), now=NOW, dedup_window=60)
+        finally:
+            store.close()
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+    _assert_clean(str(info.value))
+
+
+@pytest.mark.parametrize("name", ["a%41.sqlite", "100%.sqlite", "x%2541?#.sqlite"])
+def test_sqlite_file_name_with_percent(tmp_path, name):
+    """The dsn is a URL (%25 is a percent sign); the store opens the very file SQLAlchemy opens."""
+    from urllib.parse import quote
+
+    path = tmp_path / name
+    dsn = f"sqlite:///{quote(str(path))}"
+    engine = schema.make_engine(dsn)
+    schema.init_db(engine)
+    schema.create_password(engine, "alice@example.com", HASH_A)
+    engine.dispose()
+    assert path.exists()
+    store = open_store(dsn, 0.5)
+    try:
+        assert [r.uid for r in store.find_passwords("alice@example.com")] == ["alice@example.com"]
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".sqlite")) == [name]
+
+
 _READONLY_SCRIPT = """
 import sys
 from dovecot_appauth.core import TempFail
+from dovecot_appauth.events import event_row
 from dovecot_appauth.store import LoginRecord, open_store
 try:
     store = open_store(sys.argv[1], 0.3)

@@ -96,7 +96,19 @@ def check_database_schema(config: Config) -> list[Problem]:
         return [Problem(where, str(e))]
     if dsn.dialect == "sqlite" and dsn.path and not os.path.exists(dsn.path):
         # connecting would create an empty file: report instead
-        return [Problem(f"{where} ({dsn.redacted()})", "database file does not exist: run 'dovecot-appauth init-db'")]
+        hint = "run 'dovecot-appauth init-db'"
+        if "%" in config.database.dsn:
+            hint += " (the dsn is a URL: %XX is an escape, write a % in the file name as %25)"
+        return [Problem(f"{where} ({dsn.redacted()})", f"database file does not exist: {hint}")]
+    if dsn.dialect == "sqlite":
+        # open it exactly as a login does (store.py's own URI), not only through SQLAlchemy
+        from .core import TempFail
+        from .store import open_store
+
+        try:
+            open_store(config.database.dsn, config.database.connect_timeout).close()
+        except TempFail as e:
+            return [Problem(f"{where} ({dsn.redacted()})", f"a login cannot open it: {e}")]
     try:
         from .schema import check_schema, make_engine
 

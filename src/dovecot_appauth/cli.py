@@ -102,17 +102,23 @@ def _chown_sqlite(path: str, owner: str) -> None:
 def cmd_password_create(args: argparse.Namespace) -> int:
     config = _load_config(args)
     from .hashing import generate_password, hash_password
-    from .schema import create_password
+    from .schema import canonical_user, create_password
 
+    try:
+        user = canonical_user(args.user)
+    except ValueError as e:
+        raise CliError(f"{e}: no password created") from None
+    if user != args.user:
+        print(f"dovecot-appauth: user name {args.user!r} stored in lower case as {user!r}", file=sys.stderr)
     policy = _policy_from_args(args)
     password = generate_password(config.auth.password_length, config.auth.password_chunk)
     hashed = hash_password(password, config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
-    password_id = create_password(_engine(config), args.user, hashed, args.comment, policy=policy)
+    password_id = create_password(_engine(config), user, hashed, args.comment, policy=policy)
     if args.json:
-        _print_json({"id": password_id, "uid": args.user, "comment": args.comment, "password": password,
+        _print_json({"id": password_id, "uid": user, "comment": args.comment, "password": password,
                      **policy.to_json()})
     else:
-        print(f"app password #{password_id} for {args.user}: {password}")
+        print(f"app password #{password_id} for {user}: {password}")
         if not policy.empty:
             print(f"policy: {policy.describe()}")
         print("It is shown only this once; the dashes are part of it.")
@@ -184,7 +190,7 @@ def cmd_password_list(args: argparse.Namespace) -> int:
     now = time.time()
     items = list_passwords(_engine(config), args.user, include_revoked=not args.active)
     if args.json:
-        _print_json([item.to_json() for item in items])
+        _print_json([item.to_json(now) for item in items])
         return 0
     if not items:
         print("no app passwords" + (f" for {args.user}" if args.user else ""))
@@ -417,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw_sub.required = True
     p = command("create", cmd_password_create, "create an app password and print it once",
                 'dovecot-appauth password create alice@example.com --comment "Phone"', pw_sub)
-    p.add_argument("user", help="the user name as Dovecot sees it")
+    p.add_argument("user", help="the user name as Dovecot sees it (stored with A-Z in lower case)")
     p.add_argument("--comment", help="what the password is for (shown in the webmail plugin)")
     _policy_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -492,8 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _policy_options(p: argparse.ArgumentParser, changing: bool = False) -> None:
+    from .policy import KNOWN_SERVICES
+
     p.add_argument("--services", metavar="LIST", action="append",
-                   help="only these services (imap,pop3,smtp,submission,sieve; repeatable; default: all)")
+                   help=f"only these services ({','.join(KNOWN_SERVICES)}; repeatable; default: all)")
     p.add_argument("--expires", metavar="WHEN",
                    help="90d, 12h, a UTC date (valid through that day) or time, or never")
     p.add_argument("--from", dest="networks", metavar="CIDR", action="append",

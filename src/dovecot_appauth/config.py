@@ -446,6 +446,11 @@ class _Reader:
                 self.problems.append(Problem(f"{self.where} {key}", "unknown key (ignored)", "warning"))
 
 
+def _field_name_ok(name: str) -> bool:
+    """A Dovecot extra-field name that survives both ways of answering (reply.py)."""
+    return bool(name) and not any(ch.isspace() or ch == "=" or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+
+
 def _check_networks(
     problems: list[Problem], name: str, auth: AuthConfig, audit: AuditConfig, throttle: ThrottleSettings
 ) -> None:
@@ -514,7 +519,13 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     uid, gid = r._get("uid", (str, int), "a string or number"), r._get("gid", (str, int), "a string or number")
     extra = r.string_table("extra")
     for key in list(extra):
-        if not key.startswith("userdb_"):
+        if not _field_name_ok(key):
+            # the reply helper gets the names space-separated in EXTRA and as environment
+            # variables: a space loses the field, a `=` makes every login fail
+            extra.pop(key)
+            r.problems.append(Problem(f"{r.where}.extra {key!r}", "a field name must not be empty or contain "
+                                      "white space, '=' or a control character"))
+        elif not key.startswith("userdb_"):
             extra[f"userdb_{key}"] = extra.pop(key)
     userdb = UserdbConfig(
         uid=None if uid is None else str(uid),

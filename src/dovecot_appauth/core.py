@@ -200,7 +200,8 @@ def read_environment(credentials: Credentials, env: Mapping[str, str]) -> LoginR
         username=credentials.username,
         password=credentials.password if mode is Mode.VERIFY else None,
         mode=mode,
-        service=env.get("SERVICE", "") or "",
+        # lower case, as serve does: `IMAP` and `imap` are one service in policies, log and events
+        service=(env.get("SERVICE") or "").lower(),
         remote_ip=env.get("TCPREMOTEIP") or env.get("REMOTE_IP") or None,
         local_ip=env.get("TCPLOCALIP") or env.get("LOCAL_IP") or None,
         remote_port=_port(env.get("TCPREMOTEPORT")),

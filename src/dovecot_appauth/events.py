@@ -3,12 +3,12 @@
 What belongs here: turning an audit result into the row (`event_row`, pure), the SQL that
 `store.py` runs for it (one INSERT, one SELECT of the user's recent successful logins), the
 conversion of those rows into `alerts.Sighting`s, and `notify()`, which starts the admin's
-notify command fully detached (double fork) so it never delays the login or holds
-Dovecot's pipes. What does not: deciding (alerts.py, rules.py) or talking to the driver
-(store.py).
+notify command detached (own session, none of our descriptors) so it never delays the
+login or holds Dovecot's pipes. What does not: deciding (alerts.py, rules.py) or talking
+to the driver (store.py).
 
 On the login path: no json, no subprocess, no datetime at import; `notify` imports json
-only when an alert is to be sent.
+and subprocess only when an alert is to be sent.
 """
 
 from __future__ import annotations
@@ -124,54 +124,82 @@ def sightings(rows: list[tuple[Any, ...]]) -> list[Sighting]:
 # --- notify ------------------------------------------------------------------------------
 
 
-def notify(command: str | tuple[str, ...], payload: dict[str, Any], stderr: TextIO | None = None) -> bool:
-    """Start `command` with `payload` as JSON on stdin, detached; returns at once.
+# The JSON is written into the pipe before the command starts: below the pipe's 64 KiB,
+# so that never blocks. A bigger payload has its texts shortened before encoding.
+MAX_PAYLOAD = 60000
 
-    Double fork: the grandchild belongs to init, has its own session, /dev/null for
-    stdout/stderr and no other descriptor of ours (Dovecot waits for the login's pipes to
-    close), so neither the login nor Dovecot waits for it. The JSON is written into a pipe
-    before the fork; it is a few KiB, far below the pipe's capacity, so that never blocks.
-    A string command runs through /bin/sh -c; a list runs as is.
+
+def encode_payload(payload: dict[str, Any], limit: int = MAX_PAYLOAD) -> bytes:
+    """The payload as one line of JSON of at most `limit` bytes, always complete JSON.
+
+    Too big: every text is cut to fewer and fewer characters, and lists to fewer items,
+    *before* encoding (cutting the encoded bytes gave the command invalid JSON), and
+    `"truncated": true` says so.
     """
     import json
 
+    def dump(value: Any) -> bytes:
+        return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "replace") + b"\n"
+
+    data = dump(payload)
+    chars = 4096
+    while len(data) > limit and chars >= 16:
+        data = dump({**_shortened(payload, chars, max(1, chars // 16)), "truncated": True})
+        chars //= 4
+    if len(data) > limit:  # thousands of keys: nothing useful is left to send
+        data = dump({"truncated": True})
+    return data
+
+
+def _shortened(value: Any, chars: int, items: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= chars else value[:chars] + "..."
+    if isinstance(value, dict):
+        return {str(k)[:chars]: _shortened(v, chars, items) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shortened(v, chars, items) for v in list(value)[:items]]
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return _shortened(str(value), chars, items)
+
+
+_running: list[Any] = []  # notify commands started by this process (subprocess.Popen)
+
+
+def notify(command: str | tuple[str, ...], payload: dict[str, Any], stderr: TextIO | None = None) -> bool:
+    """Start `command` with `payload` as JSON on stdin, detached; returns at once.
+
+    The command gets its own session, /dev/null for stdout/stderr and no other descriptor
+    of ours (Dovecot waits for the login's pipes to close), so neither the login nor
+    Dovecot waits for it. It is started by `subprocess` (vfork + exec in C), never by
+    os.fork(): the login has enrichment threads by then, and a forked copy of a threaded
+    Python may deadlock on a lock another thread held. A string command runs through
+    /bin/sh -c; a list runs as is. False (with one line on `stderr`) when it cannot start.
+    """
+    import subprocess
+
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-    data = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8", "replace") + b"\n"
+    data = encode_payload(payload)
     try:
         read_end, write_end = os.pipe()
     except OSError as e:
         _warn(stderr, f"notify_command: {e.strerror}")
         return False
     try:
-        if len(data) > 60000:
-            data = data[:60000]
         os.write(write_end, data)
     finally:
         os.close(write_end)
+    # Not waited for: the per-login process exits at once (init reaps the command); a
+    # long-running `serve` reaps the finished ones here, at the next alert.
+    _running[:] = [child for child in _running if child.poll() is None]
     try:
-        pid = os.fork()
-    except OSError as e:
-        os.close(read_end)
-        _warn(stderr, f"notify_command: cannot fork: {e.strerror}")
+        _running.append(subprocess.Popen(argv, stdin=read_end, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True))
+    except (OSError, ValueError) as e:
+        _warn(stderr, f"notify_command: cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}")
         return False
-    if pid == 0:  # pragma: no cover - child processes (the test checks the command's output)
-        try:
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(read_end, 0)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            os.closerange(3, 65536)
-            os.execvp(argv[0], argv)  # noqa: S606 - the admin's configured command
-        finally:
-            os._exit(127)
-    os.close(read_end)
-    try:
-        os.waitpid(pid, 0)  # the middle child exits at once
-    except ChildProcessError:
-        pass
+    finally:
+        os.close(read_end)
     return True
 
 

@@ -155,6 +155,11 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
             f"credentials lookup for {request.username} refused: app-password hashes never leave "
             "dovecot-appauth; allow only plaintext mechanisms (auth_mechanisms = plain login)"
         )
+    if request.remote_ip is not None and request.mode is Mode.VERIFY and not _is_ip_address(request.remote_ip):
+        # Every check that compares addresses (disallow_passwords_from, policies, throttle,
+        # lists) would silently skip a client it cannot parse: refuse it, saying why.
+        return _fail(f"user {request.username}: refused: client address {request.remote_ip[:64]!r} "
+                     "(TCPREMOTEIP) is not an IP address")
     if audit_chain:
         return _decide_audit_chain(request, config, now=now, stderr=stderr)
 
@@ -220,10 +225,10 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
         if revoked is not None and revoked.deleted is None:
             from .policy import utc_text
 
-            return _fail(
-                f"user {request.username}: refused expired app password #{revoked.id} "
-                f"(expired {utc_text(revoked.policy.expires)} UTC)"  # type: ignore[union-attr]
-            )
+            reason = f"expired {utc_text(revoked.policy.expires)} UTC"  # type: ignore[union-attr]
+            # an audit event like the service and network refusals, for the report's blocked users
+            _record_refusal(store, config, request, revoked, reason, now, stderr)
+            return _fail(f"user {request.username}: refused expired app password #{revoked.id} ({reason})")
         if revoked is not None:
             return _fail(
                 f"user {request.username}: refused revoked app password #{revoked.id} "
@@ -304,6 +309,23 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
         if result.deny:
             return _fail(result.denial(request.username, request.remote_ip))
     return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
+
+
+def _is_ip_address(text: str) -> bool:
+    """An IPv4 or IPv6 address as Dovecot writes TCPREMOTEIP (no scope, no port)."""
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        # the common case without an import; leading zeros are refused, as inet_pton does
+        return all(int(p) <= 255 and (p == "0" or not p.startswith("0")) for p in parts)
+    import _socket  # the C module: `socket` would import enum and more on every login
+
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        try:
+            _socket.inet_pton(family, text)
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _check_source(store: Store, config: Config, request: LoginRequest, now: float) -> Outcome | None:

@@ -329,6 +329,26 @@ def _policy_values(policy: Policy) -> dict[str, Any]:
             "networks": format_networks(policy.networks)}
 
 
+def canonical_user(name: str) -> str:
+    """The user name `password create` stores: ASCII letters in lower case; raises ValueError
+    for a name no login can arrive with.
+
+    The stored name is what a login answers Dovecot with (`user=`), so it renames the
+    session: `Alice@Example.org` would get a second mailbox next to `alice@example.org`.
+    Dovecot lower-cases ASCII only (`auth_username_format = %Lu`), and the lookup compares
+    ASCII case-insensitively (SQLite NOCASE, MariaDB's _ci collation), so that is the
+    form kept. A control character (TAB, LF, DEL, ...) would break the reply to Dovecot.
+    """
+    if not name:
+        raise ValueError("the user name is empty")
+    bad = next((ch for ch in name if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F), None)
+    if bad is not None:
+        raise ValueError(f"the user name {name!r} contains the control character {bad!r}")
+    if name != name.strip():
+        raise ValueError(f"the user name {name!r} begins or ends with white space")
+    return "".join(chr(ord(ch) + 32) if "A" <= ch <= "Z" else ch for ch in name)
+
+
 def create_password(engine: Engine, uid: str, hashed: str, comment: str | None = None,
                     policy: Policy | None = None) -> int:
     """Insert a password (and its policy, in the same transaction); returns its id."""
@@ -409,10 +429,22 @@ class PasswordInfo:
     last_isp: str | None
     policy: Policy | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def state(self, now: float) -> str:
+        """`active`, `revoked` or `expired` (a revoked password that also expired is revoked)."""
+        from .policy import is_expired
+
+        if self.deleted:
+            return "revoked"
+        return "expired" if is_expired(self.policy, now) else "active"
+
+    def to_json(self, now: float | None = None) -> dict[str, Any]:
+        """The fields, the policy's and `state` at `now` (default: the current time)."""
+        import time
+
         data = {k: v for k, v in self.__dict__.items() if k != "policy"}
         empty = {"services": None, "expires": None, "networks": None}
         data.update(self.policy.to_json() if self.policy is not None else empty)
+        data["state"] = self.state(time.time() if now is None else now)
         return data
 
 

@@ -137,6 +137,22 @@ def _insert_params(record: LoginRecord, now: float, dedup_window: float) -> tupl
     )
 
 
+def sqlite_uri(path: str, mode: str) -> str:
+    """The `file:` URI that opens exactly the file `path`.
+
+    SQLite decodes %XX escapes in a URI, so a `%` in the file name must be sent as `%25`
+    (or `a%41.db` would open `aA.db`); `?` and `#` would end the path.
+    """
+    quoted = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file:{quoted}?mode={mode}"
+
+
+def _is_lock_timeout(error: Exception) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection held the lock for the whole timeout."""
+    text = str(error)
+    return "locked" in text or "busy" in text
+
+
 def _describe_sqlite_error(error: Exception, path: str) -> str:
     text = str(error)
     if "no such table" in text:
@@ -145,7 +161,7 @@ def _describe_sqlite_error(error: Exception, path: str) -> str:
         return f"database schema missing in {path} ({text}): run 'dovecot-appauth init-db'"
     if "unable to open" in text:
         return f"cannot open SQLite database {path} (missing, or its directory not accessible to this user)"
-    if "locked" in text or "busy" in text:
+    if _is_lock_timeout(error):
         return f"SQLite database {path} is locked ({text})"
     if "readonly" in text:
         return f"SQLite database {path} is read-only for this user ({text})"
@@ -161,10 +177,13 @@ class SqliteStore:
         self._errors = sqlite3.Error
         self.path = path
         self.upgrade_note: str | None = None  # set when the side tables are missing
+        # Set when a write waited the whole timeout for the lock: the request's other writes
+        # fail at once, so a locked database costs one timeout in all, not one per row.
+        self._locked: str | None = None
         try:
             # mode=rw: never create an empty database where the real one is missing
             self.conn = sqlite3.connect(
-                "file:" + path.replace("?", "%3f").replace("#", "%23") + "?mode=rw",
+                sqlite_uri(path, "rw"),
                 uri=True,
                 timeout=timeout,
                 isolation_level=None,
@@ -192,9 +211,20 @@ class SqliteStore:
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
         return [_password_row(r) for r in rows]
 
+    def _write_error(self, error: Exception) -> TempFail:
+        message = _describe_sqlite_error(error, self.path)
+        if _is_lock_timeout(error):
+            self._locked = message
+        return TempFail(message)
+
+    def _check_not_locked(self) -> None:
+        if self._locked is not None:
+            raise TempFail(f"{self._locked}; not waited for again in this login")
+
     def record_event(self, row: EventRow) -> None:
         from .events import INSERT_EVENT
 
+        self._check_not_locked()
         try:
             # one transaction with the `log` row that follows (record_login or close commits):
             # one commit, so one sync of the WAL, per login
@@ -202,7 +232,7 @@ class SqliteStore:
                 self.conn.execute("BEGIN")
             self.conn.execute(INSERT_EVENT.format(p="?"), row.params())
         except self._errors as e:
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._write_error(e) from None
 
     def recent_events(self, username: str, since: float) -> list[tuple[Any, ...]]:
         from .events import SELECT_HISTORY
@@ -226,25 +256,28 @@ class SqliteStore:
         return (int(row[0]), int(row[1]), int(row[2]))
 
     def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None:
+        self._check_not_locked()
         try:
             self.conn.execute(_INSERT_FAILURE.format(p="?"), (utc_timestamp(now), username, ip, service))
         except self._errors as e:
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._write_error(e) from None
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="?", dual="", same="IS")  # IS: NULL-safe, a login without IP
+        self._check_not_locked()
         try:
             cursor = self.conn.execute(sql, _insert_params(record, now, dedup_window))
             inserted = cursor.rowcount == 1
             if self.conn.in_transaction:
                 self.conn.execute("COMMIT")
         except self._errors as e:
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._write_error(e) from None
         return inserted
 
     def finish(self) -> None:
         """End the request: commit what is pending, forget what it learnt of the schema."""
         self.upgrade_note = None
+        self._locked = None
         if self.conn.in_transaction:  # an audit event without a log row (a denied login)
             try:
                 self.conn.execute("COMMIT")

@@ -181,15 +181,33 @@ def _query(bases: list[str], path: str, budget: _Budget) -> dict[str, Any] | Non
     return None
 
 
-def _handles(entities: Any, out: list[str]) -> list[str]:
-    for ent in entities or ():
+def entity_handles(entities: Any) -> list[str]:
+    """The `handle` of every entity, nested ones included: depth first, each handle once.
+
+    Linear in the number of entities: a set for the handles seen (a list's `in` made a
+    20,000-entity answer cost seconds of CPU) and a stack of iterators, not recursion.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    stack = [iter(entities or ())]
+    while stack:
+        ent = next(stack[-1], _END)
+        if ent is _END:
+            stack.pop()
+            continue
         if not isinstance(ent, dict):
             continue
         handle = ent.get("handle")
-        if isinstance(handle, str) and handle not in out:
+        if isinstance(handle, str) and handle not in seen:
+            seen.add(handle)
             out.append(handle)
-        _handles(ent.get("entities"), out)
+        nested = ent.get("entities")
+        if nested:
+            stack.append(iter(nested))
     return out
+
+
+_END = object()
 
 
 def _description(obj: dict[str, Any]) -> str | None:
@@ -276,5 +294,5 @@ def _lookup(
         as_desc=as_desc,
         net_name=name if isinstance(name, str) else None,
         net_cc=cc if isinstance(cc, str) else None,
-        entities=tuple(_handles(net.get("entities"), [])),
+        entities=tuple(entity_handles(net.get("entities"))),
     )
