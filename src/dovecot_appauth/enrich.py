@@ -2,9 +2,10 @@
 
 What belongs here: deciding which sources to ask, reading and writing their cache
 entries (TTLs: rDNS `cache.rdns_ttl`, RDAP `cache.rdap_ttl`, MaxMind until a .mmdb file
-changes, failures and timeouts `cache.negative_ttl`), running the misses in daemon
-threads, and turning every outcome into a `SourceReport`. What does not: talking to a
-source (sources/*), storage details (cache.py), judging the facts (rules.py).
+changes, failures and timeouts `cache.negative_ttl`, each counted from when the entry
+is written), running the misses in daemon threads, and turning every outcome into a
+`SourceReport`. What does not: talking to a source (sources/*), storage details
+(cache.py), judging the facts (rules.py).
 
 Theory of operation. A warm login (every configured source cached) costs one SELECT and
 imports nothing beyond the stdlib modules below: the source modules, dnspython,
@@ -95,13 +96,17 @@ def enrich(
     deadline: float | None = None,
     use_cache: bool = True,
     stderr: TextIO | None = None,
+    local: bool = False,
 ) -> IpFacts:
     """Everything the configured sources know about `ip`, within `deadline` seconds.
 
     `now` is the wall-clock time used for cache expiry; `deadline` defaults to
     `[audit] deadline`. Each source's outcome is in `IpFacts.sources` (cached, fetched,
-    timeout, failed, unavailable, with milliseconds). Never raises for a source or cache
-    problem; raises ValueError when `ip` is not an IP address.
+    timeout, failed, unavailable, skipped, with milliseconds). `local`: the source is
+    local (`rules.classify_source`: not globally reachable, or in
+    `[audit.local_networks]`) and is never sent to a remote registry: RDAP (and the
+    origin-AS service) report SKIPPED. Never raises for a source or cache problem;
+    raises ValueError when `ip` is not an IP address.
     """
     started = time.monotonic()
     audit = config.audit
@@ -124,7 +129,11 @@ def enrich(
         reports["maxmind"] = SourceReport(SourceStatus.UNAVAILABLE, 0.0, "no database in [audit.maxmind]")
     rdap = audit.rdap
     boot_keys: dict[str, str] = {}  # bootstrap kind -> cache key (URL-specific)
-    if rdap.enabled:
+    # upstream never looked local sources up: asking a registry about 10.9.8.7 leaks it,
+    # and a local login (webmail on 127.0.0.1) would wait for a registry that is down
+    if rdap.enabled and local:
+        reports["rdap"] = SourceReport(SourceStatus.SKIPPED, 0.0, "local source: never sent to RDAP")
+    elif rdap.enabled:
         wanted.append("rdap")
         if not rdap.servers:
             kinds = ("ipv4" if ":" not in ip else "ipv6", "asn")
@@ -186,8 +195,12 @@ def enrich(
                 # MaxMind is local and cheap to retry, so its failures are not kept
                 rows.append((name, ip, {"status": status.value, "detail": detail}, neg_ttl, False))
         if cache is not None and rows:
+            # TTLs count from now, when the entry is written, not from the start of the
+            # login: a negative entry written after a deadline of 1.5 s with a negative_ttl
+            # of 1 s would otherwise be expired before anyone could read it
+            written = now + (time.monotonic() - started)
             try:
-                cache.put_many(rows, now)
+                cache.put_many(rows, written)
             except CacheUnavailable as e:
                 _say(stderr, f"enrichment cache not updated: {e}")
     if cache is not None:

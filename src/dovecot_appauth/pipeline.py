@@ -93,7 +93,8 @@ def assess(
     if ip and wanted:
         from .enrich import enrich
 
-        facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache)
+        facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache,
+                       local=source.kind is SourceKind.LOCAL)
     lists = load_lists(config)
     verdict = evaluate(user, service, ip or "", facts, lists, audit, source)
     line = format_line(user, service, ip or "", facts, verdict)
