@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from dovecot_appauth.audit import format_line
 from dovecot_appauth.cache import IpCache, Negative
-from dovecot_appauth.config import AuditConfig, CacheConfig, Config, MaxMindConfig
+from dovecot_appauth.config import AuditConfig, CacheConfig, Config, MaxMindConfig, OriginAsConfig, RdapConfig
 from dovecot_appauth.enrich import enrich
-from dovecot_appauth.facts import IpFacts, SourceStatus
+from dovecot_appauth.facts import IpFacts, OriginFacts, SourceStatus
 from dovecot_appauth.pipeline import assess
+from dovecot_appauth.sources.origin_as import origin_name
 from tests.localservers import ASN_MMDB, CITY_MMDB
 
 NOW = 1_700_000_000.0
@@ -85,3 +87,141 @@ def test_global_source_is_still_sent_to_rdap(tmp_path, dns_server, rdap_server):
     result = assess(user="alice", service="imap", ip="198.51.100.7", config=cfg, now=NOW)
     assert rdap_server.requests[before:] != []
     assert result.facts is not None and result.facts.sources["rdap"].status is S.FETCHED
+
+
+# -- item 1: the origin AS over DNS (Team Cymru's zones, on the local DNS server) ---------
+
+
+def origin_config(tmp_path, dns_server, *, asn: str | None = None, order: str = "maxmind-first",
+                  rdap: RdapConfig | None = None, timeout: float = 1.0, deadline: float = 1.0,
+                  **audit: object) -> Config:
+    """The origin-AS source on the local DNS server; MaxMind's ASN database only when given."""
+    settings: dict[str, object] = {
+        "deadline": deadline,
+        "maxmind": MaxMindConfig(city=CITY_MMDB, asn=asn),
+        "dns": dns_server.dns_config(),
+        "rdap": rdap or RdapConfig(enabled=False),
+        "origin_as": OriginAsConfig(enabled=True, order=order, timeout=timeout),
+        "cache": CacheConfig(path=str(tmp_path / "cache")),
+        "syslog_socket": "",
+        "journal": "no",
+    }
+    settings.update(audit)
+    return Config(path=None, audit=AuditConfig(**settings))  # type: ignore[arg-type]
+
+
+def test_origin_name_reverses_octets_and_nibbles():
+    assert origin_name("203.0.113.66") == "66.113.0.203.origin.asn.cymru.com."
+    name = origin_name("2001:db8:8000::5")
+    assert name.startswith("5.0.0.0.") and name.endswith(".8.b.d.0.1.0.0.2.origin6.asn.cymru.com.")
+    assert len(name.split(".")) == 32 + 5
+
+
+def test_origin_as_when_maxmind_has_no_asn(tmp_path, dns_server):
+    f = enrich("203.0.113.66", origin_config(tmp_path, dns_server), now=NOW)
+    assert statuses(f) == {"rdns": S.FETCHED, "maxmind": S.FETCHED, "rdap": S.UNAVAILABLE,
+                           "origin_as": S.FETCHED}
+    # two announced prefixes contain the address: the most specific one's AS, as ipwhois
+    assert f.origin == OriginFacts(asn=64500, prefix="203.0.113.0/24", cc="RU", registry="ripencc",
+                                   as_name="EXAMPLE-HOSTING-AS - Example Hosting, RU")
+    assert f.asns == (64500,) and f.as_cc == "RU" and f.as_desc == "EXAMPLE-HOSTING-AS - Example Hosting, RU"
+    assert "4.3.2.1" not in " ".join(dns_server.queries)
+    assert "66.113.0.203.origin.asn.cymru.com." in dns_server.queries
+    assert "as64500.asn.cymru.com." in dns_server.queries
+
+
+def test_origin_as_over_ipv6_and_first_of_several_origins(tmp_path, dns_server):
+    f = enrich("2001:db8:8000::5", origin_config(tmp_path, dns_server), now=NOW)
+    assert f.origin is not None and (f.origin.asn, f.origin.cc) == (64503, "JP")
+    f = enrich("192.0.2.200", origin_config(tmp_path, dns_server), now=NOW)  # "64497 64511 | ..."
+    assert f.origin is not None and f.origin.asn == 64497
+    assert f.origin.as_name == "EXAMPLE-DEFENCE - Example Defence Network, US"
+
+
+def test_origin_as_not_asked_when_maxmind_knows_the_as(tmp_path, dns_server):
+    before = len(dns_server.queries)
+    f = enrich("203.0.113.66", origin_config(tmp_path, dns_server, asn=ASN_MMDB), now=NOW)
+    assert f.sources["origin_as"].status is S.SKIPPED and f.origin is None
+    assert f.asns == (64500,) and f.maxmind is not None and f.maxmind.asn == 64500
+    assert not [q for q in dns_server.queries[before:] if "cymru" in q]
+    # warm: MaxMind's cached answer still decides, and no thread or query is needed
+    f = enrich("203.0.113.66", origin_config(tmp_path, dns_server, asn=ASN_MMDB), now=NOW + 1)
+    assert f.sources["origin_as"].status is S.SKIPPED
+    assert not [q for q in dns_server.queries[before:] if "cymru" in q]
+
+
+def test_origin_first_order_prefers_the_origin_as(tmp_path, dns_server):
+    # a more specific prefix announced by another AS than MaxMind's 64500
+    dns_server.origin_txt["203.0.113.64/26"] = "64499 | 203.0.113.64/26 | NL | ripencc | 2020-01-01"
+    try:
+        cfg = origin_config(tmp_path, dns_server, asn=ASN_MMDB, order="origin-first")
+        f = enrich("203.0.113.66", cfg, now=NOW)
+    finally:
+        del dns_server.origin_txt["203.0.113.64/26"]
+    assert f.sources["origin_as"].status is S.FETCHED
+    assert f.origin is not None and f.origin.asn == 64499 and f.maxmind is not None and f.maxmind.asn == 64500
+    assert f.asns == (64499, 64500)  # both match as_numbers; the origin AS is the one shown
+    assert "asn=AS64499, as_cc=NL, as_desc=<EXAMPLE-PARENT - Example Parent Net, NL>" in format_line(
+        "alice", "imap", "203.0.113.66", f, None)
+
+
+def test_origin_as_is_cached_and_served_warm(tmp_path, fresh_dns_server):
+    cfg = origin_config(tmp_path, fresh_dns_server)
+    first = enrich("198.51.100.7", cfg, now=NOW)
+    assert first.sources["origin_as"].status is S.FETCHED
+    fresh_dns_server.stop()
+    second = enrich("198.51.100.7", cfg, now=NOW + 3600)
+    assert second.sources["origin_as"].status is S.CACHED and second.origin == first.origin
+    # the origin_as_ttl (a day by default) counts from the write
+    assert IpCache(str(tmp_path / "cache")).get("origin_as", "198.51.100.7", NOW + 86400 + 1) is None
+
+
+def test_origin_as_no_route_is_empty_not_a_failure(tmp_path, dns_server):
+    f = enrich("192.0.2.10", origin_config(tmp_path, dns_server), now=NOW)
+    assert f.sources["origin_as"].status is S.FETCHED and f.origin == OriginFacts()
+    assert f.asns == ()
+
+
+def test_origin_as_silent_server_times_out_within_the_deadline_and_is_negative_cached(tmp_path,
+                                                                                     dns_server):
+    cfg = origin_config(tmp_path, dns_server, timeout=5.0, deadline=0.5)
+    f = enrich("203.0.113.99", cfg, now=NOW)  # the server drops this address's queries
+    assert f.sources["origin_as"].status is S.TIMEOUT and f.origin is None
+    assert f.sources["origin_as"].elapsed_ms < 900
+    hit = IpCache(str(tmp_path / "cache")).get("origin_as", "203.0.113.99", NOW + 1)
+    assert isinstance(hit, Negative)
+
+
+def test_origin_as_servfail_is_failed(tmp_path, dns_server):
+    f = enrich("198.51.100.250", origin_config(tmp_path, dns_server), now=NOW)
+    assert f.sources["origin_as"].status is S.FAILED and "SERVFAIL" in f.sources["origin_as"].detail
+
+
+def test_origin_as_feeds_rdap_autnum_lookup(tmp_path, dns_server, rdap_server):
+    # RIPE-shaped RDAP network without an origin AS: the origin-AS service supplies it
+    cfg = origin_config(tmp_path, dns_server, rdap=rdap_server.rdap_config())
+    f = enrich("203.0.113.66", cfg, now=NOW)
+    assert f.whois is not None and f.whois.asn == 64500
+    assert f.whois.as_desc == "EXAMPLE-HOSTING-AS Example Hosting backbone, RU"
+
+
+def test_origin_as_is_never_asked_for_a_local_source(tmp_path, dns_server, rdap_server):
+    cfg = local_config(tmp_path, dns_server, rdap_server, origin_as=OriginAsConfig(enabled=True))
+    before = len(dns_server.queries)
+    result = assess(user="alice", service="imap", ip="10.9.8.7", config=cfg, now=NOW)
+    assert result.facts is not None and result.facts.sources["origin_as"].status is S.SKIPPED
+    assert not [q for q in dns_server.queries[before:] if "cymru" in q]
+
+
+@pytest.mark.parametrize(("kind", "entry"), [("as_numbers", "AS64500"), ("as_cc", "RU"),
+                                             ("as_names", "EXAMPLE-HOSTING-AS.*")])
+def test_as_lists_match_the_origin_as(tmp_path, dns_server, kind, entry):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "deny.lst").write_text(entry + "\n")
+    cfg = origin_config(tmp_path, dns_server, global_networks=DOC_RANGES, lists={kind: str(lists / "deny.lst")})
+    result = assess(user="alice", service="imap", ip="203.0.113.66", config=cfg, now=NOW)
+    assert result.verdict.result == "deny" and result.verdict.matched is not None
+    assert result.verdict.matched.kind == kind
+    assert ", asn=AS64500, as_cc=RU, as_desc=<EXAMPLE-HOSTING-AS - Example Hosting, RU>, " in result.line
+    assert ", entity=<>" in result.line  # no RDAP data: upstream's empty entity part

@@ -30,6 +30,7 @@ from .facts import (
     SourceReport,
     SourceStatus,
     maxmind_from_json,
+    origin_from_json,
     whois_from_json,
 )
 
@@ -46,6 +47,7 @@ SOURCES: dict[str, str] = {
     "rdns": "dovecot_appauth.sources.rdns",
     "maxmind": "dovecot_appauth.sources.maxmind",
     "rdap": "dovecot_appauth.sources.rdap",
+    "origin_as": "dovecot_appauth.sources.origin_as",
 }
 BOOTSTRAP_SOURCE = "rdap-bootstrap"  # cache rows holding IANA bootstrap documents
 
@@ -140,6 +142,13 @@ def enrich(
             boot_keys = {k: f"{rdap.bootstrap_url}|{k}" for k in kinds}
     else:
         reports["rdap"] = SourceReport(SourceStatus.UNAVAILABLE, 0.0, "disabled in [audit.rdap]")
+    # the origin-AS service is reported only when configured: it is an addition to the
+    # three sources every installation has
+    if audit.origin_as.enabled and local:
+        reports["origin_as"] = SourceReport(SourceStatus.SKIPPED, 0.0,
+                                            "local source: never sent to the origin-AS service")
+    elif audit.origin_as.enabled:
+        wanted.append("origin_as")
 
     cache: IpCache | None = None
     cached: dict[tuple[str, str], dict | Negative] = {}
@@ -169,6 +178,11 @@ def enrich(
         else:
             misses.append(name)
 
+    if "origin_as" in misses and audit.origin_as.order == "maxmind-first" and \
+            _maxmind_asn(values.get("maxmind")) is not None:
+        # the usual warm login in that order: MaxMind (cached) has the AS, nothing to ask
+        misses.remove("origin_as")
+        reports["origin_as"] = SourceReport(SourceStatus.SKIPPED, read_ms, _MM_KNOWS)
     if misses:
         bootstrap = {kind: cached[(BOOTSTRAP_SOURCE, key)] for kind, key in boot_keys.items()
                      if isinstance(cached.get((BOOTSTRAP_SOURCE, key)), dict)}
@@ -182,7 +196,9 @@ def enrich(
             reports[name] = SourceReport(status, elapsed, detail)
             if status is SourceStatus.FETCHED:
                 values[name] = value
-                if name == "rdns":
+                if name == "origin_as":
+                    rows.append(("origin_as", ip, {"facts": value.to_json()}, audit.cache.origin_as_ttl, True))
+                elif name == "rdns":
                     rows.append(("rdns", ip, {"ptr": value}, audit.cache.rdns_ttl, True))
                 elif name == "maxmind":
                     rows.append(("maxmind", ip, {"sig": mm_sig, "facts": value.to_json()}, None, True))
@@ -205,6 +221,11 @@ def enrich(
                 _say(stderr, f"enrichment cache not updated: {e}")
     if cache is not None:
         cache.close()
+    if "origin_as" in values and _maxmind_asn(values.get("maxmind")) is not None and \
+            audit.origin_as.order == "maxmind-first":
+        # a cached origin AS from before the ASN database knew the address: MaxMind's wins
+        del values["origin_as"]
+        reports["origin_as"] = SourceReport(SourceStatus.SKIPPED, reports["origin_as"].elapsed_ms, _MM_KNOWS)
 
     return IpFacts(
         ip=ip,
@@ -212,7 +233,15 @@ def enrich(
         maxmind=values.get("maxmind"),
         whois=values.get("rdap"),
         sources={name: reports[name] for name in SOURCES if name in reports},
+        origin=values.get("origin_as"),
     )
+
+
+_MM_KNOWS = "MaxMind's ASN database knows the AS ([audit.origin_as] order = maxmind-first)"
+
+
+def _maxmind_asn(mm: Any) -> int | None:
+    return mm.asn if isinstance(mm, MaxMindFacts) else None
 
 
 def _from_cache(name: str, hit: dict) -> Any:
@@ -223,6 +252,8 @@ def _from_cache(name: str, hit: dict) -> Any:
         return ptr
     if name == "maxmind":
         return maxmind_from_json(hit["facts"])
+    if name == "origin_as":
+        return origin_from_json(hit["facts"])
     return whois_from_json(hit["facts"])
 
 
@@ -244,21 +275,34 @@ def _run_sources(
 
     audit = config.audit
     results: dict[str, _Outcome] = {}
-    maxmind_done = threading.Event()
+    finished = {name: threading.Event() for name in ("maxmind", "origin_as")}
+
+    def answer(name: str) -> Any:
+        """The value of a source: known, or waited for (until `end`) when it is running."""
+        if name in known:
+            return known[name]
+        if name not in misses:
+            return None
+        finished[name].wait(max(0.0, end - time.monotonic()))
+        outcome = results.get(name)
+        return outcome[1] if outcome and outcome[0] is SourceStatus.FETCHED else None
 
     def asn_hint() -> int | None:
-        # RDAP rarely names the origin AS; MaxMind's ASN database does (see sources/rdap.py)
-        mm = known.get("maxmind")
-        if mm is None and "maxmind" in misses:
-            maxmind_done.wait(max(0.0, end - time.monotonic()))
-            outcome = results.get("maxmind")
-            mm = outcome[1] if outcome and outcome[0] is SourceStatus.FETCHED else None
-        return mm.asn if isinstance(mm, MaxMindFacts) else None
+        # RDAP rarely names the origin AS; MaxMind's ASN database and the origin-AS service
+        # do (see sources/rdap.py), in the configured order
+        mm_asn = _maxmind_asn(answer("maxmind"))
+        if mm_asn is not None and audit.origin_as.order == "maxmind-first":
+            return mm_asn
+        origin = answer("origin_as")
+        origin_asn = origin.asn if origin is not None else None
+        return origin_asn if origin_asn is not None else mm_asn
 
     def call(name: str, module: Any) -> tuple[Any, str]:
         left = max(0.01, end - time.monotonic())
         if name == "rdns":
             return module.lookup(ip, audit.dns, min(audit.dns.timeout, left)), ""
+        if name == "origin_as":
+            return module.lookup(ip, audit.dns, min(audit.origin_as.timeout, left)), ""
         if name == "maxmind":
             facts, problems = module.lookup_detailed(ip, city, asn_db)
             return facts, "; ".join(problems)
@@ -269,14 +313,18 @@ def _run_sources(
     def worker(name: str) -> None:
         start = time.monotonic()
         try:
-            module = importlib.import_module(SOURCES[name])
-            value, detail = call(name, module)
-            outcome: _Outcome = (SourceStatus.FETCHED, value, detail, _ms(start))
+            if name == "origin_as" and audit.origin_as.order == "maxmind-first" and \
+                    _maxmind_asn(answer("maxmind")) is not None:
+                outcome: _Outcome = (SourceStatus.SKIPPED, None, _MM_KNOWS, _ms(start))
+            else:
+                module = importlib.import_module(SOURCES[name])
+                value, detail = call(name, module)
+                outcome = (SourceStatus.FETCHED, value, detail, _ms(start))
         except BaseException as e:  # a thread must report, never die silently
             outcome = (_classify(e), None, f"{type(e).__name__}: {e}", _ms(start))
         results[name] = outcome
-        if name == "maxmind":
-            maxmind_done.set()
+        if name in finished:
+            finished[name].set()
 
     threads = [threading.Thread(target=worker, args=(n,), name=f"enrich-{n}", daemon=True) for n in misses]
     for t in threads:
@@ -312,7 +360,7 @@ def check_sources(config: Config) -> dict[str, str | None]:
     audit = config.audit
     problems: dict[str, str | None] = {}
     enabled = {"rdns": audit.dns.enabled, "maxmind": bool(audit.maxmind.city or audit.maxmind.asn),
-               "rdap": audit.rdap.enabled}
+               "rdap": audit.rdap.enabled, "origin_as": audit.origin_as.enabled}
     for name, path in SOURCES.items():
         if not enabled[name]:
             continue

@@ -72,8 +72,8 @@ class Assessment(Value):
         isp = ""
         if facts and facts.maxmind and facts.maxmind.as_org:
             isp = facts.maxmind.as_org
-        elif facts and facts.whois and facts.whois.as_desc:
-            isp = facts.whois.as_desc
+        elif facts and facts.as_desc:
+            isp = facts.as_desc  # RDAP's, else the origin-AS service's
         return {"src_rdns": rdns, "src_loc": place, "src_isp": isp}
 
 
