@@ -14,6 +14,7 @@ from dovecot_appauth.cache import IpCache, Negative
 from dovecot_appauth.config import AuditConfig, CacheConfig, Config, MaxMindConfig, OriginAsConfig, RdapConfig
 from dovecot_appauth.enrich import enrich
 from dovecot_appauth.facts import IpFacts, OriginFacts, SourceStatus
+from dovecot_appauth.lists import check_lists, parse_list
 from dovecot_appauth.pipeline import assess
 from dovecot_appauth.sources.origin_as import origin_name
 from tests.localservers import ASN_MMDB, CITY_MMDB
@@ -225,3 +226,46 @@ def test_as_lists_match_the_origin_as(tmp_path, dns_server, kind, entry):
     assert result.verdict.matched.kind == kind
     assert ", asn=AS64500, as_cc=RU, as_desc=<EXAMPLE-HOSTING-AS - Example Hosting, RU>, " in result.line
     assert ", entity=<>" in result.line  # no RDAP data: upstream's empty entity part
+
+
+# -- item 4: trailing comments in list files ----------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "line", "text", "value"), [
+    ("network_cc", "RU # Russian Federation", "RU", "RU"),
+    ("as_cc", "cn\t#China", "cn", "CN"),
+    ("countries", "DE# Germany", "DE", "DE"),
+    ("entities", "ORG-EH1-TEST   # Example Hosting", "ORG-EH1-TEST", "ORG-EH1-TEST"),
+    ("geo_location_ids", "6254928 #Virginia, USA", "6254928", 6254928),
+    ("coordinates", "38.8710323,-77.0566834,200,0.5  # Arlington", "38.8710323,-77.0566834,200,0.5",
+     (38.8710323, -77.0566834, 200.0, 0.5)),
+    ("ip_networks", "192.0.2.0/24# office", "192.0.2.0/24", (4, 0xC0000200, 24)),
+    ("as_numbers", "AS64500#hosting", "AS64500", 64500),
+])
+def test_every_kind_without_hash_in_entries_takes_a_trailing_comment(kind, line, text, value):
+    entries, problems = parse_list(kind, f"# header\n{line}\n", "x.lst")
+    assert problems == []
+    assert [(e.line, e.text, e.value) for e in entries] == [(2, text, value)]
+
+
+@pytest.mark.parametrize("kind", ["reverse_hostname", "network_name", "as_names"])
+def test_regex_kinds_keep_hash_literal_as_upstream(kind):
+    entries, problems = parse_list(kind, "EXAMPLE #1.*\n", "x.lst")
+    assert problems == [] and [e.value for e in entries] == ["EXAMPLE #1.*"]
+
+
+def test_a_bad_entry_before_a_comment_is_still_an_error():
+    entries, problems = parse_list("network_cc", "RUS # three letters\n", "x.lst")
+    assert entries == [] and len(problems) == 1 and problems[0].where == "x.lst:1"
+
+
+def test_upstream_style_commented_as_cc_list_denies_the_origin_as_country(tmp_path, dns_server):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "as_cc.deny.lst").write_text("# Comments after the entry are supported\nRU  # Russia\n")
+    cfg = origin_config(tmp_path, dns_server, global_networks=DOC_RANGES,
+                        lists={"as_cc": str(lists / "as_cc.deny.lst")})
+    assert check_lists(cfg) == []
+    result = assess(user="alice", service="imap", ip="203.0.113.66", config=cfg, now=NOW)
+    assert result.verdict.result == "deny"
+    assert result.verdict.reason == f"as_cc: {lists / 'as_cc.deny.lst'}:2 matched RU"
