@@ -7,8 +7,11 @@ the committed test .mmdb files and the on-disk cache.
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 
+from dovecot_appauth import cli
 from dovecot_appauth.audit import format_line
 from dovecot_appauth.cache import IpCache, Negative
 from dovecot_appauth.config import AuditConfig, CacheConfig, Config, MaxMindConfig, OriginAsConfig, RdapConfig
@@ -18,6 +21,8 @@ from dovecot_appauth.lists import check_lists, parse_list
 from dovecot_appauth.pipeline import assess
 from dovecot_appauth.sources.origin_as import origin_name
 from tests.localservers import ASN_MMDB, CITY_MMDB
+from tests.test_migrate import LISTS as UPSTREAM_LISTS
+from tests.test_migrate import UPSTREAM
 
 NOW = 1_700_000_000.0
 S = SourceStatus
@@ -269,3 +274,44 @@ def test_upstream_style_commented_as_cc_list_denies_the_origin_as_country(tmp_pa
     result = assess(user="alice", service="imap", ip="203.0.113.66", config=cfg, now=NOW)
     assert result.verdict.result == "deny"
     assert result.verdict.reason == f"as_cc: {lists / 'as_cc.deny.lst'}:2 matched RU"
+
+
+# -- item 4: import-upstream checks what it wrote and names the behaviour changes ---------
+
+
+def _upstream_install(tmp_path, lists: dict[str, str]):
+    root = tmp_path / "dovecot_web_auth"
+    for name, text in {**UPSTREAM_LISTS, **lists}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    config = root / "config.toml"
+    config.write_text(UPSTREAM.format(dsn=f"sqlite:///{tmp_path / 'mail.sqlite'}"))
+    return config
+
+
+def test_import_upstream_accepts_commented_lists_and_names_the_changes(tmp_path, capsys):
+    upstream = _upstream_install(tmp_path, {
+        "lists/net_cc.deny.lst": "# Comments after the entry  are supported\nKP # North Korea\n",
+        "lists/as_cc.deny.list": "KP\t# North Korea\n",
+        "lists/entity.deny.lst": "EXAMPLE-RIPE # abuse desk\n",
+        "lists/maxmind/geo_loc.deny.lst": "#Virgina, USA\n6254928 # Virginia\n",
+    })
+    out = tmp_path / "config.toml"
+    status = cli.main(["import-upstream", str(upstream), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "behaviour changes from upstream:" in err
+    assert "coordinates" in err and "never applied it; here its circles deny logins" in err
+    assert "parsed strictly" in err
+    assert "check-config on the translated config:" in err and "check-config: 0 error(s)" in err
+    assert "net_cc.deny.lst:2" not in err
+
+
+def test_import_upstream_reports_list_lines_check_config_refuses(tmp_path, capsys):
+    upstream = _upstream_install(tmp_path, {"lists/net_cc.deny.lst": "KP\nNorth Korea\n"})
+    status = cli.main(["import-upstream", str(upstream)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert tomllib.loads(captured.out)["audit"]["lists"]["network_cc"].endswith("net_cc.deny.lst")
+    assert "net_cc.deny.lst:2: network_cc: not a two-letter ISO 3166 country code" in captured.err
+    assert "check-config: 1 error(s)" in captured.err and "fix them before Dovecot uses this config" in captured.err
