@@ -8,6 +8,7 @@ the committed test .mmdb files and the on-disk cache.
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from dovecot_appauth.facts import IpFacts, OriginFacts, SourceStatus
 from dovecot_appauth.lists import check_lists, parse_list
 from dovecot_appauth.pipeline import assess
 from dovecot_appauth.sources.origin_as import origin_name
+from tests.conftest import run_cli
 from tests.localservers import ASN_MMDB, CITY_MMDB
 from tests.test_migrate import LISTS as UPSTREAM_LISTS
 from tests.test_migrate import UPSTREAM
@@ -315,3 +317,60 @@ def test_import_upstream_reports_list_lines_check_config_refuses(tmp_path, capsy
     assert tomllib.loads(captured.out)["audit"]["lists"]["network_cc"].endswith("net_cc.deny.lst")
     assert "net_cc.deny.lst:2: network_cc: not a two-letter ISO 3166 country code" in captured.err
     assert "check-config: 1 error(s)" in captured.err and "fix them before Dovecot uses this config" in captured.err
+
+
+# -- explain and check-config show the origin-AS source like the others -------------------
+
+
+def _cli_config(tmp_path, dns_server, origin_as: str) -> Path:
+    (tmp_path / "as_cc.deny.lst").write_text("CN  # China\nRU  # Russia\n")
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[database]
+dsn = "sqlite:///{tmp_path}/db.sqlite"
+
+[audit]
+global_networks = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"]
+syslog_socket = ""
+journal = "no"
+
+[audit.maxmind]
+city = "{CITY_MMDB}"
+
+[audit.dns]
+resolvers = ["127.0.0.1"]
+port = {dns_server.port}
+
+[audit.origin_as]
+{origin_as}
+
+[audit.cache]
+path = "{tmp_path}/cache"
+
+[audit.lists]
+as_cc = "as_cc.deny.lst"
+""")
+    return config
+
+
+def test_explain_shows_the_origin_as_source(tmp_path, dns_server):
+    config = _cli_config(tmp_path, dns_server, 'enabled = true\norder = "maxmind-first"\ntimeout = 0.8')
+    out = run_cli(config, "explain", "203.0.113.66").stdout
+    assert "    origin_as fetched" in out
+    assert ("  AS (origin, Team Cymru): AS64500 EXAMPLE-HOSTING-AS - Example Hosting, RU (RU); "
+            "prefix 203.0.113.0/24, registry ripencc") in out
+    assert "deny       as_cc              match" in out and "as_cc.deny.lst:2 RU" in out
+    assert "verdict: DENY: as_cc:" in out
+    again = run_cli(config, "explain", "203.0.113.66").stdout
+    assert "    origin_as cached" in again
+
+
+def test_check_config_reads_and_reports_the_origin_as_keys(tmp_path, dns_server):
+    good = _cli_config(tmp_path, dns_server, "enabled = true")
+    res = run_cli(good, "check-config", "--no-database", check=False)
+    assert res.returncode == 0, res.stdout
+    bad = _cli_config(tmp_path, dns_server, 'enabled = true\norder = "cymru-first"\nzone = "x"')
+    res = run_cli(bad, "check-config", "--no-database", check=False)
+    assert res.returncode == 1
+    assert "[audit.origin_as] order: is 'cymru-first', must be one of maxmind-first, origin-first" in res.stdout
+    assert "[audit.origin_as] zone" in res.stdout
