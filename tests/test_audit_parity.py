@@ -374,3 +374,23 @@ def test_check_config_reads_and_reports_the_origin_as_keys(tmp_path, dns_server)
     assert res.returncode == 1
     assert "[audit.origin_as] order: is 'cymru-first', must be one of maxmind-first, origin-first" in res.stdout
     assert "[audit.origin_as] zone" in res.stdout
+
+
+@pytest.mark.parametrize("records", [
+    ["garbage"], ["AS | 203.0.113.0/24 | RU"], ["99999999999 | 203.0.113.0/24 | RU | x | y"],
+    ["64500 | not-a-prefix | RU | ripencc | 2024-01-01"], ["x" * 255],
+])
+def test_origin_as_garbage_records_are_ignored_or_contained(tmp_path, fresh_dns_server, records):
+    fresh_dns_server.origin_txt = {"203.0.113.0/24": r for r in records}
+    f = enrich("203.0.113.66", origin_config(tmp_path, fresh_dns_server), now=NOW)
+    assert f.sources["origin_as"].status is S.FETCHED
+    origin = f.origin
+    assert origin is not None
+    if records[0].startswith("64500"):
+        # a bad prefix is dropped, the AS kept (and its name found)
+        assert (origin.asn, origin.prefix, origin.as_name) == (64500, None,
+                                                               "EXAMPLE-HOSTING-AS - Example Hosting, RU")
+    else:
+        assert origin == OriginFacts()
+    line = format_line("alice", "imap", "203.0.113.66", f, None)
+    assert "\n" not in line
