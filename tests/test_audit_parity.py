@@ -7,6 +7,9 @@ the committed test .mmdb files and the on-disk cache.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -394,3 +397,35 @@ def test_origin_as_garbage_records_are_ignored_or_contained(tmp_path, fresh_dns_
         assert origin == OriginFacts()
     line = format_line("alice", "imap", "203.0.113.66", f, None)
     assert "\n" not in line
+
+
+_WARM_ORIGIN = r"""
+import json, sys
+from dovecot_appauth.config import AuditConfig, CacheConfig, Config, DnsConfig, MaxMindConfig, OriginAsConfig
+from dovecot_appauth.enrich import enrich
+p = json.loads(sys.argv[1])
+audit = AuditConfig(
+    maxmind=MaxMindConfig(city=p["city"], asn=p["asn"]),
+    dns=DnsConfig(resolvers=("127.0.0.1",), port=p["dns_port"]),
+    origin_as=OriginAsConfig(enabled=True),
+    cache=CacheConfig(path=p["cache"]),
+)
+facts = enrich(p["ip"], Config(audit=audit), now=p["now"])
+heavy = ["dns", "threading", "dovecot_appauth.sources", "dovecot_appauth.sources.origin_as"]
+print(json.dumps({"statuses": {k: v.status.value for k, v in facts.sources.items()},
+                  "loaded": [m for m in heavy if m in sys.modules], "asns": facts.asns}))
+"""
+
+
+@pytest.mark.parametrize("asn_db", [None, ASN_MMDB])  # the origin AS cached / skipped for MaxMind's
+def test_warm_login_with_the_origin_as_source_imports_no_source_module(tmp_path, dns_server, asn_db):
+    params = {"city": CITY_MMDB, "asn": asn_db, "dns_port": dns_server.port, "cache": str(tmp_path / "cache"),
+              "ip": "203.0.113.66", "now": NOW}
+    cold = subprocess.run([sys.executable, "-c", _WARM_ORIGIN, json.dumps(params)], capture_output=True,
+                          text=True, timeout=30, check=True)
+    assert json.loads(cold.stdout)["loaded"]  # the test can fail: a miss does import them
+    warm = subprocess.run([sys.executable, "-c", _WARM_ORIGIN, json.dumps({**params, "now": NOW + 5})],
+                          capture_output=True, text=True, timeout=30, check=True)
+    out = json.loads(warm.stdout)
+    assert out["statuses"]["origin_as"] == ("cached" if asn_db is None else "skipped")
+    assert out["asns"] == [64500] and out["loaded"] == [] and warm.stderr == ""
