@@ -106,9 +106,9 @@ def _is_local(verdict: Verdict | None) -> bool:
 def _whois_part(facts: IpFacts | None, verdict: Verdict | None) -> dict[str, Any] | None:
     """The whois values to show; synthesised for local sources as upstream did."""
     whois = facts.whois if facts else None
-    if whois is not None:
+    if facts is not None and whois is not None:
         return {
-            "asn": whois.asn, "as_cc": facts.as_cc, "as_desc": facts.as_desc,  # type: ignore[union-attr]
+            "asn": whois.asn, "as_cc": facts.as_cc, "as_desc": facts.as_desc,
             "net_name": whois.net_name, "net_cc": whois.net_cc, "entities": list(whois.entities),
         }
     if _is_local(verdict):

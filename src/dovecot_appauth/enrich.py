@@ -1,11 +1,11 @@
 """Enrich one source IP: the cache first, then the missing sources concurrently, one deadline.
 
 What belongs here: deciding which sources to ask, reading and writing their cache
-entries (TTLs: rDNS `cache.rdns_ttl`, RDAP `cache.rdap_ttl`, MaxMind until a .mmdb file
-changes, failures and timeouts `cache.negative_ttl`, each counted from when the entry
-is written), running the misses in daemon threads, and turning every outcome into a
-`SourceReport`. What does not: talking to a source (sources/*), storage details
-(cache.py), judging the facts (rules.py).
+entries (TTLs: rDNS `cache.rdns_ttl`, RDAP `cache.rdap_ttl`, origin AS
+`cache.origin_as_ttl`, MaxMind until a .mmdb file changes, failures and timeouts
+`cache.negative_ttl`, each counted from when the entry is written), running the misses
+in daemon threads, and turning every outcome into a `SourceReport`. What does not:
+talking to a source (sources/*), storage details (cache.py), judging the facts (rules.py).
 
 Theory of operation. A warm login (every configured source cached) costs one SELECT and
 imports nothing beyond the stdlib modules below: the source modules, dnspython,
