@@ -18,7 +18,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from dnslib import PTR, QTYPE, RCODE, RR, DNSRecord
+from dnslib import PTR, QTYPE, RCODE, RR, TXT, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from dovecot_appauth.config import (
@@ -27,6 +27,7 @@ from dovecot_appauth.config import (
     Config,
     DnsConfig,
     MaxMindConfig,
+    OriginAsConfig,
     RdapConfig,
 )
 
@@ -48,6 +49,39 @@ PTR_NAMES: dict[str, str] = {
 DNS_DROP = {"203.0.113.99"}  # the server reads the query and never answers
 DNS_SERVFAIL = {"198.51.100.250"}
 
+# Team Cymru's IP-to-ASN zones (sources/origin_as.py): origin records by announced prefix
+# (an address gets the records of every prefix containing it, less specific first) and
+# AS records by number. The drop and SERVFAIL addresses above behave the same here.
+ORIGIN_TXT: dict[str, str] = {
+    "203.0.112.0/23": "64499 | 203.0.112.0/23 | NL | ripencc | 2020-01-01",
+    "203.0.113.0/24": "64500 | 203.0.113.0/24 | RU | ripencc | 2024-01-01",
+    "198.51.100.0/24": "64501 | 198.51.100.0/24 | DE | ripencc | 2010-05-05",
+    "192.0.2.128/25": "64497 64511 | 192.0.2.128/25 | US | arin | 1998-09-25",
+    "2001:db8:8000::/33": "64503 | 2001:db8:8000::/33 | JP | apnic | 2012-12-12",
+}
+AS_TXT: dict[int, str] = {
+    64499: "64499 | NL | ripencc | 2020-01-01 | EXAMPLE-PARENT - Example Parent Net, NL",
+    64500: "64500 | RU | ripencc | 2024-01-01 | EXAMPLE-HOSTING-AS - Example Hosting, RU",
+    64501: "64501 | DE | ripencc | 2010-05-05 | EXAMPLE-TELECOM - Example Telecom GmbH, DE",
+    64497: "64497 | US | arin | 1998-09-25 | EXAMPLE-DEFENCE - Example Defence Network, US",
+    64503: "64503 | JP | apnic | 2012-12-12 | EXAMPLE-FAR-EAST - Example Far East Hosting, JP",
+}
+CYMRU_ZONE = ".asn.cymru.com."
+
+
+def _origin_address(qname: str) -> str | None:
+    """The address an origin/origin6 query name asks about, None for other names."""
+    labels = qname.removesuffix(".").split(".")
+    try:
+        if qname.endswith(".origin.asn.cymru.com.") and len(labels) == 8:
+            return str(ipaddress.IPv4Address(".".join(reversed(labels[:4]))))
+        if qname.endswith(".origin6.asn.cymru.com.") and len(labels) == 36:
+            nibbles = "".join(reversed(labels[:32]))
+            return str(ipaddress.IPv6Address(":".join(nibbles[i:i + 4] for i in range(0, 32, 4))))
+    except ValueError:
+        return None
+    return None
+
 
 def reverse_name(ip: str) -> str:
     return ipaddress.ip_address(ip).reverse_pointer + "."
@@ -64,6 +98,8 @@ class _Resolver(BaseResolver):
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         qname = str(request.q.qname).lower()
         self.server.queries.append(qname)
+        if qname.endswith(CYMRU_ZONE):
+            return self._cymru(request, qname)
         ip = self.server.by_reverse.get(qname)
         if qname in self.server.drop_reverse:
             raise _Drop
@@ -77,6 +113,30 @@ class _Resolver(BaseResolver):
         return reply
 
 
+    def _cymru(self, request: DNSRecord, qname: str) -> DNSRecord:
+        reply = request.reply()
+        ip = _origin_address(qname)
+        records: list[str] = []
+        if ip is not None:
+            if reverse_name(ip) in self.server.drop_reverse:
+                raise _Drop
+            if reverse_name(ip) in self.server.servfail_reverse:
+                reply.header.rcode = RCODE.SERVFAIL
+                return reply
+            addr = ipaddress.ip_address(ip)
+            records = [txt for net, txt in self.server.origin_txt.items()
+                       if addr.version == ipaddress.ip_network(net).version and addr in ipaddress.ip_network(net)]
+        elif qname.startswith("as") and qname[2:].split(".", 1)[0].isdigit():
+            number = int(qname[2:].split(".", 1)[0])
+            records = [self.server.as_txt[number]] if number in self.server.as_txt else []
+        if not records:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.TXT:
+            for txt in records:
+                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(txt), ttl=60))
+        return reply
+
+
 class _Handler(DNSHandler):
     def handle(self) -> None:
         try:
@@ -86,9 +146,10 @@ class _Handler(DNSHandler):
 
 
 class LocalDns:
-    """A DNS server on 127.0.0.1 (UDP, free port) answering PTR queries from a table.
+    """A DNS server on 127.0.0.1 (UDP, free port) answering PTR queries from a table, and
+    Team Cymru's origin/AS TXT queries from `origin_txt` and `as_txt`.
 
-    Names not in the table get NXDOMAIN; addresses in `drop` get no answer at all and
+    Names not in the tables get NXDOMAIN; addresses in `drop` get no answer at all and
     those in `servfail` get SERVFAIL. `queries` records every query name received.
     """
 
@@ -98,6 +159,8 @@ class LocalDns:
         self.by_reverse = {reverse_name(ip): ip for ip in self.ptr}
         self.drop_reverse = {reverse_name(ip) for ip in (DNS_DROP if drop is None else drop)}
         self.servfail_reverse = {reverse_name(ip) for ip in (DNS_SERVFAIL if servfail is None else servfail)}
+        self.origin_txt = dict(ORIGIN_TXT)
+        self.as_txt = dict(AS_TXT)
         self.queries: list[str] = []
         self._server: DNSServer | None = None
         self.port = 0
@@ -404,10 +467,12 @@ def make_config(
     rdns_ttl: float = 3600.0,
     rdap_ttl: float = 7 * 86400.0,
     negative_ttl: float = 300.0,
+    origin_as: OriginAsConfig | None = None,
 ) -> Config:
     """A Config whose audit section uses the given local servers and the test .mmdb files.
 
-    A source passed as None is disabled (DNS, RDAP) or not configured (MaxMind).
+    A source passed as None is disabled (DNS, RDAP, origin AS) or not configured
+    (MaxMind). The origin-AS source asks `dns`'s resolvers.
     """
     audit = AuditConfig(
         deadline=deadline,
@@ -416,5 +481,6 @@ def make_config(
         rdap=rdap or RdapConfig(enabled=False),
         cache=CacheConfig(path=cache_dir, enabled=cache_enabled, rdns_ttl=rdns_ttl, rdap_ttl=rdap_ttl,
                           negative_ttl=negative_ttl),
+        origin_as=origin_as,
     )
     return Config(path=None, audit=audit)

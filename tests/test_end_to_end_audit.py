@@ -51,7 +51,7 @@ LISTS = {
     "ip_net.deny.lst": "# documentation net used for the deny tests\n203.0.113.0/24\n",
     "rev_host.deny.lst": "host-\\d+\\.cloud\\.example\\.com\n",
     "net_name.deny.lst": "EXAMPLE-CLOUD-NET\n",
-    "maxmind/geo_loc.deny.lst": "# Tokyo (a trailing comment is allowed only in ip_networks and as_numbers)\n1850147\n",
+    "maxmind/geo_loc.deny.lst": "# Tokyo\n1850147  # a trailing comment, as upstream's headers allow\n",
     "allow/ip_net.allow.lst": "203.0.113.64/28\n",
 }
 
@@ -336,6 +336,46 @@ def test_local_client_is_exempt_and_logged(server, setup):
     audit = setup.audit_line_for(audit_mark, "127.0.0.1")
     assert ", result=allow, reason=<source: 127.0.0.1 is local" in audit, audit
     assert log_rows(setup.cfg, pwid) == [("imap", "127.0.0.1", "<>", "local network", "")]
+
+
+def test_local_network_client_is_not_sent_to_rdap_and_keeps_the_zz_whois_part(server, setup, rdap_server):
+    _, password = seed_password(setup.cfg, "judy@example.com")
+    audit_mark, before = setup.audit_mark(), len(rdap_server.requests)
+
+    def office(text: str) -> str:
+        return text + '\n[audit.local_networks]\n"10.9.0.0/16" = "Office LAN"\n'
+
+    with setup.changed(office):
+        ok, text = server.imap_login("judy@example.com", password, client_ip="10.9.8.7")
+    assert ok, text
+    assert rdap_server.requests[before:] == []  # upstream never asked a registry about it either
+    audit = setup.audit_line_for(audit_mark, "10.9.8.7")
+    assert (", asn=None, as_cc=ZZ, as_desc=<local network>, as_org=<None>, net_name=<Office LAN>, net_cc=ZZ, "
+            "entity=, ") in audit, audit
+    assert ", result=allow, reason=<source: 10.9.8.7 is local (Office LAN)>" in audit
+
+
+def test_origin_as_name_denies_through_dovecot(server, setup, dns_server):
+    """The origin-AS source (Team Cymru's TXT records on the local DNS server) feeds the
+    as_names list, from a commented upstream-style list file."""
+    _, password = seed_password(setup.cfg, "kim@example.com")
+    names = setup.lists / "as_dscr.deny.lst"
+    names.write_text("# the origin-AS service's format: NAME - description, CC\n"
+                     "EXAMPLE-TELECOM - Example Telecom GmbH, DE\n")
+    before = len(dns_server.queries)
+
+    def origin_first(text: str) -> str:
+        text = text.replace("[audit.lists]\n", f'[audit.lists]\nas_names = "{names}"\n', 1)
+        return text + '\n[audit.origin_as]\nenabled = true\norder = "origin-first"\n'
+
+    mark, audit_mark = server.log_mark(), setup.audit_mark()
+    with setup.changed(origin_first):
+        ok, text = server.imap_login("kim@example.com", password, client_ip="198.51.100.60")
+    assert not ok and "AUTHENTICATIONFAILED" in text, text
+    [line] = our_lines(settle_log(server, mark, "denied by audit"))
+    assert f"denied by audit: as_names: {names}:2 matched EXAMPLE-TELECOM - Example Telecom GmbH, DE" in line
+    assert "60.100.51.198.origin.asn.cymru.com." in dns_server.queries[before:]
+    assert ", result=deny, reason=<as_names: " in setup.audit_line_for(audit_mark, "198.51.100.60")
 
 
 def test_doveadm_auth_test_with_rip(server, setup):

@@ -15,7 +15,9 @@ bennet0496/dovecot_web_auth, as in the README's examples):
 Unknown values print as upstream prints them: `None` (`host=<>` is "no PTR"). Without
 whois data the entities print as `entity=<>`; with whois data and no entities as
 `entity=`. Without MaxMind data the line ends after the entities (as upstream's lines for
-local sources do). `asn` falls back to MaxMind's AS number when whois did not answer.
+local sources do). `asn` falls back to the origin-AS service's and then MaxMind's AS number
+when whois did not answer (in the configured order); `as_cc` and `as_desc` to the
+origin-AS service's when whois has none.
 For a local source upstream synthesised the whois part (as_cc=ZZ, as_desc=<location
 name>, net_name=<network name>, net_cc=ZZ, no entities); so do we.
 
@@ -104,9 +106,9 @@ def _is_local(verdict: Verdict | None) -> bool:
 def _whois_part(facts: IpFacts | None, verdict: Verdict | None) -> dict[str, Any] | None:
     """The whois values to show; synthesised for local sources as upstream did."""
     whois = facts.whois if facts else None
-    if whois is not None:
+    if facts is not None and whois is not None:
         return {
-            "asn": whois.asn, "as_cc": whois.as_cc, "as_desc": whois.as_desc,
+            "asn": whois.asn, "as_cc": facts.as_cc, "as_desc": facts.as_desc,
             "net_name": whois.net_name, "net_cc": whois.net_cc, "entities": list(whois.entities),
         }
     if _is_local(verdict):
@@ -118,12 +120,19 @@ def _whois_part(facts: IpFacts | None, verdict: Verdict | None) -> dict[str, Any
     return None
 
 
+def _origin_part(facts: IpFacts | None) -> dict[str, Any]:
+    """Without whois data, the AS country and name from the origin-AS service (as upstream,
+    whose ipwhois took them from the same service)."""
+    if facts is None or facts.origin is None:
+        return {}
+    return {"as_cc": facts.origin.cc, "as_desc": facts.origin.as_name}
+
+
 def _asn(facts: IpFacts | None, whois: dict[str, Any] | None) -> int | None:
     if whois is not None and whois["asn"] is not None:
         return whois["asn"]
-    if facts is not None and facts.maxmind is not None:
-        return facts.maxmind.asn
-    return None
+    asns = facts.asns if facts is not None else ()  # the origin-AS service's, then MaxMind's
+    return asns[0] if asns else None
 
 
 def format_line(
@@ -134,7 +143,7 @@ def format_line(
     asn = _asn(facts, whois)
     rdns = facts.rdns if facts else None
     mm = facts.maxmind if facts else None
-    w = whois or {}
+    w = whois or _origin_part(facts)
     parts = [
         f"user={_bracket(user)}",
         f"service={_bare(service)}",
@@ -181,7 +190,7 @@ def journal_fields(
     """Upstream's structured journald fields (AUDIT_*, values as Python prints them), plus
     AUDIT_AS_ORG, AUDIT_RESULT and AUDIT_REASON. MESSAGE is added by `emit`."""
     whois = _whois_part(facts, verdict)
-    w = whois or {}
+    w = whois or _origin_part(facts)
     asn = _asn(facts, whois)
     mm = facts.maxmind if facts else None
     fields: dict[str, Any] = {

@@ -60,7 +60,7 @@ def describe_facts(facts: IpFacts | None) -> list[str]:
     lines = ["  sources:"]
     for name, report in facts.sources.items():
         detail = f" - {report.detail}" if report.detail else ""
-        lines.append(f"    {name:8} {report.status.value:11} {report.elapsed_ms:7.1f} ms{detail}")
+        lines.append(f"    {name:9} {report.status.value:11} {report.elapsed_ms:7.1f} ms{detail}")
     lines.append(f"  reverse DNS: {facts.rdns if facts.rdns is not None else 'unknown'}")
     mm = facts.maxmind
     if mm is not None:
@@ -84,6 +84,13 @@ def describe_facts(facts: IpFacts | None) -> list[str]:
         ]
     else:
         lines.append("  RDAP: unknown")
+    origin = facts.origin
+    if origin is not None:
+        lines.append(f"  AS (origin, Team Cymru): {('AS' + str(origin.asn)) if origin.asn else '-'} "
+                     f"{origin.as_name or ''} ({origin.cc or '-'}); prefix {origin.prefix or '-'}, "
+                     f"registry {origin.registry or '-'}")
+    elif "origin_as" in facts.sources:
+        lines.append("  AS (origin, Team Cymru): unknown")
     return lines
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 def cmd_import_upstream(args: argparse.Namespace) -> int:
     from .cli import CliError
-    from .migrate import MigrationError, read_upstream, render, translate, write_private
+    from .migrate import MigrationError, behaviour_changes, read_upstream, render, translate, write_private
 
     source = os.path.abspath(args.upstream)
     try:
@@ -32,10 +32,35 @@ def cmd_import_upstream(args: argparse.Namespace) -> int:
         print("not translated:", file=sys.stderr)
         for item in migration.untranslated:
             print(f"  - {item}", file=sys.stderr)
-    status = 0
+    print("behaviour changes from upstream:", file=sys.stderr)
+    for change in behaviour_changes(migration.config):
+        print(f"  - {change}", file=sys.stderr)
+    status = _check_config(text, args.output)
     if args.check_db:
-        status = _check_db(text, args.output or source)
+        status = max(status, _check_db(text, args.output or source))
     return status
+
+
+def _check_config(text: str, written: str | None) -> int:
+    """`check-config` (without the database) on the translated config: 1 when it has errors."""
+    import tempfile
+
+    from .checks import check_all
+    from .migrate import write_private
+
+    with tempfile.TemporaryDirectory(prefix="appauth-import-") as tmp:
+        path = written
+        if path is None:  # printed to stdout: check a private copy
+            path = os.path.join(tmp, "config.toml")
+            write_private(path, text)
+        problems = check_all(path, check_database=False)
+    errors = sum(1 for p in problems if p.level == "error")
+    print("check-config on the translated config:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    print(f"check-config: {errors} error(s), {len(problems) - errors} warning(s)"
+          + ("; fix them before Dovecot uses this config" if errors else ""), file=sys.stderr)
+    return 1 if errors else 0
 
 
 def _check_db(text: str, where: str) -> int:

@@ -69,6 +69,8 @@ DEFAULT_CACHE_PATH = "/var/cache/dovecot-appauth"
 DEFAULT_RDNS_TTL = 3600.0
 DEFAULT_RDAP_TTL = 7 * 86400.0
 DEFAULT_NEGATIVE_TTL = 300.0
+DEFAULT_ORIGIN_AS_TTL = 86400.0  # upstream kept ipwhois answers a day in redis
+ORIGIN_AS_ORDERS = ("maxmind-first", "origin-first")
 DEFAULT_DEADLINE = 1.5
 DEFAULT_EVENTS_RETENTION_DAYS = 90.0
 DEFAULT_ALERT_LOOKBACK_DAYS = 30.0
@@ -184,8 +186,22 @@ class RdapConfig(Value):
         self.timeout = timeout
 
 
+class OriginAsConfig(Value):
+    """`[audit.origin_as]`: the origin AS over DNS (Team Cymru), as upstream's ipwhois asked it."""
+
+    __slots__ = ("enabled", "order", "timeout")
+
+    def __init__(self, enabled: bool = False, order: str = "maxmind-first",
+                 timeout: float = DEFAULT_DNS_TIMEOUT):
+        self.enabled = enabled  # off by default: it leaves the host for every uncached IP
+        # maxmind-first: asked only when MaxMind's ASN database has no AS for the address;
+        # origin-first: always asked, and its AS is preferred to MaxMind's (upstream's choice)
+        self.order = order
+        self.timeout = timeout  # all queries together; resolvers and port are [audit.dns]'s
+
+
 class CacheConfig(Value):
-    __slots__ = ("enabled", "negative_ttl", "path", "rdap_ttl", "rdns_ttl")
+    __slots__ = ("enabled", "negative_ttl", "origin_as_ttl", "path", "rdap_ttl", "rdns_ttl")
 
     def __init__(
         self,
@@ -194,12 +210,14 @@ class CacheConfig(Value):
         rdns_ttl: float = DEFAULT_RDNS_TTL,
         rdap_ttl: float = DEFAULT_RDAP_TTL,
         negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+        origin_as_ttl: float = DEFAULT_ORIGIN_AS_TTL,
     ):
         self.path = path
         self.enabled = enabled
         self.rdns_ttl = rdns_ttl
         self.rdap_ttl = rdap_ttl
         self.negative_ttl = negative_ttl  # failures and timeouts
+        self.origin_as_ttl = origin_as_ttl
 
 
 class UserAllow(Value):
@@ -234,6 +252,7 @@ class AuditConfig(Value):
         "log_file",
         "log_local",
         "maxmind",
+        "origin_as",
         "rdap",
         "record_events",
         "syslog_facility",
@@ -268,6 +287,7 @@ class AuditConfig(Value):
         allow_users: dict[str, UserAllow] | None = None,
         record_events: bool = True,
         events_retention_days: float = DEFAULT_EVENTS_RETENTION_DAYS,
+        origin_as: OriginAsConfig | None = None,
     ):
         self.enabled = enabled
         self.audit_only = audit_only  # log the verdict, never deny
@@ -295,6 +315,7 @@ class AuditConfig(Value):
         self.allow_users = {} if allow_users is None else allow_users  # lower-cased user
         self.record_events = record_events  # one audit_events row per audited login
         self.events_retention_days = events_retention_days  # `prune` deletes older audit_events rows
+        self.origin_as = OriginAsConfig() if origin_as is None else origin_as
 
 
 class AlertsConfig(Value):
@@ -538,7 +559,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
 
     audit_table = top.table("audit")
     r = reader(audit_table, "audit")
-    sub = {k: reader(r.table(k), f"audit.{k}") for k in ("maxmind", "dns", "rdap", "cache")}
+    sub = {k: reader(r.table(k), f"audit.{k}") for k in ("maxmind", "dns", "rdap", "origin_as", "cache")}
     maxmind = MaxMindConfig(city=sub["maxmind"].str("city", None), asn=sub["maxmind"].str("asn", None))
     d = sub["dns"]
     dns = DnsConfig(
@@ -554,6 +575,12 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         servers=rd.strings("servers"),
         timeout=rd.number("timeout", DEFAULT_RDAP_TIMEOUT, 0.01),
     )
+    o = sub["origin_as"]
+    origin_as = OriginAsConfig(
+        enabled=o.bool("enabled", False),
+        order=o.choice("order", "maxmind-first", ORIGIN_AS_ORDERS),
+        timeout=o.number("timeout", DEFAULT_DNS_TIMEOUT, 0.01),
+    )
     c = sub["cache"]
     cache = CacheConfig(
         path=c.str("path", DEFAULT_CACHE_PATH) or DEFAULT_CACHE_PATH,
@@ -561,6 +588,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         rdns_ttl=c.number("rdns_ttl", DEFAULT_RDNS_TTL),
         rdap_ttl=c.number("rdap_ttl", DEFAULT_RDAP_TTL),
         negative_ttl=c.number("negative_ttl", DEFAULT_NEGATIVE_TTL),
+        origin_as_ttl=c.number("origin_as_ttl", DEFAULT_ORIGIN_AS_TTL),
     )
     for s in sub.values():
         s.finish()
@@ -616,6 +644,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         maxmind=maxmind,
         dns=dns,
         rdap=rdap,
+        origin_as=origin_as,
         cache=cache,
         lists=lists,
         allow=allow,

@@ -1,10 +1,11 @@
 """Enrich one source IP: the cache first, then the missing sources concurrently, one deadline.
 
 What belongs here: deciding which sources to ask, reading and writing their cache
-entries (TTLs: rDNS `cache.rdns_ttl`, RDAP `cache.rdap_ttl`, MaxMind until a .mmdb file
-changes, failures and timeouts `cache.negative_ttl`), running the misses in daemon
-threads, and turning every outcome into a `SourceReport`. What does not: talking to a
-source (sources/*), storage details (cache.py), judging the facts (rules.py).
+entries (TTLs: rDNS `cache.rdns_ttl`, RDAP `cache.rdap_ttl`, origin AS
+`cache.origin_as_ttl`, MaxMind until a .mmdb file changes, failures and timeouts
+`cache.negative_ttl`, each counted from when the entry is written), running the misses
+in daemon threads, and turning every outcome into a `SourceReport`. What does not:
+talking to a source (sources/*), storage details (cache.py), judging the facts (rules.py).
 
 Theory of operation. A warm login (every configured source cached) costs one SELECT and
 imports nothing beyond the stdlib modules below: the source modules, dnspython,
@@ -29,6 +30,7 @@ from .facts import (
     SourceReport,
     SourceStatus,
     maxmind_from_json,
+    origin_from_json,
     whois_from_json,
 )
 
@@ -45,6 +47,7 @@ SOURCES: dict[str, str] = {
     "rdns": "dovecot_appauth.sources.rdns",
     "maxmind": "dovecot_appauth.sources.maxmind",
     "rdap": "dovecot_appauth.sources.rdap",
+    "origin_as": "dovecot_appauth.sources.origin_as",
 }
 BOOTSTRAP_SOURCE = "rdap-bootstrap"  # cache rows holding IANA bootstrap documents
 
@@ -95,13 +98,17 @@ def enrich(
     deadline: float | None = None,
     use_cache: bool = True,
     stderr: TextIO | None = None,
+    local: bool = False,
 ) -> IpFacts:
     """Everything the configured sources know about `ip`, within `deadline` seconds.
 
     `now` is the wall-clock time used for cache expiry; `deadline` defaults to
     `[audit] deadline`. Each source's outcome is in `IpFacts.sources` (cached, fetched,
-    timeout, failed, unavailable, with milliseconds). Never raises for a source or cache
-    problem; raises ValueError when `ip` is not an IP address.
+    timeout, failed, unavailable, skipped, with milliseconds). `local`: the source is
+    local (`rules.classify_source`: not globally reachable, or in
+    `[audit.local_networks]`) and is never sent to a remote registry: RDAP (and the
+    origin-AS service) report SKIPPED. Never raises for a source or cache problem;
+    raises ValueError when `ip` is not an IP address.
     """
     started = time.monotonic()
     audit = config.audit
@@ -124,13 +131,24 @@ def enrich(
         reports["maxmind"] = SourceReport(SourceStatus.UNAVAILABLE, 0.0, "no database in [audit.maxmind]")
     rdap = audit.rdap
     boot_keys: dict[str, str] = {}  # bootstrap kind -> cache key (URL-specific)
-    if rdap.enabled:
+    # upstream never looked local sources up: asking a registry about 10.9.8.7 leaks it,
+    # and a local login (webmail on 127.0.0.1) would wait for a registry that is down
+    if rdap.enabled and local:
+        reports["rdap"] = SourceReport(SourceStatus.SKIPPED, 0.0, "local source: never sent to RDAP")
+    elif rdap.enabled:
         wanted.append("rdap")
         if not rdap.servers:
             kinds = ("ipv4" if ":" not in ip else "ipv6", "asn")
             boot_keys = {k: f"{rdap.bootstrap_url}|{k}" for k in kinds}
     else:
         reports["rdap"] = SourceReport(SourceStatus.UNAVAILABLE, 0.0, "disabled in [audit.rdap]")
+    # the origin-AS service is reported only when configured: it is an addition to the
+    # three sources every installation has
+    if audit.origin_as.enabled and local:
+        reports["origin_as"] = SourceReport(SourceStatus.SKIPPED, 0.0,
+                                            "local source: never sent to the origin-AS service")
+    elif audit.origin_as.enabled:
+        wanted.append("origin_as")
 
     cache: IpCache | None = None
     cached: dict[tuple[str, str], dict | Negative] = {}
@@ -160,6 +178,11 @@ def enrich(
         else:
             misses.append(name)
 
+    if "origin_as" in misses and audit.origin_as.order == "maxmind-first" and \
+            _maxmind_asn(values.get("maxmind")) is not None:
+        # the usual warm login in that order: MaxMind (cached) has the AS, nothing to ask
+        misses.remove("origin_as")
+        reports["origin_as"] = SourceReport(SourceStatus.SKIPPED, read_ms, _MM_KNOWS)
     if misses:
         bootstrap = {kind: cached[(BOOTSTRAP_SOURCE, key)] for kind, key in boot_keys.items()
                      if isinstance(cached.get((BOOTSTRAP_SOURCE, key)), dict)}
@@ -173,7 +196,9 @@ def enrich(
             reports[name] = SourceReport(status, elapsed, detail)
             if status is SourceStatus.FETCHED:
                 values[name] = value
-                if name == "rdns":
+                if name == "origin_as":
+                    rows.append(("origin_as", ip, {"facts": value.to_json()}, audit.cache.origin_as_ttl, True))
+                elif name == "rdns":
                     rows.append(("rdns", ip, {"ptr": value}, audit.cache.rdns_ttl, True))
                 elif name == "maxmind":
                     rows.append(("maxmind", ip, {"sig": mm_sig, "facts": value.to_json()}, None, True))
@@ -186,12 +211,21 @@ def enrich(
                 # MaxMind is local and cheap to retry, so its failures are not kept
                 rows.append((name, ip, {"status": status.value, "detail": detail}, neg_ttl, False))
         if cache is not None and rows:
+            # TTLs count from now, when the entry is written, not from the start of the
+            # login: a negative entry written after a deadline of 1.5 s with a negative_ttl
+            # of 1 s would otherwise be expired before anyone could read it
+            written = now + (time.monotonic() - started)
             try:
-                cache.put_many(rows, now)
+                cache.put_many(rows, written)
             except CacheUnavailable as e:
                 _say(stderr, f"enrichment cache not updated: {e}")
     if cache is not None:
         cache.close()
+    if "origin_as" in values and _maxmind_asn(values.get("maxmind")) is not None and \
+            audit.origin_as.order == "maxmind-first":
+        # a cached origin AS from before the ASN database knew the address: MaxMind's wins
+        del values["origin_as"]
+        reports["origin_as"] = SourceReport(SourceStatus.SKIPPED, reports["origin_as"].elapsed_ms, _MM_KNOWS)
 
     return IpFacts(
         ip=ip,
@@ -199,7 +233,15 @@ def enrich(
         maxmind=values.get("maxmind"),
         whois=values.get("rdap"),
         sources={name: reports[name] for name in SOURCES if name in reports},
+        origin=values.get("origin_as"),
     )
+
+
+_MM_KNOWS = "MaxMind's ASN database knows the AS ([audit.origin_as] order = maxmind-first)"
+
+
+def _maxmind_asn(mm: Any) -> int | None:
+    return mm.asn if isinstance(mm, MaxMindFacts) else None
 
 
 def _from_cache(name: str, hit: dict) -> Any:
@@ -210,6 +252,8 @@ def _from_cache(name: str, hit: dict) -> Any:
         return ptr
     if name == "maxmind":
         return maxmind_from_json(hit["facts"])
+    if name == "origin_as":
+        return origin_from_json(hit["facts"])
     return whois_from_json(hit["facts"])
 
 
@@ -231,21 +275,34 @@ def _run_sources(
 
     audit = config.audit
     results: dict[str, _Outcome] = {}
-    maxmind_done = threading.Event()
+    finished = {name: threading.Event() for name in ("maxmind", "origin_as")}
+
+    def answer(name: str) -> Any:
+        """The value of a source: known, or waited for (until `end`) when it is running."""
+        if name in known:
+            return known[name]
+        if name not in misses:
+            return None
+        finished[name].wait(max(0.0, end - time.monotonic()))
+        outcome = results.get(name)
+        return outcome[1] if outcome and outcome[0] is SourceStatus.FETCHED else None
 
     def asn_hint() -> int | None:
-        # RDAP rarely names the origin AS; MaxMind's ASN database does (see sources/rdap.py)
-        mm = known.get("maxmind")
-        if mm is None and "maxmind" in misses:
-            maxmind_done.wait(max(0.0, end - time.monotonic()))
-            outcome = results.get("maxmind")
-            mm = outcome[1] if outcome and outcome[0] is SourceStatus.FETCHED else None
-        return mm.asn if isinstance(mm, MaxMindFacts) else None
+        # RDAP rarely names the origin AS; MaxMind's ASN database and the origin-AS service
+        # do (see sources/rdap.py), in the configured order
+        mm_asn = _maxmind_asn(answer("maxmind"))
+        if mm_asn is not None and audit.origin_as.order == "maxmind-first":
+            return mm_asn
+        origin = answer("origin_as")
+        origin_asn = origin.asn if origin is not None else None
+        return origin_asn if origin_asn is not None else mm_asn
 
     def call(name: str, module: Any) -> tuple[Any, str]:
         left = max(0.01, end - time.monotonic())
         if name == "rdns":
             return module.lookup(ip, audit.dns, min(audit.dns.timeout, left)), ""
+        if name == "origin_as":
+            return module.lookup(ip, audit.dns, min(audit.origin_as.timeout, left)), ""
         if name == "maxmind":
             facts, problems = module.lookup_detailed(ip, city, asn_db)
             return facts, "; ".join(problems)
@@ -256,14 +313,18 @@ def _run_sources(
     def worker(name: str) -> None:
         start = time.monotonic()
         try:
-            module = importlib.import_module(SOURCES[name])
-            value, detail = call(name, module)
-            outcome: _Outcome = (SourceStatus.FETCHED, value, detail, _ms(start))
+            if name == "origin_as" and audit.origin_as.order == "maxmind-first" and \
+                    _maxmind_asn(answer("maxmind")) is not None:
+                outcome: _Outcome = (SourceStatus.SKIPPED, None, _MM_KNOWS, _ms(start))
+            else:
+                module = importlib.import_module(SOURCES[name])
+                value, detail = call(name, module)
+                outcome = (SourceStatus.FETCHED, value, detail, _ms(start))
         except BaseException as e:  # a thread must report, never die silently
             outcome = (_classify(e), None, f"{type(e).__name__}: {e}", _ms(start))
         results[name] = outcome
-        if name == "maxmind":
-            maxmind_done.set()
+        if name in finished:
+            finished[name].set()
 
     threads = [threading.Thread(target=worker, args=(n,), name=f"enrich-{n}", daemon=True) for n in misses]
     for t in threads:
@@ -299,7 +360,7 @@ def check_sources(config: Config) -> dict[str, str | None]:
     audit = config.audit
     problems: dict[str, str | None] = {}
     enabled = {"rdns": audit.dns.enabled, "maxmind": bool(audit.maxmind.city or audit.maxmind.asn),
-               "rdap": audit.rdap.enabled}
+               "rdap": audit.rdap.enabled, "origin_as": audit.origin_as.enabled}
     for name, path in SOURCES.items():
         if not enabled[name]:
             continue

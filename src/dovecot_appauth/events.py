@@ -84,7 +84,7 @@ def event_row(*, timestamp: str, user: str, pwid: int | None, service: str | Non
     mm = facts.maxmind if facts else None
     whois = facts.whois if facts else None
     asns = facts.asns if facts else ()
-    as_org = (mm.as_org if mm else None) or (whois.as_desc if whois else None)
+    as_org = (mm.as_org if mm else None) or (facts.as_desc if facts else None)
     country = (mm.country.code if mm else None) or (whois.net_cc if whois else None)
     if place is None and mm is not None:
         place = mm.place()

@@ -145,6 +145,35 @@ class WhoisFacts(Value):
                 "net_cc": self.net_cc, "entities": self.entities}
 
 
+class OriginFacts(Value):
+    """The origin AS of the address's routed prefix, from Team Cymru's DNS service.
+
+    What upstream's ipwhois reported as `asn`, `asn_cidr`, `asn_country_code`,
+    `asn_registry` and `asn_description` (sources/origin_as.py). All None when the
+    service knows no route for the address.
+    """
+
+    __slots__ = ("as_name", "asn", "cc", "prefix", "registry")
+
+    def __init__(
+        self,
+        asn: int | None = None,
+        prefix: str | None = None,
+        cc: str | None = None,
+        registry: str | None = None,
+        as_name: str | None = None,
+    ):
+        self.asn = asn
+        self.prefix = prefix  # the routed prefix the AS announces
+        self.cc = cc  # country of the prefix's registration (ipwhois' asn_country_code)
+        self.registry = registry  # arin, ripencc, apnic, lacnic, afrinic
+        self.as_name = as_name  # "NAME - description, CC" (ipwhois' asn_description)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"asn": self.asn, "prefix": self.prefix, "cc": self.cc, "registry": self.registry,
+                "as_name": self.as_name}
+
+
 class SourceReport(Value):
     __slots__ = ("detail", "elapsed_ms", "status")
 
@@ -162,7 +191,7 @@ NO_PTR = "<>"
 
 
 class IpFacts(Value):
-    __slots__ = ("ip", "maxmind", "rdns", "sources", "whois")
+    __slots__ = ("ip", "maxmind", "origin", "rdns", "sources", "whois")
 
     def __init__(
         self,
@@ -171,22 +200,39 @@ class IpFacts(Value):
         maxmind: MaxMindFacts | None = None,
         whois: WhoisFacts | None = None,
         sources: dict[str, SourceReport] | None = None,
+        origin: OriginFacts | None = None,
     ):
         self.ip = ip
         self.rdns = rdns  # PTR without trailing dot, NO_PTR when none, None when unknown
         self.maxmind = maxmind
         self.whois = whois
         self.sources = {} if sources is None else sources
+        # set only when asked for (enrich.py: MaxMind's ASN database had no AS, or
+        # [audit.origin_as] order = "origin-first"), so it never contradicts MaxMind unasked
+        self.origin = origin
 
     @property
     def asns(self) -> tuple[int, ...]:
-        """Every AS number a source reported (whois and MaxMind may disagree)."""
+        """Every AS number a source reported, the preferred first (whois, origin AS, MaxMind)."""
         found = []
-        if self.whois and self.whois.asn is not None:
-            found.append(self.whois.asn)
-        if self.maxmind and self.maxmind.asn is not None and self.maxmind.asn not in found:
-            found.append(self.maxmind.asn)
+        for source in (self.whois, self.origin, self.maxmind):
+            if source is not None and source.asn is not None and source.asn not in found:
+                found.append(source.asn)
         return tuple(found)
+
+    @property
+    def as_cc(self) -> str | None:
+        """The AS's country: RDAP's autnum country, else the origin-AS service's."""
+        if self.whois is not None and self.whois.as_cc:
+            return self.whois.as_cc
+        return self.origin.cc if self.origin is not None else None
+
+    @property
+    def as_desc(self) -> str | None:
+        """The AS's description: RDAP's, else the origin-AS service's AS name."""
+        if self.whois is not None and self.whois.as_desc:
+            return self.whois.as_desc
+        return self.origin.as_name if self.origin is not None else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -194,6 +240,7 @@ class IpFacts(Value):
             "rdns": self.rdns,
             "maxmind": None if self.maxmind is None else self.maxmind.to_json(),
             "whois": None if self.whois is None else self.whois.to_json(),
+            "origin": None if self.origin is None else self.origin.to_json(),
             "sources": {name: report.to_json() for name, report in self.sources.items()},
         }
 
@@ -201,11 +248,13 @@ class IpFacts(Value):
     def from_json(cls, data: dict[str, Any]) -> IpFacts:
         mm = data.get("maxmind")
         wh = data.get("whois")
+        origin = data.get("origin")
         return cls(
             ip=data["ip"],
             rdns=data.get("rdns"),
             maxmind=maxmind_from_json(mm) if mm is not None else None,
             whois=whois_from_json(wh) if wh is not None else None,
+            origin=origin_from_json(origin) if origin is not None else None,
             sources={
                 name: SourceReport(SourceStatus(r["status"]), r.get("elapsed_ms", 0.0), r.get("detail", ""))
                 for name, r in (data.get("sources") or {}).items()
@@ -244,3 +293,11 @@ def whois_from_json(data: dict[str, Any]) -> WhoisFacts:
         net_cc=data.get("net_cc"),
         entities=tuple(data.get("entities") or ()),
     )
+
+
+def origin_from_json(data: dict[str, Any]) -> OriginFacts:
+    asn = data.get("asn")
+    if asn is not None and not isinstance(asn, int):
+        raise TypeError("asn")
+    return OriginFacts(asn=asn, prefix=data.get("prefix"), cc=data.get("cc"), registry=data.get("registry"),
+                       as_name=data.get("as_name"))

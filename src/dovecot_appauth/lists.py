@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 REGEX_KINDS = ("reverse_hostname", "network_name", "as_names")
 CC_KINDS = ("network_cc", "as_cc", "countries")
 # Bump when the parsed form changes: older cache files are then ignored.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 # Files larger than this are refused: a list is a few thousand lines, not a dump.
 MAX_LIST_BYTES = 16 * 1024 * 1024
 
@@ -262,6 +262,10 @@ def parse_list(
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        if kind not in REGEX_KINDS:
+            # "Comments after the entry are supported" (upstream's list headers): no entry
+            # of these kinds can contain "#". A pattern keeps it, as upstream's re did.
+            line = line.split("#", 1)[0].rstrip()
         hint = None
         try:
             shown, value, warning = parser(line)

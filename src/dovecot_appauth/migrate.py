@@ -124,6 +124,29 @@ def translate(data: dict[str, Any], source_dir: str) -> Migration:
     return Migration(out, untranslated, notes)
 
 
+def behaviour_changes(config: dict[str, Any]) -> list[str]:
+    """What the translated config does differently from the same config upstream (printed
+    by `import-upstream`; the README's "Differences from upstream" has the whole list)."""
+    audit = config.get("audit", {})
+    lists = audit.get("lists", {})
+    changes = []
+    if "coordinates" in lists:
+        changes.append(f"[audit.lists] coordinates ({lists['coordinates']}): upstream read this list but never "
+                       "applied it; here its circles deny logins (try them with 'dovecot-appauth explain IP')")
+    if lists:
+        changes.append("list files are parsed strictly: a line upstream skipped or could never match (a bad "
+                       "network, AS number, country code or GeoNames id, a handle with spaces) is a check-config "
+                       "error here and is skipped at login; the check below names each one")
+        changes.append("a trailing '# comment' is cut from every list entry except the regular expressions "
+                       "(reverse_hostname, network_name, as_names), where '#' stays part of the pattern as "
+                       "upstream had it")
+    changes.append("upstream asked RDAP and Team Cymru's origin-AS service (ipwhois) about every new address; "
+                   "both are off by default here: set [audit.rdap] enabled = true and [audit.origin_as] "
+                   'enabled = true (order = "origin-first" prefers the origin AS as upstream did) for '
+                   "network names, entities and AS data MaxMind lacks")
+    return changes
+
+
 def _is_section(section: str, key: str) -> bool:
     return (not section and key in ("database", "auth", "audit")) or (
         section == "audit" and key in ("maxmind", "lists"))

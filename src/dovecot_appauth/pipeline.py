@@ -72,8 +72,8 @@ class Assessment(Value):
         isp = ""
         if facts and facts.maxmind and facts.maxmind.as_org:
             isp = facts.maxmind.as_org
-        elif facts and facts.whois and facts.whois.as_desc:
-            isp = facts.whois.as_desc
+        elif facts and facts.as_desc:
+            isp = facts.as_desc  # RDAP's, else the origin-AS service's
         return {"src_rdns": rdns, "src_loc": place, "src_isp": isp}
 
 
@@ -93,7 +93,8 @@ def assess(
     if ip and wanted:
         from .enrich import enrich
 
-        facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache)
+        facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache,
+                       local=source.kind is SourceKind.LOCAL)
     lists = load_lists(config)
     verdict = evaluate(user, service, ip or "", facts, lists, audit, source)
     line = format_line(user, service, ip or "", facts, verdict)

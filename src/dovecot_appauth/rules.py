@@ -316,7 +316,7 @@ def match_network_cc(entries: tuple[Entry, ...], s: Subject) -> Found:
 
 
 def match_as_cc(entries: tuple[Entry, ...], s: Subject) -> Found:
-    cc = s.whois.as_cc if s.whois else None
+    cc = s.facts.as_cc if s.facts else None  # RDAP's autnum country, else the origin-AS service's
     return _equal(entries, cc.upper() if cc else None)
 
 
@@ -341,7 +341,9 @@ def match_as_numbers(entries: tuple[Entry, ...], s: Subject) -> Found:
 
 
 def match_as_names(entries: tuple[Entry, ...], s: Subject) -> Found:
-    names = [n for n in (s.whois.as_desc if s.whois else None, s.maxmind.as_org if s.maxmind else None) if n]
+    origin = s.facts.origin if s.facts else None
+    names = [n for n in (s.whois.as_desc if s.whois else None, s.maxmind.as_org if s.maxmind else None,
+                         origin.as_name if origin else None) if n]
     return UNKNOWN if not names else _first_regex(entries, names)
 
 
@@ -389,7 +391,7 @@ DENY_RULES: tuple[tuple[str, Callable[[tuple[Entry, ...], Subject], Found]], ...
     ("network_cc", match_network_cc),
     ("entities", match_entities),
     ("as_numbers", match_as_numbers),
-    ("as_names", match_as_names),  # the one rule with two facts: whois as_desc and MaxMind as_org
+    ("as_names", match_as_names),  # whois as_desc, MaxMind as_org and the origin-AS service's AS name
     ("as_cc", match_as_cc),
     ("geo_location_ids", match_geo_location_ids),
     ("coordinates", match_coordinates),
