@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import time
 
 import pytest
@@ -16,9 +17,9 @@ import pytest
 from dovecot_appauth import account
 from dovecot_appauth.config import ConfigError, parse
 from dovecot_appauth.core import TempFail
-from tests.fixtures_common import dovecot_ids
+from tests.fixtures_common import dovecot_ids, free_port
 from tests.fixtures_ldap import BIND_DN, BIND_PW
-from tests.hardening import HangingTcp, make_site
+from tests.hardening import CLI, HangingTcp, make_site
 
 NOW = 1_800_000_000.0
 
@@ -119,8 +120,6 @@ def test_ldap_wrong_bind_password_is_tempfail_without_the_password(tmp_path, sla
 
 
 def test_ldap_closed_port_is_tempfail(tmp_path, slapd):
-    from tests.fixtures_common import free_port
-
     config = ldap_config(tmp_path, slapd, cache=False, uri=f"ldap://127.0.0.1:{free_port()}")
     with pytest.raises(TempFail, match="Can't contact LDAP server"):
         account.check_account("alice@example.com", config, now=NOW)
@@ -153,8 +152,6 @@ def test_ldap_starttls_and_ldaps_verify_the_server(tmp_path, slapd):
 
 def test_ldap_active_answer_is_cached_without_secrets(tmp_path, slapd):
     """A warm login does not ask the directory; only "active" is cached; no secret in the file."""
-    from tests.fixtures_common import free_port
-
     config = ldap_config(tmp_path, slapd)
     first = account.check_account("alice@example.com", config, now=NOW)
     assert first.active and not first.cached
@@ -247,8 +244,6 @@ def test_program_ldap_gate(site, slapd):
 
 
 def test_program_directory_down_is_tempfail_not_wrong_password(site, slapd):
-    from tests.fixtures_common import free_port
-
     site.add_password("alice", "alice@example.com")
     site.write(account={"backend": "ldap", "timeout": 1.0},
                account__ldap=slapd.settings(uri=f"ldap://127.0.0.1:{free_port()}"))
@@ -346,3 +341,41 @@ def test_check_config_reports_the_gate(site, slapd):
     assert "holds an LDAP bind password and is world-readable" in out
     assert BIND_PW not in out
     assert res.returncode == 1
+
+
+def test_check_config_runs_the_sql_query(site):
+    from tests.hardening import run_cli
+
+    site.write(account={"backend": "sql"}, account__sql={"query": "SELECT active FROM nosuch WHERE u = :user"})
+    res = run_cli(site.path, "check-config", check=False)
+    assert "[account.sql] query" in res.stdout + res.stderr and "no such table: nosuch" in res.stdout + res.stderr
+    assert res.returncode == 1
+
+
+def test_explain_and_login_test_show_the_gate(site, slapd):
+    import json
+
+    from tests.hardening import run_cli
+
+    site.add_password("bob", "bob@example.com")
+    site.add_password("alice", "alice@example.com")
+    site.write(account={"backend": "ldap"}, account__ldap=slapd.settings())
+    out = run_cli(site.path, "explain", "198.51.100.7", "--user", "bob@example.com").stdout
+    assert ("account gate (bob@example.com): disabled (ldap): uid=bob@example.com,ou=users,dc=example,dc=com "
+            "has loginShell=/bin/false; login refused (1)") in out
+    data = json.loads(run_cli(site.path, "explain", "198.51.100.7", "--user", "alice@example.com", "--json").stdout)
+    assert data["account_gate"]["state"] == "active"
+    res = subprocess.run([str(CLI), "--config", str(site.path), "login-test", "bob@example.com"],
+                         input=site.pw("bob") + "\n", capture_output=True, text=True, timeout=60, check=False)
+    assert "verdict:     REFUSED" in res.stdout
+    assert "refused by the account gate: account disabled in ldap" in res.stdout  # Dovecot would log
+    assert "account gate: disabled (ldap)" in res.stdout
+    # the directory cannot answer: login-test shows the temporary failure and why
+    site.write(account={"backend": "ldap", "timeout": 0.5},
+               account__ldap=slapd.settings(uri=f"ldap://127.0.0.1:{free_port()}"))
+    res = subprocess.run([str(CLI), "--config", str(site.path), "login-test", "alice@example.com", "--json"],
+                         input=site.pw("alice") + "\n", capture_output=True, text=True, timeout=60, check=False)
+    data = json.loads(res.stdout)
+    assert data["exit_code"] == 111 and data["verdict"] == "TEMPORARY FAILURE"
+    assert data["account_gate"]["state"] == "tempfail" and "Can't contact LDAP server" in data["account_gate"]["detail"]
+    assert BIND_PW not in res.stdout + res.stderr

@@ -94,6 +94,22 @@ def check_account(username: str, config: Config, *, now: float, store: Store | N
     return answer
 
 
+def gate_report(username: str, config: Config, *, use_cache: bool = True) -> dict[str, Any] | None:
+    """The gate's answer for `explain` and `login-test`: None when the gate is off, else
+    `{"state", "backend", "detail", "cached", "line"}`; "tempfail" when it cannot answer."""
+    if not config.account.backend:
+        return None
+    try:
+        answer = check_account(username, config, now=time.time(), use_cache=use_cache)
+    except TempFail as e:
+        detail = str(e)
+        return {"state": "tempfail", "backend": config.account.backend, "detail": detail, "cached": False,
+                "line": f"cannot answer, a login gets a temporary failure (111): {detail}"}
+    verdict = "login allowed" if answer.active else "login refused (1)"
+    return {"state": answer.state, "backend": answer.backend, "detail": answer.detail, "cached": answer.cached,
+            "line": f"{answer.describe()}; {verdict}"}
+
+
 def cache_key(username: str, settings: AccountConfig) -> str:
     """The user (lower-cased: Dovecot may normalise) and where the answer came from, so
     that a changed directory, filter, markers or query is asked anew. Never a secret: the
