@@ -437,6 +437,7 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
     """The right password of a revoked or expired app password: it has leaked. An audit
     event with alert `leaked-password`, and with [alerts] on, a log line and the notify
     command, as for a new-country alert. The login is refused all the same."""
+    from .events import LEAKED_ALERT
     from .policy import utc_text
 
     if row.deleted is not None:
@@ -451,17 +452,17 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
                        stderr=stderr)
         facts, place = found.facts, found.log_columns()["src_loc"] or None
     detail = f"right password of {state} app password #{row.id} ({state} {when})"
-    event = _record_event(store, config, request, row.uid, row.id, "leaked-password", detail, now, stderr,
-                          alert="leaked-password", facts=facts, place=place)
+    event = _record_event(store, config, request, row.uid, row.id, LEAKED_ALERT, detail, now, stderr,
+                          alert=LEAKED_ALERT, facts=facts, place=place)
     if not config.alerts.enabled:
         return
-    _say(stderr, f"user {row.uid}: login alert leaked-password from {request.remote_ip or '-'}"
+    _say(stderr, f"user {row.uid}: login alert {LEAKED_ALERT} from {request.remote_ip or '-'}"
                  f"{f' ({place})' if place else ''}: {detail}")
     if config.alerts.notify_command:
         from .events import notify
 
         payload = event.to_json()
-        payload.update(alerts=[{"kind": "leaked-password", "detail": detail}], action="deny",
+        payload.update(alerts=[{"kind": LEAKED_ALERT, "detail": detail}], action="deny",
                        password_state=state, password_state_since=when)
         notify(config.alerts.notify_command, payload, stderr)
 
