@@ -379,3 +379,31 @@ def test_explain_and_login_test_show_the_gate(site, slapd):
     assert data["exit_code"] == 111 and data["verdict"] == "TEMPORARY FAILURE"
     assert data["account_gate"]["state"] == "tempfail" and "Can't contact LDAP server" in data["account_gate"]["detail"]
     assert BIND_PW not in res.stdout + res.stderr
+
+
+def test_nextcloud_backend_goes_through_the_gate(appauth_config_factory, slapd):
+    """[auth] backend = "nextcloud": the account gate runs after Nextcloud said yes."""
+    from dovecot_appauth.config import load
+    from dovecot_appauth.core import ExitCode, LoginRequest, Mode
+    from dovecot_appauth.login import decide
+    from tests.fake_nextcloud import FakeNextcloud
+
+    nc = FakeNextcloud(users={"alice@example.com": "alice-nc-pw", "bob@example.com": "bob-nc-pw"})
+    try:
+        ldap_lines = "".join(f'{k} = "{v}"\n' for k, v in slapd.settings().items())
+        cfg = appauth_config_factory(extra_toml=f'[auth]\nbackend = "nextcloud"\n\n[nextcloud]\nurl = "{nc.url()}"\n'
+                                                f'cache_seconds = 0\n\n[account]\nbackend = "ldap"\n\n'
+                                                f'[account.ldap]\n{ldap_lines}')
+        config = load(str(cfg.path))
+
+        def login(user: str, password: str) -> object:
+            return decide(LoginRequest(user, password, Mode.VERIFY, "smtp", remote_ip="198.51.100.9"), config,
+                          now=time.time())
+
+        assert login("alice@example.com", "alice-nc-pw").exit_code is ExitCode.OK
+        refused = login("bob@example.com", "bob-nc-pw")
+        assert refused.exit_code is ExitCode.FAIL
+        assert "refused by the account gate: account disabled in ldap" in refused.message
+        assert login("bob@example.com", "wrong").message is None  # a wrong password: the gate is not asked
+    finally:
+        nc.close()
