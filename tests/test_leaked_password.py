@@ -75,6 +75,16 @@ def test_revoked_password_right_password_is_a_leaked_password_alert(site):
     site.notify.unlink()
     assert site.login("old", "wrong-" + site.pw("old"), env=dovecot_env(ip=CLIENT)).status == 1
     assert len(_events(site)) == 1 and not site.notify.exists()
+    # the same password from the same client again (a phone still set up with it): another
+    # event, but told once a day only; from another client: told again
+    again = site.login("old", env=dovecot_env(ip=CLIENT))
+    assert again.status == 1 and "leaked-password" not in again.stderr
+    assert len(_events(site)) == 2
+    time.sleep(0.3)
+    assert not site.notify.exists()
+    other = site.login("old", env=dovecot_env(ip="198.51.100.8"))
+    assert "login alert leaked-password from 198.51.100.8" in other.stderr
+    assert _wait_json(site.notify)["src_ip"] == "198.51.100.8"
     # the secret is in no output
     assert site.pw("old") not in run.stderr + json.dumps(sent)
 

@@ -454,7 +454,7 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
     detail = f"right password of {state} app password #{row.id} ({state} {when})"
     event = _record_event(store, config, request, row.uid, row.id, LEAKED_ALERT, detail, now, stderr,
                           alert=LEAKED_ALERT, facts=facts, place=place)
-    if not config.alerts.enabled:
+    if not config.alerts.enabled or _leak_told_recently(config, row.id, request.remote_ip, now):
         return
     _say(stderr, f"user {row.uid}: login alert {LEAKED_ALERT} from {request.remote_ip or '-'}"
                  f"{f' ({place})' if place else ''}: {detail}")
@@ -465,6 +465,36 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
         payload.update(alerts=[{"kind": LEAKED_ALERT, "detail": detail}], action="deny",
                        password_state=state, password_state_since=when)
         notify(config.alerts.notify_command, payload, stderr)
+
+
+LEAK_TOLD_SECONDS = 86400.0
+LEAK_TOLD_SOURCE = "leak-told"  # its rows in the enrichment cache
+
+
+def _leak_told_recently(config: Config, pwid: int, ip: str | None, now: float) -> bool:
+    """Was this password's leak from this client already told (line + notify) within a day?
+
+    A phone still set up with a revoked password retries every few minutes; one alert a
+    day per password and client is news, a hundred are noise that gets alerts switched
+    off. Every attempt is still an audit event. Kept in the enrichment cache (JSON, no
+    secret); without a usable cache every attempt is told.
+    """
+    if not config.audit.cache.enabled:
+        return False
+    from .cache import CacheUnavailable, IpCache
+
+    cache = IpCache(config.resolve(config.audit.cache.path))
+    key = f"{pwid}|{ip or '-'}"
+    try:
+        if cache.get(LEAK_TOLD_SOURCE, key, now) is not None:
+            return True
+        cache.put(LEAK_TOLD_SOURCE, key, {"told": now}, LEAK_TOLD_SECONDS, now)
+    except CacheUnavailable:
+        pass
+    finally:
+        cache.close()
+    return False
+
 
 
 def _record_event(store: Store, config: Config, request: LoginRequest, user: str, pwid: int | None, rule: str,
