@@ -68,6 +68,16 @@ def check_account(username: str, config: Config, *, now: float, store: Store | N
     """
     settings = config.account
     cache = _open_cache(config) if use_cache and settings.cache_seconds > 0 else None
+    try:
+        return _check(username, config, now, store, stderr, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def _check(username: str, config: Config, now: float, store: Store | None, stderr: TextIO | None,
+           cache: Any) -> AccountAnswer:
+    settings = config.account
     key = cache_key(username, settings)
     if cache is not None:
         hit = _cache_get(cache, key, now, stderr)
@@ -89,8 +99,6 @@ def check_account(username: str, config: Config, *, now: float, store: Store | N
             cache.put(CACHE_SOURCE, key, {"detail": answer.detail}, settings.cache_seconds, now)
         except CacheUnavailable as e:  # the answer stands; the next login asks again
             _say(stderr, f"account gate: cache not written: {e}")
-    if cache is not None:
-        cache.close()
     return answer
 
 

@@ -448,9 +448,12 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
     if config.audit.enabled and request.remote_ip:
         from .pipeline import assess
 
-        found = assess(user=row.uid, service=request.service, ip=request.remote_ip, config=config, now=now,
-                       stderr=stderr)
-        facts, place = found.facts, found.log_columns()["src_loc"] or None
+        try:  # where the client is, for the alert; the refusal stands whatever happens here
+            found = assess(user=row.uid, service=request.service, ip=request.remote_ip, config=config, now=now,
+                           stderr=stderr)
+            facts, place = found.facts, found.log_columns()["src_loc"] or None
+        except TempFail as e:
+            _say(stderr, f"user {row.uid}: {LEAKED_ALERT} alert without a place: {e}")
     detail = f"right password of {state} app password #{row.id} ({state} {when})"
     event = _record_event(store, config, request, row.uid, row.id, LEAKED_ALERT, detail, now, stderr,
                           alert=LEAKED_ALERT, facts=facts, place=place)
