@@ -499,7 +499,6 @@ def _leak_told_recently(config: Config, pwid: int, ip: str | None, now: float) -
     return False
 
 
-
 def _record_event(store: Store, config: Config, request: LoginRequest, user: str, pwid: int | None, rule: str,
                   reason: str, now: float, stderr: TextIO | None, *, alert: str | None = None,
                   facts: object = None, place: str | None = None) -> EventRow:
