@@ -407,3 +407,17 @@ def test_nextcloud_backend_goes_through_the_gate(appauth_config_factory, slapd):
         assert login("bob@example.com", "wrong").message is None  # a wrong password: the gate is not asked
     finally:
         nc.close()
+
+
+def test_lookups_and_wrong_passwords_never_ask_the_gate(site):
+    """A userdb lookup (AUTHORIZED=1) is not gated, and neither is a wrong password: with a
+    directory that cannot answer, both keep their usual answers (2 and 1), not 111."""
+    from tests.hardening import dovecot_env
+
+    site.add_password("alice", "alice@example.com")
+    site.write(account={"backend": "ldap", "timeout": 0.5},
+               account__ldap={"uri": f"ldap://127.0.0.1:{free_port()}", "basedn": "dc=example,dc=com"})
+    lookup = site.login("alice", "", env=dovecot_env(AUTHORIZED="1"))
+    assert lookup.status == 2, lookup.stderr
+    assert site.login("alice", "wrong-" + site.pw("alice")).status == 1
+    assert site.login("alice").status == 111
