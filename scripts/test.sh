@@ -18,7 +18,10 @@ VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
 # dovecot-auth-lua: the Lua passdb example against `serve` (tests/test_end_to_end_serve.py)
 # strace: slows fsync down to test the enrichment cache on a busy disk (tests/test_enrich.py)
 # valgrind: instruction counts of a login (benchmarks/instructions.py, tests/test_benchmark_smoke.py)
-DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc chromium strace valgrind)
+# slapd, ldap-utils: a real OpenLDAP server for the account gate (tests/fixtures_ldap.py);
+# libldap2-dev, libsasl2-dev: python-ldap builds against them (no binary wheel on PyPI)
+DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc
+              chromium strace valgrind slapd ldap-utils libldap2-dev libsasl2-dev openssl)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

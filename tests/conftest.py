@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures_common import DOVECOT_USER, dovecot_ids, new_server_dir, shared_tempdir_base
 from tests.fixtures_common import give_to_dovecot as _give_to_dovecot
 
-pytest_plugins = ["tests.fixtures_dovecot", "tests.fixtures_mariadb", "tests.fixtures_servers"]
+pytest_plugins = ["tests.fixtures_dovecot", "tests.fixtures_ldap", "tests.fixtures_mariadb", "tests.fixtures_servers"]
 
 VENV_BIN = Path(sys.executable).parent  # the venv running pytest; not resolved on purpose
 CLI = VENV_BIN / "dovecot-appauth"

@@ -150,10 +150,11 @@ def test_expired_password_is_refused_like_a_revoked_one(server, cfg):
             utc_timestamp(time.time() - 60))
     line = _refused(server, "old@example.com", password, FRANKFURT_IP, "user old")
     assert f"user old@example.com: refused expired app password #{pwid} (expired " in line
-    # an audit event, as for a service or network refusal: the report's blocked users list it
+    # one audit event (the leaked-password one: the password was right): the report's blocked users list it
     [(result, rule, reason, authenticated)] = rows(
         cfg, "SELECT result, rule, reason, authenticated FROM audit_events WHERE pwid = ? AND result = 'refused'", pwid)
-    assert (result, rule, authenticated) == ("refused", "policy", 0) and reason.startswith("expired ")
+    assert (result, rule, authenticated) == ("refused", "leaked-password", 0)
+    assert reason.startswith(f"right password of expired app password #{pwid} (expired ")
     assert rows(cfg, "SELECT count(*) FROM log WHERE pwid = ?", pwid) == [(1,)]  # only the first login
     assert server.imap_login("old@example.com", other, client_ip=FRANKFURT_IP).ok
     # an expiry in the future is no limit yet

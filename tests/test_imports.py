@@ -30,7 +30,7 @@ NO_FD4 = "dovecot-appauth: fd 4 is not open: reply not written (run as Dovecot d
 # on, every source cached) must not import. Each name also covers its submodules.
 FORBIDDEN = [
     # packages a login must not touch unless the cache misses or the config asks for them
-    "sqlalchemy", "geoip2", "ipwhois", "whoisit", "diskcache", "dns", "maxminddb", "pymysql",
+    "sqlalchemy", "geoip2", "ipwhois", "whoisit", "diskcache", "dns", "maxminddb", "pymysql", "ldap", "ldap3",
     "bcrypt", "argon2", "urllib.request", "http.client", "ssl", "threading",
     # admin tools and general-purpose machinery
     "click", "argparse", "logging", "dataclasses", "inspect", "typing", "importlib.metadata",
@@ -47,6 +47,8 @@ FORBIDDEN = [
     "dovecot_appauth.schema", "dovecot_appauth.cli", "dovecot_appauth.cli_audit", "dovecot_appauth.checks",
     "dovecot_appauth.sources.rdns", "dovecot_appauth.sources.maxmind", "dovecot_appauth.sources.rdap",
 ]
+# ...and without an [account] gate, its module either
+FORBIDDEN_WITHOUT_GATE = [*FORBIDDEN, "dovecot_appauth.account"]
 
 
 def _write_site(tmp_path: Path, audit: bool) -> Path:
@@ -156,7 +158,7 @@ def _heavy(modules: list[str], names: list[str]) -> dict[str, list[str]]:
 def test_installed_program_imports_nothing_heavy(plain_config):
     """The installed program, audit off."""
     modules = _warm_modules([str(PROGRAM), "--config", str(plain_config)], {"PYTHONPROFILEIMPORTTIME": "1"})
-    assert _heavy(modules, FORBIDDEN) == {}
+    assert _heavy(modules, FORBIDDEN_WITHOUT_GATE) == {}
     assert "dovecot_appauth.pipeline" not in modules  # the audit is imported only when enabled
 
 
@@ -164,7 +166,7 @@ def test_installed_program_warm_audit_imports_nothing_heavy(audit_config):
     """The installed program, audit on, every source answered from the cache."""
     modules = _warm_modules([str(PROGRAM), "--config", str(audit_config)], {"PYTHONPROFILEIMPORTTIME": "1"})
     assert "dovecot_appauth.enrich" in modules and "dovecot_appauth.rules" in modules  # it did audit
-    assert _heavy(modules, FORBIDDEN) == {}
+    assert _heavy(modules, FORBIDDEN_WITHOUT_GATE) == {}
     log = (audit_config.parent / "audit.log").read_text().splitlines()
     assert len(log) == 2 and "as_org=<Example Telecom GmbH>" in log[1]  # the cached MaxMind facts were used
 
@@ -175,3 +177,19 @@ def test_guard_sees_a_heavy_import(audit_config):
     argv = [sys.executable, "-X", "importtime", "-c", code, "--config", str(audit_config)]
     modules = _warm_modules(argv, {})
     assert {"dataclasses", "inspect", "tomllib"} <= set(_heavy(modules, FORBIDDEN))
+
+
+def test_installed_program_warm_account_gate_imports_no_ldap_client(tmp_path, slapd):
+    """[account] backend = "ldap": the first login asks slapd; the warm one answers from the
+    gate's cache and loads neither python-ldap nor anything else heavy."""
+    path = _write_site(tmp_path, audit=True)
+    settings = slapd.settings()
+    gate = "\n[account]\nbackend = \"ldap\"\n\n[account.ldap]\n" + "".join(
+        f'{key} = "{value}"\n' for key, value in settings.items())
+    try:
+        _write(path, path.read_text() + gate)
+        modules = _warm_modules([str(PROGRAM), "--config", str(path)], {"PYTHONPROFILEIMPORTTIME": "1"})
+        assert "dovecot_appauth.account" in modules  # the gate ran
+        assert _heavy(modules, FORBIDDEN) == {}
+    finally:
+        _forget_config_cache(path)

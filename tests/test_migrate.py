@@ -107,10 +107,36 @@ def test_translate_maps_every_upstream_key(upstream):
     assert c["audit"]["lists"]["coordinates"] == str(root / "lists/maxmind.deny.lst")
     assert set(c["audit"]["lists"]) == set(migrate.LIST_KINDS)
     text = "\n".join(m.untranslated)
-    for part in ("[ldap]", "[cache]", "[audit] cache_ttl = 86400", "[audit] something_new = 1: unknown upstream key"):
+    for part in ("[cache]", "[audit] cache_ttl = 86400", "[audit] something_new = 1: unknown upstream key"):
         assert part in text
+    assert "[ldap]" not in text  # translated to the account gate, with upstream's markers of a disabled account
+    assert c["account"] == {"backend": "ldap", "ldap": {
+        "uri": "ldap://ldap.example.com", "basedn": "ou=users,dc=example,dc=com", "filter": "(uid=%u)",
+        "disabled": {"loginShell": ["/bin/false"], "homeDirectory": ["/dev/null"]}}}
     assert any("unkown" in n for n in m.notes)
     assert any("GeoLite2-City.mmdb does not exist" in n for n in m.notes)
+
+
+def test_translate_ldap_with_bind_port_and_starttls(tmp_path):
+    (tmp_path / "ca.pem").write_text("x")
+    m = migrate.translate({"ldap": {"host": "ldap.example.com", "port": 3389, "bind": "cn=web,dc=example,dc=com",
+                                    "password": "bind-pw", "tls": True, "tls_cert": "ca.pem",
+                                    "basedn": "dc=example,dc=com", "extra": 1}}, str(tmp_path))
+    ldap = m.config["account"]["ldap"]
+    assert ldap["uri"] == "ldap://ldap.example.com:3389"
+    assert (ldap["bind_dn"], ldap["bind_password"], ldap["starttls"]) == ("cn=web,dc=example,dc=com", "bind-pw", True)
+    assert ldap["ca_file"] == str(tmp_path / "ca.pem")
+    assert any("bind_password in this file" in n for n in m.notes)
+    assert any("[ldap] extra = 1: unknown upstream key" in u for u in m.untranslated)
+    config = parse_text(migrate.dumps(m.config))
+    assert config.account.backend == "ldap" and config.account.ldap.starttls
+    assert "bind-pw" not in " ".join(m.notes + m.untranslated)
+
+
+def parse_text(text: str):
+    from dovecot_appauth.config import parse
+
+    return parse(tomllib.loads(text))
 
 
 def test_translate_absolute_paths_stay_and_missing_dsn_is_noted(tmp_path):
@@ -140,7 +166,8 @@ def test_import_upstream_writes_a_config_that_passes_check_config(upstream, tmp_
     captured = capsys.readouterr()
     assert status == 0, captured.err
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o640
-    assert "not translated:" in captured.err and "  - [ldap]" in captured.err
+    assert "not translated:" in captured.err and "  - [cache]" in captured.err
+    assert "note: [ldap]: now the [account] gate" in captured.err
     # paths resolved against the upstream directory, so the file works from anywhere
     assert str(upstream.parent / "lists" / "ip_net.deny.lst") in out.read_text()
     problems = checks.check_all(str(out), check_database=False)

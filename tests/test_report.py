@@ -129,7 +129,7 @@ def test_totals(data):
     assert data["totals"] == {
         "events": 7, "logins": 4, "blocked": 3, "users": 4,
         "unique_ips": 5, "unique_ips_unknown": 2, "unique_asns": 3, "unique_asns_unknown": 2,
-        "alerts": 2, "unused_passwords": 2,
+        "alerts": 2, "unused_passwords": 2, "leaked_passwords": 0,
     }
     assert data["alerts_by_kind"] == {"new-asn": 1, "new-country": 1}
 

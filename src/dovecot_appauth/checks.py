@@ -19,6 +19,7 @@ def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
     problems += check_lists(config)
     problems += check_audit_sources(config)
     problems += check_nextcloud(config)
+    problems += check_account(config, check_database=check_database)
     if check_database:
         problems += check_database_schema(config)
     return problems
@@ -34,12 +35,16 @@ def check_permissions(path: str, config: Config) -> list[Problem]:
         return []
     if not dsn.password:
         return []
+    return _config_permissions(path, "a database password")
+
+
+def _config_permissions(path: str, what: str) -> list[Problem]:
+    """A config holding `what` must be 0640 root:dovecot at most."""
     st = os.stat(path)
     if st.st_mode & 0o004:
-        return [Problem(path, "holds a database password and is world-readable: chmod 0640, group dovecot",
-                        "warning")]
+        return [Problem(path, f"holds {what} and is world-readable: chmod 0640, group dovecot", "warning")]
     if st.st_mode & 0o040 and st.st_gid != _dovecot_gid():
-        return [Problem(path, "holds a database password and is readable by a group other than dovecot's: "
+        return [Problem(path, f"holds {what} and is readable by a group other than dovecot's: "
                               "chgrp dovecot, chmod 0640", "warning")]
     return []
 
@@ -83,6 +88,58 @@ def check_nextcloud(config: Config) -> list[Problem]:
     if nc.cache_seconds > 600:
         problems.append(Problem("[nextcloud] cache_seconds", f"{nc.cache_seconds:g}s: a password revoked in "
                                                              "Nextcloud keeps working that long", "warning"))
+    return problems
+
+
+def check_account(config: Config, *, check_database: bool = True) -> list[Problem]:
+    """`[account]`: what `parse` cannot see from the TOML alone (files, library, the query)."""
+    settings = config.account
+    if not settings.backend:
+        return []
+    problems = []
+    if settings.cache_seconds > 600:
+        problems.append(Problem("[account] cache_seconds", f"{settings.cache_seconds:g}s: an account disabled in "
+                                                           "the directory keeps working that long", "warning"))
+    if settings.backend == "sql":
+        if check_database:
+            from .account import AccountAnswer
+            from .account import check_account as ask
+            from .core import TempFail
+
+            try:  # the query, once, for a name that cannot exist: a missing table shows here
+                answer: AccountAnswer | str = ask("check-config@invalid", config, now=0.0, use_cache=False)
+            except TempFail as e:
+                answer = str(e)
+            if isinstance(answer, str):
+                problems.append(Problem("[account.sql] query", answer))
+        return problems
+    ldap_settings = settings.ldap
+    try:
+        import ldap  # noqa: F401 - the login imports it on a gate cache miss
+    except ImportError:
+        problems.append(Problem("[account] backend", "python-ldap is not installed: every login will be a "
+                                                     "temporary failure (pip install 'dovecot-appauth[ldap]')"))
+    if ldap_settings.bind_password and config.path:
+        problems += _config_permissions(config.path, "an LDAP bind password")
+    if ldap_settings.bind_password_file:
+        path = config.resolve(ldap_settings.bind_password_file)
+        try:
+            st = os.stat(path)
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            problems.append(Problem("[account.ldap] bind_password_file", f"{path}: {e.strerror}"))
+        else:
+            if st.st_mode & 0o004:
+                problems.append(Problem("[account.ldap] bind_password_file", f"{path} is world-readable: "
+                                                                             "chmod 0640, group dovecot", "warning"))
+    if ldap_settings.ca_file and not os.access(config.resolve(ldap_settings.ca_file), os.R_OK):
+        problems.append(Problem("[account.ldap] ca_file", f"{config.resolve(ldap_settings.ca_file)} is not readable"))
+    loopback = ("ldap://127.", "ldap://[::1]", "ldap://localhost")
+    clear = [u for u in (ldap_settings.uri or "").split() if u.startswith("ldap://") and not u.startswith(loopback)]
+    if clear and not ldap_settings.starttls and (ldap_settings.bind_password or ldap_settings.bind_password_file):
+        problems.append(Problem("[account.ldap] uri", f"{clear[0]} without starttls sends the bind password in "
+                                                      "clear: use ldaps:// or starttls = true", "warning"))
     return problems
 
 

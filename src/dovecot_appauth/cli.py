@@ -253,11 +253,25 @@ def cmd_login_test(args: argparse.Namespace) -> int:
         program=args.program,
         audit_chain=args.audit_chain,
     )
+    gate = _account_gate_report(args)
     if args.json:
-        _print_json(result.to_json())
+        _print_json({**result.to_json(), "account_gate": gate})
     else:
-        print(result.describe())
+        print(result.describe() + (f"\naccount gate: {gate['line']}" if gate else ""))
     return 0 if result.exit_code in (0, 2) else 1
+
+
+def _account_gate_report(args: argparse.Namespace) -> dict | None:
+    """The [account] gate's own answer for the user (cached if a login just cached it)."""
+    if args.lookup or args.audit_chain:
+        return None
+    try:
+        config = _load_config(args)
+    except CliError:
+        return None  # the program's own answer above already says what is wrong
+    from .account import gate_report
+
+    return gate_report(args.user, config)
 
 
 def _read_password(user: str) -> str:

@@ -108,6 +108,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     result = assess(user=args.user, service=args.service, ip=args.ip, config=config, now=time.time(),
                     stderr=sys.stderr, use_cache=not args.no_cache)
     verdict = result.verdict
+    gate = None
+    if args.user != "-":
+        from .account import gate_report
+
+        gate = gate_report(args.user, config, use_cache=not args.no_cache)
     if args.json:
         json.dump({
             "ip": args.ip,
@@ -123,6 +128,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             "reason": verdict.reason,
             "would_log": verdict.log,
             "audit_line": result.line,
+            "account_gate": gate,
         }, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return 0
@@ -136,6 +142,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out.append(f"verdict: {verdict.result.upper()}: {verdict.reason}")
     out.append("audit line:" + ("" if verdict.log else " (not logged for this source)"))
     out.append(f"  {result.line}")
+    if gate is not None:
+        out.append(f"account gate ({args.user}): {gate['line']}")
     print("\n".join(out))
     return 0
 

@@ -30,6 +30,7 @@ ALLOW_KINDS = ("ip_networks", "as_numbers", "countries")
 HASH_SCHEMES = ("sha512-crypt", "bcrypt", "argon2id")
 RESULT_SUCCESS_VALUES = ("ok", "unknown", "next")
 BACKENDS = ("sql", "nextcloud")
+ACCOUNT_BACKENDS = ("", "ldap", "sql")
 
 
 class Problem(Value):
@@ -78,6 +79,11 @@ DEFAULT_MAX_SPEED_KMH = 1000.0  # faster than an airliner, with margin
 DEFAULT_NEXTCLOUD_TIMEOUT = 3.0
 DEFAULT_NEXTCLOUD_CACHE_SECONDS = 60.0
 ALERT_ACTIONS = ("log", "deny")
+DEFAULT_ACCOUNT_TIMEOUT = 3.0
+DEFAULT_ACCOUNT_CACHE_SECONDS = 60.0
+DEFAULT_LDAP_FILTER = "(uid=%u)"  # upstream's search: uid = the login name
+# upstream's markers of a disabled account (its main.py): either attribute with this value
+DEFAULT_LDAP_DISABLED = {"loginShell": ("/bin/false",), "homeDirectory": ("/dev/null",)}
 
 # The config classes are plain `Value`s, not dataclasses (see values.py): the per-login
 # program builds them on every login. Fields are never assigned after __init__.
@@ -134,6 +140,54 @@ class NextcloudConfig(Value):
         self.cache_seconds = cache_seconds  # positive cache; 0 asks Nextcloud every time
         self.ca_file = ca_file  # PEM bundle for https (default: the system's)
         self.forward_ip = forward_ip  # send X-Forwarded-For: client IP
+
+
+class LdapAccountConfig(Value):
+    """`[account.ldap]`: where and how the account gate asks the directory (account.py)."""
+
+    __slots__ = ("basedn", "bind_dn", "bind_password", "bind_password_file", "ca_file", "disabled", "filter",
+                 "starttls", "uri")
+    _repr_hidden = ("bind_password",)  # never in a log or traceback
+
+    def __init__(self, uri: str | None = None, basedn: str | None = None, filter: str = DEFAULT_LDAP_FILTER,
+                 bind_dn: str | None = None, bind_password: str | None = None,
+                 bind_password_file: str | None = None, starttls: bool = False, ca_file: str | None = None,
+                 disabled: dict[str, tuple[str, ...]] | None = None):
+        self.uri = uri  # ldap://host[:port] or ldaps://host[:port]; several, space-separated
+        self.basedn = basedn
+        self.filter = filter  # %u user, %n local part, %d domain (each RFC 4515-escaped), %% a percent
+        self.bind_dn = bind_dn  # None: anonymous search
+        self.bind_password = bind_password  # in the 0640 config; bind_password_file is preferred
+        self.bind_password_file = bind_password_file
+        self.starttls = starttls  # StartTLS on an ldap:// connection (upstream's `tls`)
+        self.ca_file = ca_file  # PEM bundle to verify the server (default: the system's)
+        self.disabled = dict(DEFAULT_LDAP_DISABLED) if disabled is None else disabled  # attribute -> values
+
+
+class SqlAccountConfig(Value):
+    """`[account.sql]`: the account gate as one SQL query (account.py)."""
+
+    __slots__ = ("dsn", "query")
+    _repr_hidden = ("dsn",)  # may hold a password
+
+    def __init__(self, query: str | None = None, dsn: str | None = None):
+        self.query = query  # :user is the login name; a row means the account exists
+        self.dsn = dsn  # None: the app-password database ([database] dsn)
+
+
+class AccountConfig(Value):
+    """`[account]`: the gate that a login's account exists and is enabled (account.py)."""
+
+    __slots__ = ("backend", "cache_seconds", "ldap", "sql", "timeout")
+
+    def __init__(self, backend: str = "", timeout: float = DEFAULT_ACCOUNT_TIMEOUT,
+                 cache_seconds: float = DEFAULT_ACCOUNT_CACHE_SECONDS, ldap: LdapAccountConfig | None = None,
+                 sql: SqlAccountConfig | None = None):
+        self.backend = backend  # "": no gate; "ldap"; "sql"
+        self.timeout = timeout  # one deadline for the whole check (connect, TLS, bind, search)
+        self.cache_seconds = cache_seconds  # an "active" answer is reused this long; 0: ask every time
+        self.ldap = LdapAccountConfig() if ldap is None else ldap
+        self.sql = SqlAccountConfig() if sql is None else sql
 
 
 class UserdbConfig(Value):
@@ -334,7 +388,8 @@ class AlertsConfig(Value):
 
 
 class Config(Value):
-    __slots__ = ("alerts", "audit", "auth", "database", "nextcloud", "path", "problems", "throttle", "userdb")
+    __slots__ = ("account", "alerts", "audit", "auth", "database", "nextcloud", "path", "problems", "throttle",
+                 "userdb")
 
     def __init__(
         self,
@@ -347,6 +402,7 @@ class Config(Value):
         alerts: AlertsConfig | None = None,
         throttle: ThrottleSettings | None = None,
         nextcloud: NextcloudConfig | None = None,
+        account: AccountConfig | None = None,
     ):
         self.path = path
         self.database = DatabaseConfig() if database is None else database
@@ -356,6 +412,7 @@ class Config(Value):
         self.alerts = AlertsConfig() if alerts is None else alerts
         self.throttle = ThrottleSettings() if throttle is None else throttle
         self.nextcloud = NextcloudConfig() if nextcloud is None else nextcloud
+        self.account = AccountConfig() if account is None else account
         self.problems = problems  # warnings that did not stop loading
 
     def resolve(self, path: str) -> str:
@@ -654,6 +711,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     alerts = _alerts(reader(top.table("alerts"), "alerts"))
     throttle = _throttle(reader(top.table("throttle"), "throttle"))
     nextcloud = _nextcloud(reader(top.table("nextcloud"), "nextcloud"), auth.backend == "nextcloud")
+    account = _account(reader(top.table("account"), "account"), reader)
     top.finish()
 
     _check_networks(problems, name, auth, audit, throttle)
@@ -661,7 +719,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
     if errors:
         raise ConfigError(problems)
     return Config(path=path, database=database, auth=auth, userdb=userdb, audit=audit, problems=tuple(problems),
-                  alerts=alerts, throttle=throttle, nextcloud=nextcloud)
+                  alerts=alerts, throttle=throttle, nextcloud=nextcloud, account=account)
 
 
 def _nextcloud(r: _Reader, used: bool) -> NextcloudConfig:
@@ -683,6 +741,58 @@ def _nextcloud(r: _Reader, used: bool) -> NextcloudConfig:
     if scheme not in ("http", "https") or not host or "@" in host or any(c.isspace() for c in url):
         r.problems.append(Problem(f"{r.where} url", "must be http(s)://host[:port]/path, without credentials"))
     return settings
+
+
+def _account(r: _Reader, reader: Any) -> AccountConfig:
+    """`[account]`, `[account.ldap]` (with `.disabled`), `[account.sql]`; the chosen backend's keys are required."""
+    backend = r.choice("backend", "", ACCOUNT_BACKENDS)
+    timeout = r.number("timeout", DEFAULT_ACCOUNT_TIMEOUT, 0.1)
+    cache_seconds = r.number("cache_seconds", DEFAULT_ACCOUNT_CACHE_SECONDS)
+    lr = reader(r.table("ldap"), "account.ldap")
+    dr = reader(lr.table("disabled"), "account.ldap.disabled")
+    disabled = {attr: dr.strings(attr) for attr in dr.data} if "disabled" in lr.data else None
+    dr.finish()
+    ldap = LdapAccountConfig(
+        uri=lr.str("uri", None) or None,
+        basedn=lr.str("basedn", None) or None,
+        filter=lr.str("filter", DEFAULT_LDAP_FILTER) or DEFAULT_LDAP_FILTER,
+        bind_dn=lr.str("bind_dn", None) or None,
+        bind_password=lr.str("bind_password", None) or None,
+        bind_password_file=lr.str("bind_password_file", None) or None,
+        starttls=lr.bool("starttls", False),
+        ca_file=lr.str("ca_file", None) or None,
+        disabled=disabled,
+    )
+    lr.finish()
+    sr = reader(r.table("sql"), "account.sql")
+    sql = SqlAccountConfig(query=sr.str("query", None) or None, dsn=sr.str("dsn", None) or None)
+    sr.finish()
+    r.finish()
+    where_ldap, where_sql = lr.where, sr.where
+    if backend == "ldap":
+        for key in ("uri", "basedn"):
+            if getattr(ldap, key) is None:
+                r.problems.append(Problem(f"{where_ldap} {key}", 'is required with [account] backend = "ldap"'))
+        for uri in (ldap.uri or "").split():
+            if not uri.startswith(("ldap://", "ldaps://")) or "@" in uri:
+                r.problems.append(Problem(f"{where_ldap} uri", f"{uri!r} must be ldap://host[:port] or "
+                                                                 "ldaps://host[:port]"))
+        if "%u" not in ldap.filter and "%n" not in ldap.filter:
+            r.problems.append(Problem(f"{where_ldap} filter", "must contain %u or %n (the login name)"))
+        if not (ldap.filter.startswith("(") and ldap.filter.endswith(")")):
+            r.problems.append(Problem(f"{where_ldap} filter", "must be an LDAP filter in parentheses"))
+        if ldap.bind_password and ldap.bind_password_file:
+            r.problems.append(Problem(where_ldap, "give bind_password or bind_password_file, not both"))
+        if (ldap.bind_password or ldap.bind_password_file) and not ldap.bind_dn:
+            r.problems.append(Problem(f"{where_ldap} bind_dn", "is required with a bind password"))
+        if ldap.starttls and any(u.startswith("ldaps://") for u in (ldap.uri or "").split()):
+            r.problems.append(Problem(f"{where_ldap} starttls", "ldaps:// is TLS already: drop starttls"))
+    elif backend == "sql":
+        if sql.query is None:
+            r.problems.append(Problem(f"{where_sql} query", 'is required with [account] backend = "sql"'))
+        elif ":user" not in sql.query:
+            r.problems.append(Problem(f"{where_sql} query", "must use :user (the login name)"))
+    return AccountConfig(backend=backend, timeout=timeout, cache_seconds=cache_seconds, ldap=ldap, sql=sql)
 
 
 def _throttle(r: _Reader) -> ThrottleSettings:

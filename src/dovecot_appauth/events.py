@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 # Stored results besides the audit's allow / deny / unknown / deny-audit-only
 REFUSED = "refused"  # a policy (service, network, expiry) or an alert with action = "deny" refused it
+# rule and alert of the right password of a revoked or expired app password (login.py): it has leaked
+LEAKED_ALERT = "leaked-password"
 
 COLUMNS = ("timestamp", "uid", "pwid", "service", "src_ip", "src_rdns", "country", "asn", "as_org", "place",
            "latitude", "longitude", "accuracy_km", "result", "rule", "reason", "authenticated", "alert")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .core import LoginRequest
+    from .events import EventRow
     from .pipeline import Assessment
     from .store import PasswordRow, Store
 
@@ -222,12 +223,14 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
 
     if matched is None:
         _record_failure(store, config, request, now, stderr)
+        if revoked is not None:
+            # the one audit event of this refusal (rule leaked-password): the report lists it
+            # under leaked passwords and among the blocked users
+            _alert_leaked_password(store, config, request, revoked, now, stderr)
         if revoked is not None and revoked.deleted is None:
             from .policy import utc_text
 
             reason = f"expired {utc_text(revoked.policy.expires)} UTC"  # type: ignore[union-attr]
-            # an audit event like the service and network refusals, for the report's blocked users
-            _record_refusal(store, config, request, revoked, reason, now, stderr)
             return _fail(f"user {request.username}: refused expired app password #{revoked.id} ({reason})")
         if revoked is not None:
             return _fail(
@@ -235,6 +238,12 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
                 f"(revoked {revoked.deleted} UTC)"
             )
         return _fail()  # wrong password or unknown user: Dovecot logs these itself
+
+    if config.account.backend:
+        # after the match, not before: see _check_account
+        refused = _check_account(store, config, request, matched.uid, matched.id, now, stderr)
+        if refused is not None:
+            return refused
 
     if matched.policy is not None:
         from .policy import check
@@ -299,6 +308,10 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
                                           cache_dir, now=now):
         _record_failure(store, config, request, now, stderr)
         return _fail()  # wrong password or unknown user: Dovecot logs these itself
+    if config.account.backend:
+        refused = _check_account(store, config, request, request.username, None, now, stderr)
+        if refused is not None:
+            return refused
     if config.audit.enabled:
         from .pipeline import audit_login
 
@@ -413,6 +426,117 @@ def _record_refusal(store: Store, config: Config, request: LoginRequest, row: Pa
         ))
     except TempFail as e:
         _say(stderr, f"audit event of {row.uid} not recorded: {e}")
+
+
+def _check_account(store: Store, config: Config, request: LoginRequest, user: str, pwid: int | None,
+                   now: float, stderr: TextIO) -> Outcome | None:
+    """The account gate ([account], account.py): None when the account exists and is enabled.
+
+    Asked only after the password matched, never before: a client without the right
+    password learns nothing about the account (same answer, same time, whether it is
+    deleted, disabled or fine), and password guessing never reaches the directory, so it
+    can neither load it nor, when it is down, turn wrong passwords into temporary failures.
+    A directory that cannot answer raises TempFail (111): fail closed, never "wrong password".
+    """
+    from .account import check_account
+
+    try:
+        answer = check_account(user, config, now=now, store=store, stderr=stderr)
+    except TempFail as e:
+        raise TempFail(f"user {user}: {e}") from None
+    if _debugging:
+        _debug(f"account gate: {answer.describe()}")
+    if answer.active:
+        return None
+    reason = f"account {answer.state} in {answer.backend}: {answer.detail}"
+    _record_failure(store, config, request, now, stderr)
+    _record_event(store, config, request, user, pwid, "account", reason, now, stderr)
+    return _fail(f"user {user}: refused by the account gate: {reason}")
+
+
+def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, row: PasswordRow, now: float,
+                           stderr: TextIO) -> None:
+    """The right password of a revoked or expired app password: it has leaked. An audit
+    event with alert `leaked-password`, and with [alerts] on, a log line and the notify
+    command, as for a new-country alert. The login is refused all the same."""
+    from .events import LEAKED_ALERT
+    from .policy import utc_text
+
+    if row.deleted is not None:
+        state, when = "revoked", f"{row.deleted} UTC"
+    else:
+        state, when = "expired", f"{utc_text(row.policy.expires)} UTC"  # type: ignore[union-attr]
+    facts, place = None, None
+    if config.audit.enabled and request.remote_ip:
+        from .pipeline import assess
+
+        try:  # where the client is, for the alert; the refusal stands whatever happens here
+            found = assess(user=row.uid, service=request.service, ip=request.remote_ip, config=config, now=now,
+                           stderr=stderr)
+            facts, place = found.facts, found.log_columns()["src_loc"] or None
+        except TempFail as e:
+            _say(stderr, f"user {row.uid}: {LEAKED_ALERT} alert without a place: {e}")
+    detail = f"right password of {state} app password #{row.id} ({state} {when})"
+    event = _record_event(store, config, request, row.uid, row.id, LEAKED_ALERT, detail, now, stderr,
+                          alert=LEAKED_ALERT, facts=facts, place=place)
+    if not config.alerts.enabled or _leak_told_recently(config, row.id, request.remote_ip, now):
+        return
+    _say(stderr, f"user {row.uid}: login alert {LEAKED_ALERT} from {request.remote_ip or '-'}"
+                 f"{f' ({place})' if place else ''}: {detail}")
+    if config.alerts.notify_command:
+        from .events import notify
+
+        payload = event.to_json()
+        payload.update(alerts=[{"kind": LEAKED_ALERT, "detail": detail}], action="deny",
+                       password_state=state, password_state_since=when)
+        notify(config.alerts.notify_command, payload, stderr)
+
+
+LEAK_TOLD_SECONDS = 86400.0
+LEAK_TOLD_SOURCE = "leak-told"  # its rows in the enrichment cache
+
+
+def _leak_told_recently(config: Config, pwid: int, ip: str | None, now: float) -> bool:
+    """Was this password's leak from this client already told (line + notify) within a day?
+
+    A phone still set up with a revoked password retries every few minutes; one alert a
+    day per password and client is news, a hundred are noise that gets alerts switched
+    off. Every attempt is still an audit event. Kept in the enrichment cache (JSON, no
+    secret); without a usable cache every attempt is told.
+    """
+    if not config.audit.cache.enabled:
+        return False
+    from .cache import CacheUnavailable, IpCache
+
+    cache = IpCache(config.resolve(config.audit.cache.path))
+    key = f"{pwid}|{ip or '-'}"
+    try:
+        if cache.get(LEAK_TOLD_SOURCE, key, now) is not None:
+            return True
+        cache.put(LEAK_TOLD_SOURCE, key, {"told": now}, LEAK_TOLD_SECONDS, now)
+    except CacheUnavailable:
+        pass
+    finally:
+        cache.close()
+    return False
+
+
+def _record_event(store: Store, config: Config, request: LoginRequest, user: str, pwid: int | None, rule: str,
+                  reason: str, now: float, stderr: TextIO | None, *, alert: str | None = None,
+                  facts: object = None, place: str | None = None) -> EventRow:
+    """A refused login's audit event (result "refused"); written when events are recorded."""
+    from .events import REFUSED, event_row
+    from .store import utc_timestamp
+
+    row = event_row(timestamp=utc_timestamp(now), user=user, pwid=pwid, service=request.service,
+                    ip=request.remote_ip, facts=facts, place=place, result=REFUSED,  # type: ignore[arg-type]
+                    rule=rule, reason=reason, authenticated=False, alert=alert)
+    if config.audit.enabled and config.audit.record_events and not store.upgrade_note:
+        try:
+            store.record_event(row)
+        except TempFail as e:
+            _say(stderr, f"audit event of {user} not recorded: {e}")
+    return row
 
 
 def _verify(password: str, row: object, stderr: TextIO | None) -> bool:

@@ -51,8 +51,6 @@ NOT_TRANSLATED: dict[tuple[str, str], str] = {
     ("audit.maxmind", "country"): "the City database carries the country; no separate Country database",
 }
 WHOLE_SECTIONS: dict[str, str] = {
-    "ldap": "LDAP is not used: keep your LDAP userdb in Dovecot (userdb { driver = ldap }), "
-            "or set [userdb] here",
     "cache": "redis cache not needed: enrichment is cached on disk in [audit.cache] path",
     "log": "Python logging config: the audit line goes to syslog/journald ([audit] syslog_*, journal, log_file)",
 }
@@ -106,7 +104,9 @@ def translate(data: dict[str, Any], source_dir: str) -> Migration:
         for key, value in table.items():
             where = (section, key)
             name = f"[{section}] {key}" if section else key
-            if not section and key in WHOLE_SECTIONS:
+            if not section and key == "ldap" and isinstance(value, dict):
+                put("account", "", translate_ldap(value, source_dir, notes, untranslated))
+            elif not section and key in WHOLE_SECTIONS:
                 untranslated.append(f"[{key}]: {WHOLE_SECTIONS[key]}")
             elif where in KEY_MAP:
                 our_section, our_key, how = KEY_MAP[where]
@@ -145,6 +145,45 @@ def behaviour_changes(config: dict[str, Any]) -> list[str]:
                    'enabled = true (order = "origin-first" prefers the origin AS as upstream did) for '
                    "network names, entities and AS data MaxMind lacks")
     return changes
+
+
+# upstream's [ldap] keys (its config.py) and what they become in [account.ldap]
+LDAP_KEYS = ("host", "port", "bind", "password", "tls", "tls_cert", "basedn")
+
+
+def translate_ldap(ldap: dict[str, Any], source_dir: str, notes: list[str], untranslated: list[str]) -> dict[str, Any]:
+    """Upstream's [ldap] -> our [account] gate with backend "ldap" (account.py).
+
+    Upstream searched `(uid=<login>)` under basedn on every login and refused a missing,
+    non-unique or disabled account (`homeDirectory` /dev/null or `loginShell` /bin/false):
+    the same filter and markers are written out explicitly.
+    """
+    host = str(ldap.get("host") or "localhost")
+    port = ldap.get("port")
+    uri = host if "://" in host else f"ldap://{host}"
+    if port and uri.count(":") < 2:
+        uri += f":{port}"
+    table: dict[str, Any] = {"uri": uri}
+    if ldap.get("basedn"):
+        table["basedn"] = ldap["basedn"]
+    table["filter"] = "(uid=%u)"
+    if ldap.get("bind"):
+        table["bind_dn"] = ldap["bind"]
+    if ldap.get("password"):
+        table["bind_password"] = ldap["password"]
+        notes.append("[ldap] password: now [account.ldap] bind_password in this file (written 0640: give it group "
+                     "dovecot), or move it to a bind_password_file")
+    if ldap.get("tls"):
+        table["starttls"] = True
+        if ldap.get("tls_cert"):
+            table["ca_file"] = _convert("path", ldap["tls_cert"], source_dir, "[ldap] tls_cert", notes)
+    table["disabled"] = {"loginShell": ["/bin/false"], "homeDirectory": ["/dev/null"]}
+    for key, value in ldap.items():
+        if key not in LDAP_KEYS:
+            untranslated.append(f"[ldap] {key} = {_short(value)}: unknown upstream key")
+    notes.append("[ldap]: now the [account] gate (backend ldap): asked after the password matched, not before; "
+                 "directory down = temporary failure; python-ldap needed (pip install 'dovecot-appauth[ldap]')")
+    return {"backend": "ldap", "ldap": table}
 
 
 def _is_section(section: str, key: str) -> bool:

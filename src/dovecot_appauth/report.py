@@ -359,6 +359,12 @@ def _summarise(rows: list[dict[str, Any]], earlier: dict[str, set[tuple[str | No
                       for r in logins)
 
     alerts = Counter(kind for r in rows if r["alert"] for kind in r["alert"].split(","))
+    # the right password of a revoked or expired app password (login.py): it has leaked
+    from .events import LEAKED_ALERT
+
+    leaked = [{"time": _utc(_epoch(r["timestamp"])), "user": r["uid"], "pwid": r["pwid"], "ip": r["src_ip"],
+               "country": r["country"], "place": r["place"], "detail": r["reason"]}
+              for r in rows if r["alert"] and LEAKED_ALERT in r["alert"].split(",")]
     return {
         "generated": _utc(time.time()),
         "since": _utc(since),
@@ -374,7 +380,9 @@ def _summarise(rows: list[dict[str, Any]], earlier: dict[str, set[tuple[str | No
             "unique_asns_unknown": sum(1 for a in asns if not a["known"]),
             "alerts": sum(alerts.values()),
             "unused_passwords": len(unused),
+            "leaked_passwords": len(leaked),
         },
+        "leaked_passwords": leaked,
         "alerts_by_kind": dict(sorted(alerts.items())),
         "blocked_users": blocked_users,
         "users": users,
@@ -425,6 +433,12 @@ def _sections(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ["unique IPs", f"{t['unique_ips']} ({t['unique_ips_unknown']} unknown)"],
         ["alerts", str(t["alerts"]) + (" (" + ", ".join(f"{k} {v}" for k, v in data["alerts_by_kind"].items())
                                        + ")" if data["alerts_by_kind"] else "")],
+    ]))
+    sections.append(("Leaked app passwords (right password of a revoked or expired one)",
+                     ["TIME (UTC)", "USER", "ID", "IP", "PLACE", "DETAIL"], [
+        [(x["time"] or "")[:16], x["user"], str(x["pwid"] if x["pwid"] is not None else "-"), x["ip"] or "-",
+         _place(x["country"], x["place"]), x["detail"] or ""]
+        for x in data.get("leaked_passwords", [])
     ]))
     sections.append(("Blocked users", ["USER", "COUNT", "RESULT", "RULE", "REASON"], [
         [b["user"] if i == 0 else "", str(r["count"]), r["result"], r["rule"], r["reason"]]
@@ -597,7 +611,8 @@ def render_html(data: dict[str, Any]) -> str:
              ("blocked", t["blocked"], t["blocked"] > 0), ("users", t["users"], False),
              ("unique IPs", t["unique_ips"], False), ("unknown IPs", t["unique_ips_unknown"], False),
              ("unique ASNs", t["unique_asns"], False), ("unknown ASNs", t["unique_asns_unknown"], False),
-             ("alerts", t["alerts"], t["alerts"] > 0), ("unused passwords", t["unused_passwords"], False)]
+             ("alerts", t["alerts"], t["alerts"] > 0), ("unused passwords", t["unused_passwords"], False),
+             ("leaked passwords", t.get("leaked_passwords", 0), t.get("leaked_passwords", 0) > 0)]
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{_esc(_title(data))}</title><style>{_CSS}</style></head><body>",
            f"<h1>{_esc(_title(data))}</h1>",

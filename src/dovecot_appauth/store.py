@@ -68,6 +68,8 @@ if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a logi
 
         def find_passwords(self, username: str) -> list[PasswordRow]: ...
 
+        def account_rows(self, query: str, username: str) -> list[tuple[Any, ...]]: ...
+
         def record_event(self, row: EventRow) -> None: ...
 
         def recent_events(self, username: str, since: float) -> list[tuple[Any, ...]]: ...
@@ -220,6 +222,13 @@ class SqliteStore:
     def _check_not_locked(self) -> None:
         if self._locked is not None:
             raise TempFail(f"{self._locked}; not waited for again in this login")
+
+    def account_rows(self, query: str, username: str) -> list[tuple[Any, ...]]:
+        """The account gate's query ([account.sql], account.py), :user bound to `username`."""
+        try:
+            return self.conn.execute(query, {"user": username}).fetchmany(2)
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
 
     def record_event(self, row: EventRow) -> None:
         from .events import INSERT_EVENT
@@ -387,6 +396,17 @@ class MysqlStore:
             self.upgrade_note = UPGRADE_NOTE
             cursor = self._run(_SELECT_PASSWORDS.format(p="%s", collate=""), (username,))
         return [_password_row(r) for r in cursor.fetchall()]
+
+    def account_rows(self, query: str, username: str) -> list[tuple[Any, ...]]:
+        """The account gate's query ([account.sql], account.py), :user bound to `username`."""
+        # PyMySQL's named style is %(user)s, and a literal % must be doubled
+        sql = query.replace("%", "%%").replace(":user", "%(user)s")
+        try:
+            cursor = self.conn.cursor()
+            cursor.execute(sql, {"user": username})
+        except self._errors as e:
+            raise self._tempfail(e) from None
+        return list(cursor.fetchmany(2))
 
     def record_event(self, row: EventRow) -> None:
         from .events import INSERT_EVENT
