@@ -250,7 +250,7 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
 
         refusal = check(matched.policy, request.service, request.remote_ip, now)
         if refusal is not None:
-            _record_refusal(store, config, request, matched, refusal, now, stderr)
+            _record_event(store, config, request, matched.uid, matched.id, "policy", refusal, now, stderr)
             return _fail(f"user {matched.uid}: app password #{matched.id} refused: {refusal}")
 
     record_fields = {"src_rdns": "<>", "src_loc": "", "src_isp": ""}
@@ -409,23 +409,6 @@ def _record_failure(store: Store, config: Config, request: LoginRequest, now: fl
 def _expired(row: PasswordRow, now: float) -> bool:
     policy = row.policy
     return policy is not None and policy.expires is not None and now >= policy.expires
-
-
-def _record_refusal(store: Store, config: Config, request: LoginRequest, row: PasswordRow, reason: str,
-                    now: float, stderr: TextIO | None) -> None:
-    """A policy refusal is an audit event too (result "refused"), without enrichment."""
-    if not (config.audit.enabled and config.audit.record_events) or store.upgrade_note:
-        return
-    from .events import REFUSED, event_row
-    from .store import utc_timestamp
-
-    try:
-        store.record_event(event_row(
-            timestamp=utc_timestamp(now), user=row.uid, pwid=row.id, service=request.service, ip=request.remote_ip,
-            facts=None, result=REFUSED, rule="policy", reason=reason, authenticated=False,
-        ))
-    except TempFail as e:
-        _say(stderr, f"audit event of {row.uid} not recorded: {e}")
 
 
 def _check_account(store: Store, config: Config, request: LoginRequest, user: str, pwid: int | None,
