@@ -83,7 +83,7 @@ def assess(
 ) -> Assessment:
     """Enrich and judge without writing the audit line (`explain` stops here)."""
     from .audit import format_line
-    from .lists import load_lists
+    from .lists import enforce_readable, load_lists
 
     audit = config.audit
     source = classify_source(ip, audit)
@@ -95,6 +95,8 @@ def assess(
 
         facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache)
     lists = load_lists(config)
+    if source.kind is SourceKind.GLOBAL:  # only a global source is judged by the lists
+        enforce_readable(lists.unreadable, audit.unreadable_list, stderr)
     verdict = evaluate(user, service, ip or "", facts, lists, audit, source)
     line = format_line(user, service, ip or "", facts, verdict)
     return Assessment(source=source, facts=facts, verdict=verdict, line=line)
