@@ -73,6 +73,16 @@ def test_check_config_reports_a_database_only_root_can_use(site):
         in res.stdout, res.stdout
 
 
+def test_check_config_reports_an_mmdb_only_root_can_read(site):
+    private = site.dir / "City.mmdb"
+    private.write_bytes(CITY.read_bytes())
+    os.chmod(private, 0o600)
+    site.write(**{**site.sections, "audit.maxmind": {"city": str(private)}})
+    res = check_config(site)
+    assert (f"warning: [audit.maxmind] city {private}: as dovecot: not readable: Permission denied"
+            in res.stdout), res.stdout
+
+
 def test_check_config_unknown_service_user(site):
     res = check_config(site, "--service-user", "no-such-user-here")
     assert res.returncode == 1

@@ -152,6 +152,26 @@ def test_assess_of_serve_and_explain_refuses_a_missing_list(tmp_path):
     assert not assess(user=USER, service="imap", ip="127.0.0.1", config=config, now=time.time()).deny
 
 
+def test_serve_verify_and_policy_fail_closed(site):
+    """`serve` (Dovecot 2.4's Lua passdb and auth policy) runs the same decide/assess."""
+    pytest.importorskip("starlette")
+    import io
+
+    from dovecot_appauth.server import Engine
+
+    write_config(site)
+    deny_file = site.dir / "lists" / "ip_net.deny.lst"
+    log = io.StringIO()
+    engine = Engine(str(site.path), stderr=log)
+    body = {"user": USER, "password": site.pw("a"), "service": "imap", "remote_ip": DENIED_IP}
+    assert engine.verify(body)["result"] == "fail"
+    damage(deny_file, "moved")
+    assert engine.verify(body) == {"result": "tempfail"}
+    with pytest.raises(TempFail, match="deny list ip_networks"):
+        engine.policy("allow", {"login": USER, "remote": DENIED_IP, "protocol": "imap"})
+    assert f"deny list ip_networks {deny_file}: file not found" in log.getvalue()
+
+
 def test_fifo_in_place_of_a_list_does_not_hang_the_login(site):
     write_config(site)
     deny_file = site.dir / "lists" / "ip_net.deny.lst"
@@ -168,5 +188,5 @@ def test_check_config_names_a_directory_in_place_of_a_list(site):
     damage(deny_file, "directory")
     out = run_cli(site.path, "check-config", "--no-database", check=False)
     assert out.returncode == 1
-    assert f"error: {deny_file}: ip_networks: list file a directory" in out.stdout, out.stdout
+    assert f"error: {deny_file}: ip_networks: a directory; audited logins fail until" in out.stdout, out.stdout
     shutil.rmtree(deny_file)

@@ -507,7 +507,7 @@ def load_file(
     try:
         return read_file(kind, path, cache_dir=cache_dir, validate_regex=validate_regex)
     except ListUnreadable as e:
-        return [], [Problem(path, f"{kind}: list file {e.reason}; logins fail until it is fixed "
+        return [], [Problem(path, f"{kind}: {e.reason}; audited logins fail until it is fixed "
                                   '(or set [audit] unreadable_list = "skip")')]
 
 
