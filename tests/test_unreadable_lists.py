@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from dovecot_appauth.config import parse
+from dovecot_appauth.config import ConfigError, parse
 from dovecot_appauth.core import TempFail
 from dovecot_appauth.pipeline import assess
 from tests.hardening import GLOBAL_NETWORKS, dovecot_env, make_site, run_cli
@@ -190,3 +190,10 @@ def test_check_config_names_a_directory_in_place_of_a_list(site):
     assert out.returncode == 1
     assert f"error: {deny_file}: ip_networks: a directory; audited logins fail until" in out.stdout, out.stdout
     shutil.rmtree(deny_file)
+
+
+def test_unreadable_list_setting_is_checked():
+    assert parse({}).audit.unreadable_list == "tempfail"
+    assert parse({"audit": {"unreadable_list": "skip"}}).audit.unreadable_list == "skip"
+    with pytest.raises(ConfigError, match=r"\[audit\] unreadable_list: is 'open', must be one of tempfail, skip"):
+        parse({"audit": {"unreadable_list": "open"}})

@@ -233,8 +233,6 @@ def cmd_password_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_login_test(args: argparse.Namespace) -> int:
-    from .logintest import run_login_test
-
     password = "" if args.lookup else _read_password(args.user)
     run_as = None
     if os.geteuid() == 0 or args.service_user:
@@ -251,7 +249,25 @@ def cmd_login_test(args: argparse.Namespace) -> int:
             if not can_drop_to(user):
                 raise CliError(f"cannot run the program as {user.describe()}: run login-test as root")
             run_as = user
-    result = run_login_test(
+    try:
+        result = _run_login_test(args, password, run_as)
+    except PermissionError as e:
+        # as Dovecot would find: the service user cannot run the interpreter or the program
+        who = run_as.describe() if run_as is not None else "this user"
+        raise CliError(f"cannot run the program as {who}: {e.strerror} ({e.filename or 'interpreter'}); "
+                       "Dovecot cannot either: the program, its interpreter and venv must be reachable "
+                       "by that user") from None
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(result.describe())
+    return 0 if result.exit_code in (0, 2) else 1
+
+
+def _run_login_test(args: argparse.Namespace, password: str, run_as: Any) -> Any:
+    from .logintest import run_login_test
+
+    return run_login_test(
         user=args.user,
         password=password,
         config=config_path(args.config),
@@ -263,11 +279,6 @@ def cmd_login_test(args: argparse.Namespace) -> int:
         audit_chain=args.audit_chain,
         run_as=run_as,
     )
-    if args.json:
-        _print_json(result.to_json())
-    else:
-        print(result.describe())
-    return 0 if result.exit_code in (0, 2) else 1
 
 
 def _read_password(user: str) -> str:
