@@ -436,7 +436,7 @@ def _write_cache(
 
 class ListUnreadable(Exception):
     """A configured list file that cannot be used at all: missing, unreadable for this
-    user, not a regular file, or too large. Never an empty list: `pipeline.unusable_lists`
+    user, not a regular file, or too large. Never an empty list: `enforce_readable`
     refuses the login (or, with `[audit] unreadable_list = "skip"`, says so on every login)."""
 
     def __init__(self, kind: str, path: str, reason: str, role: str = "deny"):
