@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,21 @@ def test_cache_directory_others_can_write_is_not_trusted(site, mode):
     res = check_config(site)
     assert res.returncode == 1
     assert f"error: [audit.cache] path {site.cache}: is group- or world-writable (mode {mode:04o})" in res.stdout
+
+
+def test_explain_as_root_warns_before_creating_a_missing_cache_directory(site):
+    missing = site.dir / "var-cache" / "appauth"
+    (site.dir / "var-cache").mkdir()  # root's, like /var/cache
+    site.write(**{**site.sections, "audit.cache": {"path": str(missing)}})
+    res = run_cli(site.path, "explain", "198.51.100.7")
+    assert (f"dovecot-appauth: warning: the cache directory {missing} does not exist, so this command acts as "
+            "root" in res.stderr), res.stderr
+    assert f"install -d -o dovecot -g dovecot -m 0700 {missing}" in res.stderr
+    assert missing.stat().st_uid == 0  # what the warning is about
+    shutil.rmtree(missing)
+    # created by the install step: explain acts as dovecot and says nothing
+    missing.mkdir(mode=0o700)
+    os.chown(missing, *dovecot_ids())
+    res = run_cli(site.path, "explain", "198.51.100.7")
+    assert res.stderr == "", res.stderr
+    assert set(owners(missing).values()) == {dovecot_ids()[0]}

@@ -87,6 +87,10 @@ def assess(
 
     audit = config.audit
     source = classify_source(ip, audit)
+    # the lists first: a login refused for a list that cannot be read costs no lookups
+    lists = load_lists(config)
+    if source.kind is SourceKind.GLOBAL:  # only a global source is judged by the lists
+        enforce_readable(lists.unreadable, audit.unreadable_list, stderr)
     facts = None
     # Local sources are exempt; their facts (rDNS, mostly) only matter for the log line.
     wanted = source.kind is SourceKind.GLOBAL or (source.kind is SourceKind.LOCAL and audit.log_local)
@@ -94,9 +98,6 @@ def assess(
         from .enrich import enrich
 
         facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache)
-    lists = load_lists(config)
-    if source.kind is SourceKind.GLOBAL:  # only a global source is judged by the lists
-        enforce_readable(lists.unreadable, audit.unreadable_list, stderr)
     verdict = evaluate(user, service, ip or "", facts, lists, audit, source)
     line = format_line(user, service, ip or "", facts, verdict)
     return Assessment(source=source, facts=facts, verdict=verdict, line=line)

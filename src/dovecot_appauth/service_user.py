@@ -36,6 +36,7 @@ class ServiceUser:
     uid: int
     gid: int
     how: str  # how it was chosen, for messages
+    cache_missing: bool = False  # chosen as the owner of the missing cache directory's parent
 
     @property
     def groups(self) -> list[int]:
@@ -75,7 +76,22 @@ def resolve(config: Config, explicit: str | None = None) -> ServiceUser:
         name, gid = entry.pw_name, entry.pw_gid
     except KeyError:
         name, gid = str(st.st_uid), st.st_gid
-    return ServiceUser(name, st.st_uid, gid, how)
+    return ServiceUser(name, st.st_uid, gid, how, cache_missing=probe != path)
+
+
+def missing_cache_warning(user: ServiceUser, config: Config) -> str | None:
+    """A warning when a command run as root is about to create the cache directory as root
+    although the logins most likely run as `dovecot` (the install step was skipped)."""
+    if not user.cache_missing or user.uid != 0 or os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("dovecot")
+    except KeyError:
+        return None
+    path = cache_directory(config)
+    return (f"the cache directory {path} does not exist, so this command acts as root (its parent's owner) "
+            f"and what it creates there is root's, which logins as dovecot cannot use: run "
+            f"'install -d -o dovecot -g dovecot -m 0700 {path}' first, or pass --service-user dovecot")
 
 
 def can_drop_to(user: ServiceUser) -> bool:
