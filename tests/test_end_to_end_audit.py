@@ -315,6 +315,37 @@ def test_list_edit_applies_at_next_login(server, setup):
     assert server.imap_login("erin@example.com", password, client_ip="198.51.100.77").ok
 
 
+@pytest.mark.parametrize("how", ["moved", "chmod-000"])
+def test_unreadable_deny_list_fails_closed_through_dovecot(server, setup, how):
+    """Issue 15 item 1: a deny list the program (user dovecot) cannot read is no open gate."""
+    _, password = seed_password(setup.cfg, "nina@example.com")
+    deny_file = setup.lists / "ip_net.deny.lst"
+    moved = deny_file.with_suffix(".away")
+    audit_mark, mark = setup.audit_mark(), server.log_mark()
+    try:
+        if how == "moved":
+            deny_file.rename(moved)
+        else:
+            os.chmod(deny_file, 0o600)  # root's only
+        ok, text = server.imap_login("nina@example.com", password, client_ip="203.0.113.9")
+        assert not ok and "UNAVAILABLE" in text, text
+        reason = "file not found" if how == "moved" else "not readable by uid"
+        log = settle_log(server, mark, "dovecot-appauth: deny list ip_networks")
+        [line] = our_lines(log)
+        assert f"dovecot-appauth: deny list ip_networks {deny_file}: {reason}" in line, line
+        assert not [x for x in setup.audit_lines(audit_mark) if "ip=203.0.113.9," in x]
+        with setup.changed(unreadable_list='"skip"'):
+            mark = server.log_mark()
+            ok, text = server.imap_login("nina@example.com", password, client_ip="198.51.100.78")
+            assert ok, text
+            log = settle_log(server, mark, "going on without it")
+            assert f"deny list ip_networks {deny_file}: {reason}" in our_lines(log)[0], log
+    finally:
+        if moved.exists():
+            moved.rename(deny_file)
+        os.chmod(deny_file, 0o644)
+
+
 def test_audit_only_logs_deny_but_lets_in(server, setup):
     pwid, password = seed_password(setup.cfg, "frank@example.com")
     audit_mark, mark = setup.audit_mark(), server.log_mark()

@@ -209,20 +209,23 @@ def test_load_lists_reads_every_kind_and_reports(tmp_path):
     assert [p.where for p in lists.problems] == [f"{tmp_path}/as_numbers.lst:2"]
 
 
-def test_load_lists_missing_file_is_one_problem(tmp_path):
+def test_load_lists_missing_file_is_unreadable_not_empty(tmp_path):
     config = make_config(tmp_path, {"as_numbers.lst": "AS1\n"})
     os.unlink(tmp_path / "as_numbers.lst")
     lists = load_lists(config)
-    assert lists.deny["as_numbers"] == ()
-    assert len(lists.problems) == 1 and "not found" in lists.problems[0].message
+    assert "as_numbers" not in lists.deny and lists.problems == []
+    [e] = lists.unreadable
+    assert (e.role, e.kind, e.path, e.reason) == ("deny", "as_numbers", f"{tmp_path}/as_numbers.lst", "file not found")
 
 
-def test_load_lists_unreadable_file(tmp_path):
+def test_load_lists_directory_in_place_of_a_file(tmp_path):
     (tmp_path / "dir.lst").mkdir()  # unreadable as a file, for root too
-    config = Config(path=str(tmp_path / "config.toml"), audit=AuditConfig(lists={"as_numbers": "dir.lst"}))
+    config = Config(path=str(tmp_path / "config.toml"), audit=AuditConfig(allow={"ip_networks": "dir.lst"}))
     lists = load_lists(config)
-    assert lists.deny["as_numbers"] == () and len(lists.problems) == 1
-    assert "cannot read" in lists.problems[0].message
+    assert "ip_networks" not in lists.allow
+    [e] = lists.unreadable
+    assert (e.role, e.reason) == ("allow", "a directory")
+    assert str(e) == f"allow list ip_networks {tmp_path}/dir.lst: a directory"
 
 
 def test_load_lists_change_applies_at_next_load(tmp_path):

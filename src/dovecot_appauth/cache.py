@@ -135,6 +135,30 @@ def file_signature(path: str) -> str:
     return f"{st.st_mtime_ns}-{st.st_size}"
 
 
+def _check_trusted(directory: str, path: str) -> None:
+    """Refuse a cache others could write: its entries feed the allow lists (an AS or a
+    country on an allow list), so a forged entry could let a login through.
+
+    The directory must be a directory writable by neither group nor
+    others, and an existing cache file must not be writable by them either (its owner is
+    checked by `check-config`: the service user or root). Otherwise the login runs
+    uncached, with one line saying why (enrich.py).
+    """
+    st = os.stat(directory)
+    if (st.st_mode & 0o170000) != 0o040000:
+        raise CacheUnavailable(f"{directory} is not a directory")
+    if st.st_mode & 0o022:
+        raise CacheUnavailable(f"directory {directory} is group- or world-writable (mode {st.st_mode & 0o7777:04o}), "
+                               "so its entries could be forged: not trusted; chmod 0700")
+    try:
+        fst = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if fst.st_mode & 0o022:
+        raise CacheUnavailable(f"{path} is group- or world-writable (mode {fst.st_mode & 0o7777:04o}): "
+                               "not trusted; chmod 0600")
+
+
 class IpCache:
     """The cache file in `directory`; created on first use. Not shared between threads."""
 
@@ -152,6 +176,7 @@ class IpCache:
             if not os.path.isdir(self.directory):
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
                 os.chmod(self.directory, 0o700)  # makedirs' mode is filtered by the umask
+            _check_trusted(self.directory, self.path)
             if not os.path.exists(self.path):
                 self._create_file()
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)

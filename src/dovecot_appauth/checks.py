@@ -7,7 +7,9 @@ import os
 from .config import Config, ConfigError, Problem, load
 
 
-def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
+def check_all(path: str, *, check_database: bool = True, service_user: str | None = None) -> list[Problem]:
+    """Every problem of the config at `path`. Files are also checked as the service user
+    (`service_user`, default: the cache directory's owner; see service_user.py)."""
     try:
         config = load(path)
     except ConfigError as e:
@@ -17,11 +19,32 @@ def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
     from .lists import check_lists
 
     problems += check_lists(config)
+    problems += check_as_service_user(path, config, service_user, already=problems)
     problems += check_audit_sources(config)
     problems += check_nextcloud(config)
     problems += check_account(config, check_database=check_database)
     if check_database:
         problems += check_database_schema(config)
+    return problems
+
+
+def check_as_service_user(path: str, config: Config, explicit: str | None, *,
+                          already: list[Problem]) -> list[Problem]:
+    """What the logins' user cannot open (lists, `.mmdb`, database, cache, log_file), and the
+    cache directory's owner and mode. A file already reported as an error (missing, say)
+    is not reported again."""
+    from .service_user import ServiceUserError, access_problems, check_cache_directory, resolve
+
+    try:
+        user = resolve(config, explicit)
+    except ServiceUserError as e:
+        return [Problem("service user", str(e))]
+    problems = [Problem("service user", f"files checked as {user.describe()}", "info")]
+    problems += check_cache_directory(config, user)
+    reported = {p.where for p in already if p.level == "error"}
+    for problem in access_problems(config, path, user):
+        if not any(problem.where.endswith(" " + where) for where in reported):
+            problems.append(problem)
     return problems
 
 

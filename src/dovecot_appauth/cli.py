@@ -239,10 +239,48 @@ def cmd_password_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_login_test(args: argparse.Namespace) -> int:
+    password = "" if args.lookup else _read_password(args.user)
+    run_as = None
+    if os.geteuid() == 0 or args.service_user:
+        # as Dovecot does: the program runs as the service user, not as root
+        from .service_user import ServiceUserError, can_drop_to, resolve
+
+        try:
+            user = resolve(_load_config(args), args.service_user)
+        except ServiceUserError as e:
+            raise CliError(str(e)) from None
+        except CliError:
+            user = None  # the program reports the config problem itself
+        if user is not None and user.uid != os.geteuid():
+            if not can_drop_to(user):
+                raise CliError(f"cannot run the program as {user.describe()}: run login-test as root")
+            run_as = user
+    try:
+        result = _run_login_test(args, password, run_as)
+    except PermissionError as e:
+        # as Dovecot would find: the service user cannot run the interpreter or the program
+        who = run_as.describe() if run_as is not None else "this user"
+        raise CliError(f"cannot run the program as {who}: {e.strerror} ({e.filename or 'interpreter'}); "
+                       "Dovecot cannot either: the program, its interpreter and venv must be reachable "
+                       "by that user") from None
+    if run_as is not None:
+        from .service_user import drop_to
+
+        # the gate's answer may be cached in the enrichment cache: never as root (a root-owned
+        # file there would make every later login run uncached)
+        drop_to(run_as)
+    gate = _account_gate_report(args)
+    if args.json:
+        _print_json({**result.to_json(), "account_gate": gate})
+    else:
+        print(result.describe() + (f"\naccount gate: {gate['line']}" if gate else ""))
+    return 0 if result.exit_code in (0, 2) else 1
+
+
+def _run_login_test(args: argparse.Namespace, password: str, run_as: Any) -> Any:
     from .logintest import run_login_test
 
-    password = "" if args.lookup else _read_password(args.user)
-    result = run_login_test(
+    return run_login_test(
         user=args.user,
         password=password,
         config=config_path(args.config),
@@ -252,13 +290,8 @@ def cmd_login_test(args: argparse.Namespace) -> int:
         lookup=args.lookup,
         program=args.program,
         audit_chain=args.audit_chain,
+        run_as=run_as,
     )
-    gate = _account_gate_report(args)
-    if args.json:
-        _print_json({**result.to_json(), "account_gate": gate})
-    else:
-        print(result.describe() + (f"\naccount gate: {gate['line']}" if gate else ""))
-    return 0 if result.exit_code in (0, 2) else 1
 
 
 def _account_gate_report(args: argparse.Namespace) -> dict | None:
@@ -290,11 +323,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from .checks import check_all
 
     path = config_path(args.config)
-    problems = check_all(path, check_database=not args.no_database)
+    problems = check_all(path, check_database=not args.no_database, service_user=args.service_user)
     for problem in problems:
         print(problem)
     errors = sum(1 for p in problems if p.level == "error")
-    warnings = len(problems) - errors
+    warnings = sum(1 for p in problems if p.level == "warning")
     print(f"{path}: {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0
 
@@ -465,12 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lookup", action="store_true", help="a userdb lookup (AUTHORIZED=1) instead of a login")
     p.add_argument("--audit-chain", action="store_true", help="run the program with --audit-chain")
     p.add_argument("--program", help="checkpassword program (default: the one installed next to this command)")
+    service_user_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("check-config", cmd_check_config,
                 "validate the config, every list file, the sources and the database schema",
                 "dovecot-appauth check-config --config /etc/dovecot-appauth/config.toml")
     p.add_argument("--no-database", action="store_true", help="do not connect to the database")
+    service_user_option(p)
 
     p = command("prune", cmd_prune, "delete old audit events and failed-login records",
                 "dovecot-appauth prune --older-than 90d --dry-run")
@@ -509,6 +544,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_audit_commands(sub, command)
     return parser
+
+
+def service_user_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--service-user", metavar="USER",
+                   help="the user logins run as, to check files as and to act as when run as root "
+                        "(default: the owner of the [audit.cache] path directory)")
+
+
+def act_as_service_user(args: argparse.Namespace, config: Config) -> Config:
+    """Run the rest of this command as the service user (see service_user.py), so that it
+    sees the files as a login does and leaves only files a login can use; the config is
+    read again as that user. A no-op when this process cannot change user (not root)."""
+    from .service_user import ServiceUserError, can_drop_to, drop_to, missing_cache_warning, resolve
+
+    try:
+        user = resolve(config, args.service_user)
+        warning = missing_cache_warning(user, config)
+        if warning:
+            print(f"dovecot-appauth: warning: {warning}", file=sys.stderr)
+        if not can_drop_to(user):
+            if args.service_user:
+                raise ServiceUserError(f"cannot act as {user.describe()}: run this command as root or as that user")
+            return config
+        drop_to(user)
+    except ServiceUserError as e:
+        raise CliError(str(e)) from None
+    return _load_config(args)
 
 
 def _policy_options(p: argparse.ArgumentParser, changing: bool = False) -> None:

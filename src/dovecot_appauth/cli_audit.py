@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .cli import service_user_option
 from .facts import GeoName, IpFacts
 
 
@@ -26,6 +27,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--service", default="imap", help="service, for disabled_services (default: imap)")
     p.add_argument("--no-cache", action="store_true", help="ask the sources even when the cache has an answer")
     p.add_argument("--json", action="store_true", help="print JSON")
+    service_user_option(p)
 
     cache = sub.add_parser("cache", help="inspect or clear the enrichment cache",
                            description="inspect or clear the enrichment cache")
@@ -34,17 +36,21 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("stats", cmd_cache_stats, "entries per source, negative and expired entries, size on disk",
                 "dovecot-appauth cache stats --json", cache_sub)
     p.add_argument("--json", action="store_true", help="print JSON")
+    service_user_option(p)
     p = command("purge", cmd_cache_purge,
                 "remove cached answers: all of them, one IP's, or only expired ones",
                 "dovecot-appauth cache purge --ip 203.0.113.9", cache_sub)
     p.add_argument("--ip", help="only this address")
     p.add_argument("--expired", action="store_true", help="only entries past their lifetime")
+    service_user_option(p)
 
 
 def _config(args: argparse.Namespace):
-    from .cli import _load_config
+    """The config, with this process turned into the service user when run as root: these
+    commands read and write the cache, which must stay usable for the logins."""
+    from .cli import _load_config, act_as_service_user
 
-    return _load_config(args)
+    return act_as_service_user(args, _load_config(args))
 
 
 def _geo(g: GeoName) -> str:

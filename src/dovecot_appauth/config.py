@@ -31,6 +31,7 @@ HASH_SCHEMES = ("sha512-crypt", "bcrypt", "argon2id")
 RESULT_SUCCESS_VALUES = ("ok", "unknown", "next")
 BACKENDS = ("sql", "nextcloud")
 ACCOUNT_BACKENDS = ("", "ldap", "sql")
+UNREADABLE_LIST_ACTIONS = ("tempfail", "skip")  # [audit] unreadable_list
 
 
 class Problem(Value):
@@ -312,6 +313,7 @@ class AuditConfig(Value):
         "syslog_facility",
         "syslog_identifier",
         "syslog_socket",
+        "unreadable_list",
     )
 
     def __init__(
@@ -342,6 +344,7 @@ class AuditConfig(Value):
         record_events: bool = True,
         events_retention_days: float = DEFAULT_EVENTS_RETENTION_DAYS,
         origin_as: OriginAsConfig | None = None,
+        unreadable_list: str = "tempfail",
     ):
         self.enabled = enabled
         self.audit_only = audit_only  # log the verdict, never deny
@@ -370,6 +373,9 @@ class AuditConfig(Value):
         self.record_events = record_events  # one audit_events row per audited login
         self.events_retention_days = events_retention_days  # `prune` deletes older audit_events rows
         self.origin_as = OriginAsConfig() if origin_as is None else origin_as
+        # a configured list file that cannot be read (missing, unreadable, not a regular file):
+        # "tempfail" refuses the login for now (111), "skip" goes on without that list; both say so
+        self.unreadable_list = unreadable_list
 
 
 class AlertsConfig(Value):
@@ -698,6 +704,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         log_file=r.str("log_file", None) or None,
         record_events=r.bool("record_events", True),
         events_retention_days=r.number("events_retention_days", DEFAULT_EVENTS_RETENTION_DAYS, 1.0),
+        unreadable_list=r.choice("unreadable_list", "tempfail", UNREADABLE_LIST_ACTIONS),
         maxmind=maxmind,
         dns=dns,
         rdap=rdap,

@@ -7,8 +7,9 @@ does not: deciding anything (that is `rules.py`, which only reads the `Lists` bu
 Theory of operation:
 - Every entry keeps its file, line number and text, so a verdict can name the line that
   decided it. A line that does not parse becomes a `Problem` and is skipped; the rest of
-  the file applies. Nothing here raises at login time: an unreadable file is one problem
-  and an empty list.
+  the file applies. Nothing here raises at login time. A file that cannot be used at all
+  (missing, unreadable, not a regular file) is never an empty list: `load_lists` records
+  it in `Lists.unreadable` and the caller refuses the login or says it goes on without it.
 - Lists are read fresh for every login (a change applies at the next login, no reload).
   Parsing 2,000 CIDRs costs a few milliseconds, so when the cache directory is usable the
   parsed form of each file is kept there as a private marshal file (never pickle; see
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 
 from . import private_file
 from .config import ALLOW_KINDS, LIST_KINDS, Problem
@@ -31,7 +33,7 @@ from .values import Value
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
     import re
-    from typing import Any
+    from typing import Any, TextIO
 
     from .config import Config
 
@@ -89,9 +91,10 @@ class Entry(tuple):
 
 
 class Lists(Value):
-    """Every list one login needs. A kind that is not configured is absent from the dicts."""
+    """Every list one login needs. A kind that is not configured is absent from the dicts;
+    a configured file that cannot be used is in `unreadable` (and its kind absent)."""
 
-    __slots__ = ("allow", "deny", "problems", "user_allow")
+    __slots__ = ("allow", "deny", "problems", "unreadable", "user_allow")
     __hash__ = None  # type: ignore[assignment]  # filled in place while loading
 
     def __init__(
@@ -100,11 +103,13 @@ class Lists(Value):
         allow: dict[str, tuple[Entry, ...]] | None = None,
         user_allow: dict[str, dict[str, tuple[Entry, ...]]] | None = None,
         problems: list[Problem] | None = None,
+        unreadable: list[ListUnreadable] | None = None,
     ):
         self.deny = {} if deny is None else deny
         self.allow = {} if allow is None else allow
         self.user_allow = {} if user_allow is None else user_allow  # lower-cased user
         self.problems = [] if problems is None else problems
+        self.unreadable = [] if unreadable is None else unreadable
 
 
 # ---------------------------------------------------------------------------
@@ -433,33 +438,104 @@ def _write_cache(
     private_file.store(_cache_file(cache_dir, kind, path), data)
 
 
-def load_file(
-    kind: str, path: str, *, cache_dir: str | None = None, validate_regex: bool = False
+class ListUnreadable(Exception):
+    """A configured list file that cannot be used at all: missing, unreadable for this
+    user, not a regular file, or too large. Never an empty list: `enforce_readable`
+    refuses the login (or, with `[audit] unreadable_list = "skip"`, says so on every login)."""
+
+    def __init__(self, kind: str, path: str, reason: str, role: str = "deny"):
+        self.kind = kind
+        self.path = path
+        self.reason = reason
+        self.role = role  # "deny" or "allow"
+        super().__init__(f"{role} list {kind} {path}: {reason}")
+
+
+def _unreadable_reason(error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file not found"
+    if isinstance(error, PermissionError):
+        import pwd  # only on this error path
+
+        try:
+            name = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            name = "?"
+        return f"not readable by uid {os.geteuid()} ({name})"
+    return f"cannot read: {error.strerror or type(error).__name__}"
+
+
+def read_file(
+    kind: str, path: str, *, cache_dir: str | None = None, validate_regex: bool = False, role: str = "deny"
 ) -> tuple[list[Entry], list[Problem]]:
-    """Read and parse one list file. Never raises: a file that cannot be read is one problem."""
+    """Read and parse one list file; raises ListUnreadable when the file cannot be used.
+
+    Opened non-blocking so that a FIFO in the list's place cannot hang the login; only a
+    regular file is a list.
+    """
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if cache_dir is not None:
-                cached = _read_cache(cache_dir, kind, path, st)
-                if cached is not None:
-                    return cached
-            if st.st_size > MAX_LIST_BYTES:
-                message = f"{kind}: list file larger than {MAX_LIST_BYTES} bytes; list ignored"
-                return [], [Problem(path, message)]
-            raw = f.read()
-    except FileNotFoundError:
-        return [], [Problem(path, f"{kind}: list file not found; list is empty")]
-    except PermissionError:
-        return [], [Problem(path, f"{kind}: list file not readable by uid {os.getuid()}; list is empty")]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        return [], [Problem(path, f"{kind}: cannot read list file: {e.strerror}; list is empty")]
+        raise ListUnreadable(kind, path, _unreadable_reason(e), role) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise ListUnreadable(kind, path, what, role)
+        if cache_dir is not None:
+            cached = _read_cache(cache_dir, kind, path, st)
+            if cached is not None:
+                return cached
+        if st.st_size > MAX_LIST_BYTES:
+            raise ListUnreadable(kind, path, f"larger than {MAX_LIST_BYTES} bytes", role)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+    except OSError as e:
+        raise ListUnreadable(kind, path, _unreadable_reason(e), role) from None
+    finally:
+        os.close(fd)
     text = raw.decode("utf-8", "replace")
     # the cached form must hold only patterns that compile, so a cache fill validates
     entries, problems = parse_list(kind, text, path, validate_regex=validate_regex or cache_dir is not None)
     if cache_dir is not None:
         _write_cache(cache_dir, kind, path, st, entries, problems)
     return entries, problems
+
+
+def load_file(
+    kind: str, path: str, *, cache_dir: str | None = None, validate_regex: bool = False
+) -> tuple[list[Entry], list[Problem]]:
+    """`read_file` for `check-config`: a file that cannot be used is one error problem."""
+    try:
+        return read_file(kind, path, cache_dir=cache_dir, validate_regex=validate_regex)
+    except ListUnreadable as e:
+        return [], [Problem(path, f"{kind}: {e.reason}; audited logins fail until it is fixed "
+                                  '(or set [audit] unreadable_list = "skip")')]
+
+
+def enforce_readable(unreadable: list[ListUnreadable], action: str, stderr: TextIO | None) -> None:
+    """What a login does about list files it could not read (`[audit] unreadable_list`).
+
+    "tempfail": raise TempFail naming every such list, file and reason (exit 111, one
+    line). "skip": one line on `stderr` saying the login goes on without them. A list that
+    cannot be read is never taken for an empty one without a word.
+    """
+    if not unreadable:
+        return
+    what = "; ".join(str(e) for e in unreadable)
+    if action == "skip":
+        if stderr is not None:
+            try:
+                stderr.write(f"dovecot-appauth: {what}; going on without it ([audit] unreadable_list = skip)\n")
+                stderr.flush()
+            except (OSError, ValueError):
+                pass
+        return
+    from .core import TempFail
+
+    raise TempFail(f"{what}; audited logins fail until it is fixed ([audit] unreadable_list = tempfail)")
 
 
 def _cache_dir(config: Config) -> str | None:
@@ -478,16 +554,17 @@ def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
     audit = config.audit
     cache_dir = _cache_dir(config) if use_cache else None
     lists = Lists()
-    for kind in LIST_KINDS:
-        if kind in audit.lists:
-            entries, problems = load_file(kind, config.resolve(audit.lists[kind]), cache_dir=cache_dir)
-            lists.deny[kind] = tuple(entries)
-            lists.problems.extend(problems)
-    for kind in ALLOW_KINDS:
-        if kind in audit.allow:
-            entries, problems = load_file(kind, config.resolve(audit.allow[kind]), cache_dir=cache_dir)
-            lists.allow[kind] = tuple(entries)
-            lists.problems.extend(problems)
+    for role, files, kinds, into in (("deny", audit.lists, LIST_KINDS, lists.deny),
+                                     ("allow", audit.allow, ALLOW_KINDS, lists.allow)):
+        for kind in kinds:
+            if kind in files:
+                try:
+                    entries, problems = read_file(kind, config.resolve(files[kind]), cache_dir=cache_dir, role=role)
+                except ListUnreadable as e:
+                    lists.unreadable.append(e)  # the caller decides: never read as an empty list
+                    continue
+                into[kind] = tuple(entries)
+                lists.problems.extend(problems)
     for user, allow in audit.allow_users.items():
         per_user: dict[str, tuple[Entry, ...]] = {}
         for kind in ALLOW_KINDS:

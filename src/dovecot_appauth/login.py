@@ -390,10 +390,15 @@ def _throttle_exempt(ip: str, config: Config) -> bool:
     allow_file = config.audit.allow.get("ip_networks")
     if not allow_file:
         return False
-    from .lists import load_file
+    from .lists import ListUnreadable, enforce_readable, read_file
     from .rules import ip_in_list
 
-    entries, _problems = load_file("ip_networks", config.resolve(allow_file))
+    try:
+        entries, _problems = read_file("ip_networks", config.resolve(allow_file), role="allow")
+    except ListUnreadable as e:
+        # an allow list nobody can read exempts nobody; by default the login fails for now
+        enforce_readable([e], config.audit.unreadable_list, sys.stderr)
+        return False
     return ip_in_list(tuple(entries), ip) is not None
 
 

@@ -13,9 +13,12 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core import EXIT_MEANINGS, decode_reply, encode_request
+
+if TYPE_CHECKING:
+    from .service_user import ServiceUser
 
 DOVECOT_REPLY_HELPER = "/usr/lib/dovecot/checkpassword-reply"
 
@@ -28,6 +31,7 @@ class LoginTestResult:
     stderr_lines: list[str] = field(default_factory=list)
     helper: str = ""
     program: str = ""
+    run_as: str = ""  # the user the program ran as
 
     @property
     def verdict(self) -> str:
@@ -50,6 +54,7 @@ class LoginTestResult:
             "stderr": self.stderr_lines,
             "program": self.program,
             "reply_helper": self.helper,
+            "run_as": self.run_as,
         }
 
     def describe(self) -> str:
@@ -62,6 +67,7 @@ class LoginTestResult:
             lines.extend(f"  auth: Error: {line}" for line in self.stderr_lines)
         lines.append(f"program:     {self.program}")
         lines.append(f"reply helper: {self.helper}")
+        lines.append(f"run as:      {self.run_as}")
         return "\n".join(lines)
 
 
@@ -126,7 +132,10 @@ def run_login_test(
     program: str | None = None,
     audit_chain: bool = False,
     timeout: float = 30.0,
+    run_as: ServiceUser | None = None,
 ) -> LoginTestResult:
+    """`run_as`: start the program as this user (we are root), as Dovecot starts it as its
+    auth user; it then reads the config, lists and database and writes the cache as that user."""
     program = program or default_program()
     helper = reply_helper()
     argv = [program, "--config", config]
@@ -134,6 +143,8 @@ def run_login_test(
         argv.append("--audit-chain")
     argv += helper
     env = dovecot_environment(service=service, remote_ip=remote_ip, remote_port=remote_port, lookup=lookup)
+    if run_as is not None:
+        env["ORIG_UID"] = str(run_as.uid)  # checkpassword-reply refuses a uid other than its own
     if helper[0] == sys.executable:
         # the stand-in must find this package, as the installed program does
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -161,6 +172,7 @@ def run_login_test(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            **({} if run_as is None else {"user": run_as.uid, "group": run_as.gid, "extra_groups": run_as.groups}),
         )
         close(request_r)
         close(reply_w)
@@ -183,4 +195,14 @@ def run_login_test(
         stderr_lines=[line for line in err.decode("utf-8", "replace").splitlines() if line],
         helper=" ".join(helper),
         program=program,
+        run_as=run_as.describe() if run_as is not None else _current_user(),
     )
+
+
+def _current_user() -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except KeyError:
+        return f"uid {os.geteuid()}"

@@ -83,10 +83,14 @@ def assess(
 ) -> Assessment:
     """Enrich and judge without writing the audit line (`explain` stops here)."""
     from .audit import format_line
-    from .lists import load_lists
+    from .lists import enforce_readable, load_lists
 
     audit = config.audit
     source = classify_source(ip, audit)
+    # the lists first: a login refused for a list that cannot be read costs no lookups
+    lists = load_lists(config)
+    if source.kind is SourceKind.GLOBAL:  # only a global source is judged by the lists
+        enforce_readable(lists.unreadable, audit.unreadable_list, stderr)
     facts = None
     # Local sources are exempt; their facts (rDNS, mostly) only matter for the log line.
     wanted = source.kind is SourceKind.GLOBAL or (source.kind is SourceKind.LOCAL and audit.log_local)
@@ -95,7 +99,6 @@ def assess(
 
         facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache,
                        local=source.kind is SourceKind.LOCAL)
-    lists = load_lists(config)
     verdict = evaluate(user, service, ip or "", facts, lists, audit, source)
     line = format_line(user, service, ip or "", facts, verdict)
     return Assessment(source=source, facts=facts, verdict=verdict, line=line)
