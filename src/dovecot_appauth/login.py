@@ -193,27 +193,20 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
     if refused is not None:
         return refused
 
-    from . import hashing
-
-    password = request.password
-    matched = None
-    revoked = None
-    if password is not None and rows:
-        for row in active:
-            if _verify(password, row, stderr):
-                matched = row
-                break
-        if matched is None:
-            # Only after every active row failed: tell a revoked (or expired) password apart
-            revoked = next((row for row in rows if (row.deleted is not None or _expired(row, now))
-                            and _verify(password, row, stderr)), None)
-    else:
-        # unknown user, or a password that is not UTF-8 (matches nothing): the same work
-        hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
+    matched, revoked, unverifiable = _check_password(request.password, rows, active, config, now)
     if _debugging:
         _debug(f"password #{matched.id} matched" if matched else
                f"no active password matched ({len(active)} tried)"
                + (f"; it is #{revoked.id}, not active" if revoked else ""))
+    if unverifiable:
+        # Some active row could not be checked at all: it may be the one this password
+        # is for, so "wrong password" (and a count for the limiter) would be a guess.
+        which = ", ".join(f"#{row.id} ({problem})" for row, problem in unverifiable)
+        if matched is None:
+            raise TempFail(f"user {request.username}: no app password matched and active app password(s) "
+                           f"{which} could not be verified: fix or revoke them")
+        _say(stderr, f"user {request.username}: active app password(s) {which} could not be verified: "
+                     "fix or revoke them")
 
     if matched is None:
         _record_failure(store, config, request, now, stderr)
@@ -393,14 +386,46 @@ def _record_refusal(store: Store, config: Config, request: LoginRequest, row: Pa
         _say(stderr, f"audit event of {row.uid} not recorded: {e}")
 
 
-def _verify(password: str, row: object, stderr: TextIO | None) -> bool:
-    from .hashing import UnsupportedHash, verify
+def _check_password(password: str | None, rows: list[PasswordRow], active: list[PasswordRow], config: Config,
+                    now: float) -> tuple[PasswordRow | None, PasswordRow | None, list[tuple[PasswordRow, str]]]:
+    """(the active row that matched, else the revoked or expired one that did, the active
+    rows that could not be verified with the reason).
 
-    try:
-        return verify(password, row.hash)  # type: ignore[attr-defined]
-    except UnsupportedHash as e:
-        _say(stderr, f"app password #{row.id} of {row.uid}: {e}")  # type: ignore[attr-defined]
-        return False
+    Every active row is tried until one matches; an unverifiable row does not stop the
+    others. A check that matches no active row is padded with dummy hash checks to
+    `[auth] hash_checks` verifications in all, so a wrong password costs the same for a
+    user with 1 or 10 passwords as for an unknown user (docs/SECURITY.md).
+    """
+    from . import hashing
+
+    revoked = None
+    unverifiable: list[tuple[PasswordRow, str]] = []
+    checks = 0
+    if password is not None:
+        for row in active:
+            checks += 1
+            try:
+                if hashing.verify(password, row.hash):
+                    return row, None, unverifiable
+            except hashing.UnsupportedHash as e:
+                unverifiable.append((row, str(e)))
+        if unverifiable:
+            return None, None, unverifiable  # a temporary failure: no point in padding
+        # Only after every active row failed: tell a revoked (or expired) password apart.
+        # An inactive row that cannot be verified is no reason to refuse: skip it.
+        for row in rows:
+            if row.deleted is not None or _expired(row, now):
+                checks += 1
+                try:
+                    if hashing.verify(password, row.hash):
+                        revoked = row
+                        break
+                except hashing.UnsupportedHash:
+                    continue
+    # unknown user, wrong password, or a password that is not UTF-8 (matches nothing)
+    hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds,
+                         count=config.auth.hash_checks - checks)
+    return None, revoked, unverifiable
 
 
 def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, stderr: TextIO | None) -> Outcome:
