@@ -172,7 +172,7 @@ def test_mariadb_script_gives_the_same_schema_as_init_db(mariadb):
 # --- init-db and the plugin's tables ----------------------------------------------------
 
 
-ALL_TABLES = ["app_passwords", "auth_failures", "app_password_policy", "audit_events", "log"]
+ALL_TABLES = ["app_passwords", "auth_failures", "known_clients", "app_password_policy", "audit_events", "log"]
 
 
 def test_init_db_is_idempotent(engine):

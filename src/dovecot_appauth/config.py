@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .throttle import THROTTLE_VERDICTS, ThrottleSettings
+from .throttle import THROTTLE_VERDICTS, UNAVAILABLE_ACTIONS, ThrottleSettings
 from .values import Value
 
 TYPE_CHECKING = False
@@ -663,7 +663,13 @@ def _throttle(r: _Reader) -> ThrottleSettings:
         verdict=r.choice("verdict", d.verdict, THROTTLE_VERDICTS),
         delay=r.number("delay", d.delay),
         exempt_networks=r.strings("exempt_networks"),
+        ipv6_prefix=r.int("ipv6_prefix", d.ipv6_prefix, 16),
+        known_client_days=r.number("known_client_days", d.known_client_days),
+        unavailable=r.choice("unavailable", d.unavailable, UNAVAILABLE_ACTIONS),
     )
+    if settings.ipv6_prefix > 128:
+        r.problems.append(Problem(f"{r.where} ipv6_prefix", "must be at most 128"))
+        settings.ipv6_prefix = d.ipv6_prefix
     r.finish()
     return settings
 
