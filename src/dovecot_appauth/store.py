@@ -405,6 +405,18 @@ class MysqlStore:
         if table is None or start < 0:
             return None
         account = message[start + len("to user "):].split(" for ", 1)[0].strip()
+        return self.grant_statement(table, account)
+
+    def grant_statement(self, table: str, account: str | None = None) -> str:
+        """`GRANT <what the mail host needs> ON db.table TO account` (default: this connection's)."""
+        if account is None:
+            try:
+                cursor = self.conn.cursor()
+                cursor.execute("SELECT CURRENT_USER()")
+                user, _, host = str(cursor.fetchone()[0]).rpartition("@")
+                account = f"'{user}'@'{host}'"
+            except self._errors:
+                account = "<mail host account>"
         return f"GRANT {MAIL_HOST_GRANTS[table]} ON `{self.database}`.`{table}` TO {account}"
 
     def find_passwords(self, username: str) -> list[PasswordRow]:
