@@ -269,6 +269,28 @@ def test_known_client_is_known_for_that_user_only_and_within_the_window(site):
     assert _login(site, "a", ip="198.51.100.52").status == 0
 
 
+def test_database_without_known_clients_says_upgrade_db(site):
+    """A database upgraded before known clients existed: logins go on, each says what to run."""
+    from dovecot_appauth import schema
+
+    engine = schema.make_engine(site.dsn)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE known_clients")
+    finally:
+        engine.dispose()
+    ok = _login(site, "a")
+    assert ok.status == 0
+    [line] = ok.lines
+    assert "not recorded as a known client" in line and "run 'dovecot-appauth upgrade-db'" in line
+    _fail_alice_from_many_addresses(site)  # the per-user limit needs the table: fail closed
+    run = _login(site, "a")
+    assert run.status == 111 and "brute-force limiter unavailable" in run.stderr and "upgrade-db" in run.stderr
+    run_cli(site.path, "upgrade-db")
+    assert _login(site, "a", ip="203.0.113.99").status == 111  # a stranger, at the per-user limit
+    assert _login(site, "b").status == 0
+
+
 def test_known_clients_off(site):
     site.write(throttle={**LIMITS, "known_client_days": 0})
     assert _login(site, "a", ip="198.51.100.50").status == 0
@@ -298,3 +320,15 @@ def test_throttle_through_dovecot(dovecot, sqlite_config):
     sqlite_config.cli("throttle", "reset", "--ip", "100.64.7.7")
     ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="100.64.7.7")
     assert ok, text
+    # an IPv6 client is counted per /64: a new address for every guess does not help
+    for host in ("a", "b"):
+        ok, _ = dovecot.imap_login("throttled@example.com", "wrong-password", client_ip=f"2001:db8:7:7::{host}")
+        assert not ok
+    ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="2001:db8:7:7::c")
+    assert not ok and "UNAVAILABLE" in text, text
+    # and an IPv4-mapped address is its IPv4 address
+    for _ in range(2):
+        ok, _ = dovecot.imap_login("throttled@example.com", "wrong-password", client_ip="100.64.7.9")
+        assert not ok
+    ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="::ffff:100.64.7.9")
+    assert not ok and "UNAVAILABLE" in text, text
