@@ -163,6 +163,11 @@ def test_missing_limiter_grant_fails_closed_and_names_the_grant(least):
     assert res.returncode != 0
     assert "no SELECT privilege on table auth_failures" in out and "GRANT SELECT, INSERT ON" in out, out
     assert "is missing" not in out, out
+    # a client the limiter never holds back is not refused for it, but hears of it
+    _write(site, exempt_networks=["198.51.100.0/24"])
+    exempt = _login(site, "a")
+    assert exempt.status == 0 and "limiter off for this login (an exempt network" in exempt.stderr, exempt
+    assert _login(site, "a", ip="203.0.113.7").status == 111
     # the documented way to go on without the limiter: every login says so
     _write(site, unavailable="skip")
     for _ in range(2):

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from .core import LoginRequest
     from .pipeline import Assessment
     from .store import PasswordRow, Store
-    from .throttle import ThrottleSettings
 
 PROG = "dovecot-appauth"
 USAGE = (
@@ -337,7 +336,7 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
     try:
         counts = store.failure_counts(request.username, client, now - settings.window)
     except TempFail as e:
-        return _limiter_unavailable(settings, request, e, stderr)
+        return _limiter_unavailable(config, request, e, stderr)
     if store.upgrade_note:  # auth_failures missing: an old database, said on every login
         _say(stderr, store.upgrade_note)
         return None
@@ -349,7 +348,7 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
         try:
             known = store.known_client(request.username, client, now - settings.known_client_window)
         except TempFail as e:
-            return _limiter_unavailable(settings, request, e, stderr)
+            return _limiter_unavailable(config, request, e, stderr)
         if known:
             if _debugging:
                 _debug(f"throttle: {client} logged in as this user within {settings.known_client_days:g} days: "
@@ -366,13 +365,18 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
     raise TempFail(message)
 
 
-def _limiter_unavailable(settings: ThrottleSettings, request: LoginRequest, error: TempFail,
+def _limiter_unavailable(config: Config, request: LoginRequest, error: TempFail,
                          stderr: TextIO | None) -> None:
-    """The limiter cannot read its tables: fail closed (TempFail) unless `unavailable = "skip"`,
-    and say so either way, on every login it affects."""
-    if settings.unavailable == "skip":
-        _say(stderr, f"user {request.username}: brute-force limiter off for this login "
-                     f"([throttle] unavailable = \"skip\"): {error}")
+    """The limiter cannot read its tables: fail closed (TempFail) unless `unavailable = "skip"`
+    or the client is one the limiter never holds back; say so either way, on every login."""
+    if config.throttle.unavailable == "skip":
+        why = '[throttle] unavailable = "skip"'
+    elif _throttle_exempt(request.remote_ip or "", config):
+        why = "an exempt network, never throttled"
+    else:
+        why = None
+    if why is not None:
+        _say(stderr, f"user {request.username}: brute-force limiter off for this login ({why}): {error}")
         return None
     raise TempFail(f"user {request.username}: brute-force limiter unavailable, login refused for now "
                    f"(or set [throttle] unavailable = \"skip\"): {error}")
