@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             ("bare", [bench.PYTHON, "-c", "pass"], bench.USER, "", 0, 1),
             ("bare-isolated", [bench.PYTHON, "-I", "-S", "-c", "pass"], bench.USER, "", 0, 1),
             ("warm", program, bench.USER, site.accounts.password, 0, 3),
-            ("wrong", program, bench.USER, "xxxx-xxxx-xxxx-xxxx", 1, 1),
+            *((name, program, bench.USERS_BY_COUNT[n], bench.WRONG_PASSWORD, 1, 1)
+              for n, name in bench.WRONG_BY_COUNT.items()),
             ("unknown", program, bench.UNKNOWN_USER, site.accounts.password, 1, 1),
         ]
         for name, cmd, user, password, expect, runs in scenarios:
@@ -82,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         low = min(values)
         spread = f"{(max(values) - low) / low:.2%} over {len(values)}" if len(values) > 1 else ""
         print(f"{name:<14} {low:>14,} {low / bare:>7.2f}x {low / isolated:>7.2f}x  {spread}")
-    wrong, unknown = min(counts["wrong"]), min(counts["unknown"])
-    print(f"\nwrong vs unknown: {(wrong - unknown) / unknown:+.2%}")
+    unknown = min(counts["unknown"])
+    ratios = {str(n): min(counts[name]) / unknown for n, name in bench.WRONG_BY_COUNT.items()}
+    print("\n" + bench.render_ratios(ratios, "instructions; target 0.90-1.10"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"program": str(args.program), "python": sys.version.split()[0],
-                                         "instructions": counts}, indent=2) + "\n")
+                                         "instructions": counts, "timing_ratios": ratios}, indent=2) + "\n")
     return 0
 
 

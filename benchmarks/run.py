@@ -55,6 +55,10 @@ GLOBAL_NETWORKS = ("198.51.100.0/24", "203.0.113.0/24")  # documentation ranges 
 USER = "alice@example.com"  # one active password
 USER_R = "carol@example.com"  # one active and one revoked password
 UNKNOWN_USER = "nobody@example.com"
+# users with several app passwords: a wrong password must cost what an unknown user costs
+# ([auth] hash_checks pads a failed check), whatever the number of passwords
+USERS_BY_COUNT = {1: USER, 3: "three@example.com", 10: "ten@example.com"}
+WRONG_PASSWORD = "xxxx-xxxx-xxxx-xxxx"  # generated passwords are [0-9A-Za-z]: never all x
 CLIENT_IP = "198.51.100.7"  # in the test .mmdb, a PTR in LocalDns, allowed by conf/lists/allow
 DENIED_IP = "203.0.113.9"  # denied by conf/lists/asn.deny.lst (AS64500)
 SPAWN_TIMEOUT = 30.0  # a login that takes longer is killed and counted as an error
@@ -66,8 +70,10 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "bare": ("python -c pass", "baseline"),
     "bare-isolated": ("python -I -S -c pass", "reference"),
     "warm": ("warm success, SQLite, cache warm", "<= 2.0x bare"),
-    "wrong": ("wrong password", "within 10% of warm"),
-    "unknown": ("unknown user", "within 10% of warm"),
+    "wrong": ("wrong password, user has 1 password", "within 10% of unknown"),
+    "wrong-3": ("wrong password, user has 3 passwords", "within 10% of unknown"),
+    "wrong-10": ("wrong password, user has 10 passwords", "within 10% of unknown"),
+    "unknown": ("unknown user", "info (vs warm)"),
     "revoked": ("revoked password", "info"),
     "wrong-revoked": ("wrong pw, user has a revoked pw", "info (vs unknown)"),
     "denied": ("denied by audit (ASN list)", "info"),
@@ -79,7 +85,23 @@ SCENARIOS: dict[str, tuple[str, str]] = {
     "imap-passwd": ("IMAP, passwd-file passdb instead", "info (Dovecot alone)"),
     "rss": ("peak RSS of a warm login", "<= 25 MiB"),
 }
-ALIASES = {"success": "warm"}
+ALIASES = {"success": "warm", "wrong-1": "wrong"}
+WRONG_BY_COUNT = {1: "wrong", 3: "wrong-3", 10: "wrong-10"}  # passwords of the user -> scenario
+
+
+def timing_ratios(results: dict[str, Result]) -> dict[str, float]:
+    """Median wall clock of a wrong password / an unknown user, by the user's number of passwords."""
+    unknown = results.get("unknown")
+    if not (unknown and unknown.median):
+        return {}
+    return {str(count): res.median / unknown.median for count, name in WRONG_BY_COUNT.items()
+            if (res := results.get(name)) and res.median}
+
+
+def render_ratios(ratios: dict[str, float], what: str) -> str:
+    """`wrong password / unknown user (<what>): 1 password 1.003, 3 passwords 0.998, ...`"""
+    parts = [f"{n} password{'s' if n != '1' else ''} {ratio:.3f}" for n, ratio in ratios.items()]
+    return f"wrong password / unknown user ({what}): " + ", ".join(parts)
 
 
 def log(message: str) -> None:
@@ -344,6 +366,10 @@ def populate(config: Path, owner: str | None = None) -> Accounts:
     _, carol = create_password(config, USER_R)
     revoked_id, revoked = create_password(config, USER_R)
     cli(config, "password", "revoke", str(revoked_id))
+    for count, user in USERS_BY_COUNT.items():
+        if user != USER:
+            for _ in range(count):
+                create_password(config, user)
     return Accounts(password, carol, revoked)
 
 
@@ -498,12 +524,14 @@ class Bench:
             SpawnScenario("bare", [PYTHON, "-c", "pass"], env, b"", 0, self.reps),
             SpawnScenario("bare-isolated", [PYTHON, "-I", "-S", "-c", "pass"], env, b"", 0, self.reps),
         ]
-        need_warm = self.want("warm") or self.want("rss") or self.want("wrong") or self.want("unknown")
+        wrong = [name for name in WRONG_BY_COUNT.values() if self.want(name)]
+        need_warm = self.want("warm") or self.want("rss") or self.want("unknown") or bool(wrong)
         if need_warm:
             out.append(self.login("warm", self.cfg_warm, USER, acc.password, 0))
-        if self.want("wrong"):
-            out.append(self.login("wrong", self.cfg_warm, USER, "xxxx-xxxx-xxxx-xxxx", 1))
-        if self.want("unknown"):
+        for count, name in WRONG_BY_COUNT.items():
+            if name in wrong:
+                out.append(self.login(name, self.cfg_warm, USERS_BY_COUNT[count], WRONG_PASSWORD, 1))
+        if self.want("unknown") or wrong:  # the reference of the wrong-password scenarios
             out.append(self.login("unknown", self.cfg_warm, UNKNOWN_USER, acc.password, 1))
         if self.want("revoked"):
             out.append(self.login("revoked", self.cfg_warm, USER_R, acc.revoked_password, 1))
@@ -672,20 +700,21 @@ class Bench:
             warm.status = _passmiss(warm.median <= needed and not warm.errors)
             if warm.median > needed:
                 warm.note = _join(warm.note, f"needs -{warm.median - needed:.1f} ms to reach {needed:.1f} ms")
-        for name in ("wrong", "unknown"):
+        for name in ("unknown", *WRONG_BY_COUNT.values()):
             res = r.get(name)
             if res and res.median and warm and warm.median:
                 diff = res.median / warm.median - 1
-                res.extra["vs_warm"] = diff
-                res.status = _passmiss(abs(diff) <= 0.10 and not res.errors)
+                res.extra["vs_warm"] = diff  # info: a failed check costs [auth] hash_checks hashes
                 res.note = _join(res.note, f"{diff:+.1%} vs warm")
         unknown = r.get("unknown")
-        for name in ("wrong", "wrong-revoked", "revoked"):
+        for name in (*WRONG_BY_COUNT.values(), "wrong-revoked", "revoked"):
             res = r.get(name)
             if res and res.median and unknown and unknown.median:
                 diff = res.median / unknown.median - 1
                 res.extra["vs_unknown"] = diff
                 res.note = _join(res.note, f"{diff:+.1%} vs unknown")
+                if name in WRONG_BY_COUNT.values():  # no user enumeration by timing
+                    res.status = _passmiss(abs(diff) <= 0.10 and not res.errors)
         cold = r.get("cold")
         if cold and cold.median and bare:
             cold.status = _passmiss(cold.median <= 4.0 * bare and not cold.errors)
@@ -1042,7 +1071,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "notes": bench.notes,
     }
+    meta["timing_ratios"] = timing_ratios(bench.results)
     print(render_table(bench.results, meta))
+    if meta["timing_ratios"]:
+        print("\n" + render_ratios(meta["timing_ratios"], "wall clock, medians; target 0.90-1.10"))
     write_json(args.json, bench.results, meta)
     log(f"JSON written to {args.json}")
     return 0

@@ -30,6 +30,17 @@ CREATE INDEX auth_failures_timestamp_index ON auth_failures (timestamp);
 
 CREATE INDEX auth_failures_uid_index ON auth_failures (uid, timestamp);
 
+CREATE TABLE known_clients (
+	id BIGINT NOT NULL AUTO_INCREMENT, 
+	uid VARCHAR(256) NOT NULL, 
+	client VARCHAR(64) NOT NULL, 
+	last_login DATETIME(3) NOT NULL DEFAULT (utc_timestamp(3)), 
+	PRIMARY KEY (id), 
+	CONSTRAINT known_clients_uid_client UNIQUE (uid, client)
+)ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_general_ci;
+
+CREATE INDEX known_clients_last_login_index ON known_clients (last_login);
+
 CREATE TABLE app_password_policy (
 	pwid BIGINT NOT NULL, 
 	services VARCHAR(255), 

@@ -28,6 +28,16 @@ CREATE INDEX auth_failures_timestamp_index ON auth_failures (timestamp);
 
 CREATE INDEX auth_failures_uid_index ON auth_failures (uid, timestamp);
 
+CREATE TABLE known_clients (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	uid VARCHAR(256) COLLATE "NOCASE" NOT NULL, 
+	client VARCHAR(64) NOT NULL, 
+	last_login DATETIME DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')) NOT NULL, 
+	CONSTRAINT known_clients_uid_client UNIQUE (uid, client)
+);
+
+CREATE INDEX known_clients_last_login_index ON known_clients (last_login);
+
 CREATE TABLE app_password_policy (
 	pwid BIGINT NOT NULL, 
 	services VARCHAR(255), 

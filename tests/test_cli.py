@@ -74,8 +74,8 @@ def _hashes(conf) -> list[str]:
 def test_init_db_creates_then_reports_complete(conf, capsys):
     status, out, _ = run(capsys, conf, "init-db")
     assert status == 0
-    assert out.strip() == ("created app_passwords, auth_failures, app_password_policy, audit_events, log, "
-                           f"app_passwords_with_log in sqlite:///{_db(conf)}")
+    assert out.strip() == ("created app_passwords, auth_failures, known_clients, app_password_policy, audit_events, "
+                           f"log, app_passwords_with_log in sqlite:///{_db(conf)}")
     assert _db(conf).exists()
     status, out, _ = run(capsys, conf, "init-db")
     assert status == 0 and "schema already complete" in out

@@ -123,7 +123,7 @@ def test_prune(conf, capsys):
     status, out, _ = run(capsys, conf, "prune", "--dry-run")
     assert status == 0
     assert out.strip() == ("would delete 2 audit event(s) older than 90 days and 3 failed-login record(s) "
-                           "older than 1 days")
+                           "older than 1 days; 0 known client(s) not seen for 30 days")
     status, out, _ = run(capsys, conf, "prune", "--older-than", "96d")
     assert out.startswith("deleted 1 audit event(s) older than 96 days and 3 failed-login record(s)")
     assert conn.execute("SELECT count(*) FROM audit_events").fetchone()[0] == 2

@@ -274,3 +274,33 @@ def test_parse_rejects_bad_networks(toml_text, where):
     with pytest.raises(ConfigError) as info:
         parse(tomllib.loads(toml_text), "c.toml")
     assert any(where in p.where and "not an IP network" in p.message for p in info.value.problems), info.value.problems
+
+
+def test_limiter_and_hash_padding_options():
+    config = parse(_toml("""
+        [auth]
+        hash_checks = 3
+        [throttle]
+        ipv6_prefix = 56
+        known_client_days = 7.5
+        unavailable = "skip"
+    """))
+    assert config.auth.hash_checks == 3
+    assert (config.throttle.ipv6_prefix, config.throttle.known_client_days, config.throttle.unavailable) == (
+        56, 7.5, "skip")
+    assert config.throttle.known_client_window == 7.5 * 86400
+    defaults = parse({})
+    assert (defaults.auth.hash_checks, defaults.throttle.ipv6_prefix, defaults.throttle.known_client_days,
+            defaults.throttle.unavailable) == (10, 64, 30.0, "tempfail")
+
+
+@pytest.mark.parametrize(("text", "where", "message"), [
+    ("[throttle]\nipv6_prefix = 129\n", "[throttle] ipv6_prefix", "at most 128"),
+    ("[throttle]\nipv6_prefix = 8\n", "[throttle] ipv6_prefix", "at least 16"),
+    ("[throttle]\nunavailable = 'open'\n", "[throttle] unavailable", "one of tempfail, skip"),
+    ("[throttle]\nknown_client_days = -1\n", "[throttle] known_client_days", "at least 0"),
+    ("[auth]\nhash_checks = 0\n", "[auth] hash_checks", "at least 1"),
+])
+def test_limiter_and_hash_padding_options_are_checked(text, where, message):
+    error = _error(tomllib.loads(text))
+    assert any(where in str(p) and message in str(p) for p in error.problems), error.problems

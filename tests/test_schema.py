@@ -172,7 +172,7 @@ def test_mariadb_script_gives_the_same_schema_as_init_db(mariadb):
 # --- init-db and the plugin's tables ----------------------------------------------------
 
 
-ALL_TABLES = ["app_passwords", "auth_failures", "app_password_policy", "audit_events", "log"]
+ALL_TABLES = ["app_passwords", "auth_failures", "known_clients", "app_password_policy", "audit_events", "log"]
 
 
 def test_init_db_is_idempotent(engine):
@@ -401,3 +401,24 @@ def test_prune_deletes_only_old_rows(engine):
     assert schema.prune(engine, **cut) == {"audit_events": 2, "auth_failures": 2}
     assert schema.prune(engine, **cut) == {"audit_events": 0, "auth_failures": 0}
     assert [str(r["t"])[:10] for r in _rows(engine, "SELECT timestamp AS t FROM audit_events")] == ["2026-03-01"]
+
+
+def test_prune_forgets_known_clients_not_seen_lately(engine):
+    schema.init_db(engine)
+    for n, stamp in enumerate(("2026-01-01 00:00:00.000", "2026-03-01 00:00:00.000")):
+        _execute(engine, "INSERT INTO known_clients (uid, client, last_login) VALUES ('u', :c, :t)",
+                 c=f"192.0.2.{n}", t=stamp)
+    cut = {"events_before": None, "failures_before": None, "known_clients_before": "2026-02-01 00:00:00.000"}
+    assert schema.prune(engine, **cut, dry_run=True) == {"known_clients": 1}
+    assert schema.prune(engine, **cut) == {"known_clients": 1}
+    assert [r["client"] for r in _rows(engine, "SELECT client FROM known_clients")] == ["192.0.2.1"]
+
+
+def test_known_clients_is_unique_per_user_and_client(engine):
+    """One row per (user, client): the login's upsert relies on it (SQLite: NOCASE user)."""
+    schema.init_db(engine)
+    _execute(engine, "INSERT INTO known_clients (uid, client, last_login) VALUES ('u@x', '192.0.2.1', "
+                     "'2026-01-01 00:00:00.000')")
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        _execute(engine, "INSERT INTO known_clients (uid, client, last_login) VALUES ('U@X', '192.0.2.1', "
+                         "'2026-01-02 00:00:00.000')")

@@ -164,6 +164,141 @@ def test_throttle_list_text_and_reset_all(site):
     assert res.returncode == 1 and "--all" in res.stderr
 
 
+# --- client addresses: IPv4-mapped and IPv6 prefixes (issue 15, item 4a) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "prefix", "expected"),
+    [
+        ("192.0.2.69", 64, "192.0.2.69"),
+        ("::ffff:192.0.2.69", 64, "192.0.2.69"),
+        ("::FFFF:c000:0245", 64, "192.0.2.69"),
+        ("2001:db8:1:2:aaaa::1", 64, "2001:db8:1:2::/64"),
+        ("2001:0db8:0001:0002:ffff:ffff:ffff:ffff", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:aaaa::1", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2:aaaa::1", 128, "2001:db8:1:2:aaaa::1"),
+        ("fe80::1%eth0", 64, "fe80::/64"),
+        ("not:an-address", 64, "not:an-address"),
+    ],
+)
+def test_client_key(ip, prefix, expected):
+    from dovecot_appauth.throttle import client_key
+
+    assert client_key(ip, prefix) == expected
+
+
+def test_ipv4_mapped_address_shares_the_ipv4_counters(site):
+    for _ in range(3):
+        assert _login(site, "a", "wrong", ip="192.0.2.69").status == 1
+    run = _login(site, "a", ip="::ffff:192.0.2.69")
+    assert run.status == 111 and "throttled, 3 failed logins per user+ip" in run.stderr, run
+    # and the other way round: failures from the mapped form count for the plain one
+    for _ in range(3):
+        assert _login(site, "b", "wrong", ip="::ffff:192.0.2.70").status == 1
+    assert _login(site, "b", ip="192.0.2.70").status == 111
+
+
+def test_ipv6_clients_are_counted_per_prefix(site):
+    for host in ("a", "b", "c"):  # a fresh address for every guess, all in one /64
+        assert _login(site, "a", "wrong", ip=f"2001:db8:1:2::{host}").status == 1
+    run = _login(site, "a", ip="2001:db8:1:2::d")
+    assert run.status == 111 and "per user+ip" in run.stderr, run
+    assert _login(site, "a", ip="2001:db8:1:3::d").status == 0  # the next /64 is another client
+    data = json.loads(run_cli(site.path, "throttle", "list", "--json").stdout)
+    assert [(e["kind"], e["ip"]) for e in data["entries"]] == [("user+ip", "2001:db8:1:2::/64")]
+    # reset takes any address of the network (or the network itself)
+    assert "forgot 3" in run_cli(site.path, "throttle", "reset", "--ip", "2001:db8:1:2::99").stdout
+    assert _login(site, "a", ip="2001:db8:1:2::d").status == 0
+
+
+def test_ipv6_prefix_is_configurable(site):
+    site.write(throttle={**LIMITS, "ipv6_prefix": 128})
+    for host in ("a", "b", "c"):
+        assert _login(site, "a", "wrong", ip=f"2001:db8:1:2::{host}").status == 1
+    assert _login(site, "a", ip="2001:db8:1:2::d").status == 0
+
+
+def test_mapped_address_in_exempt_network_is_exempt(site):
+    site.write(throttle={**LIMITS, "exempt_networks": ["192.0.2.0/24"]})
+    for _ in range(4):
+        _login(site, "a", "wrong", ip="::ffff:192.0.2.5")
+    assert _login(site, "a", ip="::ffff:192.0.2.5").status == 0
+
+
+# --- known clients and the per-user limit (issue 15, item 4b) ------------------------------------
+
+
+def _fail_alice_from_many_addresses(site, count=8):
+    for n in range(count):  # alice guessed at from many addresses: the per-user limit (8)
+        assert _login(site, "a", "wrong", ip=f"203.0.113.{10 + n}").status == 1
+
+
+def test_known_client_is_exempt_from_the_per_user_limit(site):
+    assert _login(site, "a", ip="198.51.100.50").status == 0  # alice's phone, known from now on
+    _fail_alice_from_many_addresses(site)
+    stranger = _login(site, "a", ip="203.0.113.99")
+    assert stranger.status == 111 and "per user in" in stranger.stderr
+    known = _login(site, "a", ip="198.51.100.50")
+    assert known.status == 0, known
+    assert known.stderr == ""
+    # the phone's own failures still count: the user+ip limit applies to a known client
+    for _ in range(3):
+        assert _login(site, "a", "wrong", ip="198.51.100.50").status == 1
+    run = _login(site, "a", ip="198.51.100.50")
+    assert run.status == 111 and "per user+ip" in run.stderr
+
+
+def test_known_client_is_known_for_that_user_only_and_within_the_window(site):
+    assert _login(site, "b", ip="198.51.100.51").status == 0  # bob's client, not alice's
+    _fail_alice_from_many_addresses(site)
+    assert _login(site, "a", ip="198.51.100.51").status == 111
+    # a client last seen before the window is a stranger again
+    from dovecot_appauth import schema
+    from dovecot_appauth.store import utc_timestamp
+
+    engine = schema.make_engine(site.dsn)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO known_clients (uid, client, last_login) VALUES ('alice@example.com', '198.51.100.52', "
+                f"'{utc_timestamp(time.time() - 31 * 86400)}')")
+    finally:
+        engine.dispose()
+    assert _login(site, "a", ip="198.51.100.52").status == 111
+    site.write(throttle={**LIMITS, "known_client_days": 60})
+    assert _login(site, "a", ip="198.51.100.52").status == 0
+
+
+def test_database_without_known_clients_says_upgrade_db(site):
+    """A database upgraded before known clients existed: logins go on, each says what to run."""
+    from dovecot_appauth import schema
+
+    engine = schema.make_engine(site.dsn)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE known_clients")
+    finally:
+        engine.dispose()
+    ok = _login(site, "a")
+    assert ok.status == 0
+    [line] = ok.lines
+    assert "not recorded as a known client" in line and "run 'dovecot-appauth upgrade-db'" in line
+    _fail_alice_from_many_addresses(site)  # the per-user limit needs the table: fail closed
+    run = _login(site, "a")
+    assert run.status == 111 and "brute-force limiter unavailable" in run.stderr and "upgrade-db" in run.stderr
+    run_cli(site.path, "upgrade-db")
+    assert _login(site, "a", ip="203.0.113.99").status == 111  # a stranger, at the per-user limit
+    bob = _login(site, "b")
+    assert (bob.status, bob.stderr) == (0, ""), bob  # the table is back: nothing to say
+
+
+def test_known_clients_off(site):
+    site.write(throttle={**LIMITS, "known_client_days": 0})
+    assert _login(site, "a", ip="198.51.100.50").status == 0
+    _fail_alice_from_many_addresses(site)
+    assert _login(site, "a", ip="198.51.100.50").status == 111
+
+
 # --- through a real Dovecot --------------------------------------------------------------------
 
 
@@ -186,3 +321,15 @@ def test_throttle_through_dovecot(dovecot, sqlite_config):
     sqlite_config.cli("throttle", "reset", "--ip", "100.64.7.7")
     ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="100.64.7.7")
     assert ok, text
+    # an IPv6 client is counted per /64: a new address for every guess does not help
+    for host in ("a", "b"):
+        ok, _ = dovecot.imap_login("throttled@example.com", "wrong-password", client_ip=f"2001:db8:7:7::{host}")
+        assert not ok
+    ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="2001:db8:7:7::c")
+    assert not ok and "UNAVAILABLE" in text, text
+    # and an IPv4-mapped address is its IPv4 address
+    for _ in range(2):
+        ok, _ = dovecot.imap_login("throttled@example.com", "wrong-password", client_ip="100.64.7.9")
+        assert not ok
+    ok, text = dovecot.imap_login("throttled@example.com", pw, client_ip="::ffff:100.64.7.9")
+    assert not ok and "UNAVAILABLE" in text, text

@@ -174,12 +174,13 @@ def check_database_schema(config: Config) -> list[Problem]:
         dsn = parse_dsn(config.database.dsn)
     except DsnError as e:
         return [Problem(where, str(e))]
+    where = f"{where} ({dsn.redacted()})"
     if dsn.dialect == "sqlite" and dsn.path and not os.path.exists(dsn.path):
         # connecting would create an empty file: report instead
         hint = "run 'dovecot-appauth init-db'"
         if "%" in config.database.dsn:
             hint += " (the dsn is a URL: %XX is an escape, write a % in the file name as %25)"
-        return [Problem(f"{where} ({dsn.redacted()})", f"database file does not exist: {hint}")]
+        return [Problem(where, f"database file does not exist: {hint}")]
     if dsn.dialect == "sqlite":
         # open it exactly as a login does (store.py's own URI), not only through SQLAlchemy
         from .core import TempFail
@@ -188,7 +189,13 @@ def check_database_schema(config: Config) -> list[Problem]:
         try:
             open_store(config.database.dsn, config.database.connect_timeout).close()
         except TempFail as e:
-            return [Problem(f"{where} ({dsn.redacted()})", f"a login cannot open it: {e}")]
+            return [Problem(where, f"a login cannot open it: {e}")]
+    grant_problems: list[Problem] = []
+    hidden: set[str] = set()
+    if dsn.dialect != "sqlite":
+        # A least-privilege account sees only the tables it was granted: probe what the
+        # login needs first, so that a missing GRANT is reported as one, not as a missing table.
+        grant_problems, hidden = check_grants(config, where)
     try:
         from .schema import check_schema, make_engine
 
@@ -196,13 +203,92 @@ def check_database_schema(config: Config) -> list[Problem]:
         missing = check_schema(engine)
     except Exception as e:
         message = str(getattr(e, "orig", None) or e).splitlines()[0][:300]
-        return [Problem(f"{where} ({dsn.redacted()})", f"cannot check the database: {message}")]
+        return [*grant_problems, Problem(where, f"cannot check the database: {message}")]
+    missing = [m for m in missing if m.split(" ")[1].split(".")[0] not in hidden]
     # The plugin's tables are needed for any login; the side tables of newer versions
     # (policies, audit events, failed logins) are optional until `upgrade-db` adds them.
     core = ("table app_passwords ", "table log ", "column app_passwords.", "column log.", "view ")
-    return [
-        Problem(f"{where} ({dsn.redacted()})", f"{m}: run 'dovecot-appauth init-db'")
+    return grant_problems + [
+        Problem(where, f"{m}: run 'dovecot-appauth init-db'")
         if m.startswith(core) else
-        Problem(f"{where} ({dsn.redacted()})", f"{m}: run 'dovecot-appauth upgrade-db'", "warning")
+        Problem(where, f"{m}: run 'dovecot-appauth upgrade-db'", "warning")
         for m in missing
     ]
+
+
+# One statement per privilege that the login uses, touching no row: MariaDB checks the
+# privilege before it looks for rows (`WHERE 1 = 0`), and reports 1142/1143 when it is missing.
+_PROBES = {
+    "SELECT": "SELECT 1 FROM `{table}` WHERE 1 = 0",
+    "INSERT": "INSERT INTO `{table}` ({column}) SELECT NULL FROM DUAL WHERE 1 = 0",
+    "UPDATE": "UPDATE `{table}` SET {column} = {column} WHERE 1 = 0",
+}
+_PROBE_COLUMNS = {"log": "pwid", "known_clients": "uid", "audit_events": "uid", "auth_failures": "uid"}
+
+
+def check_grants(config: Config, where: str) -> tuple[list[Problem], set[str]]:
+    """MariaDB: the privileges of store.MAIL_HOST_GRANTS that this account lacks, each with
+    the GRANT to run; and the tables and views it cannot see (so not reported as missing)."""
+    from .core import TempFail
+    from .store import MAIL_HOST_GRANTS, MysqlStore, open_store
+
+    try:
+        store = open_store(config.database.dsn, config.database.connect_timeout)
+    except TempFail as e:
+        return [Problem(where, str(e))], set()
+    assert isinstance(store, MysqlStore)
+    problems: list[Problem] = []
+    hidden: set[str] = set()
+    needed = _tables_in_use(config)
+    try:
+        for table, privileges in MAIL_HOST_GRANTS.items():
+            denied = []
+            for privilege in (p.strip() for p in privileges.split(",")):
+                sql = _PROBES[privilege].format(table=table, column=_PROBE_COLUMNS.get(table, "uid"))
+                code = _probe(store, sql)
+                if code in (1142, 1143):
+                    denied.append(privilege)
+                    hidden.add(table)
+            if denied:
+                grant = store.grant_statement(table)
+                level = "error" if table in needed else "warning"
+                problems.append(Problem(where, f"no {', '.join(denied)} privilege on table {table} "
+                                               f"({_USES[table]}): run {grant}", level))
+        from .schema import VIEW_NAME
+
+        if _probe(store, f"SELECT 1 FROM `{VIEW_NAME}` WHERE 1 = 0") in (1142, 1143):
+            hidden.add(VIEW_NAME)  # the webmail's view; a login does not read it
+    finally:
+        store.close()
+    return problems, hidden
+
+
+_USES = {
+    "app_passwords": "every login", "app_password_policy": "every login (per-password policies)",
+    "log": "every successful login", "audit_events": "the audit events and alerts",
+    "auth_failures": "the brute-force limiter", "known_clients": "the brute-force limiter's known clients",
+}
+
+
+def _tables_in_use(config: Config) -> set[str]:
+    """The tables a login of this config cannot do without (a missing GRANT is an error)."""
+    tables = {"app_passwords", "app_password_policy", "log"}
+    if config.audit.enabled and config.audit.record_events:
+        tables.add("audit_events")
+    if config.throttle.enabled:
+        tables.add("auth_failures")
+        if config.throttle.known_client_days > 0:
+            tables.add("known_clients")
+    return tables
+
+
+def _probe(store: object, sql: str) -> int | None:
+    """The MariaDB error code of `sql` (None: it ran)."""
+    cursor = store.conn.cursor()  # type: ignore[attr-defined]
+    try:
+        cursor.execute(sql)
+    except store._errors as e:  # type: ignore[attr-defined]
+        return e.args[0] if e.args else -1
+    finally:
+        cursor.close()
+    return None

@@ -374,7 +374,8 @@ def cmd_throttle_reset(args: argparse.Namespace) -> int:
     if not (args.user or args.ip or args.all):
         raise CliError("say what to reset: --user USER, --ip IP (or both), or --all")
     config = _load_config(args)
-    removed = throttle_reset(_engine(config), user=args.user, ip=args.ip)
+    removed = throttle_reset(_engine(config), user=args.user, ip=args.ip,
+                             ipv6_prefix=config.throttle.ipv6_prefix)
     print(f"forgot {removed} failed login(s)")
     return 0
 
@@ -400,11 +401,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # failed logins matter only inside the limiter's window; a day is kept for `throttle list`
     throttle = getattr(config, "throttle", None)
     failures_keep = max(float(getattr(throttle, "window", 0.0)), 86400.0)
+    # a known client is forgotten once it no longer exempts anyone
+    known_keep = float(getattr(throttle, "known_client_window", 0.0))
     counts = prune(_engine(config), events_before=utc_timestamp(now - keep),
-                   failures_before=utc_timestamp(now - failures_keep), dry_run=args.dry_run)
+                   failures_before=utc_timestamp(now - failures_keep), dry_run=args.dry_run,
+                   known_clients_before=utc_timestamp(now - known_keep))
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {counts.get('audit_events', 0)} audit event(s) older than {keep / 86400:g} days and "
-          f"{counts.get('auth_failures', 0)} failed-login record(s) older than {failures_keep / 86400:g} days")
+          f"{counts.get('auth_failures', 0)} failed-login record(s) older than {failures_keep / 86400:g} days"
+          f"; {counts.get('known_clients', 0)} known client(s) not seen for {known_keep / 86400:g} days")
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .throttle import THROTTLE_VERDICTS, ThrottleSettings
+from .throttle import THROTTLE_VERDICTS, UNAVAILABLE_ACTIONS, ThrottleSettings
 from .values import Value
 
 TYPE_CHECKING = False
@@ -61,6 +61,7 @@ DEFAULT_DSN = "sqlite:////var/lib/dovecot-appauth/db.sqlite"
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_HASH_SCHEME = "sha512-crypt"
 DEFAULT_SHA512_ROUNDS = 5000
+DEFAULT_HASH_CHECKS = 10  # [auth] hash_checks: users with up to 10 app passwords look alike
 DEFAULT_DEDUP_WINDOW = 60.0
 DEFAULT_PASSWORD_LENGTH = 16
 DEFAULT_PASSWORD_CHUNK = 4
@@ -103,6 +104,7 @@ class AuthConfig(Value):
         "backend",
         "dedup_window",
         "disallow_passwords_from",
+        "hash_checks",
         "hash_scheme",
         "password_chunk",
         "password_length",
@@ -118,6 +120,7 @@ class AuthConfig(Value):
         password_length: int = DEFAULT_PASSWORD_LENGTH,
         password_chunk: int = DEFAULT_PASSWORD_CHUNK,
         backend: str = "sql",
+        hash_checks: int = DEFAULT_HASH_CHECKS,
     ):
         self.backend = backend  # "sql": app_passwords table; "nextcloud": [nextcloud] (nextcloud.py)
         self.disallow_passwords_from = disallow_passwords_from
@@ -126,6 +129,9 @@ class AuthConfig(Value):
         self.dedup_window = dedup_window  # seconds in which the same password+service+IP logs once
         self.password_length = password_length
         self.password_chunk = password_chunk
+        # a failed password check costs at least this many hash verifications (the user's
+        # rows, padded with dummy ones): wrong password and unknown user cost the same
+        self.hash_checks = hash_checks
 
 
 class NextcloudConfig(Value):
@@ -596,6 +602,7 @@ def parse(data: dict[str, Any], path: str | None = None) -> Config:
         password_length=r.int("password_length", DEFAULT_PASSWORD_LENGTH, 12),
         password_chunk=r.int("password_chunk", DEFAULT_PASSWORD_CHUNK, 0),
         backend=r.choice("backend", "sql", BACKENDS),
+        hash_checks=r.int("hash_checks", DEFAULT_HASH_CHECKS, 1),
     )
     r.finish()
 
@@ -813,7 +820,13 @@ def _throttle(r: _Reader) -> ThrottleSettings:
         verdict=r.choice("verdict", d.verdict, THROTTLE_VERDICTS),
         delay=r.number("delay", d.delay),
         exempt_networks=r.strings("exempt_networks"),
+        ipv6_prefix=r.int("ipv6_prefix", d.ipv6_prefix, 16),
+        known_client_days=r.number("known_client_days", d.known_client_days),
+        unavailable=r.choice("unavailable", d.unavailable, UNAVAILABLE_ACTIONS),
     )
+    if settings.ipv6_prefix > 128:
+        r.problems.append(Problem(f"{r.where} ipv6_prefix", "must be at most 128"))
+        settings.ipv6_prefix = d.ipv6_prefix
     r.finish()
     return settings
 

@@ -91,7 +91,10 @@ def verify(password: str, stored: str) -> bool:
         # bcrypt uses the first 72 bytes (PHP and libxcrypt truncate silently; bcrypt 5
         # raises instead), and the $2y$ and $2b$ algorithms are the same.
         secret = password.encode()[:72]
-        return bcrypt.checkpw(secret, ("$2b$" + value[4:]).encode())
+        try:
+            return bcrypt.checkpw(secret, ("$2b$" + value[4:]).encode())
+        except ValueError:  # "Invalid salt": a truncated or otherwise malformed stored value
+            raise UnsupportedHash("stored bcrypt hash is malformed") from None
     # argon2id
     from argon2 import PasswordHasher
     from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -105,16 +108,19 @@ def verify(password: str, stored: str) -> bool:
         raise UnsupportedHash("stored argon2id hash is malformed") from None
 
 
-def dummy_verify(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5000) -> None:
-    """Spend the hash work of one check, for a user without passwords.
+def dummy_verify(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5000, count: int = 1) -> None:
+    """Spend the hash work of `count` checks (none when `count` <= 0).
 
-    With `sha512_rounds` raised, new passwords cost more: the dummy check uses the same
+    A failed login pads the checks it made to a fixed number with these ([auth]
+    hash_checks), so an unknown user costs what a user with several passwords does. With
+    `sha512_rounds` raised, new passwords cost more: the dummy check uses the same
     rounds, so an unknown user still costs what a known one does.
     """
     stored = _DUMMY_HASHES.get(scheme, _DUMMY_HASHES["sha512-crypt"])
     if stored.startswith("{CRYPT}$6$") and rounds != 5000:
         stored = stored.replace("$6$", f"$6$rounds={rounds}$", 1)
-    verify(password, stored)
+    for _ in range(count):
+        verify(password, stored)
 
 
 def hash_password(password: str, scheme: str = "sha512-crypt", *, rounds: int = 5000) -> str:

@@ -195,31 +195,24 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
         user = active[0].uid
         return Outcome(ExitCode.LOOKUP_OK, user=user, fields=userdb_fields(user, config.userdb))
 
-    refused = _check_source(store, config, request, now)
+    refused = _check_source(store, config, request, now, stderr)
     if refused is not None:
         return refused
 
-    from . import hashing
-
-    password = request.password
-    matched = None
-    revoked = None
-    if password is not None and rows:
-        for row in active:
-            if _verify(password, row, stderr):
-                matched = row
-                break
-        if matched is None:
-            # Only after every active row failed: tell a revoked (or expired) password apart
-            revoked = next((row for row in rows if (row.deleted is not None or _expired(row, now))
-                            and _verify(password, row, stderr)), None)
-    else:
-        # unknown user, or a password that is not UTF-8 (matches nothing): the same work
-        hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds)
+    matched, revoked, unverifiable = _check_password(request.password, rows, active, config, now)
     if _debugging:
         _debug(f"password #{matched.id} matched" if matched else
                f"no active password matched ({len(active)} tried)"
                + (f"; it is #{revoked.id}, not active" if revoked else ""))
+    if unverifiable:
+        # Some active row could not be checked at all: it may be the one this password
+        # is for, so "wrong password" (and a count for the limiter) would be a guess.
+        which = ", ".join(f"#{row.id} ({problem})" for row, problem in unverifiable)
+        if matched is None:
+            raise TempFail(f"user {request.username}: no app password matched and active app password(s) "
+                           f"{which} could not be verified: fix or revoke them")
+        _say(stderr, f"user {request.username}: active app password(s) {which} could not be verified: "
+                     "fix or revoke them")
 
     if matched is None:
         _record_failure(store, config, request, now, stderr)
@@ -279,6 +272,8 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
     except TempFail as e:
         # The password was right: refusing would lock the user out over a log row.
         _say(stderr, f"login of {matched.uid} not recorded: {e}")
+    else:  # after the log row, so that a locked database is not waited for twice
+        _record_known_client(store, config, request, matched.uid, now, stderr)
     return Outcome(ExitCode.OK, user=matched.uid, fields=userdb_fields(matched.uid, config.userdb))
 
 
@@ -294,7 +289,7 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
 
     if request.mode is Mode.LOOKUP:
         return Outcome(ExitCode.LOOKUP_UNKNOWN)
-    refused = _check_source(store, config, request, now)
+    refused = _check_source(store, config, request, now, stderr)
     if refused is not None:
         return refused
 
@@ -321,6 +316,7 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
             _debug_audit(result)
         if result.deny:
             return _fail(result.denial(request.username, request.remote_ip))
+    _record_known_client(store, config, request, request.username, now, stderr)
     return Outcome(ExitCode.OK, user=request.username, fields=userdb_fields(request.username, config.userdb))
 
 
@@ -341,7 +337,8 @@ def _is_ip_address(text: str) -> bool:
     return False
 
 
-def _check_source(store: Store, config: Config, request: LoginRequest, now: float) -> Outcome | None:
+def _check_source(store: Store, config: Config, request: LoginRequest, now: float,
+                  stderr: TextIO | None = None) -> Outcome | None:
     """Refusals that depend on where the client is, checked before any password work:
     `disallow_passwords_from` (e.g. the webmail host), then the brute-force limiter."""
     from .policy import in_networks
@@ -352,24 +349,46 @@ def _check_source(store: Store, config: Config, request: LoginRequest, now: floa
             f"user {request.username}: app passwords are not accepted from {request.remote_ip} "
             f"(disallow_passwords_from {blocked_by})"
         )
-    return _check_throttle(store, config, request, now)
+    return _check_throttle(store, config, request, now, stderr)
 
 
-def _check_throttle(store: Store, config: Config, request: LoginRequest, now: float) -> Outcome | None:
+def _check_throttle(store: Store, config: Config, request: LoginRequest, now: float,
+                    stderr: TextIO | None = None) -> Outcome | None:
     """Refuse, before any hash work, a client over a brute-force limit (throttle.py).
 
     Returns the refusal for verdict "deny"; raises TempFail (after `delay`) for "tempfail".
+    Clients are counted as throttle.client_key names them (IPv4-mapped = IPv4, IPv6 per
+    prefix). A client that logged in as this user lately (known_clients) is exempt from
+    the per-user limit, not from the others. Counters that cannot be read: TempFail, or
+    with `unavailable = "skip"` one line and no limiter.
     """
     settings = config.throttle
     if not settings.enabled or not request.remote_ip or store.upgrade_note:
         return None
-    from .throttle import assess
+    from .throttle import assess, client_key
 
-    counts = store.failure_counts(request.username, request.remote_ip, now - settings.window)
+    client = client_key(request.remote_ip, settings.ipv6_prefix)
+    try:
+        counts = store.failure_counts(request.username, client, now - settings.window)
+    except TempFail as e:
+        return _limiter_unavailable(config, request, e, stderr)
+    if store.upgrade_note:  # auth_failures missing: an old database, said on every login
+        _say(stderr, store.upgrade_note)
+        return None
     if _debugging:
-        _debug(f"throttle: failures within {settings.window:g} s: {counts[0]} of this user from this client, "
-               f"{counts[1]} from this client, {counts[2]} of this user")
+        _debug(f"throttle: failures within {settings.window:g} s: {counts[0]} of this user from {client}, "
+               f"{counts[1]} from {client}, {counts[2]} of this user")
     throttled = assess(*counts, settings)
+    if throttled is not None and throttled.limit == "user" and settings.known_client_days > 0:
+        try:
+            known = store.known_client(request.username, client, now - settings.known_client_window)
+        except TempFail as e:
+            return _limiter_unavailable(config, request, e, stderr)
+        if known:
+            if _debugging:
+                _debug(f"throttle: {client} logged in as this user within {settings.known_client_days:g} days: "
+                       "exempt from the per-user limit")
+            return None
     if throttled is None or _throttle_exempt(request.remote_ip, config):
         return None
     message = (f"user {request.username} from {request.remote_ip}: throttled, "
@@ -381,10 +400,29 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
     raise TempFail(message)
 
 
+def _limiter_unavailable(config: Config, request: LoginRequest, error: TempFail,
+                         stderr: TextIO | None) -> None:
+    """The limiter cannot read its tables: fail closed (TempFail) unless `unavailable = "skip"`
+    or the client is one the limiter never holds back; say so either way, on every login."""
+    if config.throttle.unavailable == "skip":
+        why = '[throttle] unavailable = "skip"'
+    elif _throttle_exempt(request.remote_ip or "", config):
+        why = "an exempt network, never throttled"
+    else:
+        why = None
+    if why is not None:
+        _say(stderr, f"user {request.username}: brute-force limiter off for this login ({why}): {error}")
+        return None
+    raise TempFail(f"user {request.username}: brute-force limiter unavailable, login refused for now "
+                   f"(or set [throttle] unavailable = \"skip\"): {error}")
+
+
 def _throttle_exempt(ip: str, config: Config) -> bool:
     """Exempt: [throttle] exempt_networks and the global [audit.allow] ip_networks list."""
     from .policy import in_networks
+    from .throttle import plain_address
 
+    ip = plain_address(ip)  # ::ffff:192.0.2.5 is in 192.0.2.0/24
     if in_networks(ip, config.throttle.exempt_networks):
         return True
     allow_file = config.audit.allow.get("ip_networks")
@@ -405,10 +443,27 @@ def _throttle_exempt(ip: str, config: Config) -> bool:
 def _record_failure(store: Store, config: Config, request: LoginRequest, now: float, stderr: TextIO) -> None:
     if not config.throttle.enabled or store.upgrade_note:
         return
+    from .throttle import client_key
+
+    client = client_key(request.remote_ip, config.throttle.ipv6_prefix) if request.remote_ip else None
     try:
-        store.record_failure(request.username, request.remote_ip, request.service, now)
+        store.record_failure(request.username, client, request.service, now)
     except TempFail as e:
         _say(stderr, f"failed login of {request.username} not counted for throttling: {e}")
+
+
+def _record_known_client(store: Store, config: Config, request: LoginRequest, user: str, now: float,
+                         stderr: TextIO) -> None:
+    """A successful login makes its client known for the user (exempt from the per-user limit)."""
+    settings = config.throttle
+    if not (settings.enabled and settings.known_client_days > 0 and request.remote_ip) or store.upgrade_note:
+        return
+    from .throttle import client_key
+
+    try:
+        store.record_known_client(user, client_key(request.remote_ip, settings.ipv6_prefix), now)
+    except TempFail as e:
+        _say(stderr, f"login of {user} not recorded as a known client for throttling: {e}")
 
 
 def _expired(row: PasswordRow, now: float) -> bool:
@@ -527,14 +582,46 @@ def _record_event(store: Store, config: Config, request: LoginRequest, user: str
     return row
 
 
-def _verify(password: str, row: object, stderr: TextIO | None) -> bool:
-    from .hashing import UnsupportedHash, verify
+def _check_password(password: str | None, rows: list[PasswordRow], active: list[PasswordRow], config: Config,
+                    now: float) -> tuple[PasswordRow | None, PasswordRow | None, list[tuple[PasswordRow, str]]]:
+    """(the active row that matched, else the revoked or expired one that did, the active
+    rows that could not be verified with the reason).
 
-    try:
-        return verify(password, row.hash)  # type: ignore[attr-defined]
-    except UnsupportedHash as e:
-        _say(stderr, f"app password #{row.id} of {row.uid}: {e}")  # type: ignore[attr-defined]
-        return False
+    Every active row is tried until one matches; an unverifiable row does not stop the
+    others. A check that matches no active row is padded with dummy hash checks to
+    `[auth] hash_checks` verifications in all, so a wrong password costs the same for a
+    user with 1 or 10 passwords as for an unknown user (docs/SECURITY.md).
+    """
+    from . import hashing
+
+    revoked = None
+    unverifiable: list[tuple[PasswordRow, str]] = []
+    checks = 0
+    if password is not None:
+        for row in active:
+            checks += 1
+            try:
+                if hashing.verify(password, row.hash):
+                    return row, None, unverifiable
+            except hashing.UnsupportedHash as e:
+                unverifiable.append((row, str(e)))
+        if unverifiable:
+            return None, None, unverifiable  # a temporary failure: no point in padding
+        # Only after every active row failed: tell a revoked (or expired) password apart.
+        # An inactive row that cannot be verified is no reason to refuse: skip it.
+        for row in rows:
+            if row.deleted is not None or _expired(row, now):
+                checks += 1
+                try:
+                    if hashing.verify(password, row.hash):
+                        revoked = row
+                        break
+                except hashing.UnsupportedHash:
+                    continue
+    # unknown user, wrong password, or a password that is not UTF-8 (matches nothing)
+    hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds,
+                         count=config.auth.hash_checks - checks)
+    return None, revoked, unverifiable
 
 
 def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, stderr: TextIO | None) -> Outcome:

@@ -134,6 +134,21 @@ def build_metadata(dialect: str) -> MetaData:
         Index("auth_failures_timestamp_index", "timestamp"),
         **table_args,
     )
+    # ours: clients that logged in successfully as a user (the limiter's `client`: an IPv4
+    # address or an IPv6 /64), exempt from the per-user limit for [throttle]
+    # known_client_days; one row per pair, its time moved forward by each login
+    Table(
+        "known_clients",
+        md,
+        Column("id", big_id, primary_key=True, autoincrement=True),
+        Column("uid", String(256, collation=None if is_mysql else "NOCASE"), nullable=False),
+        Column("client", String(64), nullable=False),
+        Column("last_login", mysql.DATETIME(fsp=3) if is_mysql else DateTime, nullable=False,
+               server_default=now_ms),
+        UniqueConstraint("uid", "client", name="known_clients_uid_client"),
+        Index("known_clients_last_login_index", "last_login"),
+        **table_args,
+    )
     # ours: per-password policy, a side table so the plugin's `app_passwords` stays as it
     # is; no row (or NULL) means no limit. Formats: policy.py.
     Table(
@@ -268,7 +283,8 @@ def init_db(engine: Engine) -> list[str]:
 def upgrade_db(engine: Engine) -> list[str]:
     """Bring an older database up to date (idempotent): what it added, as `table X`, `index Y`, `view Z`.
 
-    Only adds: new side tables (`app_password_policy`, `audit_events`, `auth_failures`),
+    Only adds: new side tables (`app_password_policy`, `audit_events`, `auth_failures`,
+    `known_clients`),
     missing indexes, the view. The plugin's tables and their rows are never altered.
     """
     tables, indexes, made_view = _create_missing(engine)
@@ -533,21 +549,30 @@ def throttle_counts(engine: Engine, since: str) -> dict[str, list[tuple[Any, ...
         }
 
 
-def throttle_reset(engine: Engine, *, user: str | None = None, ip: str | None = None) -> int:
-    """Forget failed logins (of one user and/or IP, or all); returns how many rows went."""
+def throttle_reset(engine: Engine, *, user: str | None = None, ip: str | None = None,
+                   ipv6_prefix: int = 64) -> int:
+    """Forget failed logins (of one user and/or IP, or all); returns how many rows went.
+
+    `ip` is named as the limiter counts it (throttle.client_key): an IPv4-mapped address
+    is its IPv4 address, an IPv6 address its /`ipv6_prefix` network; rows written under
+    the raw address (before the limiter normalised them) go too.
+    """
+    from .throttle import client_key
+
     _, _, failures = _all_tables(engine)
     query = failures.delete()
     if user is not None:
         query = query.where(func.lower(failures.c.uid) == user.lower())
     if ip is not None:
-        query = query.where(failures.c.src_ip == ip)
+        query = query.where(failures.c.src_ip.in_(sorted({ip, client_key(ip, ipv6_prefix)})))
     with engine.begin() as conn:
         return int(conn.execute(query).rowcount)
 
 
 def prune(engine: Engine, *, events_before: str | None, failures_before: str | None,
-          dry_run: bool = False) -> dict[str, int]:
-    """Delete `audit_events` / `auth_failures` rows older than the given UTC texts; the counts.
+          dry_run: bool = False, known_clients_before: str | None = None) -> dict[str, int]:
+    """Delete `audit_events` / `auth_failures` / `known_clients` rows older than the given
+    UTC texts; the counts.
 
     The plugin's `log` table is the users' own history (the webmail shows it) and is
     never pruned here. A table that does not exist yet (older database) counts 0.
@@ -558,14 +583,15 @@ def prune(engine: Engine, *, events_before: str | None, failures_before: str | N
     present = set(inspect(engine).get_table_names())
     counts: dict[str, int] = {}
     with engine.begin() as conn:
-        for name, before in (("audit_events", events_before), ("auth_failures", failures_before)):
+        for name, before in (("audit_events", events_before), ("auth_failures", failures_before),
+                             ("known_clients", known_clients_before)):
             if before is None:
                 continue
             if name not in present:
                 counts[name] = 0
                 continue
             table = md.tables[name]
-            old = table.c.timestamp < before
+            old = (table.c.last_login if name == "known_clients" else table.c.timestamp) < before
             if dry_run:
                 counts[name] = int(conn.execute(select(func.count()).select_from(table).where(old)).scalar_one())
             else:

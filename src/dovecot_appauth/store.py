@@ -80,6 +80,10 @@ if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a logi
 
         def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None: ...
 
+        def known_client(self, username: str, client: str, since: float) -> bool: ...
+
+        def record_known_client(self, username: str, client: str, now: float) -> None: ...
+
         def finish(self) -> None: ...
 
         def usable(self) -> bool: ...
@@ -125,6 +129,32 @@ _COUNT_FAILURES = (
 )
 _INSERT_FAILURE = "INSERT INTO auth_failures (timestamp, uid, src_ip, service) VALUES ({p}, {p}, {p}, {p})"
 
+# Known clients (a client that logged in as the user lately is exempt from the per-user
+# limit): one row per (user, client), its time moved forward by every successful login.
+_SELECT_KNOWN = "SELECT 1 FROM known_clients WHERE uid = {p}{collate} AND client = {p} AND last_login >= {p} LIMIT 1"
+# The time moves only when it is more than KNOWN_CLIENT_REFRESH old: a statement that
+# changes nothing writes no page (SQLite: no WAL frame to sync; InnoDB: no redo).
+KNOWN_CLIENT_REFRESH = 3600.0
+_UPSERT_KNOWN_SQLITE = ("INSERT INTO known_clients (uid, client, last_login) VALUES (?, ?, ?) "
+                        "ON CONFLICT (uid, client) DO UPDATE SET last_login = excluded.last_login "
+                        "WHERE known_clients.last_login < ?")
+_UPSERT_KNOWN_MYSQL = ("INSERT INTO known_clients (uid, client, last_login) VALUES (%s, %s, %s) "
+                       "ON DUPLICATE KEY UPDATE last_login = IF(last_login < %s, VALUES(last_login), last_login)")
+
+# What the mail host's database user needs, table by table (README "least privilege"):
+# a permission error names the GRANT that is missing, and check-config probes each one.
+MAIL_HOST_GRANTS = {
+    "app_passwords": "SELECT",
+    "app_password_policy": "SELECT",
+    "log": "SELECT, INSERT",
+    "audit_events": "SELECT, INSERT",
+    "auth_failures": "SELECT, INSERT",
+    "known_clients": "SELECT, INSERT, UPDATE",
+}
+# the tables the brute-force limiter reads and writes
+LIMITER_TABLES = ("auth_failures", "known_clients")
+_SIDE_TABLES = ("app_password_policy", "audit_events", "auth_failures", "known_clients")
+
 
 def _count_params(username: str, ip: str, since: float) -> tuple[Any, ...]:
     return (username, ip, ip, username, utc_timestamp(since), username, ip)
@@ -158,7 +188,7 @@ def _is_lock_timeout(error: Exception) -> bool:
 def _describe_sqlite_error(error: Exception, path: str) -> str:
     text = str(error)
     if "no such table" in text:
-        if "audit_events" in text or "app_password_policy" in text:
+        if any(table in text for table in _SIDE_TABLES):
             return f"{path}: {text}: run 'dovecot-appauth upgrade-db'"
         return f"database schema missing in {path} ({text}): run 'dovecot-appauth init-db'"
     if "unable to open" in text:
@@ -204,7 +234,7 @@ class SqliteStore:
             try:
                 rows = self.conn.execute(sql, (username,)).fetchall()
             except self._errors as e:
-                if "app_password_policy" not in str(e):
+                if "no such table: app_password_policy" not in str(e):
                     raise
                 self.upgrade_note = UPGRADE_NOTE
                 rows = self.conn.execute(_SELECT_PASSWORDS.format(p="?", collate=" COLLATE NOCASE"),
@@ -258,7 +288,7 @@ class SqliteStore:
             row = self.conn.execute(_COUNT_FAILURES.format(p="?", collate=" COLLATE NOCASE"),
                                     _count_params(username, ip, since)).fetchone()
         except self._errors as e:
-            if "auth_failures" in str(e):  # an old database: no throttling until upgrade-db
+            if "no such table: auth_failures" in str(e):  # an old database: no throttling until upgrade-db
                 self.upgrade_note = UPGRADE_NOTE
                 return (0, 0, 0)
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
@@ -270,6 +300,22 @@ class SqliteStore:
             self.conn.execute(_INSERT_FAILURE.format(p="?"), (utc_timestamp(now), username, ip, service))
         except self._errors as e:
             raise self._write_error(e) from None
+
+    def known_client(self, username: str, client: str, since: float) -> bool:
+        """Did `client` log in as `username` since `since`?"""
+        try:
+            row = self.conn.execute(_SELECT_KNOWN.format(p="?", collate=" COLLATE NOCASE"),
+                                    (username, client, utc_timestamp(since))).fetchone()
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+        return row is not None
+
+    def record_known_client(self, username: str, client: str, now: float) -> None:
+        try:
+            self.conn.execute(_UPSERT_KNOWN_SQLITE, (username, client, utc_timestamp(now),
+                                                     utc_timestamp(now - KNOWN_CLIENT_REFRESH)))
+        except self._errors as e:
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="?", dual="", same="IS")  # IS: NULL-safe, a login without IP
@@ -321,6 +367,9 @@ def _file_identity(path: str) -> tuple[int, int] | None:
 # the AUTO-INC lock. MysqlStore._run runs such a statement again.
 _DEADLOCK_ERRORS = (1213, 1467)
 _DEADLOCK_RETRIES = 8  # doubling pauses from about 2 ms: under 1 s in all
+# "command denied" for a table (1142) or a column (1143): a missing GRANT, not a missing table
+_PERMISSION_ERRORS = (1142, 1143)
+_NO_SUCH_TABLE = 1146
 
 
 class MysqlStore:
@@ -329,6 +378,7 @@ class MysqlStore:
 
         self._errors = pymysql.Error
         self.where = dsn.redacted()
+        self.database = dsn.database
         self.upgrade_note: str | None = None  # set when the side tables are missing
         kwargs: dict[str, Any] = {
             "user": dsn.user,
@@ -380,10 +430,36 @@ class MysqlStore:
 
     def _tempfail(self, error: Exception) -> TempFail:
         message = self._message(error)
+        code = error.args[0] if getattr(error, "args", None) else None
+        if code in _PERMISSION_ERRORS:
+            grant = self._grant_for(message)
+            return TempFail(f"{self.where}: permission denied ({message})"
+                            + (f": run {grant}" if grant else ""))
         if "doesn't exist" in message:
-            side = "audit_events" in message or "app_password_policy" in message
+            side = any(table in message for table in _SIDE_TABLES)
             message += f": run 'dovecot-appauth {'upgrade-db' if side else 'init-db'}'"
         return TempFail(f"{self.where}: {message}")
+
+    def _grant_for(self, message: str) -> str | None:
+        """The GRANT statement that lifts a "command denied to user 'u'@'h' for table `t`" error."""
+        table = next((t for t in MAIL_HOST_GRANTS if f"`{t}`" in message or f"'{t}'" in message), None)
+        start = message.find("to user ")
+        if table is None or start < 0:
+            return None
+        account = message[start + len("to user "):].split(" for ", 1)[0].strip()
+        return self.grant_statement(table, account)
+
+    def grant_statement(self, table: str, account: str | None = None) -> str:
+        """`GRANT <what the mail host needs> ON db.table TO account` (default: this connection's)."""
+        if account is None:
+            try:
+                cursor = self.conn.cursor()
+                cursor.execute("SELECT CURRENT_USER()")
+                user, _, host = str(cursor.fetchone()[0]).rpartition("@")
+                account = f"'{user}'@'{host}'"
+            except self._errors:
+                account = "<mail host account>"
+        return f"GRANT {MAIL_HOST_GRANTS[table]} ON `{self.database}`.`{table}` TO {account}"
 
     def find_passwords(self, username: str) -> list[PasswordRow]:
         # uid has a case-insensitive collation (schema.py), so `=` matches any case
@@ -391,7 +467,8 @@ class MysqlStore:
             cursor = self.conn.cursor()
             cursor.execute(_SELECT_PASSWORDS_POLICY.format(p="%s", collate=""), (username,))
         except self._errors as e:
-            if "app_password_policy" not in self._message(e):
+            # only a missing table is an old database; a missing GRANT is reported as one
+            if not (e.args and e.args[0] == _NO_SUCH_TABLE and "app_password_policy" in self._message(e)):
                 raise self._tempfail(e) from None
             self.upgrade_note = UPGRADE_NOTE
             cursor = self._run(_SELECT_PASSWORDS.format(p="%s", collate=""), (username,))
@@ -424,7 +501,8 @@ class MysqlStore:
             cursor = self.conn.cursor()
             cursor.execute(_COUNT_FAILURES.format(p="%s", collate=""), _count_params(username, ip, since))
         except self._errors as e:
-            if "auth_failures" in self._message(e):  # an old database: no throttling until upgrade-db
+            missing = e.args and e.args[0] == _NO_SUCH_TABLE
+            if missing and "auth_failures" in self._message(e):  # an old database: no throttling until upgrade-db
                 self.upgrade_note = UPGRADE_NOTE
                 return (0, 0, 0)
             raise self._tempfail(e) from None
@@ -433,6 +511,15 @@ class MysqlStore:
 
     def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None:
         self._run(_INSERT_FAILURE.format(p="%s"), (utc_timestamp(now), username, ip, service))
+
+    def known_client(self, username: str, client: str, since: float) -> bool:
+        """Did `client` log in as `username` since `since`?"""
+        return self._run(_SELECT_KNOWN.format(p="%s", collate=""),
+                         (username, client, utc_timestamp(since))).fetchone() is not None
+
+    def record_known_client(self, username: str, client: str, now: float) -> None:
+        self._run(_UPSERT_KNOWN_MYSQL, (username, client, utc_timestamp(now),
+                                        utc_timestamp(now - KNOWN_CLIENT_REFRESH)))
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ", same="<=>")

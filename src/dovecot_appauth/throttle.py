@@ -14,13 +14,16 @@ from __future__ import annotations
 from .values import Value
 
 THROTTLE_VERDICTS = ("tempfail", "deny")
+# [throttle] unavailable: what a login does when the limiter cannot read its counters
+# (a permission error, a broken table): refuse for now (111), or go on without it.
+UNAVAILABLE_ACTIONS = ("tempfail", "skip")
 
 
 class ThrottleSettings(Value):
     """`[throttle]` in the config."""
 
-    __slots__ = ("delay", "enabled", "exempt_networks", "max_per_ip", "max_per_user", "max_per_user_ip",
-                 "verdict", "window")
+    __slots__ = ("delay", "enabled", "exempt_networks", "ipv6_prefix", "known_client_days", "max_per_ip",
+                 "max_per_user", "max_per_user_ip", "unavailable", "verdict", "window")
 
     def __init__(
         self,
@@ -32,6 +35,9 @@ class ThrottleSettings(Value):
         verdict: str = "tempfail",
         delay: float = 2.0,
         exempt_networks: tuple[str, ...] = (),
+        ipv6_prefix: int = 64,
+        known_client_days: float = 30.0,
+        unavailable: str = "tempfail",
     ) -> None:
         self.enabled = enabled
         self.window = window
@@ -41,6 +47,15 @@ class ThrottleSettings(Value):
         self.verdict = verdict  # "tempfail" (exit 111 after `delay`) or "deny" (exit 1)
         self.delay = delay
         self.exempt_networks = exempt_networks
+        self.ipv6_prefix = ipv6_prefix  # IPv6 clients are counted per network of this size
+        # a client that logged in as the user within this many days is exempt from the
+        # per-user limit (0: nobody is); kept in the `known_clients` table
+        self.known_client_days = known_client_days
+        self.unavailable = unavailable  # UNAVAILABLE_ACTIONS
+
+    @property
+    def known_client_window(self) -> float:
+        return self.known_client_days * 86400.0
 
 
 class Throttled:
@@ -74,3 +89,39 @@ def assess(user_ip: int, ip: int, user: int, settings: ThrottleSettings) -> Thro
         if maximum > 0 and count >= maximum:
             return Throttled(limit, count, maximum)
     return None
+
+
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def client_key(ip: str, ipv6_prefix: int = 64) -> str:
+    """The name under which the limiter counts a client address.
+
+    An IPv4 address stays as it is, also when it arrives IPv4-mapped (`::ffff:192.0.2.69`
+    is 192.0.2.69: one client must not get two sets of counters). An IPv6 address stands
+    for its /`ipv6_prefix` network (`2001:db8:1:2::/64`): a single host usually holds a
+    whole /64 and could otherwise take a fresh address for every guess. Text that is not an
+    address is counted under itself.
+    """
+    if ":" not in ip:  # IPv4, the common case: no import, no parsing
+        return ip
+    from _socket import AF_INET, AF_INET6, inet_ntop, inet_pton
+
+    try:
+        packed = inet_pton(AF_INET6, ip.split("%", 1)[0])  # without a zone (fe80::1%eth0)
+    except (OSError, ValueError):
+        return ip
+    if packed[:12] == _V4_MAPPED:
+        return inet_ntop(AF_INET, packed[12:])
+    if ipv6_prefix >= 128:
+        return inet_ntop(AF_INET6, packed)
+    host_bits = 128 - ipv6_prefix
+    network = (int.from_bytes(packed, "big") >> host_bits) << host_bits
+    return f"{inet_ntop(AF_INET6, network.to_bytes(16, 'big'))}/{ipv6_prefix}"
+
+
+def plain_address(ip: str) -> str:
+    """`ip` with an IPv4-mapped IPv6 address written as the IPv4 address (for network lists)."""
+    if ":" not in ip or not ip[:7].lower().startswith("::ffff:"):
+        return ip
+    return client_key(ip, 128)
