@@ -7,11 +7,15 @@ import os
 from .config import Config, ConfigError, Problem, load
 
 
-def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
+def check_all(path: str, *, check_database: bool = True, check_dovecot: bool = True,
+              dovecot_config: str | None = None) -> list[Problem]:
+    """Every problem; `check_dovecot`: also read `doveconf -n` (of `dovecot_config`) when
+    Dovecot is installed here."""
+    dovecot = check_dovecot_chain(dovecot_config) if check_dovecot else []
     try:
         config = load(path)
     except ConfigError as e:
-        return list(e.problems)
+        return list(e.problems) + dovecot
     problems = list(config.problems)
     problems += check_permissions(path, config)
     from .lists import check_lists
@@ -21,7 +25,21 @@ def check_all(path: str, *, check_database: bool = True) -> list[Problem]:
     problems += check_nextcloud(config)
     if check_database:
         problems += check_database_schema(config)
-    return problems
+    return problems + dovecot
+
+
+def check_dovecot_chain(dovecot_config: str | None = None) -> list[Problem]:
+    """Dovecot's passdb chain as `doveconf -n` shows it (dovecot_conf.py). Without Dovecot
+    on this host nothing is checked, unless a Dovecot config was named."""
+    from .dovecot_conf import DoveconfError, audit_chain_problems, find_doveconf, parse_passdbs, read_doveconf
+
+    if dovecot_config is None and find_doveconf() is None:
+        return []
+    try:
+        text = read_doveconf(dovecot_config)
+    except DoveconfError as e:
+        return [Problem("Dovecot config (doveconf -n)", f"not checked: {e}", "warning")]
+    return [Problem(where, message, "warning") for where, message in audit_chain_problems(parse_passdbs(text))]
 
 
 def check_permissions(path: str, config: Config) -> list[Problem]:
