@@ -30,6 +30,7 @@ from dovecot_appauth.hashing import generate_password, hash_password
 from tests.conftest import AppauthConfig, _give_to_dovecot, run_cli
 from tests.fixtures_common import dovecot_ids
 from tests.fixtures_dovecot import (
+    DEFAULT_USERDB,
     DovecotServer,
     audit_chain_passdbs,
     checkpassword_passdb,
@@ -460,7 +461,6 @@ MISPLACED = {
 
 @pytest.mark.parametrize("layout", sorted(MISPLACED))
 def test_audit_chain_misplaced_never_lets_a_wrong_password_in(chain, dovecot, setup, layout):
-    user, password = next(iter(CHAIN_USERS.items()))
     passwd = dovecot.basedir / "chain.passwd"
     blocks = {
         "ours": checkpassword_passdb(chain.path, "--audit-chain",
@@ -468,7 +468,20 @@ def test_audit_chain_misplaced_never_lets_a_wrong_password_in(chain, dovecot, se
         "passwd": passwd_file_passdb(passwd, "result_success = continue-ok\noverride_fields = appauth_ok=yes"
                                      if layout == "no-skip" else "override_fields = appauth_ok=yes"),
     }
-    dovecot.reconfigure(passdb="".join(blocks[name] for name in MISPLACED[layout]))
+    # a userdb of its own, as on most hosts: a login the passdbs accept then really logs in
+    # (with prefetch alone, a login no passdb gave userdb fields ends as an internal error)
+    uid, gid = dovecot_ids()
+    userdb = DEFAULT_USERDB + (f"userdb {{\n  driver = static\n  args = uid={uid} gid={gid} "
+                               f"home={dovecot.mail_root}/%u\n}}\n")
+    dovecot.reconfigure(passdb="".join(blocks[name] for name in MISPLACED[layout]), userdb=userdb)
+    try:
+        _misplaced_chain_refuses(chain, dovecot, layout)
+    finally:
+        dovecot.reconfigure(userdb=DEFAULT_USERDB)
+
+
+def _misplaced_chain_refuses(chain: AppauthConfig, dovecot: DovecotServer, layout: str) -> None:
+    user, password = next(iter(CHAIN_USERS.items()))
     mark = dovecot.log_mark()
     wrong = dovecot.imap_login(user, WRONG, client_ip="198.51.100.60")
     assert not wrong.ok and "AUTHENTICATIONFAILED" in wrong.text, wrong.text
