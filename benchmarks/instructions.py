@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench
+from tests.fixtures_common import wrong_password  # run put the checkout on sys.path
 
 COLLECTED = re.compile(r"==\d+== Collected : (\d+)")
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             ("bare", [bench.PYTHON, "-c", "pass"], bench.USER, "", 0, 1),
             ("bare-isolated", [bench.PYTHON, "-I", "-S", "-c", "pass"], bench.USER, "", 0, 1),
             ("warm", program, bench.USER, site.accounts.password, 0, 3),
-            ("wrong", program, bench.USER, "xxxx-xxxx-xxxx-xxxx", 1, 1),
+            ("wrong", program, bench.USER, wrong_password(site.accounts.password), 1, 1),
             ("unknown", program, bench.UNKNOWN_USER, site.accounts.password, 1, 1),
         ]
         for name, cmd, user, password, expect, runs in scenarios:

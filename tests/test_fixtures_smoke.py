@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.fixtures_common import DOVECOT_USER, missing_dependency, run_as
+from tests.fixtures_common import DOVECOT_USER, missing_dependency, run_as, wrong_password
 from tests.fixtures_dovecot import (
     FIXTURE_USERS,
     DovecotServer,
@@ -39,6 +41,30 @@ RECORDER = textwrap.dedent("""\
     os.environ["USER"] = user.decode()
     os.execv(sys.argv[-1], [sys.argv[-1]])
 """)
+
+
+def test_wrong_password_differs_by_construction():
+    for right in ("Ab12-Cd34-Ef56-Gh7x", "Ab12-Cd34-Ef56-Gh7y", "x", "", "pässwörd-ü"):
+        wrong = wrong_password(right)
+        assert wrong != right and len(wrong) == max(len(right), 1)
+    assert wrong_password(b"Real-Pass-1234-abcx") == b"Real-Pass-1234-abcy"
+    # also different from every other password named: same length, another last character
+    others = [f"Ab12-Cd34-Ef56-Gh7{c}" for c in "xyzXYZ012"]
+    wrong = wrong_password(others[0], *others[1:])
+    assert wrong not in others and len(wrong) == len(others[0])
+
+
+# `pw[:-1] + "x"` is the right password whenever it already ends in "x" (one run in 62)
+FRAGILE_WRONG_PASSWORD = re.compile(r"""\[:-1\]\s*\+\s*b?["']""")
+
+
+def test_no_wrong_password_is_built_by_setting_the_last_character():
+    root = Path(__file__).resolve().parent.parent
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}"
+             for path in sorted([*root.glob("tests/*.py"), *root.glob("benchmarks/*.py")])
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if FRAGILE_WRONG_PASSWORD.search(line) and "`" not in line]  # quoted in a comment: fine
+    assert not found, "use tests.fixtures_common.wrong_password:\n" + "\n".join(found)
 
 
 @pytest.mark.mariadb

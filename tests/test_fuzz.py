@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from dovecot_appauth import config as cfgmod
 from dovecot_appauth import core, facts, lists
+from tests.fixtures_common import wrong_password
 from tests.hardening import (
     DOCUMENTED_STATUSES,
     GLOBAL_NETWORKS,
@@ -569,7 +570,7 @@ def fuzz_site():
 password_mutation = st.one_of(
     st.binary(max_size=80),
     st.just(b"Real-Pass-1234-abcd").flatmap(lambda p: st.sampled_from([
-        p[:-1], p + b"x", p.upper(), p.lower(), b" " + p, p + b" ", p[:-1] + b"e", p.replace(b"-", b""),
+        p[:-1], p + b"x", p.upper(), p.lower(), b" " + p, p + b" ", wrong_password(p), p.replace(b"-", b""),
         p + b"\xff", p + b"\0", b"Old1-Old2-Old3-Old4", b""])),
 )
 user_mutation = st.sampled_from([REAL_USER.encode(), REAL_USER.upper().encode(), b"other@example.com",
