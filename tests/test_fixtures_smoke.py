@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import socket
 import sys
 import textwrap
 import time
@@ -41,6 +43,32 @@ RECORDER = textwrap.dedent("""\
     os.environ["USER"] = user.decode()
     os.execv(sys.argv[-1], [sys.argv[-1]])
 """)
+
+
+@pytest.mark.skipif(os.environ.get("APPAUTH_TEST_NETNS") != "1",
+                    reason="scripts/test.sh runs pytest in a network namespace (APPAUTH_TEST_NETNS=1); this run is not")
+def test_suite_runs_without_a_route_out():
+    """scripts/test.sh runs pytest under `unshare --net` with only `lo` up: a test (or a config
+    that falls back to the system resolver) that tries to leave loopback fails at once with
+    ENETUNREACH instead of sending anything out. Only documentation addresses are tried."""
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]
+    for family, kind, address in ((socket.AF_INET, socket.SOCK_STREAM, ("192.0.2.1", 443)),
+                                  (socket.AF_INET, socket.SOCK_DGRAM, ("192.0.2.53", 53)),
+                                  (socket.AF_INET6, socket.SOCK_STREAM, ("2001:db8::1", 443))):
+        with socket.socket(family, kind) as s:
+            s.settimeout(10)  # a route out would make this a timeout or a connection, not ENETUNREACH
+            with pytest.raises(OSError) as info:
+                if kind == socket.SOCK_DGRAM:
+                    s.sendto(b"\0" * 12, address)  # what a resolver would send
+                else:
+                    s.connect(address)
+            assert info.value.errno == errno.ENETUNREACH, (address, info.value)
+    # loopback works
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with socket.create_connection(server.getsockname(), timeout=5):
+            pass
 
 
 def test_wrong_password_differs_by_construction():
