@@ -116,6 +116,7 @@ def test_no_secret_anywhere(secret_site):
     site = secret_site
     ev = Evidence()
     pw, bob_pw, old_pw = site.pw("a"), site.pw("b"), site.pw("old")
+    assert len({pw, bob_pw, old_pw}) == 3  # random, so equal only by a chance of 62**-16; say so
 
     # the login paths
     _login(site, ev, "success", USER, pw, expect=0)
