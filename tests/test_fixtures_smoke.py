@@ -262,6 +262,31 @@ def test_dovecot_checkpassword_sees_client_ip(dovecot: DovecotServer):
 
 
 @pytest.mark.dovecot
+def test_dovecot_hands_on_the_fields_of_a_successful_passdb_only(dovecot_factory):
+    """What --audit-chain's marker relies on (Dovecot 2.3.19): the extra fields of a passdb that
+    succeeded reach a later checkpassword program upper-cased (appauth_ok=yes -> APPAUTH_OK=yes);
+    those of a passdb that failed are dropped, and a client cannot set them (`-x` of doveadm)."""
+    server = dovecot_factory()
+    _, args, records = _install_recorder(server)
+    users = write_passwd_file(server.basedir / "marker.passwd", {"dave": "right"}, server.mail_root)
+    # no `skip`, and the first passdb's failure goes on (Dovecot's default): the recorder sees both
+    server.reconfigure(passdb=passwd_file_passdb(users, "result_success = continue-ok\n"
+                                                        "override_fields = appauth_ok=yes")
+                       + f"passdb {{\n  driver = checkpassword\n  args = {args}\n}}\n")
+    assert server.doveadm_auth_test("dave", "right")[0] == 0
+    assert records()[-1]["env"]["APPAUTH_OK"] == "yes"
+    ok, text = server.imap_login("dave", "right")
+    assert ok and records()[-1]["env"]["APPAUTH_OK"] == "yes", text
+    before = len(records())
+    assert server.doveadm_auth_test("dave", "wrong", extra={"appauth_ok": "yes"})[0] == 77
+    ok, text = server.imap_login("dave", "wrong")
+    assert not ok, text
+    after = records()[before:]
+    assert len(after) == 2  # the recorder ran for both failed logins, without the marker:
+    assert not [env for env in (r["env"] for r in after) if "APPAUTH_OK" in env or "appauth_ok" in env]
+
+
+@pytest.mark.dovecot
 def test_dovecot_second_server_and_audit_chain(dovecot_factory):
     """A second server next to the module's; the audit-only chain given as a passdb string:
     passwd-file (continue-ok), then a checkpassword program with skip = unauthenticated."""
