@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench
+from tests.fixtures_common import wrong_password  # run put the checkout on sys.path
 
 # Modules a warm login must not import (issue 5, part 3), and other known heavy ones.
 HEAVY = ("sqlalchemy", "geoip2", "maxminddb", "ipwhois", "dns", "diskcache", "urllib.request", "http.client",
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         user, password, expect = {
             "warm": (bench.USER, accounts.password, 0),
             "cold": (bench.USER, accounts.password, 0),
-            "wrong": (bench.USER, "xxxx-xxxx-xxxx-xxxx", 1),
+            "wrong": (bench.USER, wrong_password(accounts.password), 1),
             "unknown": (bench.UNKNOWN_USER, accounts.password, 1),
         }[args.scenario]
         helper = [] if args.no_reply_helper or not os.access(bench.REPLY_HELPER, os.X_OK) else [bench.REPLY_HELPER]

@@ -524,6 +524,8 @@ class Bench:
             SpawnScenario("bare", [PYTHON, "-c", "pass"], env, b"", 0, self.reps),
             SpawnScenario("bare-isolated", [PYTHON, "-I", "-S", "-c", "pass"], env, b"", 0, self.reps),
         ]
+        from tests.fixtures_common import wrong_password  # differs from the right one by construction
+
         wrong = [name for name in WRONG_BY_COUNT.values() if self.want(name)]
         need_warm = self.want("warm") or self.want("rss") or self.want("unknown") or bool(wrong)
         if need_warm:
@@ -536,7 +538,8 @@ class Bench:
         if self.want("revoked"):
             out.append(self.login("revoked", self.cfg_warm, USER_R, acc.revoked_password, 1))
         if self.want("wrong-revoked"):
-            out.append(self.login("wrong-revoked", self.cfg_warm, USER_R, "xxxx-xxxx-xxxx-xxxx", 1))
+            out.append(self.login("wrong-revoked", self.cfg_warm, USER_R,
+                                  wrong_password(acc.carol_password, acc.revoked_password), 1))
         if self.want("denied"):
             out.append(self.login("denied", self.cfg_warm, USER, acc.password, 1, ip=DENIED_IP))
         dns_port = self.dns.port if self.dns else None

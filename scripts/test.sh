@@ -4,10 +4,14 @@
 # 1. installs the Debian packages the end-to-end tests need (only when some are missing),
 # 2. makes the virtualenv ${APPAUTH_VENV:-/opt/dovecot-appauth/venv} from /usr/bin/python3
 #    (world-readable: Dovecot runs our program as user `dovecot`), installs '.[test]' into it,
-# 3. runs `ruff check src tests` and pytest (arguments passed through).
+# 3. runs `ruff check src tests` and pytest (arguments passed through), as root inside a
+#    network namespace that has only `lo` (`unshare -n`): the tests may contact loopback
+#    only, so a config that falls back to the system resolver fails a test instead of
+#    sending queries out (tests/test_fixtures_smoke.py checks that it is in force).
 # Exits non-zero when anything fails, including "no tests collected".
 # Environment: APPAUTH_VENV (venv path), APPAUTH_SKIP_APT=1 (never call apt-get),
-# CI=true (end-to-end tests fail instead of skipping when Dovecot/MariaDB are missing).
+# CI=true (end-to-end tests fail instead of skipping when Dovecot/MariaDB are missing),
+# APPAUTH_TEST_NETNS=0 (run pytest without the namespace; not as root it always is).
 set -euo pipefail
 umask 022
 
@@ -20,8 +24,10 @@ VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
 # valgrind: instruction counts of a login (benchmarks/instructions.py, tests/test_benchmark_smoke.py)
 # slapd, ldap-utils: a real OpenLDAP server for the account gate (tests/fixtures_ldap.py);
 # libldap2-dev, libsasl2-dev: python-ldap builds against them (no binary wheel on PyPI)
+# iproute2, util-linux: `ip link set lo up` inside `unshare -n` (step 3)
 DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc
-              chromium strace valgrind slapd ldap-utils libldap2-dev libsasl2-dev openssl)
+              chromium strace valgrind slapd ldap-utils libldap2-dev libsasl2-dev openssl
+              iproute2 util-linux)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -87,9 +93,30 @@ chmod -R a+rX "$VENV" 2>/dev/null || true
 log "ruff check src tests"
 "$VENV/bin/ruff" check src tests
 
-log "pytest $*"
+# Every install that needs the package index is done: from here on, loopback only.
+netns=0
+if [ "${APPAUTH_TEST_NETNS:-1}" = 1 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        netns=1
+    else
+        log "WARNING: not root: pytest runs WITHOUT the loopback-only network namespace"
+    fi
+fi
+if [ "$netns" = 1 ] && ! unshare --net -- /bin/true; then
+    echo "scripts/test.sh: cannot create a network namespace (unshare --net): failing;" \
+         "APPAUTH_TEST_NETNS=0 runs the tests without it" >&2
+    exit 1
+fi
 set +e
-"$PY" -m pytest "$@"
+if [ "$netns" = 1 ]; then
+    log "pytest $* (network namespace: lo only)"
+    # APPAUTH_TEST_NETNS=1 tells tests/test_fixtures_smoke.py to check that no route leads out
+    APPAUTH_TEST_NETNS=1 unshare --net -- /bin/sh -c \
+        'PATH="$PATH:/usr/sbin:/sbin"; ip link set lo up && exec "$@"' sh "$PY" -m pytest "$@"
+else
+    log "pytest $*"
+    "$PY" -m pytest "$@"
+fi
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import AnyStr
 
 import pytest
 
@@ -31,6 +32,22 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+_LAST_CHARACTERS = "xyzXYZ0123456789"
+
+
+def wrong_password(right: AnyStr, *others: str | bytes) -> AnyStr:
+    """A wrong password that differs from ``right`` (and from each of ``others``) by construction.
+
+    ``right`` with its last character replaced by one that none of them ends with: the same
+    length and alphabet (so a wrong password costs the same hash work), never equal to any of
+    them, whatever random passwords the test made. (``pw[:-1] + "x"`` is the right password
+    whenever it already ends in "x": one run in 62.)
+    """
+    ends = {p[-1:].decode("latin-1") if isinstance(p, bytes) else p[-1:] for p in (right, *others)}
+    last = next(c for c in _LAST_CHARACTERS if c not in ends)
+    return right[:-1] + (last.encode() if isinstance(right, bytes) else last)  # type: ignore[operator]
 
 
 @cache

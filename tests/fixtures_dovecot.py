@@ -9,8 +9,8 @@ Fixtures
 
 Building blocks for the ``passdb`` string: :func:`checkpassword_passdb` (our program, with a
 check that the `dovecot` user can run it), :func:`passwd_file_passdb` + :func:`write_passwd_file`,
-:func:`audit_chain_passdbs` (passwd-file with ``result_success = continue-ok`` followed by ours
-with ``skip = unauthenticated``).
+:func:`audit_chain_passdbs` (passwd-file with ``result_success = continue-ok`` and the marker
+``override_fields = appauth_ok=yes`` followed by ours with ``skip = unauthenticated``).
 
 Facts (PROTOCOL.md, last section): the program runs as user `dovecot` with no PATH/HOME;
 everything it touches must be reachable by that user, so the server's directory is made with
@@ -158,11 +158,14 @@ def passwd_file_passdb(path: str | os.PathLike, settings: str = "") -> str:
     return _passdb_block("passwd-file", str(path), settings)
 
 
+AUDIT_CHAIN_MARKER_SETTING = "override_fields = appauth_ok=yes"  # what --audit-chain requires
+
+
 def audit_chain_passdbs(passwd_file: str | os.PathLike, config: str | os.PathLike,
                         *extra_args: str, flag: str = "--audit-chain",
-                        first_settings: str = "result_success = continue-ok",
+                        first_settings: str = f"result_success = continue-ok\n{AUDIT_CHAIN_MARKER_SETTING}",
                         second_settings: str = "skip = unauthenticated") -> str:
-    """The audit-only chain: passwd-file (continue-ok), then our program with ``flag``."""
+    """The audit-only chain: passwd-file (continue-ok, the marker), then our program with ``flag``."""
     return passwd_file_passdb(passwd_file, first_settings) + checkpassword_passdb(
         config, flag, *extra_args, settings=second_settings
     )

@@ -268,6 +268,17 @@ def test_login_test_lookup(ready, capsys, monkeypatch):
     assert status == 1 and json.loads(out)["verdict"] == "UNKNOWN USER"
 
 
+def test_login_test_audit_chain_passes_the_marker_of_the_earlier_passdb(ready, capsys, monkeypatch):
+    """login-test --audit-chain stands for the passdb before ours: it sets APPAUTH_OK=yes, as
+    Dovecot does after that passdb's success (else the program refuses every login)."""
+    status, out, _ = run(capsys, ready, "login-test", "someone@example.com", "--audit-chain", "--json",
+                         stdin="checked-by-the-earlier-passdb\n", monkeypatch=monkeypatch)
+    data = json.loads(out)
+    assert status == 0, data
+    assert (data["verdict"], data["exit_code"]) == ("AUTHENTICATED", 0)
+    assert not [line for line in data["stderr"] if "refused" in line], data["stderr"]
+
+
 def test_login_test_database_missing_is_tempfail(conf, capsys, monkeypatch):
     status, out, _ = run(capsys, conf, "login-test", "alice@example.com", "--json", stdin="x\n",
                          monkeypatch=monkeypatch)

@@ -25,14 +25,17 @@ from pathlib import Path
 
 import pytest
 
+from dovecot_appauth.dovecot_conf import parse_passdbs
 from dovecot_appauth.hashing import generate_password, hash_password
-from tests.conftest import AppauthConfig, _give_to_dovecot
+from tests.conftest import AppauthConfig, _give_to_dovecot, run_cli
 from tests.fixtures_common import dovecot_ids
 from tests.fixtures_dovecot import (
+    DEFAULT_USERDB,
     DovecotServer,
     audit_chain_passdbs,
     checkpassword_passdb,
     our_lines,
+    passwd_file_passdb,
     settle_log,
     write_passwd_file,
 )
@@ -452,9 +455,21 @@ def test_blackholed_resolver_login_finishes_within_deadline(server, setup, black
 # --- the audit-only chain (examples/dovecot/auth-audit-chain.conf.ext) -------------------
 CHAIN_USERS = {"chain-user": "Chain-pass-Tt71"}
 SECRETS.update(CHAIN_USERS.values())
-# exactly the settings of examples/dovecot/auth-audit-chain.conf.ext
-EXAMPLE_FIRST = "result_success = continue-ok\nresult_failure = return-fail"
-EXAMPLE_SECOND = "skip = unauthenticated\nresult_failure = return-fail\nresult_internalfail = return-ok"
+EXAMPLE_CHAIN = Path(__file__).parent.parent / "examples" / "dovecot" / "auth-audit-chain.conf.ext"
+
+
+def _example_settings(number: int) -> str:
+    """The settings of passdb `number` (1 or 2) of examples/dovecot/auth-audit-chain.conf.ext,
+    without driver and args: the tests run exactly what the example says."""
+    passdb = parse_passdbs(EXAMPLE_CHAIN.read_text())[number - 1]
+    return "\n".join(f"{k} = {v}" for k, v in passdb.settings.items() if k not in ("driver", "args"))
+
+
+EXAMPLE_FIRST = _example_settings(1)
+EXAMPLE_SECOND = _example_settings(2)
+assert EXAMPLE_FIRST == ("result_success = continue-ok\nresult_failure = return-fail\n"
+                         "override_fields = appauth_ok=yes"), EXAMPLE_FIRST
+assert EXAMPLE_SECOND == "skip = unauthenticated\nresult_failure = return-fail\nresult_internalfail = return-ok"
 
 
 @pytest.fixture
@@ -489,6 +504,87 @@ def test_audit_chain_allows_and_denies(chain, dovecot, setup):
     # the SASL path
     assert dovecot.doveadm_auth_test(user, password, service="smtp", rip="198.51.100.52")[0] == 0
     assert dovecot.doveadm_auth_test(user, password, service="smtp", rip="203.0.113.14")[0] == 77
+
+
+def dovecot_chain_warnings(cfg: AppauthConfig, dovecot: DovecotServer) -> list[str]:
+    """check-config's lines about Dovecot's passdb chain (doveconf -n of the running config)."""
+    res = run_cli(cfg.path, "check-config", "--no-database", "--dovecot-config", str(dovecot.conf_path),
+                  check=False)
+    return [line for line in res.stdout.splitlines() if "Dovecot" in line]
+
+
+def test_audit_chain_example_setup_gives_no_check_config_warning(chain, dovecot):
+    assert dovecot_chain_warnings(chain, dovecot) == []
+
+
+# --audit-chain checks no password. Misplaced (first passdb, or without `skip = unauthenticated`
+# after a passdb whose failure goes on) it used to answer 0 for any password; now it refuses
+# whatever lacks the marker appauth_ok=yes that the passdb before it sets on success.
+MISPLACED = {
+    # ours first (Dovecot's default results), then the passwd-file that checks passwords
+    "first": ("ours", "passwd"),
+    # ours alone: nobody checks the password at all
+    "alone": ("ours",),
+    # the passwd-file with the marker but its failure goes on (the default), ours without skip
+    "no-skip": ("passwd", "ours"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(MISPLACED))
+def test_audit_chain_misplaced_never_lets_a_wrong_password_in(chain, dovecot, setup, layout):
+    passwd = dovecot.basedir / "chain.passwd"
+    blocks = {
+        "ours": checkpassword_passdb(chain.path, "--audit-chain",
+                                     settings="result_failure = return-fail" if layout == "no-skip" else ""),
+        "passwd": passwd_file_passdb(passwd, "result_success = continue-ok\noverride_fields = appauth_ok=yes"
+                                     if layout == "no-skip" else "override_fields = appauth_ok=yes"),
+    }
+    # a userdb of its own, as on most hosts: a login the passdbs accept then really logs in
+    # (with prefetch alone, a login no passdb gave userdb fields ends as an internal error)
+    uid, gid = dovecot_ids()
+    userdb = DEFAULT_USERDB + (f"userdb {{\n  driver = static\n  args = uid={uid} gid={gid} "
+                               f"home={dovecot.mail_root}/%u\n}}\n")
+    dovecot.reconfigure(passdb="".join(blocks[name] for name in MISPLACED[layout]), userdb=userdb)
+    try:
+        _misplaced_chain_refuses(chain, dovecot, layout)
+    finally:
+        dovecot.reconfigure(userdb=DEFAULT_USERDB)
+
+
+def _misplaced_chain_refuses(chain: AppauthConfig, dovecot: DovecotServer, layout: str) -> None:
+    user, password = next(iter(CHAIN_USERS.items()))
+    mark = dovecot.log_mark()
+    wrong = dovecot.imap_login(user, WRONG, client_ip="198.51.100.60")
+    assert not wrong.ok and "AUTHENTICATIONFAILED" in wrong.text, wrong.text
+    assert dovecot.doveadm_auth_test(user, WRONG, rip="198.51.100.61")[0] == 77
+    log = settle_log(dovecot, mark, "dovecot-appauth: user chain-user: --audit-chain refused the login: "
+                                    "no earlier passdb set appauth_ok=yes")
+    assert WRONG not in log
+    right = dovecot.imap_login(user, password, client_ip="198.51.100.62")
+    # the right password gets in where a passdb checks it; alone, nobody does
+    assert right.ok is (layout != "alone"), right.text
+    warnings = dovecot_chain_warnings(chain, dovecot)
+    expected = {"first": "is the first passdb", "alone": "is the first passdb",
+                "no-skip": "has no `skip = unauthenticated`"}[layout]
+    assert len(warnings) == 1 and expected in warnings[0], warnings
+    assert warnings[0].startswith("warning: Dovecot passdb #")
+
+
+def test_audit_chain_without_the_marker_refuses_and_check_config_says_why(chain, dovecot, setup):
+    """The example chain from before the marker (an upgrade without the new line): every login
+    is refused with one line saying what is missing, and check-config says it beforehand."""
+    user, password = next(iter(CHAIN_USERS.items()))
+    passwd = dovecot.basedir / "chain.passwd"
+    dovecot.reconfigure(passdb=audit_chain_passdbs(
+        passwd, chain.path, first_settings=EXAMPLE_FIRST.replace("override_fields = appauth_ok=yes", ""),
+        second_settings=EXAMPLE_SECOND))
+    mark = dovecot.log_mark()
+    refused = dovecot.imap_login(user, password, client_ip="198.51.100.63")
+    assert not refused.ok and "AUTHENTICATIONFAILED" in refused.text, refused.text
+    log = settle_log(dovecot, mark, "--audit-chain refused the login")
+    assert len(our_lines(log)) == 1 and "override_fields = appauth_ok=yes" in our_lines(log)[0], log
+    warnings = dovecot_chain_warnings(chain, dovecot)
+    assert len(warnings) == 1 and "no passdb before it sets appauth_ok=yes" in warnings[0], warnings
 
 
 def test_audit_chain_internal_failure_as_the_example_documents(chain, dovecot, setup):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI, _give_to_dovecot
-from tests.fixtures_common import free_port
+from tests.fixtures_common import free_port, wrong_password
 from tests.fixtures_dovecot import passwd_file_passdb, write_passwd_file
 from tests.hardening import HangingTcp
 
@@ -252,7 +252,7 @@ def test_token_file_auth_policy_with_a_bearer_api_header(dovecot, token_service,
 
     # a wrong secret: serve answers 401; Dovecot logs it and, with auth_policy_reject_on_fail = no
     # (the default), goes on without the policy: the listed client gets in
-    wrong = secrets.token_hex(24)
+    wrong = wrong_password(token)
     dovecot.reconfigure(extra_conf=policy_conf(token_service.url("/policy"), wrong))
     mark = dovecot.log_mark()
     through = dovecot.imap_login(PASSWD_USER, PASSWD_PW, client_ip=DENIED_IP)
@@ -281,7 +281,7 @@ def test_token_file_lua_passdb_sends_the_token_from_its_environment(dovecot, tok
 
     # a wrong token, or none: serve answers 401, the script INTERNAL_FAILURE -> [UNAVAILABLE],
     # for the right password as for a wrong one (never "wrong password", never OK)
-    wrong = secrets.token_hex(24)
+    wrong = wrong_password(token)
     for given in (wrong, None):
         use_lua_passdb(dovecot, token_service.url("/verify"), token=given)
         mark = dovecot.log_mark()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import socket
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.fixtures_common import DOVECOT_USER, missing_dependency, run_as
+from tests.fixtures_common import DOVECOT_USER, missing_dependency, run_as, wrong_password
 from tests.fixtures_dovecot import (
     FIXTURE_USERS,
     DovecotServer,
@@ -39,6 +43,56 @@ RECORDER = textwrap.dedent("""\
     os.environ["USER"] = user.decode()
     os.execv(sys.argv[-1], [sys.argv[-1]])
 """)
+
+
+@pytest.mark.skipif(os.environ.get("APPAUTH_TEST_NETNS") != "1",
+                    reason="scripts/test.sh runs pytest in a network namespace (APPAUTH_TEST_NETNS=1); this run is not")
+def test_suite_runs_without_a_route_out():
+    """scripts/test.sh runs pytest under `unshare --net` with only `lo` up: a test (or a config
+    that falls back to the system resolver) that tries to leave loopback fails at once with
+    ENETUNREACH instead of sending anything out. Only documentation addresses are tried."""
+    assert [name for _, name in socket.if_nameindex()] == ["lo"]
+    for family, kind, address in ((socket.AF_INET, socket.SOCK_STREAM, ("192.0.2.1", 443)),
+                                  (socket.AF_INET, socket.SOCK_DGRAM, ("192.0.2.53", 53)),
+                                  (socket.AF_INET6, socket.SOCK_STREAM, ("2001:db8::1", 443))):
+        with socket.socket(family, kind) as s:
+            s.settimeout(10)  # a route out would make this a timeout or a connection, not ENETUNREACH
+            with pytest.raises(OSError) as info:
+                if kind == socket.SOCK_DGRAM:
+                    s.sendto(b"\0" * 12, address)  # what a resolver would send
+                else:
+                    s.connect(address)
+            assert info.value.errno == errno.ENETUNREACH, (address, info.value)
+    # loopback works
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with socket.create_connection(server.getsockname(), timeout=5):
+            pass
+
+
+def test_wrong_password_differs_by_construction():
+    for right in ("Ab12-Cd34-Ef56-Gh7x", "Ab12-Cd34-Ef56-Gh7y", "x", "", "pässwörd-ü"):
+        wrong = wrong_password(right)
+        assert wrong != right and len(wrong) == max(len(right), 1)
+    assert wrong_password(b"Real-Pass-1234-abcx") == b"Real-Pass-1234-abcy"
+    # also different from every other password named: same length, another last character
+    others = [f"Ab12-Cd34-Ef56-Gh7{c}" for c in "xyzXYZ012"]
+    wrong = wrong_password(others[0], *others[1:])
+    assert wrong not in others and len(wrong) == len(others[0])
+
+
+# `pw[:-1] + "x"` is the right password whenever it already ends in "x" (one run in 62)
+FRAGILE_WRONG_PASSWORD = re.compile(r"""\[:-1\]\s*\+\s*b?["']""")
+
+
+def test_no_wrong_password_is_built_by_setting_the_last_character():
+    root = Path(__file__).resolve().parent.parent
+    found = [f"{path.relative_to(root)}:{number}: {line.strip()}"
+             for path in sorted([*root.glob("tests/*.py"), *root.glob("benchmarks/*.py")])
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if FRAGILE_WRONG_PASSWORD.search(line) and "`" not in line]  # quoted in a comment: fine
+    assert not found, "use tests.fixtures_common.wrong_password:\n" + "\n".join(found)
 
 
 @pytest.mark.mariadb
@@ -205,6 +259,31 @@ def test_dovecot_checkpassword_sees_client_ip(dovecot: DovecotServer):
     assert not ok and "UNAVAILABLE" in text, text
     dovecot.wait_for_log("auth: Error: .*boom from the program", since=mark)
     assert any("boom" in line for line in dovecot.auth_errors(mark))
+
+
+@pytest.mark.dovecot
+def test_dovecot_hands_on_the_fields_of_a_successful_passdb_only(dovecot_factory):
+    """What --audit-chain's marker relies on (Dovecot 2.3.19): the extra fields of a passdb that
+    succeeded reach a later checkpassword program upper-cased (appauth_ok=yes -> APPAUTH_OK=yes);
+    those of a passdb that failed are dropped, and a client cannot set them (`-x` of doveadm)."""
+    server = dovecot_factory()
+    _, args, records = _install_recorder(server)
+    users = write_passwd_file(server.basedir / "marker.passwd", {"dave": "right"}, server.mail_root)
+    # no `skip`, and the first passdb's failure goes on (Dovecot's default): the recorder sees both
+    server.reconfigure(passdb=passwd_file_passdb(users, "result_success = continue-ok\n"
+                                                        "override_fields = appauth_ok=yes")
+                       + f"passdb {{\n  driver = checkpassword\n  args = {args}\n}}\n")
+    assert server.doveadm_auth_test("dave", "right")[0] == 0
+    assert records()[-1]["env"]["APPAUTH_OK"] == "yes"
+    ok, text = server.imap_login("dave", "right")
+    assert ok and records()[-1]["env"]["APPAUTH_OK"] == "yes", text
+    before = len(records())
+    assert server.doveadm_auth_test("dave", "wrong", extra={"appauth_ok": "yes"})[0] == 77
+    ok, text = server.imap_login("dave", "wrong")
+    assert not ok, text
+    after = records()[before:]
+    assert len(after) == 2  # the recorder ran for both failed logins, without the marker:
+    assert not [env for env in (r["env"] for r in after) if "APPAUTH_OK" in env or "appauth_ok" in env]
 
 
 @pytest.mark.dovecot

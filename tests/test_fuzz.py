@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from dovecot_appauth import config as cfgmod
 from dovecot_appauth import core, facts, lists
+from tests.fixtures_common import wrong_password
 from tests.hardening import (
     DOCUMENTED_STATUSES,
     GLOBAL_NETWORKS,
@@ -528,6 +529,7 @@ CITY_MMDB = Path(__file__).parent / "data" / "mmdb" / "AppAuth-Test-City.mmdb"
 
 @fuzz(20, 1_000)
 @given(cut=st.integers(0, 4000))
+@example(cut=2932)  # 4 bytes short: the pure-Python decoder used to answer (see sources/maxmind.py)
 def test_maxmind_truncated_file(tmp_path_factory, cut):
     from dovecot_appauth.sources import SourceUnavailable, maxmind
 
@@ -538,6 +540,59 @@ def test_maxmind_truncated_file(tmp_path_factory, cut):
     for ip in ("198.51.100.7", "2001:db8::25"):
         with pytest.raises(SourceUnavailable):
             maxmind.lookup(ip, str(path), None)
+
+
+MMDB_FILES = sorted((Path(__file__).parent / "data" / "mmdb").glob("*.mmdb"))
+
+# Which truncations of a .mmdb does libmaxminddb (the C extension) open? In a child process:
+# the extension can crash on a damaged file.
+_C_EXTENSION_OPENS = """
+import sys, maxminddb
+data = open(sys.argv[1], "rb").read()
+opened = []
+for cut in range(len(data) + 1):
+    path = sys.argv[2]
+    with open(path, "wb") as f:
+        f.write(data[:cut])
+    try:
+        maxminddb.open_database(path, maxminddb.MODE_MMAP_EXT).close()
+    except (maxminddb.InvalidDatabaseError, ValueError, OSError):
+        continue
+    opened.append(cut)
+print(" ".join(map(str, opened)))
+"""
+
+
+@pytest.mark.parametrize("mmdb", MMDB_FILES, ids=lambda p: p.name)
+def test_maxmind_every_truncation_is_unavailable_as_libmaxminddb_says(tmp_path, mmdb):
+    """Every cut of the test files (not a sample): our source answers only for the whole file,
+    and the C extension opens exactly the same (the whole file only). The metadata section
+    ends the file, so any truncation loses part of it (MaxMind DB spec 2.0)."""
+    import subprocess
+    import sys
+
+    from dovecot_appauth.sources import SourceUnavailable, maxmind
+
+    data = mmdb.read_bytes()
+    path = tmp_path / "cut.mmdb"
+    answered = []
+    for cut in range(len(data) + 1):
+        path.write_bytes(data[:cut])
+        city, asn = (str(path), None) if "City" in mmdb.name else (None, str(path))
+        try:
+            maxmind.lookup("198.51.100.7", city, asn)
+        except SourceUnavailable:
+            continue
+        answered.append(cut)
+    assert answered == [len(data)]
+    try:
+        import maxminddb.extension  # noqa: F401
+    except ImportError:
+        pytest.skip("maxminddb's C extension is not built here: nothing to compare with")
+    child = subprocess.run([sys.executable, "-c", _C_EXTENSION_OPENS, str(mmdb), str(tmp_path / "c.mmdb")],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert child.returncode == 0, child.stderr
+    assert [int(cut) for cut in child.stdout.split()] == answered
 
 
 # Byte flips inside a .mmdb can crash maxminddb's C extension (SIGSEGV): that fuzzing runs in
@@ -569,7 +624,7 @@ def fuzz_site():
 password_mutation = st.one_of(
     st.binary(max_size=80),
     st.just(b"Real-Pass-1234-abcd").flatmap(lambda p: st.sampled_from([
-        p[:-1], p + b"x", p.upper(), p.lower(), b" " + p, p + b" ", p[:-1] + b"e", p.replace(b"-", b""),
+        p[:-1], p + b"x", p.upper(), p.lower(), b" " + p, p + b" ", wrong_password(p), p.replace(b"-", b""),
         p + b"\xff", p + b"\0", b"Old1-Old2-Old3-Old4", b""])),
 )
 user_mutation = st.sampled_from([REAL_USER.encode(), REAL_USER.upper().encode(), b"other@example.com",

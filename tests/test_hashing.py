@@ -29,6 +29,7 @@ from dovecot_appauth.hashing import (
     scheme_of,
     verify,
 )
+from tests.fixtures_common import wrong_password
 
 PW = "app-pass-1234"
 
@@ -87,6 +88,7 @@ def test_verify_vector(password, stored):
 @pytest.mark.parametrize(("password", "stored"), GOOD_VECTORS)
 def test_verify_wrong_password(password, stored):
     assert verify(password + "x", stored) is False
+    assert verify(wrong_password(password), stored) is False  # only the last character differs
     assert verify("", stored) is False
     assert verify(password.upper() if password != password.upper() else password.lower(), stored) is False
 

@@ -455,6 +455,36 @@ def test_database_missing_is_tempfail(site):
     assert not (site.dir / "missing.sqlite").exists()
 
 
+# --- decide(): --audit-chain ----------------------------------------------------------------
+
+
+def _decide_chain(site: Site, request):
+    err = io.StringIO()
+    return decide(request, site.config(), now=NOW, audit_chain=True, stderr=err), err.getvalue()
+
+
+def test_audit_chain_without_the_marker_refuses(site):
+    """--audit-chain checks no password: without `appauth_ok=yes` from an earlier passdb that
+    succeeded (first passdb, or no `skip = unauthenticated`) the login is refused (1, not 111:
+    the example config lets an internal failure through)."""
+    for env in ({}, {"APPAUTH_OK": "no"}, {"APPAUTH_OK": "1"}, {"APPAUTH_OKAY": "yes"}):
+        outcome, err = _decide_chain(site, _request("anyone@example.com", "not-checked-by-anyone", **env))
+        assert outcome.exit_code is ExitCode.FAIL, env
+        assert outcome.message.startswith("user anyone@example.com: --audit-chain refused the login: "
+                                          "no earlier passdb set appauth_ok=yes"), outcome.message
+        assert "override_fields = appauth_ok=yes" in outcome.message
+        assert "not-checked-by-anyone" not in outcome.message and err == ""
+
+
+def test_audit_chain_with_the_marker_audits_and_answers(site):
+    outcome, err = _decide_chain(site, _request("anyone@example.com", "checked-earlier", APPAUTH_OK="yes"))
+    assert outcome.exit_code is ExitCode.OK, outcome.message
+    assert outcome.user == "anyone@example.com" and "refused" not in err
+    # lookups need no marker: they are answered "unknown" either way
+    outcome, _ = _decide_chain(site, _request("anyone@example.com", None, AUTHORIZED="1"))
+    assert outcome.exit_code is ExitCode.LOOKUP_UNKNOWN
+
+
 # --- parse_args -----------------------------------------------------------------------------
 
 
@@ -645,6 +675,19 @@ def test_program_success_with_dovecot_helper(site):
     assert run.reply.startswith(b"user=alice@example.com\t")
     assert run.fields == [("user", "alice@example.com"), *EXPECTED_FIELDS]
     assert [r[0] for r in site.log()] == [site.ids["alice_1"]]
+
+
+def test_program_audit_chain_needs_the_marker(site):
+    """The installed program, as Dovecot runs it: APPAUTH_OK=yes is how Dovecot 2.3 passes on
+    the `appauth_ok=yes` extra field of the earlier passdb."""
+    request = _req("anyone@example.com", "whatever")
+    run = run_program(site, request, "--audit-chain", helper=True)
+    assert run.status == 1, run.stderr
+    assert len(run.lines) == 1 and "--audit-chain refused the login: no earlier passdb set appauth_ok=yes" \
+        in run.lines[0], run.stderr
+    run = run_program(site, request, "--audit-chain", helper=True, env={"APPAUTH_OK": "yes"})
+    assert run.status == 0 and "refused" not in run.stderr, run.stderr
+    assert run.reply.startswith(b"user=anyone@example.com\t")
 
 
 def test_program_success_without_helper_writes_fd4(site):

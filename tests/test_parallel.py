@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.fixtures_common import wrong_password
 from tests.hardening import dovecot_env, make_site, request_bytes, run_checkpassword
 
 pytestmark = pytest.mark.filterwarnings("ignore:'crypt' is deprecated:DeprecationWarning")
@@ -49,7 +50,10 @@ def _jobs(site) -> list[tuple[str, str, str, str, int]]:
                 distinct.append((user, site.pw(f"{user}#{n}"), service, f"198.51.100.{20 + len(distinct)}", 0))
     assert len(distinct) == 20
     jobs += distinct * 3  # three logins per distinct (password, service, IP): one row each
-    others = [site.pw(f"{USERS[1]}#0"), "wrong-password", site.pw(f"{USERS[0]}#0")[:-1] + "x", ""]
+    # the wrong passwords given to USERS[2] (i % 4 == 0 and 2) must not be its own
+    own = [site.pw(f"{USERS[2]}#{n}") for n in range(2)]
+    others = [site.pw(f"{USERS[1]}#0"), "wrong-password", wrong_password(site.pw(f"{USERS[0]}#0"), *own), ""]
+    assert others[0] not in own  # two random passwords: equal only by a chance of 62**-16, but say so
     jobs += [(USERS[i % 4] if i % 4 else USERS[2], others[i % 4], "imap", "203.0.113.5", 1) for i in range(40)]
     jobs += [(f"nobody{i}@example.com", race_pw, "imap", "203.0.113.6", 1) for i in range(10)]
     jobs += [(USERS[0], site.pw("revoked"), "pop3", "203.0.113.7", 1)] * 10

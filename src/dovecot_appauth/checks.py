@@ -7,13 +7,16 @@ import os
 from .config import Config, ConfigError, Problem, load
 
 
-def check_all(path: str, *, check_database: bool = True, service_user: str | None = None) -> list[Problem]:
+def check_all(path: str, *, check_database: bool = True, service_user: str | None = None,
+              check_dovecot: bool = True, dovecot_config: str | None = None) -> list[Problem]:
     """Every problem of the config at `path`. Files are also checked as the service user
-    (`service_user`, default: the cache directory's owner; see service_user.py)."""
+    (`service_user`, default: the cache directory's owner; see service_user.py);
+    `check_dovecot`: also read `doveconf -n` (of `dovecot_config`) when Dovecot is installed here."""
+    dovecot = check_dovecot_chain(dovecot_config) if check_dovecot else []
     try:
         config = load(path)
     except ConfigError as e:
-        return list(e.problems)
+        return list(e.problems) + dovecot
     problems = list(config.problems)
     problems += check_permissions(path, config)
     from .lists import check_lists
@@ -25,7 +28,21 @@ def check_all(path: str, *, check_database: bool = True, service_user: str | Non
     problems += check_account(config, check_database=check_database)
     if check_database:
         problems += check_database_schema(config)
-    return problems
+    return problems + dovecot
+
+
+def check_dovecot_chain(dovecot_config: str | None = None) -> list[Problem]:
+    """Dovecot's passdb chain as `doveconf -n` shows it (dovecot_conf.py). Without Dovecot
+    on this host nothing is checked, unless a Dovecot config was named."""
+    from .dovecot_conf import DoveconfError, audit_chain_problems, find_doveconf, parse_passdbs, read_doveconf
+
+    if dovecot_config is None and find_doveconf() is None:
+        return []
+    try:
+        text = read_doveconf(dovecot_config)
+    except DoveconfError as e:
+        return [Problem("Dovecot config (doveconf -n)", f"not checked: {e}", "warning")]
+    return [Problem(where, message, "warning") for where, message in audit_chain_problems(parse_passdbs(text))]
 
 
 def check_as_service_user(path: str, config: Config, explicit: str | None, *,

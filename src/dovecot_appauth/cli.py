@@ -323,7 +323,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from .checks import check_all
 
     path = config_path(args.config)
-    problems = check_all(path, check_database=not args.no_database, service_user=args.service_user)
+    problems = check_all(path, check_database=not args.no_database, service_user=args.service_user,
+                         check_dovecot=not args.no_dovecot, dovecot_config=args.dovecot_config)
     for problem in problems:
         print(problem)
     errors = sum(1 for p in problems if p.level == "error")
@@ -507,10 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("check-config", cmd_check_config,
-                "validate the config, every list file, the sources and the database schema",
+                "validate the config, every list file, the sources, the database schema and Dovecot's "
+                "--audit-chain passdb (doveconf -n)",
                 "dovecot-appauth check-config --config /etc/dovecot-appauth/config.toml")
     p.add_argument("--no-database", action="store_true", help="do not connect to the database")
     service_user_option(p)
+    p.add_argument("--dovecot-config", metavar="FILE",
+                   help="Dovecot config whose passdb chain to check with `doveconf -n -c FILE` "
+                        "(default: doveconf's own, when Dovecot is installed)")
+    p.add_argument("--no-dovecot", action="store_true", help="do not run doveconf")
 
     p = command("prune", cmd_prune, "delete old audit events and failed-login records",
                 "dovecot-appauth prune --older-than 90d --dry-run")

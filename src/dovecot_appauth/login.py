@@ -53,7 +53,9 @@ Checks an app password for Dovecot (passdb driver = checkpassword). Dovecot writ
 
 Options (before the reply helper):
   --config FILE   configuration (default: $DOVECOT_APPAUTH_CONFIG or /etc/dovecot-appauth/config.toml)
-  --audit-chain   audit a login an earlier passdb already authenticated (no app-password check)
+  --audit-chain   audit a login an earlier passdb already authenticated (no app-password check);
+                  that passdb must set the extra field appauth_ok=yes (override_fields),
+                  else the login is refused
   --debug         one `debug:` line per step on stderr (Dovecot logs them as errors): the
                   request, the passwords on record (ids only), which one matched, the
                   audit's sources and verdict, the log row, the time taken. Never a password
@@ -624,6 +626,20 @@ def _check_password(password: str | None, rows: list[PasswordRow], active: list[
     return None, revoked, unverifiable
 
 
+# --audit-chain checks no password, so it must know that an earlier passdb did. Dovecot 2.3
+# hands a checkpassword program the extra fields of the passdbs that succeeded before it,
+# upper-cased (`appauth_ok=yes` arrives as APPAUTH_OK=yes); those of a passdb that failed
+# are dropped, and a client cannot set them. The example config sets this field on the
+# passdb before ours (`override_fields = appauth_ok=yes`); without it we refuse.
+AUDIT_CHAIN_MARKER = ("appauth_ok", "yes")
+
+
+def audit_chain_marker_present(request: LoginRequest) -> bool:
+    """True when an earlier passdb that succeeded set `appauth_ok=yes`."""
+    name, value = AUDIT_CHAIN_MARKER
+    return request.passdb_fields.get(name) == value
+
+
 def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, stderr: TextIO | None) -> Outcome:
     """An earlier passdb authenticated the user; we only audit (PROTOCOL.md, Chains)."""
     from .pipeline import audit_login
@@ -631,6 +647,16 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
 
     if request.mode is Mode.LOOKUP:
         return Outcome(ExitCode.LOOKUP_UNKNOWN)
+    if not audit_chain_marker_present(request):
+        # Exit 1, not 111: the example maps an internal failure to return-ok, which would
+        # let exactly this login (no password checked by anyone) through.
+        name, value = AUDIT_CHAIN_MARKER
+        return _fail(
+            f"user {request.username}: --audit-chain refused the login: no earlier passdb set {name}={value}, "
+            f"so no password was checked (the passdb before this one needs `override_fields = {name}={value}` "
+            "and `result_success = continue-ok`, this one `skip = unauthenticated`; "
+            "see examples/dovecot/auth-audit-chain.conf.ext)"
+        )
     store = None
     if config.audit.enabled and config.audit.record_events:
         # only for the audit events and alerts: a database that is down must not fail the login

@@ -145,6 +145,11 @@ def run_login_test(
     env = dovecot_environment(service=service, remote_ip=remote_ip, remote_port=remote_port, lookup=lookup)
     if run_as is not None:
         env["ORIG_UID"] = str(run_as.uid)  # checkpassword-reply refuses a uid other than its own
+    if audit_chain:
+        # what Dovecot passes on from the earlier passdb that accepted the password
+        from .login import AUDIT_CHAIN_MARKER
+
+        env[AUDIT_CHAIN_MARKER[0].upper()] = AUDIT_CHAIN_MARKER[1]
     if helper[0] == sys.executable:
         # the stand-in must find this package, as the installed program does
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)

@@ -45,10 +45,42 @@ def _reader(path: str) -> Any:
     # process (SIGSEGV, no stderr line) on a .mmdb with one corrupt byte; this reader
     # raises InvalidDatabaseError instead, and one lookup per cache miss is cheap.
     reader = maxminddb.open_database(path, maxminddb.MODE_MMAP)
+    _check_metadata_complete(path)
     # the replaced reader is not closed: another thread may be reading it; dropping the
     # last reference unmaps it
     _readers[path] = (signature, reader)
     return reader
+
+
+# The MaxMind DB format (spec 2.0, "Database Metadata"): the file ends with the metadata
+# section, found as the last b"\xab\xcd\xefMaxMind.com" within its last 128 KiB and running
+# to the end of the file; search tree, 16-byte separator and data section all come before
+# it. So a truncated download always loses the metadata's tail first, and nothing may be
+# cut. libmaxminddb (the C extension) refuses a file whose metadata runs past its end; the
+# pure-Python decoder slices past the end without a word and answers with a shortened
+# value (a file 4 bytes short decodes build_epoch from 0 bytes). We check the bounds the
+# same way, so both readers refuse the same truncated files.
+_METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
+_METADATA_MAX_SIZE = 128 * 1024
+
+
+def _check_metadata_complete(path: str) -> None:
+    """Raise InvalidDatabaseError when the metadata map does not end inside the file."""
+    from maxminddb.decoder import Decoder
+
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - _METADATA_MAX_SIZE))
+        tail = f.read()
+    start = tail.rfind(_METADATA_MARKER)
+    if start == -1:
+        raise maxminddb.InvalidDatabaseError("no metadata section (truncated file?)")
+    start += len(_METADATA_MARKER)
+    _, end = Decoder(tail, start).decode(start)  # raises InvalidDatabaseError on bad data
+    if end > len(tail):
+        raise maxminddb.InvalidDatabaseError(
+            f"the metadata section is {end - len(tail)} byte(s) short: truncated file"
+        )
 
 
 def _read(path: str, ip: str) -> dict[str, Any] | None:
