@@ -43,8 +43,14 @@ def _site(tmp_path):
     return path, db
 
 
+TOKEN = "test-token-not-secret"
+
+
 class Served:
-    def __init__(self, app):
+    """`app` on uvicorn in a thread; ``post`` sends `token` (the site's) unless told otherwise."""
+
+    def __init__(self, app, token: str | None = None):
+        self.token = token
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -58,8 +64,9 @@ class Served:
 
     def post(self, path: str, body, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+                                     headers={"Content-Type": "application/json", **auth, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
@@ -76,7 +83,7 @@ def site(tmp_path):
     path, db = _site(tmp_path)
     log = io.StringIO()
     engine = Engine(str(path), stderr=log)
-    served = Served(build_app(engine))
+    served = Served(build_app(engine, TOKEN), TOKEN)
     served.engine = engine
     served.log = log
     served.db = db
