@@ -47,6 +47,19 @@ from .core import LoginRequest, Mode, TempFail
 from .pool import StorePool
 
 MAX_BODY = 64 * 1024
+DEFAULT_MAX_REQUESTS = 64
+# threads per worker process that run the engine; requests in work beyond these wait for
+# one (in arrival order). Few: with hundreds of threads, the GIL's switching and a store
+# opened per thread made a flood of cheap requests slow every other one
+THREADS = 16
+GRACEFUL_SECONDS = 15.0  # SIGTERM: requests in flight get this long (each has its own deadlines)
+THROTTLED = ": throttled, "  # in login.py's message for a client over a limit
+# A (user, client) the limiter refused is answered the same for this long without a
+# thread or a query: a flood of its requests then costs little more than their HTTP.
+# Failure counts only grow within the window, so the verdict holds; `throttle reset`
+# takes effect at most this late.
+THROTTLE_MEMO_SECONDS = 2.0
+THROTTLE_MEMO_MAX = 100_000  # entries; past it the expired ones are dropped, then all
 
 
 class Engine:
@@ -57,11 +70,37 @@ class Engine:
     def __init__(self, path: str, stderr: Any = None):
         self.path = path
         self.stderr = stderr or sys.stderr
-        self.pool = StorePool()
+        self.pool = StorePool(max_idle=THREADS)  # one per thread: never a store opened per request
         self.metrics: Any = None
         self._key: tuple[int, int] | None = None
         self._config: Config | None = None
         self._lists: dict[str, tuple[int, int, int] | None] = {}  # list file -> (mtime_ns, size, inode)
+        self._throttled: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # THROTTLE_MEMO_SECONDS
+
+    def throttled_answer(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer given to this (user, client) a moment ago if the limiter refused it then
+        (called on the event loop: no I/O)."""
+        user, ip = body.get("user"), _ip(body.get("remote_ip"))
+        if not isinstance(user, str) or ip is None:
+            return None
+        memo = self._throttled.get((user.lower(), ip))
+        if memo is None or memo[0] < time.monotonic():
+            return None
+        if self.metrics is not None:
+            service = _label(_text(body.get("service"), "imap").lower())
+            self.metrics.throttled.labels(service).inc()
+            self._count_login("verify", memo[1]["result"], service)
+        return memo[1]
+
+    def _remember_throttled(self, request: LoginRequest, answer: dict[str, Any]) -> dict[str, Any]:
+        if request.remote_ip:
+            now = time.monotonic()
+            if len(self._throttled) >= THROTTLE_MEMO_MAX:
+                self._throttled = {k: v for k, v in self._throttled.items() if v[0] >= now}
+                if len(self._throttled) >= THROTTLE_MEMO_MAX:
+                    self._throttled = {}
+            self._throttled[(request.username.lower(), request.remote_ip)] = (now + THROTTLE_MEMO_SECONDS, answer)
+        return answer
 
     def config(self) -> Config:
         st = os.stat(self.path)
@@ -144,20 +183,26 @@ class Engine:
         except TempFail as e:
             self._relay(log)
             self.say(str(e))
-            if THROTTLED in str(e) and self.metrics is not None:
-                self.metrics.throttled.labels(_label(service)).inc()
             self._count_login("verify", "tempfail", _label(service))
+            if THROTTLED in str(e):
+                self._count_throttled(service)
+                return self._remember_throttled(request, {"result": "tempfail"})
             return {"result": "tempfail"}
         self._relay(log)
         if outcome.message:
             self.say(outcome.message)
-            if THROTTLED in outcome.message and self.metrics is not None:
-                self.metrics.throttled.labels(_label(service)).inc()
         if outcome.exit_code is ExitCode.OK:
             self._count_login("verify", "ok", _label(service))
             return {"result": "ok", "user": outcome.user, "fields": dict(outcome.fields)}
         self._count_login("verify", "fail", _label(service))
+        if outcome.message and THROTTLED in outcome.message:  # [throttle] verdict = "deny"
+            self._count_throttled(service)
+            return self._remember_throttled(request, {"result": "fail"})
         return {"result": "fail"}
+
+    def _count_throttled(self, service: str) -> None:
+        if self.metrics is not None:
+            self.metrics.throttled.labels(_label(service)).inc()
 
     def policy(self, command: str, body: dict[str, Any], trusted: bool = True) -> dict[str, Any]:
         """/policy. `trusted`: the caller proved it is Dovecot (the token); only then is a
@@ -257,6 +302,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class Busy(Exception):
+    """max_requests are in work already."""
+
+
 async def _read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     """The request body, read as it arrives and abandoned past `limit` bytes (BodyTooLarge):
     a 10 MiB body costs the service no more memory than a 64 KiB one."""
@@ -285,9 +334,6 @@ def _json(body: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-DEFAULT_MAX_REQUESTS = 64
-GRACEFUL_SECONDS = 15.0  # SIGTERM: requests in flight get this long (each has its own deadlines)
-THROTTLED = ": throttled, "  # in login.py's message for a client over a limit
 
 
 def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool | None = None,
@@ -302,9 +348,9 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
     client address is the caller's own and reports are not audited. A Unix socket's
     callers are trusted (its file mode is the check).
 
-    `max_requests`: requests in work at once (each on its own thread); one more is
-    answered at once with a temporary failure (503) instead of waiting in a queue past
-    Dovecot's timeout."""
+    `max_requests`: requests in work at once (running on one of THREADS threads or
+    waiting for one); one more is answered at once with a temporary failure (503)
+    instead of waiting in a queue past Dovecot's timeout."""
     import anyio
 
     from . import pipeline
@@ -337,13 +383,14 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
     def peer(request: Request) -> str | None:
         return request.client.host if request.client else None
 
-    async def in_thread(endpoint: str, busy: JSONResponse, func: Any, *args: Any) -> Any:
+    async def in_thread(endpoint: str, func: Any, *args: Any) -> Any:
+        """`func(*args)` on one of the engine's threads; Busy when max_requests are in work."""
         nonlocal in_work
         if in_work >= max_requests:
             metrics.busy.labels(endpoint).inc()
-            return busy
+            raise Busy
         if not threads:
-            threads.append(anyio.CapacityLimiter(max_requests))
+            threads.append(anyio.CapacityLimiter(min(max_requests, THREADS)))
         in_work += 1
         try:
             return await anyio.to_thread.run_sync(func, *args, limiter=threads[0])
@@ -375,9 +422,10 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         if not trusted:
             body = {**body, "remote": peer(request)}
         # Dovecot: auth_policy_reject_on_fail decides what an error means
-        busy = JSONResponse({"status": 0, "msg": "busy"}, status_code=503)
         try:
-            return JSONResponse(await in_thread("policy", busy, engine.policy, command, body, trusted))
+            return JSONResponse(await in_thread("policy", engine.policy, command, body, trusted))
+        except Busy:
+            return JSONResponse({"status": 0, "msg": "busy"}, status_code=503)
         except TempFail as e:
             engine.say(str(e))
             if command == "allow":
@@ -401,9 +449,13 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
             return JSONResponse({"result": "fail", "reason": "bad request"}, status_code=400)
         if not trusted:
             body = {**body, "remote_ip": peer(request), "local_ip": None}
-        busy = JSONResponse({"result": "tempfail", "reason": "busy"}, status_code=503)
+        answer = engine.throttled_answer(body)
+        if answer is not None:
+            return JSONResponse(answer)
         try:
-            return JSONResponse(await in_thread("verify", busy, engine.verify, body))
+            return JSONResponse(await in_thread("verify", engine.verify, body))
+        except Busy:
+            return JSONResponse({"result": "tempfail", "reason": "busy"}, status_code=503)
         except TempFail as e:
             engine.say(str(e))
             return JSONResponse({"result": "tempfail"})
