@@ -18,7 +18,9 @@ VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
 # dovecot-auth-lua: the Lua passdb example against `serve` (tests/test_end_to_end_serve.py)
 # strace: slows fsync down to test the enrichment cache on a busy disk (tests/test_enrich.py)
 # valgrind: instruction counts of a login (benchmarks/instructions.py, tests/test_benchmark_smoke.py)
-DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc chromium strace valgrind)
+# systemd: `systemd-analyze verify` of examples/systemd/ (tests/test_systemd_unit.py)
+# lua5.4: runs examples/dovecot/appauth.lua against a stand-in of Dovecot's Lua API (tests/test_lua_script.py)
+DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc chromium strace valgrind systemd lua5.4)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
