@@ -47,11 +47,14 @@ from .core import LoginRequest, Mode, TempFail
 from .pool import StorePool
 
 MAX_BODY = 64 * 1024
+# Threads per worker process that run the engine; requests in work beyond these wait for
+# one (in arrival order). Not hundreds: then the GIL's switching and a store opened per
+# thread made a flood of cheap requests slow every other one. With DEFAULT_MAX_REQUESTS,
+# a request waits for at most one round of THREADS requests: with every one of them held
+# by a dead resolver for the audit deadline (1.5 s by default), 3 s in all, inside the
+# Lua script's 5 s.
+THREADS = 32
 DEFAULT_MAX_REQUESTS = 64
-# threads per worker process that run the engine; requests in work beyond these wait for
-# one (in arrival order). Few: with hundreds of threads, the GIL's switching and a store
-# opened per thread made a flood of cheap requests slow every other one
-THREADS = 16
 GRACEFUL_SECONDS = 15.0  # SIGTERM: requests in flight get this long (each has its own deadlines)
 THROTTLED = ": throttled, "  # in login.py's message for a client over a limit
 # A (user, client) the limiter refused is answered the same for this long without a
