@@ -333,3 +333,13 @@ def test_more_requests_than_max_requests_are_answered_503_at_once(tmp_path):
     finally:
         release.set()
         served.close()
+
+
+def test_an_internal_error_is_a_tempfail_without_traceback(site):
+    def broken(body):
+        raise KeyError("a bug")
+
+    site.engine.verify = broken
+    assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD}) == (200, {"result": "tempfail"})
+    assert "internal error in verify: KeyError" in site.log.getvalue()
+    assert "Traceback" not in site.log.getvalue()

@@ -397,6 +397,10 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         in_work += 1
         try:
             return await anyio.to_thread.run_sync(func, *args, limiter=threads[0])
+        except TempFail:
+            raise
+        except Exception as e:  # a bug: a temporary failure and one line, never a traceback
+            raise TempFail(f"internal error in {endpoint}: {type(e).__name__}") from None
         finally:
             in_work -= 1
 
