@@ -66,6 +66,38 @@ async def _flood(port: int, token: str, body: dict, count: int) -> int:
     return sum(await asyncio.gather(*(one() for _ in range(count))))
 
 
+def make_site() -> tuple[Path, Path, str, str]:
+    """A temp dir with a config (SQLite, audit off), two users, a token: (dir, config, token, a password)."""
+    base = Path(tempfile.mkdtemp(prefix="appauth-serve-bench-"))
+    config = base / "config.toml"
+    config.write_text(f'[database]\ndsn = "sqlite:///{base / "db.sqlite"}"\n\n[audit]\nenabled = false\n')
+
+    def run(*args: str) -> str:
+        return subprocess.run([CLI, "--config", str(config), *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    run("init-db")
+    innocent = json.loads(run("password", "create", "innocent@example.com", "--json"))["password"]
+    run("password", "create", "victim@example.com", "--json")
+    run("serve-token", "--write", str(base / "token"))
+    return base, config, (base / "token").read_text().strip(), innocent
+
+
+def start_serve(config: Path, base: Path, port: int, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([CLI, "--config", str(config), "serve", "--port", str(port), "--token-file",
+                             str(base / "token"), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    for _ in range(200):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("serve did not start")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flood", type=int, default=1000)
@@ -73,28 +105,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
 
-    base = Path(tempfile.mkdtemp(prefix="appauth-serve-flood-"))
-    config = base / "config.toml"
-    config.write_text(f'[database]\ndsn = "sqlite:///{base / "db.sqlite"}"\n\n[audit]\nenabled = false\n')
-    run = lambda *a: subprocess.run([CLI, "--config", str(config), *a], check=True, capture_output=True,  # noqa: E731
-                                    text=True)
-    run("init-db")
-    innocent = json.loads(run("password", "create", "innocent@example.com", "--json").stdout)["password"]
-    run("password", "create", "victim@example.com", "--json")
-    run("serve-token", "--write", str(base / "token"))
-    token = (base / "token").read_text().strip()
+    base, config, token, innocent = make_site()
     port = _free_port()
     extra = ["--workers", str(args.workers)] if args.workers else []
-    proc = subprocess.Popen([CLI, "--config", str(config), "serve", "--port", str(port), "--token-file",
-                             str(base / "token"), "--max-requests", str(args.flood * 2), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_serve(config, base, port, "--max-requests", str(args.flood * 2), *extra)
     try:
-        for _ in range(200):
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=1).request("GET", "/health")
-                break
-            except OSError:
-                time.sleep(0.1)
         guess = {"user": "victim@example.com", "password": "Wrong-Pass-Word-0000", "remote_ip": "198.51.100.66"}
         for _ in range(10):
             _post(port, token, guess)
