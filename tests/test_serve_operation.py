@@ -177,6 +177,10 @@ def test_throttled_imap_logins_do_not_hold_dovecots_auth_workers(site, dovecot):
 def test_serve_refuses_tcp_without_a_token(site):
     result = run_cli(site.path, "serve", "--port", "1", check=False, timeout=30)
     assert result.returncode != 0 and "needs --token-file" in result.stderr and "--insecure-no-token" in result.stderr
+    for contradiction in (["--port", "1", "--token-file", str(site.token_file), "--insecure-no-token"],
+                          ["--unix-socket", str(site.dir / "s.sock"), "--insecure-no-token"]):
+        result = run_cli(site.path, "serve", *contradiction, check=False, timeout=30)
+        assert result.returncode != 0 and "--insecure-no-token" in result.stderr, result.stderr
 
 
 def test_serve_refuses_a_token_file_everyone_can_read(site, tmp_path):

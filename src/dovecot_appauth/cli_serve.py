@@ -48,6 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        f"pip install 'dovecot-appauth[serve]' ({e})") from None
     if args.token_file and args.insecure_no_token:
         raise CliError("--token-file and --insecure-no-token contradict each other")
+    if args.unix_socket and args.insecure_no_token:
+        raise CliError("--insecure-no-token is for TCP: on --unix-socket the socket's mode decides who may call")
     token = read_token(args.token_file) if args.token_file else None
     if token is None and not args.unix_socket and not args.insecure_no_token:
         raise CliError("serve on TCP needs --token-file FILE (make one with 'dovecot-appauth serve-token "
