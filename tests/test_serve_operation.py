@@ -392,6 +392,7 @@ def test_metrics_need_the_token_and_add_up_over_workers(live_dns_site):
         throttle(served, cfg.token, "metrics-victim@example.com", "198.51.100.99")
         time.sleep(0.01)
         (cfg.dir / "ip.deny.lst").write_text("203.0.113.64/26\n203.0.113.128/26\n")
+        cfg.path.write_text(cfg.path.read_text() + "# changed\n")
         for _ in range(10):  # the workers see the changed list on their next requests
             served.request("POST", "/verify", verify_body("metrics@example.com", WRONG, "198.51.100.98"),
                            token=cfg.token)
@@ -410,3 +411,4 @@ def test_metrics_need_the_token_and_add_up_over_workers(live_dns_site):
     assert hits + misses == 40 and misses >= 10 and hits >= 1, (hits, misses)
     assert _metric(text, "appauth_enrichment_total", source="rdns", status="fetched") == misses
     assert _metric(text, "appauth_list_reloads_total", kind="ip_networks") >= 1
+    assert _metric(text, "appauth_config_reloads_total", result="ok") >= 1
