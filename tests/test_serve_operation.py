@@ -100,9 +100,10 @@ def throttle(served: Service, token: str, user: str, ip: str) -> None:
 def test_throttled_flood_does_not_hold_an_innocent_verify(site):
     innocent = site.create_password("innocent@example.com")
     site.create_password("victim@example.com")
-    # --max-requests above the flood: every throttled request is really answered by the
-    # engine (not refused by the bound), so what keeps the service free is the answer at once
-    served = start(site, "flood", "--max-requests", "2000")
+    # the defaults (workers, --max-requests 64): the first throttled requests of each worker
+    # go to the engine, and those over 64 then are refused as busy (a tempfail as well);
+    # once the engine has answered, the rest are answered from memory
+    served = start(site, "flood")
     try:
         throttle(served, site.token, "victim@example.com", GUESSER_IP)
         thread, flood = flood_in_thread(served.port, site.token,
@@ -118,8 +119,9 @@ def test_throttled_flood_does_not_hold_an_innocent_verify(site):
                 assert (status, answer["result"]) == (200, "ok"), answer
         finally:
             thread.join(180)
-        assert len(flood) == 1000 and all(s == 200 and b'"tempfail"' in b for s, b in flood), \
+        assert len(flood) == 1000 and all(s in (200, 503) and b'"tempfail"' in b for s, b in flood), \
             sorted({(s, b[:60]) for s, b in flood})
+        assert sum(s == 200 for s, _ in flood) >= 800, sorted({(s, b[:60]) for s, b in flood})
         # the per-login program's [throttle] delay (2 s) held each of these before
         assert max(latencies) < 1.0, latencies
     finally:
