@@ -302,7 +302,7 @@ def _true(value: Any) -> bool:
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The request body is over MAX_BODY (answered 413)."""
 
 
 class Busy(Exception):
@@ -335,8 +335,6 @@ def _json(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
 
 
 def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool | None = None,
