@@ -24,10 +24,12 @@ VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
 # valgrind: instruction counts of a login (benchmarks/instructions.py, tests/test_benchmark_smoke.py)
 # slapd, ldap-utils: a real OpenLDAP server for the account gate (tests/fixtures_ldap.py);
 # libldap2-dev, libsasl2-dev: python-ldap builds against them (no binary wheel on PyPI)
+# systemd: `systemd-analyze verify` of examples/systemd/ (tests/test_systemd_unit.py)
+# lua5.4: runs examples/dovecot/appauth.lua against a stand-in of Dovecot's Lua API (tests/test_lua_script.py)
 # iproute2, util-linux: `ip link set lo up` inside `unshare -n` (step 3)
 DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc
               chromium strace valgrind slapd ldap-utils libldap2-dev libsasl2-dev openssl
-              iproute2 util-linux)
+              iproute2 util-linux systemd lua5.4)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

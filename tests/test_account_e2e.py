@@ -5,6 +5,7 @@ against a real slapd (tests/fixtures_ldap.py) and the installed program."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 
 import pytest
@@ -101,12 +102,17 @@ def test_serve_verify_through_the_gate(gate_site, slapd):
     pytest.importorskip("starlette")
     from tests.test_end_to_end_serve import Service
 
-    served = Service(gate_site.path, gate_site.dir / "serve.log")
+    token = secrets.token_hex(24)  # serve on TCP runs with a token, as Dovecot calls it
+    token_file = gate_site.dir / "serve.token"
+    token_file.write_text(token + "\n")
+    os.chmod(token_file, 0o600)
+    served = Service(gate_site.path, gate_site.dir / "serve.log", "--token-file", str(token_file))
     try:
         def verify(user: str) -> dict:
             status, answer = served.request("POST", "/verify", {"user": f"{user}@example.com",
                                                                 "password": gate_site.pw[user],
-                                                                "service": "smtp", "remote_ip": CLIENT})
+                                                                "service": "smtp", "remote_ip": CLIENT},
+                                            token=token)
             assert status == 200
             return answer
 

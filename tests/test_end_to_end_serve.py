@@ -128,8 +128,9 @@ ip_networks = "ip.deny.lst"
 
 
 @pytest.fixture(scope="module")
-def service(site):
-    served = Service(site.path, site.dir / "serve.log")
+def service(site, token):
+    """serve on TCP, as it must run there: with a token (Dovecot sends it)."""
+    served = Service(site.path, site.dir / "serve.log", "--token-file", str(site.dir / "serve.token"))
     yield served
     served.stop()
 
@@ -144,12 +145,9 @@ def audit_events(cfg) -> list[tuple]:
         conn.close()
 
 
-def test_auth_policy_denies_a_listed_client_with_a_passwd_file_passdb(dovecot, service, site):
+def test_auth_policy_denies_a_listed_client_with_a_passwd_file_passdb(dovecot, service, site, token):
     passwd = write_passwd_file(dovecot.basedir / "policy.passwd", {PASSWD_USER: PASSWD_PW}, dovecot.mail_root)
-    dovecot.reconfigure(passdb=passwd_file_passdb(passwd), extra_conf=f"""
-auth_policy_server_url = {service.url("/policy")}
-auth_policy_hash_nonce = test-nonce-not-secret
-""")
+    dovecot.reconfigure(passdb=passwd_file_passdb(passwd), extra_conf=policy_conf(service.url("/policy"), token))
     mark = dovecot.log_mark()
     denied = dovecot.imap_login(PASSWD_USER, PASSWD_PW, client_ip=DENIED_IP)
     # a policy refusal (status -1) reaches the client as an ALERT with the policy's msg
@@ -187,10 +185,10 @@ def use_lua_passdb(dovecot, url: str, token: str | None = None) -> None:
                         extra_conf="", import_environment=env)
 
 
-def test_lua_passdb_verifies_app_passwords_through_serve(dovecot, service, site):
+def test_lua_passdb_verifies_app_passwords_through_serve(dovecot, service, site, token):
     _give_to_dovecot(site.db_path.parent)
     created = site.create_password("dave@example.com")
-    use_lua_passdb(dovecot, service.url("/verify"))
+    use_lua_passdb(dovecot, service.url("/verify"), token)
     mark = dovecot.log_mark()
     ok = dovecot.imap_login("dave@example.com", created["password"], client_ip=ALLOWED_IP)
     assert ok.ok, ok.text + dovecot.log_since(mark)
@@ -340,10 +338,10 @@ def test_serve_on_a_unix_socket_answers_verify_and_policy(site):
 
 
 # --- passwords that are not UTF-8 ---------------------------------------------------------
-def test_lua_passdb_non_utf8_password_is_a_wrong_password(dovecot, service, site):
+def test_lua_passdb_non_utf8_password_is_a_wrong_password(dovecot, service, site, token):
     _give_to_dovecot(site.db_path.parent)
     created = site.create_password("grace@example.com")
-    use_lua_passdb(dovecot, service.url("/verify"))
+    use_lua_passdb(dovecot, service.url("/verify"), token)
     mark = dovecot.log_mark()
     # the same path (AUTHENTICATE PLAIN with raw bytes) logs in with the right password
     ok = dovecot.imap_login("grace@example.com", created["password"].encode(), client_ip=ALLOWED_IP)

@@ -43,8 +43,14 @@ def _site(tmp_path):
     return path, db
 
 
+TOKEN = "test-token-not-secret"
+
+
 class Served:
-    def __init__(self, app):
+    """`app` on uvicorn in a thread; ``post`` sends `token` (the site's) unless told otherwise."""
+
+    def __init__(self, app, token: str | None = None):
+        self.token = token
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -58,8 +64,9 @@ class Served:
 
     def post(self, path: str, body, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+                                     headers={"Content-Type": "application/json", **auth, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read())
@@ -76,7 +83,7 @@ def site(tmp_path):
     path, db = _site(tmp_path)
     log = io.StringIO()
     engine = Engine(str(path), stderr=log)
-    served = Served(build_app(engine))
+    served = Served(build_app(engine, TOKEN), TOKEN)
     served.engine = engine
     served.log = log
     served.db = db
@@ -231,3 +238,108 @@ def test_serve_refuses_an_empty_token_file(tmp_path):
     assert result.returncode != 0 and "is empty" in result.stderr
     result = run_cli(path, "serve", "--unix-socket", str(tmp_path / "s"), "--socket-mode", "999", check=False)
     assert result.returncode != 0 and "octal mode" in result.stderr
+
+
+# --- throttled clients: answered at once, then from memory --------------------------------------
+
+
+def _throttled_site(tmp_path, delay: float):
+    path, _ = _site(tmp_path)
+    path.write_text(path.read_text() + f"\n[throttle]\nmax_per_user_ip = 2\ndelay = {delay}\n")
+    engine = Engine(str(path), stderr=io.StringIO())
+    for _ in range(2):
+        assert engine.verify({"user": "alice@example.com", "password": "nope", "remote_ip": ALLOWED_IP}) == \
+            {"result": "fail"}
+    return path, engine
+
+
+def test_decide_holds_a_throttled_client_only_when_asked(tmp_path):
+    from dovecot_appauth.config import load
+    from dovecot_appauth.core import LoginRequest, Mode, TempFail
+    from dovecot_appauth.login import decide
+
+    path, _ = _throttled_site(tmp_path, delay=0.5)
+    request = LoginRequest("alice@example.com", PASSWORD, Mode.VERIFY, "imap", remote_ip=ALLOWED_IP)
+    config = load(str(path))
+    for hold in (True, False):
+        started = time.monotonic()
+        with pytest.raises(TempFail, match="throttled"):
+            decide(request, config, now=time.time(), stderr=io.StringIO(), hold_throttled=hold)
+        elapsed = time.monotonic() - started
+        # the per-login program keeps its delay (it slows the client; Dovecot waits for it)
+        assert elapsed >= 0.5 if hold else elapsed < 0.5, (hold, elapsed)
+
+
+def test_serve_answers_a_throttled_client_at_once_and_then_from_memory(tmp_path, monkeypatch):
+    from dovecot_appauth import server
+
+    _, engine = _throttled_site(tmp_path, delay=30)
+    body = {"user": "Alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+    started = time.monotonic()
+    assert engine.verify(body) == {"result": "tempfail"}
+    assert time.monotonic() - started < 10  # not the 30 s [throttle] delay
+    assert "throttled" in engine.stderr.getvalue()
+    # the same user (any case) from the same client: the same answer without the engine
+    assert engine.throttled_answer({**body, "user": "alice@EXAMPLE.com"}) == {"result": "tempfail"}
+    assert engine.throttled_answer({**body, "remote_ip": "198.51.100.8"}) is None
+    monkeypatch.setattr(server, "THROTTLE_MEMO_SECONDS", -1.0)  # remembered answers expire
+    assert engine.verify(body) == {"result": "tempfail"}
+    assert engine.throttled_answer(body) is None
+
+
+def test_untrusted_callers_name_no_client_and_report_nothing(tmp_path):
+    path, db = _site(tmp_path)
+    served = Served(build_app(Engine(str(path), stderr=io.StringIO())))  # no token, not trusted
+    try:
+        # the listed address the caller names is not used: its own (127.0.0.1) is
+        assert served.post("/verify", {"user": "alice@example.com", "password": PASSWORD,
+                                       "remote_ip": DENIED_IP})[1]["result"] == "ok"
+        req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
+        assert served.post("/policy?command=allow", req) == (200, {"status": 0, "msg": ""})
+        assert served.post("/?command=report", {**req, "remote": ALLOWED_IP, "success": True})[0] == 200
+    finally:
+        served.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT src_ip FROM log").fetchall() == [("127.0.0.1",)]
+        assert conn.execute("SELECT count(*) FROM audit_events WHERE pwid IS NULL").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_body_over_the_limit_is_413(site):
+    assert site.post("/verify", b"{" + b" " * (70 * 1024) + b"}")[0] == 413
+    assert site.post("/policy?command=allow", b"{" + b" " * (70 * 1024) + b"}")[0] == 413
+
+
+def test_more_requests_than_max_requests_are_answered_503_at_once(tmp_path):
+    path, _ = _site(tmp_path)
+    engine = Engine(str(path), stderr=io.StringIO())
+    release = threading.Event()
+    real_verify = engine.verify
+    engine.verify = lambda body: release.wait(30) and real_verify(body)  # holds its one place
+    served = Served(build_app(engine, TOKEN, max_requests=1), TOKEN)
+    try:
+        body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+        held = threading.Thread(target=lambda: served.post("/verify", body))
+        held.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert served.post("/verify", body) == (503, {"result": "tempfail", "reason": "busy"})
+        assert time.monotonic() - started < 5
+        release.set()
+        held.join(10)
+        assert served.post("/verify", body)[1]["result"] == "ok"
+    finally:
+        release.set()
+        served.close()
+
+
+def test_an_internal_error_is_a_tempfail_without_traceback(site):
+    def broken(body):
+        raise KeyError("a bug")
+
+    site.engine.verify = broken
+    assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD}) == (200, {"result": "tempfail"})
+    assert "internal error in verify: KeyError" in site.log.getvalue()
+    assert "Traceback" not in site.log.getvalue()

@@ -16,11 +16,14 @@
 --
 -- Right password: OK with `user` and the userdb_* fields the service returns. Wrong
 -- password, unknown user, refused by a policy or the audit: PASSWORD_MISMATCH. The
--- service down, slow (over the 5 s request timeout) or answering anything else: INTERNAL_FAILURE
--- (the client sees [UNAVAILABLE], never "wrong password").
+-- service down, slow (over the 5 s request timeout), busy (503: --max-requests in work),
+-- throttling the client (tempfail, answered at once) or answering anything else:
+-- INTERNAL_FAILURE (the client sees [UNAVAILABLE], never "wrong password").
 
 local verify_url = os.getenv("APPAUTH_VERIFY_URL") or "http://127.0.0.1:8077/verify"
-local token = os.getenv("APPAUTH_TOKEN")  -- the serve --token-file secret, if any
+-- the serve --token-file secret: serve requires one on TCP (without it: HTTP 401, so
+-- every login gets UNAVAILABLE, never a wrong-password answer)
+local token = os.getenv("APPAUTH_TOKEN")
 
 -- Dovecot 2.3 and 2.4 name the HTTP client's settings differently, and 2.3 silently ignores
 -- names it does not know (a misspelt timeout left the 60 s default: a hung service held each

@@ -145,11 +145,14 @@ def _fail(message: str | None = None) -> Outcome:
 
 
 def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bool = False,
-           stderr: TextIO | None = None, store: Store | None = None) -> Outcome:
+           stderr: TextIO | None = None, store: Store | None = None, hold_throttled: bool = True) -> Outcome:
     """The whole decision for one request; raises TempFail on internal problems.
 
     `store`: an open store to use and leave open (serve's pool); by default one is
-    opened for this request and closed at the end.
+    opened for this request and closed at the end. `hold_throttled=False` (serve)
+    answers a throttled client at once instead of after `[throttle] delay`: a held
+    answer would hold a worker of the service and, through the Lua passdb, one of
+    Dovecot's auth workers; Dovecot's own failure delay slows that client instead.
     """
     stderr = stderr or sys.stderr
 
@@ -171,18 +174,19 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
 
         own = open_store(config.database.dsn, config.database.connect_timeout)
         try:
-            return _decide(request, config, own, now=now, stderr=stderr)
+            return _decide(request, config, own, now=now, stderr=stderr, hold=hold_throttled)
         finally:
             own.close()
-    return _decide(request, config, store, now=now, stderr=stderr)
+    return _decide(request, config, store, now=now, stderr=stderr, hold=hold_throttled)
 
 
-def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, stderr: TextIO) -> Outcome:
+def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, stderr: TextIO,
+            hold: bool = True) -> Outcome:
     """Lookup or password check against `store`, then policy, audit and the `log` row."""
     from .reply import userdb_fields
 
     if config.auth.backend == "nextcloud":
-        return _decide_nextcloud(request, config, store, now=now, stderr=stderr)
+        return _decide_nextcloud(request, config, store, now=now, stderr=stderr, hold=hold)
     rows = store.find_passwords(request.username)
     if store.upgrade_note:
         _say(stderr, store.upgrade_note)
@@ -197,7 +201,7 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
         user = active[0].uid
         return Outcome(ExitCode.LOOKUP_OK, user=user, fields=userdb_fields(user, config.userdb))
 
-    refused = _check_source(store, config, request, now, stderr)
+    refused = _check_source(store, config, request, now, stderr, hold)
     if refused is not None:
         return refused
 
@@ -280,7 +284,7 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
 
 
 def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, now: float,
-                      stderr: TextIO) -> Outcome:
+                      stderr: TextIO, hold: bool = True) -> Outcome:
     """`[auth] backend = "nextcloud"`: Nextcloud checks the password (nextcloud.py).
 
     The same throttling, audit and audit events as a SQL login, without what needs a
@@ -291,7 +295,7 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
 
     if request.mode is Mode.LOOKUP:
         return Outcome(ExitCode.LOOKUP_UNKNOWN)
-    refused = _check_source(store, config, request, now, stderr)
+    refused = _check_source(store, config, request, now, stderr, hold)
     if refused is not None:
         return refused
 
@@ -340,7 +344,7 @@ def _is_ip_address(text: str) -> bool:
 
 
 def _check_source(store: Store, config: Config, request: LoginRequest, now: float,
-                  stderr: TextIO | None = None) -> Outcome | None:
+                  stderr: TextIO | None = None, hold: bool = True) -> Outcome | None:
     """Refusals that depend on where the client is, checked before any password work:
     `disallow_passwords_from` (e.g. the webmail host), then the brute-force limiter."""
     from .policy import in_networks
@@ -351,14 +355,14 @@ def _check_source(store: Store, config: Config, request: LoginRequest, now: floa
             f"user {request.username}: app passwords are not accepted from {request.remote_ip} "
             f"(disallow_passwords_from {blocked_by})"
         )
-    return _check_throttle(store, config, request, now, stderr)
+    return _check_throttle(store, config, request, now, stderr, hold)
 
 
 def _check_throttle(store: Store, config: Config, request: LoginRequest, now: float,
-                    stderr: TextIO | None = None) -> Outcome | None:
+                    stderr: TextIO | None = None, hold: bool = True) -> Outcome | None:
     """Refuse, before any hash work, a client over a brute-force limit (throttle.py).
 
-    Returns the refusal for verdict "deny"; raises TempFail (after `delay`) for "tempfail".
+    Returns the refusal for verdict "deny"; raises TempFail (after `delay` when `hold`) for "tempfail".
     Clients are counted as throttle.client_key names them (IPv4-mapped = IPv4, IPv6 per
     prefix). A client that logged in as this user lately (known_clients) is exempt from
     the per-user limit, not from the others. Counters that cannot be read: TempFail, or
@@ -397,7 +401,7 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
                f"{throttled.describe(settings.window)}; 'dovecot-appauth throttle reset' lifts it")
     if settings.verdict == "deny":
         return _fail(message)
-    if settings.delay > 0:
+    if hold and settings.delay > 0:
         time.sleep(settings.delay)  # slows a guessing client down; Dovecot waits for us
     raise TempFail(message)
 

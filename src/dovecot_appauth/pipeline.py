@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from .rules import SourceClass, Verdict
     from .store import Store
 
+# `serve` sets this to count each audit's source outcomes in its metrics (metrics.py);
+# None on the per-login path
+on_assessment = None
+
 
 class Assessment(Value):
     """What the audit concluded about one login, before anything is written."""
@@ -101,7 +105,10 @@ def assess(
                        local=source.kind is SourceKind.LOCAL)
     verdict = evaluate(user, service, ip or "", facts, lists, audit, source)
     line = format_line(user, service, ip or "", facts, verdict)
-    return Assessment(source=source, facts=facts, verdict=verdict, line=line)
+    result = Assessment(source=source, facts=facts, verdict=verdict, line=line)
+    if on_assessment is not None:
+        on_assessment(result)
+    return result
 
 
 def audit_login(
