@@ -18,6 +18,7 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
 from dovecot_appauth import hashing, schema  # noqa: E402
+from dovecot_appauth.lists import keep_warm  # noqa: E402
 from dovecot_appauth.server import Engine, build_app  # noqa: E402
 
 PASSWORD = "Serv-eTes-tPas-sw0r"
@@ -83,6 +84,7 @@ def site(tmp_path):
     served.dir = tmp_path
     yield served
     served.close()
+    keep_warm(False)  # the Engine turned it on for this process
 
 
 def test_verify_right_wrong_and_denied(site):
@@ -135,6 +137,29 @@ def test_verify_database_down_is_tempfail(site):
         assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD})[1] == {"result": "tempfail"}
     finally:
         site.db.parent.chmod(0o700)
+
+
+def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site, monkeypatch):
+    from dovecot_appauth import lists as lists_module
+
+    read: list[str] = []  # file reads (the text or its on-disk parsed form)
+    real = lists_module.load_file
+
+    def counting(kind, path, **kwargs):
+        read.append(path)
+        return real(kind, path, **kwargs)
+
+    monkeypatch.setattr(lists_module, "load_file", counting)
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)  # the list was written just now
+    req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert read == [str(site.dir / "ip.deny.lst")]
+    for _ in range(3):
+        assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert len(read) == 1  # kept in memory: a stat, no read
+    (site.dir / "ip.deny.lst").write_text("192.0.2.0/24\n")
+    assert site.post("/policy?command=allow", req)[1]["status"] == 0  # the change applies at once
+    assert len(read) == 2
 
 
 def test_policy_allow_rejects_denied_addresses(site):

@@ -355,11 +355,11 @@ def _throttle_exempt(ip: str, config: Config) -> bool:
     allow_file = config.audit.allow.get("ip_networks")
     if not allow_file:
         return False
-    from .lists import load_file
+    from .lists import load_kept
     from .rules import ip_in_list
 
-    entries, _problems = load_file("ip_networks", config.resolve(allow_file))
-    return ip_in_list(tuple(entries), ip) is not None
+    entries, _problems = load_kept("ip_networks", config.resolve(allow_file))
+    return ip_in_list(entries, ip) is not None
 
 
 def _record_failure(store: Store, config: Config, request: LoginRequest, now: float, stderr: TextIO) -> None:

@@ -14,7 +14,8 @@ Two faces of the same engine (login.decide, pipeline.assess/audit_login):
   (examples/dovecot/appauth.lua calls it from a Lua passdb, for Dovecot 2.4).
 
 Kept warm between requests: the interpreter and imports, the parsed config (reloaded
-when the file changes), the parsed lists (keyed by path, size and mtime in `lists.py`),
+when the file changes), the parsed lists with their compiled matchers (`lists.keep_warm`:
+read again when a file's stat changes),
 the database connections (`pool.py`) and the MaxMind readers (`sources/maxmind.py`,
 reopened when a .mmdb file changes). The engine is synchronous (SQL, DNS), so each
 request runs in Starlette's thread pool. Not on the per-login path: nothing imports
@@ -47,11 +48,14 @@ class Engine:
     gets the current config and a pooled store."""
 
     def __init__(self, path: str, stderr: Any = None):
+        from .lists import keep_warm
+
         self.path = path
         self.stderr = stderr or sys.stderr
         self.pool = StorePool()
         self._key: tuple[int, int] | None = None
         self._config: Config | None = None
+        keep_warm()  # lists parsed and compiled once per file version, not per request
 
     def config(self) -> Config:
         st = os.stat(self.path)
