@@ -121,6 +121,7 @@ PIECES = ("a", "b", "ab", "-", r"\.", ".", ".*", ".+", "[ab]", "(a|b)", "(?:ab)+
           r"(a)\1", "(?P<n>a)", "(?i)", "(?i:A)", "\n", "[", "*")
 
 
+@pytest.mark.filterwarnings("ignore:Possible nested set:FutureWarning")  # `[` then `[ab]`: meant
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(PIECES), max_size=5).map("".join), max_size=8),
        st.lists(st.text(alphabet="ab-.1A\nx", max_size=8), min_size=1, max_size=3))

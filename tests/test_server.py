@@ -18,6 +18,7 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
 from dovecot_appauth import hashing, schema  # noqa: E402
+from dovecot_appauth.enrich import keep_cache_open  # noqa: E402
 from dovecot_appauth.lists import keep_warm  # noqa: E402
 from dovecot_appauth.server import Engine, build_app  # noqa: E402
 
@@ -84,7 +85,8 @@ def site(tmp_path):
     served.dir = tmp_path
     yield served
     served.close()
-    keep_warm(False)  # the Engine turned it on for this process
+    keep_warm(False)  # the Engine turned these on for this process
+    keep_cache_open(False)
 
 
 def test_verify_right_wrong_and_denied(site):

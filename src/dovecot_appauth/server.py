@@ -15,9 +15,9 @@ Two faces of the same engine (login.decide, pipeline.assess/audit_login):
 
 Kept warm between requests: the interpreter and imports, the parsed config (reloaded
 when the file changes), the parsed lists with their compiled matchers (`lists.keep_warm`:
-read again when a file's stat changes),
-the database connections (`pool.py`) and the MaxMind readers (`sources/maxmind.py`,
-reopened when a .mmdb file changes). The engine is synchronous (SQL, DNS), so each
+read again when a file's stat changes), the database connections (`pool.py`), one
+enrichment cache connection per thread (`enrich.keep_cache_open`) and the MaxMind
+readers (`sources/maxmind.py`, reopened when a .mmdb file changes). The engine is synchronous (SQL, DNS), so each
 request runs in Starlette's thread pool. Not on the per-login path: nothing imports
 this module but the `serve` command.
 """
@@ -48,6 +48,7 @@ class Engine:
     gets the current config and a pooled store."""
 
     def __init__(self, path: str, stderr: Any = None):
+        from .enrich import keep_cache_open
         from .lists import keep_warm
 
         self.path = path
@@ -56,6 +57,7 @@ class Engine:
         self._key: tuple[int, int] | None = None
         self._config: Config | None = None
         keep_warm()  # lists parsed and compiled once per file version, not per request
+        keep_cache_open()  # the enrichment cache's connection, per thread
 
     def config(self) -> Config:
         st = os.stat(self.path)
