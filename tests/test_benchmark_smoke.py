@@ -126,6 +126,7 @@ def test_serve_throughput_runs_every_set_up_through_dovecot(tmp_path):
     assert res.returncode == 0, f"serve_throughput.py failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     assert "ratio Lua passdb / native passwd-file: " in res.stdout
     assert "ratio passwd-file + policy / passwd-file: " in res.stdout
+    assert "policy set-up settings: auth_policy_check_after_auth = no" in res.stdout
     data = json.loads(out.read_text())
     assert set(data["modes"]) == {"native", "lua", "policy"}
     for mode in data["modes"].values():
