@@ -19,7 +19,6 @@ login: it is reported with one stderr line and skipped.
 from __future__ import annotations
 
 import ipaddress
-import os
 import sys
 import time
 
@@ -87,6 +86,8 @@ def keep_cache_open(on: bool = True) -> None:
 
 
 def _kept_cache(directory: str) -> IpCache:
+    import os  # serve only: no new module-level import on the login path
+
     kept: dict[str, tuple[int, tuple[int, int] | None, IpCache]] = _kept_caches.__dict__.setdefault("caches", {})
     pid = os.getpid()
     try:

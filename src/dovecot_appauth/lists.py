@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 
 from . import private_file
 from .config import ALLOW_KINDS, LIST_KINDS, Problem
@@ -519,6 +518,8 @@ def load_kept(kind: str, path: str, *, cache_dir: str | None = None) -> tuple[tu
     known = kept.get((kind, path))
     if known is not None and known[0] == signature:
         return known[1], list(known[2])
+    import time
+
     from .matchers import CompiledList
 
     entries, problems = load_file(kind, path, cache_dir=cache_dir, validate_regex=True)
