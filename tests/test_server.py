@@ -144,24 +144,26 @@ def test_verify_database_down_is_tempfail(site):
 def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site, monkeypatch):
     from dovecot_appauth import lists as lists_module
 
-    read: list[str] = []  # file reads (the text or its on-disk parsed form)
-    real = lists_module.load_file
+    read: list[str] = []  # file reads: its on-disk parsed form, or its text parsed
 
-    def counting(kind, path, **kwargs):
-        read.append(path)
-        return real(kind, path, **kwargs)
+    def counting(real):
+        def wrapper(*args, **kwargs):
+            read.append(real.__name__)
+            return real(*args, **kwargs)
+        return wrapper
 
-    monkeypatch.setattr(lists_module, "load_file", counting)
+    monkeypatch.setattr(lists_module, "_read_cache", counting(lists_module._read_cache))
+    monkeypatch.setattr(lists_module, "parse_list", counting(lists_module.parse_list))
     monkeypatch.setattr(lists_module, "RACY_NS", 0)  # the list was written just now
     req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
     assert site.post("/policy?command=allow", req)[1]["status"] == -1
-    assert read == [str(site.dir / "ip.deny.lst")]
+    assert read == ["_read_cache", "parse_list"]  # no parsed form on disk yet: parsed
     for _ in range(3):
         assert site.post("/policy?command=allow", req)[1]["status"] == -1
-    assert len(read) == 1  # kept in memory: a stat, no read
+    assert len(read) == 2  # kept in memory: a stat, no read
     (site.dir / "ip.deny.lst").write_text("192.0.2.0/24\n")
     assert site.post("/policy?command=allow", req)[1]["status"] == 0  # the change applies at once
-    assert len(read) == 2
+    assert read[2:] == ["_read_cache", "parse_list"]
 
 
 def test_policy_allow_rejects_denied_addresses(site):
