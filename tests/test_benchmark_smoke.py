@@ -133,4 +133,3 @@ def test_instruction_counts_show_no_user_oracle(tmp_path):
     assert counts["bare-isolated"] < counts["bare"] < counts["wrong"] < counts["warm"]
     assert abs(counts["wrong"] - counts["unknown"]) / counts["unknown"] < 0.01, counts
     assert "wrong vs unknown" in res.stdout
-
