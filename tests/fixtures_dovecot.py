@@ -178,13 +178,15 @@ def _passdb_block(driver: str, args: str, settings: str) -> str:
 
 
 def write_passwd_file(path: str | os.PathLike, users: dict[str, str], home_root: str | os.PathLike,
-                      extra_fields: str = "") -> Path:
+                      extra_fields: str = "", scheme: str | None = "PLAIN") -> Path:
     """Write a passwd-file with ``{PLAIN}`` passwords and prefetchable userdb fields (uid/gid
-    of user dovecot, home ``home_root/USER``); ``extra_fields``: more ``key=value`` items."""
+    of user dovecot, home ``home_root/USER``); ``extra_fields``: more ``key=value`` items.
+    ``scheme=None``: the values are stored hashes that carry their own ``{SCHEME}`` prefix."""
     uid, gid = dovecot_ids()
     path = Path(path)
+    prefix = "" if scheme is None else f"{{{scheme}}}"
     # passwd-file's own uid/gid/home columns are not prefetched: give userdb_* extra fields
-    lines = [f"{user}:{{PLAIN}}{pw}::::::userdb_uid={uid} userdb_gid={gid} "
+    lines = [f"{user}:{prefix}{pw}::::::userdb_uid={uid} userdb_gid={gid} "
              f"userdb_home={Path(home_root) / user} {extra_fields}".rstrip()
              for user, pw in users.items()]
     path.write_text("\n".join(lines) + "\n")

@@ -81,6 +81,37 @@ def test_compare_reads_the_json(quick_run):
     assert "warm" in res.stdout and "+0.0" in res.stdout
 
 
+@pytest.mark.dovecot
+def test_serve_throughput_runs_every_set_up_through_dovecot(tmp_path):
+    """benchmarks/serve_throughput.py at a tiny size: native passwd-file, serve via the Lua
+    passdb and passwd-file + serve auth policy all log in through a real Dovecot without an
+    error, and both ratios are printed and written (their values are not judged here)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import serve_throughput
+    finally:
+        sys.path.remove(str(BENCH))
+    reason = serve_throughput.missing_parts()
+    if reason:
+        from tests.fixtures_common import missing_dependency
+
+        missing_dependency(reason)
+    out = tmp_path / "serve.json"
+    res = subprocess.run([sys.executable, str(BENCH / "serve_throughput.py"), "--logins", "4", "--rounds", "1",
+                          "--clients", "2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    assert res.returncode == 0, f"serve_throughput.py failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    assert "ratio Lua passdb / native passwd-file: " in res.stdout
+    assert "ratio passwd-file + policy / passwd-file: " in res.stdout
+    assert "policy set-up settings: auth_policy_check_after_auth = no" in res.stdout
+    data = json.loads(out.read_text())
+    assert set(data["modes"]) == {"native", "lua", "policy"}
+    for mode in data["modes"].values():
+        assert (mode["logins"], mode["errors"], mode["rounds"]) == (4, 0, 1), mode
+    assert all(ratio > 0 for ratio in data["ratios"].values()), data["ratios"]
+    assert "--token-file" in res.stderr  # the serve command line, from serve_options()
+
+
 def test_importtime_parser():
     sys.path.insert(0, str(BENCH))
     try:

@@ -289,3 +289,41 @@ def test_enrich_concurrent_processes_share_the_cache(tmp_path, dns_server, rdap_
     assert stats["sources"]["rdns"]["entries"] == len(ips)
     assert sorted(os.listdir(tmp_path / "cache"))[0] == FILE_NAME  # no file left under a private name
     assert not [n for n in os.listdir(tmp_path / "cache") if ".new-" in n]
+
+
+def test_kept_cache_connection_is_reused_per_thread_and_reopened_when_the_file_goes(audit_config, monkeypatch):
+    """`serve` (keep_cache_open): one open cache per thread between requests, not one per
+    request; a removed cache directory is made again, not written into a deleted file."""
+    import threading
+
+    from dovecot_appauth import enrich as enrich_module
+
+    opened: list[int] = []
+
+    class CountingCache(IpCache):
+        def __init__(self, directory: str):
+            opened.append(threading.get_ident())
+            super().__init__(directory)
+
+    monkeypatch.setattr(enrich_module, "IpCache", CountingCache)
+    cfg = audit_config()
+    enrich_module.keep_cache_open()
+    try:
+        enrich("198.51.100.7", cfg, now=NOW)  # creates the file: kept from the next call on
+        for _ in range(3):
+            assert statuses(enrich("198.51.100.7", cfg, now=NOW)) == {"rdns": S.CACHED, "maxmind": S.CACHED,
+                                                                      "rdap": S.CACHED}
+        assert len(opened) == 2
+        other = threading.Thread(target=enrich, args=("198.51.100.7", cfg), kwargs={"now": NOW})
+        other.start()
+        other.join()
+        assert len(opened) == 3 and opened[-1] != opened[0]  # its own connection
+        shutil.rmtree(cfg.audit.cache.path)
+        assert statuses(enrich("198.51.100.7", cfg, now=NOW))["rdns"] is S.FETCHED  # a new, empty cache
+        assert os.path.exists(os.path.join(cfg.audit.cache.path, FILE_NAME))
+        assert statuses(enrich("198.51.100.7", cfg, now=NOW))["rdns"] is S.CACHED
+    finally:
+        enrich_module.keep_cache_open(False)
+    enrich("198.51.100.7", cfg, now=NOW)
+    enrich("198.51.100.7", cfg, now=NOW)
+    assert len(opened) == 7  # off again: one per call, as the per-login program does

@@ -44,6 +44,7 @@ FORBIDDEN = [
     # which imports `re` (and with it `enum`); our closed sets are values.Choice, not enum
     "re", "enum",
     # our own modules that only the admin CLI or a cache miss needs
+    "dovecot_appauth.matchers",  # compiled list forms: for serve (lists.keep_warm), never a login
     "dovecot_appauth.schema", "dovecot_appauth.cli", "dovecot_appauth.cli_audit", "dovecot_appauth.checks",
     "dovecot_appauth.sources.rdns", "dovecot_appauth.sources.maxmind", "dovecot_appauth.sources.rdap",
 ]

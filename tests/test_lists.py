@@ -342,3 +342,104 @@ def test_load_lists_timing(tmp_path):
     elapsed = time.perf_counter() - start
     assert len(lists.deny["ip_networks"]) == 2000 and len(lists.deny["reverse_hostname"]) == 200
     assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+
+
+# --- kept warm (serve): parsed once, again when a file changes -------------------------------
+
+
+@pytest.fixture
+def warm(monkeypatch):
+    """`keep_warm()` for one test, counting parses per file; RACY_NS 0 unless a test sets it
+    (the files are written just before they are loaded)."""
+    from dovecot_appauth import lists as lists_module
+
+    parsed: list[str] = []
+    real = lists_module.parse_list
+
+    def counting(kind, text, filename, **kwargs):
+        parsed.append(os.path.basename(filename))
+        return real(kind, text, filename, **kwargs)
+
+    monkeypatch.setattr(lists_module, "parse_list", counting)
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)
+    lists_module.keep_warm()
+    try:
+        yield parsed
+    finally:
+        lists_module.keep_warm(False)
+
+
+def test_kept_lists_are_not_parsed_again_until_a_file_changes(tmp_path, warm):
+    config = make_config(tmp_path, {"ip_networks.lst": "192.0.2.0/24\n", "reverse_hostname.lst": r".*\.bad\.example"},
+                         cache=False)
+    first = load_lists(config)
+    assert sorted(warm) == ["ip_networks.lst", "reverse_hostname.lst"]
+    warm.clear()
+    second = load_lists(config)
+    assert warm == []  # a stat per file, no parse
+    assert second.deny["ip_networks"] is first.deny["ip_networks"] and second == first
+    # rewritten in place, same size (a later mtime, as the next clock tick would give)
+    path = tmp_path / "ip_networks.lst"
+    mtime = path.stat().st_mtime_ns
+    path.write_text("192.0.2.0/25\n")
+    os.utime(path, ns=(mtime, mtime + 1_000_000))
+    assert [e.text for e in load_lists(config).deny["ip_networks"]] == ["192.0.2.0/25"] and warm == ["ip_networks.lst"]
+    # a new file renamed into place (what editors and config tools do)
+    warm.clear()
+    (tmp_path / "new.lst").write_text("198.51.100.0/24\n")
+    os.replace(tmp_path / "new.lst", tmp_path / "ip_networks.lst")
+    assert [e.text for e in load_lists(config).deny["ip_networks"]] == ["198.51.100.0/24"]
+    assert warm == ["ip_networks.lst"]
+    warm.clear()
+    load_lists(config)
+    assert warm == []
+
+
+def test_kept_lists_carry_their_compiled_form_and_stay_plain_without_keep_warm(tmp_path, warm):
+    from dovecot_appauth import lists as lists_module
+    from dovecot_appauth.matchers import CompiledList
+
+    config = make_config(tmp_path, {"ip_networks.lst": "192.0.2.0/24\n"}, cache=False)
+    kept = load_lists(config).deny["ip_networks"]
+    assert isinstance(kept, CompiledList) and kept.networks is not None
+    lists_module.keep_warm(False)
+    plain = load_lists(config).deny["ip_networks"]
+    assert type(plain) is tuple and plain == kept
+
+
+def test_kept_list_that_cannot_be_read_is_reported_on_every_load(tmp_path, warm):
+    config = make_config(tmp_path, {"as_numbers.lst": "AS64500\n"}, cache=False)
+    assert load_lists(config).deny["as_numbers"] != ()
+    os.unlink(tmp_path / "as_numbers.lst")
+    for _ in range(2):
+        lists = load_lists(config)
+        assert "as_numbers" not in lists.deny and lists.unreadable[0].reason == "file not found"
+    (tmp_path / "as_numbers.lst").mkdir()  # unusable as a list, for root too; stat works
+    for _ in range(2):
+        lists = load_lists(config)
+        assert "as_numbers" not in lists.deny and lists.unreadable[0].reason == "a directory"
+
+
+def test_kept_list_changed_just_now_is_read_again(tmp_path, warm, monkeypatch):
+    """File times are coarse: a file changed within RACY_NS is not kept, so a second write
+    of the same size in the same clock tick cannot go unnoticed."""
+    from dovecot_appauth import lists as lists_module
+
+    monkeypatch.setattr(lists_module, "RACY_NS", 3600 * 10**9)
+    config = make_config(tmp_path, {"as_numbers.lst": "AS64500\n"}, cache=False)
+    load_lists(config)
+    load_lists(config)
+    assert warm == ["as_numbers.lst", "as_numbers.lst"]
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)
+    load_lists(config)
+    load_lists(config)
+    assert len(warm) == 3
+
+
+def test_kept_inline_user_lists_are_parsed_once(tmp_path, warm):
+    config = make_config(tmp_path, {}, cache=False,
+                         allow_users={"alice": UserAllow(ip_networks=("192.0.2.0/24",))})
+    first = load_lists(config)
+    second = load_lists(config)
+    assert len(warm) == 1 and second.user_allow == first.user_allow
+    assert second.user_allow["alice"]["ip_networks"].networks is not None

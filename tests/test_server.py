@@ -18,6 +18,8 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
 from dovecot_appauth import hashing, schema  # noqa: E402
+from dovecot_appauth.enrich import keep_cache_open  # noqa: E402
+from dovecot_appauth.lists import keep_warm  # noqa: E402
 from dovecot_appauth.server import Engine, build_app  # noqa: E402
 
 PASSWORD = "Serv-eTes-tPas-sw0r"
@@ -90,6 +92,8 @@ def site(tmp_path):
     served.dir = tmp_path
     yield served
     served.close()
+    keep_warm(False)  # the Engine turned these on for this process
+    keep_cache_open(False)
 
 
 def test_verify_right_wrong_and_denied(site):
@@ -142,6 +146,31 @@ def test_verify_database_down_is_tempfail(site):
         assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD})[1] == {"result": "tempfail"}
     finally:
         site.db.parent.chmod(0o700)
+
+
+def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site, monkeypatch):
+    from dovecot_appauth import lists as lists_module
+
+    read: list[str] = []  # file reads: its on-disk parsed form, or its text parsed
+
+    def counting(real):
+        def wrapper(*args, **kwargs):
+            read.append(real.__name__)
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(lists_module, "_read_cache", counting(lists_module._read_cache))
+    monkeypatch.setattr(lists_module, "parse_list", counting(lists_module.parse_list))
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)  # the list was written just now
+    req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert read == ["_read_cache", "parse_list"]  # no parsed form on disk yet: parsed
+    for _ in range(3):
+        assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert len(read) == 2  # kept in memory: a stat, no read
+    (site.dir / "ip.deny.lst").write_text("192.0.2.0/24\n")
+    assert site.post("/policy?command=allow", req)[1]["status"] == 0  # the change applies at once
+    assert read[2:] == ["_read_cache", "parse_list"]
 
 
 def test_policy_allow_rejects_denied_addresses(site):

@@ -23,7 +23,7 @@ import ipaddress
 import sys
 import time
 
-from .cache import CacheUnavailable, IpCache, Negative, file_signature
+from .cache import FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
 from .facts import (
     IpFacts,
     MaxMindFacts,
@@ -63,8 +63,49 @@ def normalize_ip(ip: str) -> str:
 
 
 def open_cache(config: Config) -> IpCache:
-    """The configured cache (for `cache stats` / `cache purge`); opened lazily on first use."""
-    return IpCache(config.resolve(config.audit.cache.path))
+    """The configured cache (for `cache stats` / `cache purge`); opened lazily on first use.
+    With `keep_cache_open()`, this thread's kept one."""
+    directory = config.resolve(config.audit.cache.path)
+    return IpCache(directory) if _kept_caches is None else _kept_cache(directory)
+
+
+# `serve` (keep_cache_open): per thread, directory -> (pid, file identity, IpCache), open
+# between requests. None: off; the per-login program opens the cache once and closes it.
+_kept_caches: Any = None
+
+
+def keep_cache_open(on: bool = True) -> None:
+    """`serve`: each thread keeps its cache connection open between requests (opening one
+    costs more than the query: SQLite reads the schema and maps the WAL index). A
+    connection is never shared between threads nor used across a fork, and is reopened
+    when the cache file is replaced or removed (`rm -r` of the cache directory)."""
+    global _kept_caches
+    if on:
+        import _thread  # not threading: a login must not import it (tests/test_imports.py)
+
+        _kept_caches = _thread._local()
+    else:
+        _kept_caches = None
+
+
+def _kept_cache(directory: str) -> IpCache:
+    import os  # serve only: no new module-level import on the login path
+
+    kept: dict[str, tuple[int, tuple[int, int] | None, IpCache]] = _kept_caches.__dict__.setdefault("caches", {})
+    pid = os.getpid()
+    try:
+        st = os.stat(os.path.join(directory, FILE_NAME))
+        identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        identity = None  # made by the first query: kept from the next request on
+    known = kept.get(directory)
+    if known is not None and known[0] == pid and identity is not None and known[1] == identity:
+        return known[2]
+    if known is not None and known[0] == pid:
+        known[2].close()  # the file was replaced or removed; never a parent's connection
+    cache = IpCache(directory)
+    kept[directory] = (pid, identity, cache)
+    return cache
 
 
 def _say(stderr: TextIO | None, message: str) -> None:
@@ -219,7 +260,7 @@ def enrich(
                 cache.put_many(rows, written)
             except CacheUnavailable as e:
                 _say(stderr, f"enrichment cache not updated: {e}")
-    if cache is not None:
+    if cache is not None and _kept_caches is None:
         cache.close()
     if "origin_as" in values and _maxmind_asn(values.get("maxmind")) is not None and \
             audit.origin_as.order == "maxmind-first":

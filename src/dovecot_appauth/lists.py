@@ -10,13 +10,16 @@ Theory of operation:
   the file applies. Nothing here raises at login time. A file that cannot be used at all
   (missing, unreadable, not a regular file) is never an empty list: `load_lists` records
   it in `Lists.unreadable` and the caller refuses the login or says it goes on without it.
-- Lists are read fresh for every login (a change applies at the next login, no reload).
+- The per-login program reads each list once (a change applies at the next login, no reload).
   Parsing 2,000 CIDRs costs a few milliseconds, so when the cache directory is usable the
   parsed form of each file is kept there as a private marshal file (never pickle; see
   private_file.py: `json` would cost a login its import and `re`), keyed by path, size and
   mtime_ns. Compiled regexes cannot be stored; the cached form holds only patterns that
   compiled when the file was parsed, and `regex_fullmatch` compiles lazily, only for the
   values a login actually checks, with a string fast path for the common `.*literal` forms.
+- `serve` calls `keep_warm()`: each file is then parsed once and kept in memory with its
+  compiled form (`matchers.py`), and read again only when its stat changes (see
+  `load_kept`); a request costs one `os.stat` per file.
 - No regex is compiled at import time; only the stdlib is imported.
 """
 
@@ -549,8 +552,84 @@ def _parse_inline(kind: str, values: tuple[str, ...], where: str) -> tuple[list[
     return parse_list(kind, "\n".join(values), where, validate_regex=True)
 
 
+# ---------------------------------------------------------------------------
+# kept warm (`serve`): parsed once, compiled once, read again when the file changes
+
+# (kind, path) -> (stat signature, entries, problems); None while off. The per-login program
+# leaves it off: it reads each list once, and compiling a matcher it uses once would cost
+# more than the scan it saves (and import `re`).
+_kept: dict[tuple[str, str], tuple[tuple[int, ...], tuple[Entry, ...], tuple[Problem, ...]]] | None = None
+_kept_inline: dict[tuple[str, tuple[str, ...], str], tuple[tuple[Entry, ...], tuple[Problem, ...]]] = {}
+# A file changed less than this long ago is not kept (read again on the next load): file
+# times are coarse (a few ms), so a second write of the same size within that tick would
+# leave the stat signature unchanged (git's "racily clean" problem).
+RACY_NS = 1_000_000_000
+
+
+def keep_warm(on: bool = True) -> None:
+    """Keep lists parsed and compiled in this process from now on (`serve`); `False`
+    forgets them and goes back to reading each file on every load."""
+    global _kept
+    _kept = {} if on else None
+    _kept_inline.clear()
+
+
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    # ctime and inode too: a chmod (readable or not) or a new file renamed into place
+    # changes them even when size and mtime stay the same
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def load_kept(kind: str, path: str, *, cache_dir: str | None = None,
+              role: str = "deny") -> tuple[tuple[Entry, ...], list[Problem]]:
+    """`read_file`, through the copy kept in memory once `keep_warm()` is on: the file is
+    read and parsed again only when its stat signature changes. A file changed within
+    `RACY_NS` is not kept (read again on the next load); one that cannot be used raises
+    ListUnreadable on every load, as `read_file` does, and is never kept."""
+    kept = _kept
+    if kept is None:
+        entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)
+        return tuple(entries), problems
+    try:
+        st = os.stat(path)
+    except OSError:
+        entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)  # raises, saying why
+        return tuple(entries), problems
+    signature = _signature(st)
+    known = kept.get((kind, path))
+    if known is not None and known[0] == signature:
+        return known[1], list(known[2])
+    import time
+
+    from .matchers import CompiledList
+
+    kept.pop((kind, path), None)
+    entries, problems = read_file(kind, path, cache_dir=cache_dir, validate_regex=True, role=role)
+    compiled = CompiledList(kind, entries)
+    if max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS:
+        kept[(kind, path)] = (signature, compiled, tuple(problems))
+    return compiled, problems
+
+
+def _inline_kept(kind: str, values: tuple[str, ...], where: str) -> tuple[tuple[Entry, ...], list[Problem]]:
+    """`_parse_inline`, kept while warm (the values come from the config: its reload makes new keys)."""
+    if _kept is None:
+        entries, problems = _parse_inline(kind, values, where)
+        return tuple(entries), problems
+    key = (kind, tuple(values), where)
+    known = _kept_inline.get(key)
+    if known is None:
+        from .matchers import CompiledList
+
+        entries, problems = _parse_inline(kind, values, where)
+        if len(_kept_inline) > 4096:  # configs with other users' lists replaced many times over
+            _kept_inline.clear()
+        known = _kept_inline[key] = (CompiledList(kind, entries), tuple(problems))
+    return known[0], list(known[1])
+
+
 def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
-    """Every configured deny and allow list, read now. Never raises."""
+    """Every configured deny and allow list, read now (or kept, see `keep_warm`). Never raises."""
     audit = config.audit
     cache_dir = _cache_dir(config) if use_cache else None
     lists = Lists()
@@ -559,19 +638,19 @@ def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
         for kind in kinds:
             if kind in files:
                 try:
-                    entries, problems = read_file(kind, config.resolve(files[kind]), cache_dir=cache_dir, role=role)
+                    entries, problems = load_kept(kind, config.resolve(files[kind]), cache_dir=cache_dir, role=role)
                 except ListUnreadable as e:
                     lists.unreadable.append(e)  # the caller decides: never read as an empty list
                     continue
-                into[kind] = tuple(entries)
+                into[kind] = entries
                 lists.problems.extend(problems)
     for user, allow in audit.allow_users.items():
         per_user: dict[str, tuple[Entry, ...]] = {}
         for kind in ALLOW_KINDS:
             values = getattr(allow, kind)
             if values:
-                entries, problems = _parse_inline(kind, values, f"[audit.allow.users.{user}] {kind}")
-                per_user[kind] = tuple(entries)
+                entries, problems = _inline_kept(kind, values, f"[audit.allow.users.{user}] {kind}")
+                per_user[kind] = entries
                 lists.problems.extend(problems)
         lists.user_allow[user.lower()] = per_user
     return lists

@@ -434,16 +434,16 @@ def _throttle_exempt(ip: str, config: Config) -> bool:
     allow_file = config.audit.allow.get("ip_networks")
     if not allow_file:
         return False
-    from .lists import ListUnreadable, enforce_readable, read_file
+    from .lists import ListUnreadable, enforce_readable, load_kept
     from .rules import ip_in_list
 
     try:
-        entries, _problems = read_file("ip_networks", config.resolve(allow_file), role="allow")
+        entries, _problems = load_kept("ip_networks", config.resolve(allow_file), role="allow")
     except ListUnreadable as e:
         # an allow list nobody can read exempts nobody; by default the login fails for now
         enforce_readable([e], config.audit.unreadable_list, sys.stderr)
         return False
-    return ip_in_list(tuple(entries), ip) is not None
+    return ip_in_list(entries, ip) is not None
 
 
 def _record_failure(store: Store, config: Config, request: LoginRequest, now: float, stderr: TextIO) -> None:

@@ -266,6 +266,10 @@ def _subject(ip: str, facts: IpFacts | None) -> Subject:
 def match_ip_networks(entries: tuple[Entry, ...], s: Subject) -> Found:
     if s.addr is None:
         return UNKNOWN
+    index = getattr(entries, "networks", None)  # a kept list's compiled form (matchers.py)
+    if index is not None:
+        i = index.first(s.addr, s.addr6)
+        return None if i is None else (entries[i], str(s.addr6 or s.addr))
     for e in entries:
         version, net, prefix = e.value
         if _network_contains(version, net, prefix, s.addr) or (
@@ -282,6 +286,9 @@ def ip_in_list(entries: tuple[Entry, ...], ip: str) -> Entry | None:
 
 
 def _first_regex(entries: tuple[Entry, ...], values: Iterable[str]) -> Found:
+    prefilter = getattr(entries, "regexes", None)  # a kept list's compiled form (matchers.py)
+    if prefilter is not None and not any(prefilter.may_match(v) for v in values):
+        return None
     for e in entries:
         for value in values:
             if regex_fullmatch(e.value, value, e.hint):
@@ -301,13 +308,24 @@ def match_network_name(entries: tuple[Entry, ...], s: Subject) -> Found:
     return UNKNOWN if name is None else _first_regex(entries, (name,))
 
 
+def _first_in(entries: tuple[Entry, ...], values: Iterable[Any]) -> Entry | None:
+    """The first entry, in file order, whose value is one of `values`."""
+    by_value = getattr(entries, "by_value", None)  # a kept list's compiled form (matchers.py)
+    if by_value is not None:
+        found = [by_value[v] for v in values if v in by_value]
+        return entries[min(found)] if found else None
+    wanted = values if isinstance(values, (tuple, dict, set, frozenset)) else tuple(values)
+    for e in entries:
+        if e.value in wanted:
+            return e
+    return None
+
+
 def _equal(entries: tuple[Entry, ...], value: Any, shown: str | None = None) -> Found:
     if value is None:
         return UNKNOWN
-    for e in entries:
-        if e.value == value:
-            return e, shown if shown is not None else str(value)
-    return None
+    e = _first_in(entries, (value,))
+    return None if e is None else (e, shown if shown is not None else str(value))
 
 
 def match_network_cc(entries: tuple[Entry, ...], s: Subject) -> Found:
@@ -324,20 +342,16 @@ def match_entities(entries: tuple[Entry, ...], s: Subject) -> Found:
     if s.whois is None:
         return UNKNOWN
     handles = {h.upper(): h for h in s.whois.entities if h}
-    for e in entries:
-        if e.value in handles:
-            return e, handles[e.value]
-    return None
+    e = _first_in(entries, handles)
+    return None if e is None else (e, handles[e.value])
 
 
 def match_as_numbers(entries: tuple[Entry, ...], s: Subject) -> Found:
     asns = s.facts.asns if s.facts else ()
     if not asns:
         return UNKNOWN
-    for e in entries:
-        if e.value in asns:
-            return e, f"AS{e.value}"
-    return None
+    e = _first_in(entries, asns)
+    return None if e is None else (e, f"AS{e.value}")
 
 
 def match_as_names(entries: tuple[Entry, ...], s: Subject) -> Found:
@@ -356,11 +370,11 @@ def match_geo_location_ids(entries: tuple[Entry, ...], s: Subject) -> Found:
     ids = {p.geoname_id: p for p in places if p.geoname_id is not None}
     if not ids:
         return UNKNOWN
-    for e in entries:
-        if e.value in ids:
-            place = ids[e.value]
-            return e, f"{place.geoname_id}/{place.name}"
-    return None
+    e = _first_in(entries, ids)
+    if e is None:
+        return None
+    place = ids[e.value]
+    return e, f"{place.geoname_id}/{place.name}"
 
 
 def match_coordinates(entries: tuple[Entry, ...], s: Subject) -> Found:
@@ -368,7 +382,9 @@ def match_coordinates(entries: tuple[Entry, ...], s: Subject) -> Found:
     if mm is None or mm.latitude is None or mm.longitude is None:
         return UNKNOWN
     radius = float(mm.accuracy_radius_km or 0)  # unknown accuracy: treat MaxMind's answer as a point
-    for e in entries:
+    index = getattr(entries, "circles", None)  # a kept list's compiled form (matchers.py)
+    near = index.candidates(mm.latitude, radius) if index is not None else None
+    for e in (entries if near is None else [entries[i] for i in near]):
         lat, lon, our_radius, intersection = e.value
         if circle_rule_matches(lat, lon, our_radius, intersection, mm.latitude, mm.longitude, radius):
             return e, f"{mm.latitude},{mm.longitude} ±{mm.accuracy_radius_km}km"

@@ -14,11 +14,13 @@ Two faces of the same engine (login.decide, pipeline.assess/audit_login):
   (examples/dovecot/appauth.lua calls it from a Lua passdb, for Dovecot 2.4).
 
 Kept warm between requests: the interpreter and imports, the parsed config (reloaded
-when the file changes), the parsed lists (keyed by path, size and mtime in `lists.py`),
-the database connections (`pool.py`) and the MaxMind readers (`sources/maxmind.py`,
-reopened when a .mmdb file changes). The engine is synchronous (SQL, DNS), so each
-request runs on a thread of its own, at most `max_requests` at once per process; one more
-is answered 503 at once. `GET /metrics`: Prometheus text (metrics.py).
+when the file changes), the parsed lists with their compiled matchers (`lists.keep_warm`:
+read again when a file's stat changes), the database connections (`pool.py`), one
+enrichment cache connection per thread (`enrich.keep_cache_open`) and the MaxMind
+readers (`sources/maxmind.py`, reopened when a .mmdb file changes). The engine is
+synchronous (SQL, DNS), so each request runs on a thread of its own, at most
+`max_requests` at once per process; one more is answered 503 at once. `GET /metrics`:
+Prometheus text (metrics.py).
 
 Processes: `serve` listens, then forks `workers` processes that share the listening
 socket (Supervisor), each with its own engine (pool, caches), so hashing and the audit
@@ -71,6 +73,9 @@ class Engine:
     build_app) counts what the requests found."""
 
     def __init__(self, path: str, stderr: Any = None):
+        from .enrich import keep_cache_open
+        from .lists import keep_warm
+
         self.path = path
         self.stderr = stderr or sys.stderr
         self.pool = StorePool(max_idle=THREADS)  # one per thread: never a store opened per request
@@ -79,6 +84,8 @@ class Engine:
         self._config: Config | None = None
         self._lists: dict[str, tuple[int, int, int] | None] = {}  # list file -> (mtime_ns, size, inode)
         self._throttled: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # THROTTLE_MEMO_SECONDS
+        keep_warm()  # lists parsed and compiled once per file version, not per request
+        keep_cache_open()  # the enrichment cache's connection, per thread
 
     def throttled_answer(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The answer given to this (user, client) a moment ago if the limiter refused it then

@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""IMAP logins per second through a real Dovecot 2.3: `serve` against Dovecot's own passdb (issue 12 item 6).
+
+    /opt/appauth-venv/bin/python benchmarks/serve_throughput.py [--logins 300] [--rounds 3] [--clients 8]
+
+One Dovecot (tests/fixtures_dovecot.DovecotServer), one `dovecot-appauth serve` (the real
+command line, audit on, the example lists, test MaxMind files, reverse DNS on a local
+server), one user with one app password. Three passdb set-ups, measured side by side:
+
+- `native`: Dovecot's passwd-file passdb holding the app password's stored SHA512-CRYPT
+  hash, byte for byte (same salt, same rounds): what Dovecot alone does;
+- `lua`: `serve` via the Lua passdb (examples/dovecot/appauth.lua, `POST /verify`), the
+  Dovecot 2.4 way: hash check, policy, audit and recording in `serve`;
+- `policy`: the same passwd-file passdb plus `serve` as Dovecot's auth policy server
+  (`/policy`: the lists before the login, the audit line and event after it), with the
+  README's `auth_policy_check_after_auth = no` (`--dovecot-policy-defaults`: without).
+
+Each round runs every set-up once (Dovecot restarted with it, one warm-up login per client
+address, so the enrichment cache is warm), the order rotating between rounds, so load from
+elsewhere hits all of them alike. `--clients` threads log in `--logins / --clients` times
+each (connect, ID x-originating-ip, LOGIN, SELECT INBOX, LOGOUT). Printed: logins/s per
+set-up (all rounds' logins over all rounds' wall time) and the two ratios, Lua/native and
+policy+passwd-file/passwd-file (targets >= 0.9x). Errors must be 0: the exit status is 1
+otherwise. Needs root, Dovecot 2.3 with dovecot-auth-lua, and the `serve` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench  # (benchmarks/run.py: config, CLI set-up, the IMAP load driver)
+
+DEFAULT_JSON = bench.ROOT / "benchmarks" / "results" / "serve-throughput.json"
+TARGET_RATIO = 0.9
+# name -> what it is; the order of the first round
+MODES = {
+    "native": "passwd-file passdb, the same SHA512-CRYPT hash",
+    "lua": "serve via the Lua passdb (/verify)",
+    "policy": "passwd-file + serve auth policy (/policy)",
+}
+# The README's advice for the policy set-up: serve's `allow` judges the client address only,
+# so Dovecot's second check after the password (the default) would repeat the first one.
+RECOMMENDED_POLICY_SETTINGS = ("auth_policy_check_after_auth = no",)
+RATIOS = (("lua", "native", "Lua passdb / native passwd-file"),
+          ("policy", "native", "passwd-file + policy / passwd-file"))
+
+
+def serve_options(token_file: Path, workers: int | None, extra: list[str]) -> list[str]:
+    """Everything after `serve --port PORT`: the one place that knows serve's command line.
+
+    A token always (newer versions refuse TCP without one); `--workers` only when given
+    and this serve has the option (read from its --help), so the benchmark runs against
+    older and newer versions alike."""
+    options = ["--token-file", str(token_file)]
+    if workers:
+        usage = subprocess.run([str(bench.CLI), "serve", "--help"], capture_output=True, text=True,
+                               check=False).stdout
+        if "--workers" not in usage:
+            raise SystemExit("--workers given, but this serve has no --workers option")
+        options += ["--workers", str(workers)]
+    return options + extra
+
+
+def policy_settings(args: argparse.Namespace) -> list[str]:
+    """The Dovecot settings of the policy set-up besides the URL, the token and the nonce."""
+    return [*(() if args.dovecot_policy_defaults else RECOMMENDED_POLICY_SETTINGS), *args.policy_setting]
+
+
+def stored_hash(db: Path, user: str) -> str:
+    """The app password's stored value (`{CRYPT}$6$...`), as Dovecot's passwd-file reads it."""
+    conn = sqlite3.connect(db)
+    try:
+        (value,) = conn.execute("SELECT password FROM app_passwords WHERE uid = ?", (user,)).fetchone()
+    finally:
+        conn.close()
+    return str(value)
+
+
+def missing_parts() -> str | None:
+    try:
+        from tests.fixtures_dovecot import dovecot_available
+    except ImportError as e:
+        return f"cannot import tests/fixtures_dovecot.py ({e})"
+    reason = dovecot_available()
+    if reason:
+        return reason
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        return f"serve needs starlette and uvicorn ({e})"
+    from tests.test_end_to_end_serve import LUA_MODULE
+
+    if not os.path.exists(LUA_MODULE):
+        return "dovecot-auth-lua missing (apt-get install dovecot-auth-lua)"
+    return None
+
+
+class Site:
+    """Dovecot, serve and the passdb set-ups; `configure(mode)` switches Dovecot to one."""
+
+    def __init__(self, workdir: Path, args: argparse.Namespace):
+        from tests.fixtures_common import dovecot_ids
+        from tests.fixtures_dovecot import DovecotServer, passwd_file_passdb, write_passwd_file
+        from tests.localservers import LocalDns
+        from tests.test_end_to_end_serve import Service
+
+        self.cleanup: list[Any] = []
+        self.policy_settings = policy_settings(args)
+        self.dns = LocalDns().start()
+        self.cleanup.append(self.dns.stop)
+        lists = workdir / "lists"
+        shutil.copytree(bench.LISTS_DIR, lists)
+        (workdir / "db").mkdir()
+        uid, gid = dovecot_ids()
+        cache = workdir / "cache"
+        cache.mkdir(mode=0o700)
+        os.chown(cache, uid, gid)
+        db = workdir / "db" / "db.sqlite"
+        # the same userdb fields as the passwd-file below (tests/fixtures_dovecot.write_passwd_file)
+        userdb = {"uid": str(uid), "gid": str(gid), "home": f"{workdir / 'mail'}/%u"}
+        self.config = bench.write_config(workdir / "appauth.toml", dsn=f"sqlite:///{db}", cache_dir=cache,
+                                         log_file=workdir / "audit.log", lists_dir=lists, dns_port=self.dns.port,
+                                         userdb=userdb)
+        self.password = bench.populate(self.config, owner="dovecot").password
+        self.token = secrets.token_hex(24)
+        token_file = workdir / "serve.token"
+        token_file.write_text(self.token + "\n")
+        os.chmod(token_file, 0o600)
+        argv_extra = serve_options(token_file, args.workers, args.serve_arg)
+        bench.log(f"starting serve: dovecot-appauth --config {self.config} serve --port PORT {' '.join(argv_extra)}")
+        self.service = Service(self.config, workdir / "serve.log", *argv_extra)
+        self.cleanup.append(self.service.stop)
+        passwd = write_passwd_file(workdir / "native.passwd", {bench.USER: stored_hash(db, bench.USER)},
+                                   workdir / "mail", scheme=None)  # DovecotServer's mail_root
+        self.native_passdb = passwd_file_passdb(passwd)
+        self.server = DovecotServer(workdir, self.native_passdb, auth_penalty=False)
+        bench.log(f"starting Dovecot (tests/fixtures_dovecot.DovecotServer) in {workdir}")
+        self.server.start()
+        self.cleanup.append(self.server.stop)
+
+    def configure(self, mode: str) -> None:
+        from tests.test_end_to_end_serve import policy_conf, use_lua_passdb
+
+        if mode == "native":
+            self.server.reconfigure(passdb=self.native_passdb, extra_conf="", import_environment={})
+        elif mode == "lua":
+            use_lua_passdb(self.server, self.service.url("/verify"), token=self.token)
+        elif mode == "policy":
+            self.server.reconfigure(passdb=self.native_passdb, import_environment={},
+                                    extra_conf=policy_conf(self.service.url("/policy"), self.token)
+                                    + "".join(f"{line}\n" for line in self.policy_settings))
+        else:
+            raise ValueError(mode)
+
+    def close(self) -> None:
+        for fn in reversed(self.cleanup):
+            try:
+                fn()
+            except Exception as e:  # cleaning up must not hide the results
+                bench.log(f"cleanup: {e}")
+
+
+def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:
+    ips = [f"198.51.100.{10 + i}" for i in range(args.clients)]
+    per_client = max(1, -(-args.logins // args.clients))
+    modes = list(MODES)
+    runs: dict[str, list[bench.ImapLoad]] = {m: [] for m in modes}
+    warm_failures: dict[str, str] = {}
+    for r in range(args.rounds):
+        order = modes[r % len(modes):] + modes[:r % len(modes)]
+        for mode in order:
+            site.configure(mode)
+            failed = bench.warm_up_logins(site.server, bench.USER, site.password, ips)
+            if failed:
+                warm_failures.setdefault(mode, failed)
+                bench.log(f"round {r + 1} {mode}: {failed}")
+                continue
+            load = bench.drive_imap_logins(site.server, bench.USER, site.password, ips, per_client)
+            runs[mode].append(load)
+            bench.log(f"round {r + 1} {mode}: {load.describe()}")
+    out: dict[str, Any] = {}
+    for mode, loads in runs.items():
+        latencies = [v for load in loads for v in load.latencies_ms]
+        wall = sum(load.wall_s for load in loads)
+        out[mode] = {
+            "what": MODES[mode], "rounds": len(loads), "logins": len(latencies),
+            "errors": sum(load.error_count for load in loads) + (1 if mode in warm_failures else 0),
+            "logins_per_s": len(latencies) / wall if wall else 0.0,
+            "round_rates": [round(load.rate, 2) for load in loads],
+            "p50_ms": bench._median(latencies), "p99_ms": bench.percentile(latencies, 99),
+            "first_error": next((e for load in loads for e in load.errors), None) or warm_failures.get(mode),
+            "auth_log_errors": sum(len(load.auth_errors) for load in loads),
+        }
+    return {"clients": args.clients, "logins_per_client": per_client, "rounds": args.rounds, "modes": out,
+            "ratios": {f"{a}/{b}": (out[a]["logins_per_s"] / out[b]["logins_per_s"]
+                                    if out[b]["logins_per_s"] else None) for a, b, _ in RATIOS}}
+
+
+def render(result: dict[str, Any], note: str) -> str:
+    lines = [f"IMAP logins through Dovecot 2.3: {result['clients']} clients x {result['logins_per_client']} "
+             f"logins x {result['rounds']} rounds (interleaved); {note}",
+             f"policy set-up settings: {'; '.join(result['policy_settings']) or 'Dovecot defaults'}", "",
+             f"{'set-up':<8} {'logins':>6} {'errors':>6} {'logins/s':>9} {'p50 ms':>7} {'p99 ms':>7}  what",
+             f"{'-' * 8} {'-' * 6} {'-' * 6} {'-' * 9} {'-' * 7} {'-' * 7}  {'-' * 4}"]
+    for mode, m in result["modes"].items():
+        lines.append(f"{mode:<8} {m['logins']:>6} {m['errors']:>6} {m['logins_per_s']:>9.1f} "
+                     f"{m['p50_ms'] or 0:>7.1f} {m['p99_ms'] or 0:>7.1f}  {m['what']}")
+    lines.append("")
+    for a, b, label in RATIOS:
+        ratio = result["ratios"][f"{a}/{b}"]
+        verdict = "-" if ratio is None else ("PASS" if ratio >= TARGET_RATIO else "MISS")
+        shown = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(f"ratio {label}: {shown} (target >= {TARGET_RATIO}x) {verdict}")
+    for mode, m in result["modes"].items():
+        if m["first_error"]:
+            lines.append(f"{mode}: first error: {m['first_error'][:200]}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--logins", type=int, default=300, help="logins per set-up and round (default 300)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent IMAP clients (default 8)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="serve --workers N (only for a serve that has the option; default: serve's own)")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for the serve command line (repeatable)")
+    p.add_argument("--policy-setting", action="append", default=[], metavar="LINE",
+                   help="one more Dovecot setting for the policy set-up (repeatable)")
+    p.add_argument("--dovecot-policy-defaults", action="store_true",
+                   help="measure the policy set-up without the README's advice "
+                        f"({'; '.join(RECOMMENDED_POLICY_SETTINGS)})")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"write results here (default {DEFAULT_JSON})")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    args = p.parse_args(argv)
+    if min(args.logins, args.rounds, args.clients) < 1 or args.workers < 0:
+        p.error("counts must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reason = missing_parts()
+    if reason:
+        print(f"serve_throughput: SKIP: {reason}")
+        return 0
+    from tests.fixtures_common import new_server_dir
+
+    workdir = new_server_dir("appauth-bench-serve-")
+    site = None
+    try:
+        site = Site(workdir, args)
+        result = measure(site, args)
+    finally:
+        if site is not None:
+            site.close()
+        if args.keep:
+            bench.log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    load = os.getloadavg()
+    note = f"load average {load[0]:.2f} at the end on {os.cpu_count()} cores"
+    result["policy_settings"] = policy_settings(args)
+    print(render(result, note))
+    data = {"timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": bench.machine_info(), "loadavg_end": load, **result}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    bench.log(f"JSON written to {args.json}")
+    return 1 if any(m["errors"] or not m["logins"] for m in result["modes"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
