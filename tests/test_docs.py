@@ -75,3 +75,13 @@ def test_the_readme_is_a_quick_start() -> None:
     # the two commands run as written, as root or through sudo: the README shows no sudo
     assert "./examples/demo.sh" in readme and "./scripts/test.sh" in readme
     assert "sudo ./" not in readme
+
+
+def test_the_command_reference_shows_the_current_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/COMMANDS.md pastes `dovecot-appauth --help`: a changed command list must update it."""
+    from dovecot_appauth.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal width
+    page = (ROOT / "docs" / "COMMANDS.md").read_text()
+    block = page.split("$ dovecot-appauth --help\n", 1)[1].split("\n```", 1)[0]
+    assert block == build_parser().format_help().rstrip("\n")
