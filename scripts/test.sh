@@ -8,8 +8,8 @@
 #    without the installs and the network namespace),
 # 1. installs the Debian packages the end-to-end tests need (only when some are missing),
 # 2. makes the virtualenv ${APPAUTH_VENV:-/opt/dovecot-appauth-test/venv} from /usr/bin/python3
-#    (a test-only path: the production install of the README is /opt/dovecot-appauth/venv)
-#    (world-readable: Dovecot runs our program as user `dovecot`), installs '.[test]' into it,
+#    (world-readable: Dovecot runs our program as user `dovecot`), installs '.[test]' into it
+#    (a test-only path, apart from the README's production install /opt/dovecot-appauth/venv),
 # 3. runs `ruff check src tests` and pytest (arguments passed through), as root inside a
 #    network namespace that has only `lo` (`unshare -n`): the tests may contact loopback
 #    only, so a config that falls back to the system resolver fails a test instead of
@@ -17,6 +17,7 @@
 # Exits non-zero when anything fails, including "no tests collected".
 # Environment: APPAUTH_VENV (venv path), APPAUTH_SKIP_APT=1 (never call apt-get),
 # APPAUTH_DRY_RUN=1 (print whether it would run as root or through sudo, and stop),
+# APPAUTH_AS_USER=1 (run as the calling user: no sudo, no installs, no network namespace),
 # CI=true (end-to-end tests fail instead of skipping when Dovecot/MariaDB are missing),
 # APPAUTH_TEST_NETNS=0 (run pytest without the namespace; not as root it always is).
 set -euo pipefail
