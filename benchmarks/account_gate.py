@@ -3,7 +3,7 @@ off) with the gate off and with the LDAP gate on and its answer cached, interlea
 that the machine's load hits both alike; and once with `cache_seconds = 0`, where every
 login asks a local slapd.
 
-    /opt/appauth-venv/bin/python benchmarks/account_gate.py [--reps 60]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/account_gate.py [--reps 60]
 
 Needs root, slapd, ldap-utils and openssl (tests/fixtures_ldap.py starts the server on
 127.0.0.1). Wall-clock medians: compare the two columns of one run, not runs on

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU time of one audit in a warm `serve` process (issue 12 item 4): 20k CIDRs, all 13 list kinds.
 
-    /opt/appauth-venv/bin/python benchmarks/audit_cpu.py [--cidrs 20000] [--entries 200] [--audits 500]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/audit_cpu.py [--cidrs 20000] [--entries 200] [--audits 500]
 
 In one process, as `serve` runs it: the config loaded once, `pipeline.assess` called again
 and again for the same client (198.51.100.7, in the test MaxMind files, with a PTR on the

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a login's start-up time goes: `python -X importtime` over a real login.
 
-    /opt/appauth-venv/bin/python benchmarks/importtime.py [--scenario warm|wrong|unknown|cold] [--runs 5]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/importtime.py [--scenario warm|wrong|unknown|cold] [--runs 5]
                                                           [--top 20] [--raw FILE] [--json FILE]
 
 Sets up the same temp environment as benchmarks/run.py (SQLite database made with the CLI,

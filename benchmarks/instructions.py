@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What a login costs in CPU instructions (valgrind's callgrind), the noise-free comparison.
 
-    /opt/appauth-venv/bin/python benchmarks/instructions.py [--program PATH] [--json FILE]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/instructions.py [--program PATH] [--json FILE]
 
 Wall-clock ratios move with whatever else the machine does (the bare interpreter start
 itself varied from 14 to 20 ms between runs on the shared test machine). Instruction

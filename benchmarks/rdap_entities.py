@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU time of the RDAP entity walk (sources/rdap.py `entity_handles`) for large answers.
 
-    /opt/appauth-venv/bin/python benchmarks/rdap_entities.py [--sizes 1000,5000,20000] [--old]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/rdap_entities.py [--sizes 1000,5000,20000] [--old]
 
 An RDAP network object may carry thousands of entities (nested contacts, maintainers);
 the walk runs inside the login's audit deadline. Each answer here has registrants with

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-login benchmark of dovecot-appauth (issue 5): one entry point, a table and a JSON file.
 
-    /opt/appauth-venv/bin/python benchmarks/run.py [--quick] [--json FILE] [--only NAME,...]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/run.py [--quick] [--json FILE] [--only NAME,...]
 
 Installs nothing. Everything is set up in a temp dir with the real command line
 (`dovecot-appauth init-db`, `password create`, `password revoke`), the real console

@@ -1,7 +1,7 @@
 """`dovecot-appauth serve` under a flood of throttled requests: how long an innocent
 /verify takes meanwhile (issue 12, item 1).
 
-    /opt/appauth-venv/bin/python benchmarks/serve_flood.py [--flood 1000] [--innocent 20] [--workers N]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/serve_flood.py [--flood 1000] [--innocent 20] [--workers N]
 
 Makes a temporary SQLite site (init-db, two app passwords, a serve token), starts the real
 `serve` on a free loopback port, throttles one (user, client) with 10 wrong passwords, then

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """IMAP logins per second through a real Dovecot 2.3: `serve` against Dovecot's own passdb (issue 12 item 6).
 
-    /opt/appauth-venv/bin/python benchmarks/serve_throughput.py [--logins 300] [--rounds 3] [--clients 8]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/serve_throughput.py [--logins 300] [--rounds 3] [--clients 8]
 
 One Dovecot (tests/fixtures_dovecot.DovecotServer), one `dovecot-appauth serve` (the real
 command line, audit on, the example lists, test MaxMind files, reverse DNS on a local

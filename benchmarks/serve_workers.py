@@ -1,7 +1,7 @@
 """`dovecot-appauth serve --workers`: right-password /verify throughput with one worker
 process and with N (issue 12, item 5: hashing uses every core).
 
-    /opt/appauth-venv/bin/python benchmarks/serve_workers.py [--workers N] [--requests 400] [--clients 8]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/serve_workers.py [--workers N] [--requests 400] [--clients 8]
 
 One temporary SQLite site (audit off: the SHA512-crypt check and the `log` insert), the
 real `serve` started with `--workers 1`, then with `--workers N` (default: the cores),

@@ -3,10 +3,15 @@
 # the example deny lists, no network lookups. Creates ./demo/ (venv, config, database,
 # audit log) and runs logins exactly as Dovecot would start the program.
 #
-#   ./examples/demo.sh            (as root on a fresh Debian 12, or any user with python3-venv)
+#   ./examples/demo.sh
+#
+# Runs as whoever starts it. Root is needed only to install python3-venv when it is
+# missing (a fresh Debian 12): as root directly, otherwise through sudo; without sudo it
+# stops and says so (scripts/as-root.sh). APPAUTH_DRY_RUN=1 prints that decision and stops.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/as-root.sh"
 DEMO=${DEMO_DIR:-$ROOT/demo}
 VENV=${APPAUTH_VENV:-$DEMO/venv}
 USER_NAME=demo@example.com
@@ -14,14 +19,14 @@ USER_NAME=demo@example.com
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then
-        say "installing python3-venv"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-    else
-        echo "python3-venv is missing: run 'sudo apt-get install python3-venv' (or run this script as root)" >&2
-        exit 1
-    fi
+    say "installing python3-venv"
+    AS_ROOT_WHY="or install python3-venv first"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+elif [ "${APPAUTH_DRY_RUN:-0}" = 1 ]; then
+    echo "as-root: python3-venv is installed: nothing needs root; running as uid $(id -u)"
 fi
+if [ "${APPAUTH_DRY_RUN:-0}" = 1 ]; then exit 0; fi
 
 mkdir -p "$DEMO"
 if [ ! -x "$VENV/bin/python" ]; then

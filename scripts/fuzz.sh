@@ -4,12 +4,12 @@
 # 2 cores), then the number of passing cases hypothesis reports. CI runs the same file with
 # the short profile "ci" as part of the normal suite.
 #   scripts/fuzz.sh [pytest args...]        e.g. scripts/fuzz.sh -k list_parser
-# Environment: APPAUTH_VENV (default /opt/dovecot-appauth/venv, as scripts/test.sh),
+# Environment: APPAUTH_VENV (default /opt/dovecot-appauth-test/venv, as scripts/test.sh),
 # HYPOTHESIS_PROFILE (default long). Network: loopback only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
+VENV="${APPAUTH_VENV:-/opt/dovecot-appauth-test/venv}"
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-long}"
 log="$(mktemp -t appauth-fuzz.XXXXXX)"
 trap 'rm -f "$log"' EXIT

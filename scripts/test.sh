@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh Debian 12 machine as root (the README's test command):
+# The whole test suite, on a fresh Debian 12 test machine (the README's test command). It
+# installs MariaDB, Dovecot, Chromium, valgrind, slapd and more, and starts test servers:
+# run it on a test machine, not on a mail server.
 #   scripts/test.sh [pytest args...]
+# 0. runs as root: run by another user it re-runs itself through sudo (scripts/as-root.sh;
+#    without sudo it stops and says so; APPAUTH_AS_USER=1 runs it as that user instead,
+#    without the installs and the network namespace),
 # 1. installs the Debian packages the end-to-end tests need (only when some are missing),
-# 2. makes the virtualenv ${APPAUTH_VENV:-/opt/dovecot-appauth/venv} from /usr/bin/python3
-#    (world-readable: Dovecot runs our program as user `dovecot`), installs '.[test]' into it,
+# 2. makes the virtualenv ${APPAUTH_VENV:-/opt/dovecot-appauth-test/venv} from /usr/bin/python3
+#    (world-readable: Dovecot runs our program as user `dovecot`), installs '.[test]' into it
+#    (a test-only path, apart from the README's production install /opt/dovecot-appauth/venv),
 # 3. runs `ruff check src tests` and pytest (arguments passed through), as root inside a
 #    network namespace that has only `lo` (`unshare -n`): the tests may contact loopback
 #    only, so a config that falls back to the system resolver fails a test instead of
 #    sending queries out (tests/test_fixtures_smoke.py checks that it is in force).
 # Exits non-zero when anything fails, including "no tests collected".
 # Environment: APPAUTH_VENV (venv path), APPAUTH_SKIP_APT=1 (never call apt-get),
+# APPAUTH_DRY_RUN=1 (print whether it would run as root or through sudo, and stop),
+# APPAUTH_AS_USER=1 (run as the calling user: no sudo, no installs, no network namespace),
 # CI=true (end-to-end tests fail instead of skipping when Dovecot/MariaDB are missing),
 # APPAUTH_TEST_NETNS=0 (run pytest without the namespace; not as root it always is).
 set -euo pipefail
@@ -17,7 +25,16 @@ umask 022
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
+# shellcheck source=scripts/as-root.sh
+. "$ROOT/scripts/as-root.sh"
+if [ "${APPAUTH_AS_USER:-0}" = 1 ]; then
+    if [ "${APPAUTH_DRY_RUN:-0}" = 1 ]; then echo "as-root: APPAUTH_AS_USER=1: running as uid $(id -u)"; exit 0; fi
+else
+    AS_ROOT_WHY="it installs Debian packages and runs pytest in a loopback-only network namespace; APPAUTH_AS_USER=1 runs it as this user without either"
+    as_root_exec bash "$ROOT/scripts/test.sh" "$@"
+fi
+if [ "${APPAUTH_DRY_RUN:-0}" = 1 ]; then exit 0; fi
+VENV="${APPAUTH_VENV:-/opt/dovecot-appauth-test/venv}"
 # chromium: the HTML report is screenshotted headless (tests/test_report.py);
 # dovecot-auth-lua: the Lua passdb example against `serve` (tests/test_end_to_end_serve.py)
 # strace: slows fsync down to test the enrichment cache on a busy disk (tests/test_enrich.py)
@@ -27,9 +44,10 @@ VENV="${APPAUTH_VENV:-/opt/dovecot-appauth/venv}"
 # systemd: `systemd-analyze verify` of examples/systemd/ (tests/test_systemd_unit.py)
 # lua5.4: runs examples/dovecot/appauth.lua against a stand-in of Dovecot's Lua API (tests/test_lua_script.py)
 # iproute2, util-linux: `ip link set lo up` inside `unshare -n` (step 3)
+# sudo: tests/test_scripts.py checks that a user who is not root is sent through sudo
 DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc
               chromium strace valgrind slapd ldap-utils libldap2-dev libsasl2-dev openssl
-              iproute2 util-linux systemd lua5.4)
+              iproute2 util-linux systemd lua5.4 sudo)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 

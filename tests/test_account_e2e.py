@@ -42,7 +42,7 @@ def gate_site(appauth_config_factory, slapd):
     cfg = appauth_config_factory()
     secret = cfg.dir / "ldap.secret"
     secret.write_text(BIND_PW + "\n")
-    os.chown(secret, 0, dovecot_ids()[1])  # root:dovecot 0640, as the README says
+    os.chown(secret, 0, dovecot_ids()[1])  # root:dovecot 0640, as docs/ACCOUNT-GATE.md says
     os.chmod(secret, 0o640)
     base = cfg.path.read_text()
     cfg.path.write_text(base + gate_toml(slapd.uri, str(secret)))

@@ -1,7 +1,7 @@
 """Issue 6, part 2: injected faults. Each test runs the installed program as Dovecot does and
 checks the documented verdict and a time bound.
 
-Verdicts (README "Behaviour and decisions"): the password check cannot run (database down,
+Verdicts (docs/BEHAVIOUR.md): the password check cannot run (database down,
 locked for reading, corrupt) -> 111 with one stderr line within connect_timeout + margin,
 never 1; the password was right but the log row cannot be written -> 0 and one
 "not recorded" line; enrichment sources, cache or syslog broken -> the login is still

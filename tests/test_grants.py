@@ -1,8 +1,8 @@
-"""Least privilege on MariaDB: the mail host's account with exactly the README's grants runs
-every per-login feature, and a missing privilege is reported as one (issue 15, item 3).
+"""Least privilege on MariaDB: the mail host's account with exactly the documented grants
+runs every per-login feature, and a missing privilege is reported as one (issue 15, item 3).
 
-The grants are read from README.md itself, so the README cannot fall behind what a login
-needs. Logins run through the installed program, as Dovecot runs it.
+The grants are read from docs/CONFIGURATION.md itself, so the documentation cannot fall
+behind what a login needs. Logins run through the installed program, as Dovecot runs it.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ LIMITS = {"max_per_user_ip": 3, "max_per_ip": 5, "max_per_user": 8, "delay": 0.0
 
 
 def readme_grants() -> list[str]:
-    """The GRANT statements of the README's MariaDB section, as written there."""
-    text = (ROOT / "README.md").read_text()
+    """The GRANT statements of docs/CONFIGURATION.md's MariaDB section, as written there."""
+    text = (ROOT / "docs" / "CONFIGURATION.md").read_text()
     grants = re.findall(r"^GRANT [^\n]+;$", text, flags=re.MULTILINE)
-    assert grants, "README.md lists no GRANT statements"
+    assert grants, "docs/CONFIGURATION.md lists no GRANT statements"
     return grants
 
 
 class MailHost:
-    """A MariaDB account for the mail host, with the README's grants on one database."""
+    """A MariaDB account for the mail host, with the documented grants on one database."""
 
     def __init__(self, server, database: str) -> None:
         self.server = server

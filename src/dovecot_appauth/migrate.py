@@ -126,7 +126,7 @@ def translate(data: dict[str, Any], source_dir: str) -> Migration:
 
 def behaviour_changes(config: dict[str, Any]) -> list[str]:
     """What the translated config does differently from the same config upstream (printed
-    by `import-upstream`; the README's "Differences from upstream" has the whole list)."""
+    by `import-upstream`; docs/MIGRATION.md, "Differences from upstream", has the whole list)."""
     audit = config.get("audit", {})
     lists = audit.get("lists", {})
     changes = []

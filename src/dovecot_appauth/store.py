@@ -141,7 +141,7 @@ _UPSERT_KNOWN_SQLITE = ("INSERT INTO known_clients (uid, client, last_login) VAL
 _UPSERT_KNOWN_MYSQL = ("INSERT INTO known_clients (uid, client, last_login) VALUES (%s, %s, %s) "
                        "ON DUPLICATE KEY UPDATE last_login = IF(last_login < %s, VALUES(last_login), last_login)")
 
-# What the mail host's database user needs, table by table (README "least privilege"):
+# What the mail host's database user needs, table by table (docs/CONFIGURATION.md, "Least privilege on MariaDB"):
 # a permission error names the GRANT that is missing, and check-config probes each one.
 MAIL_HOST_GRANTS = {
     "app_passwords": "SELECT",

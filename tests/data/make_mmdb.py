@@ -5,7 +5,7 @@ nothing here is a claim about a real network. Records follow the GeoIP2-City and
 GeoLite2-ASN structure, so `maxminddb` (and geoip2) read them as they read the real files.
 The table of addresses is documented in tests/data/README.md: keep both in step.
 
-    /opt/appauth-venv/bin/python tests/data/make_mmdb.py [OUTDIR]
+    /opt/dovecot-appauth-test/venv/bin/python tests/data/make_mmdb.py [OUTDIR]
 
 Needs the maintained `mmdb-writer` package (test extra); the demo only reads the output.
 """
