@@ -25,11 +25,10 @@ Theory of operation:
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 
-from . import private_file
+from . import ipnum, private_file
 from .config import ALLOW_KINDS, LIST_KINDS, Problem
 from .values import Value
 
@@ -153,13 +152,13 @@ def parse_network(text: str) -> tuple[tuple[int, int, int], str | None]:
     if v4 is not None:
         version, bits, value = 4, 32, v4
     else:
-        try:
-            ip6 = ipaddress.IPv6Address(addr)
-        except ValueError:
-            raise ValueError(f"not an IPv4 or IPv6 network: {text!r}") from None
-        if ip6.scope_id:
+        # what ipaddress.IPv6Address(addr) accepts (ipnum.py), zone included, to refuse it
+        ip6 = ipnum.address(addr)
+        if ip6 is None or ip6[0] != 6:
+            raise ValueError(f"not an IPv4 or IPv6 network: {text!r}")
+        if "%" in addr:
             raise ValueError(f"a scoped address is not a network: {text!r}")
-        version, bits, value = 6, 128, int(ip6)
+        version, bits, value = 6, 128, ip6[1]
     if slash:
         if not prefix_text.isascii() or not prefix_text.isdigit() or int(prefix_text) > bits:
             raise ValueError(f"bad prefix length in {text!r} (0..{bits})")
@@ -170,9 +169,7 @@ def parse_network(text: str) -> tuple[tuple[int, int, int], str | None]:
     network = value & mask
     warning = None
     if network != value:
-        cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-        shown = cls((network, prefix))
-        warning = f"{text} has host bits set; it is used as {shown}"
+        warning = f"{text} has host bits set; it is used as {ipnum.text((version, network))}/{prefix}"
     return (version, network, prefix), warning
 
 

@@ -35,7 +35,6 @@ from .lists import REGEX_KINDS, _compile, _fast_form, regex_fullmatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ipaddress
     import re
     from collections.abc import Iterable
     from typing import Any
@@ -89,12 +88,12 @@ class NetworkIndex:
         self.v4 = tuple((shift, t) for (v, shift), t in sorted(tables.items()) if v == 4)
         self.v6 = tuple((shift, t) for (v, shift), t in sorted(tables.items()) if v == 6)
 
-    def first(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
-              addr6: ipaddress.IPv6Address | None = None) -> int | None:
-        """Index of the first entry containing `addr` (or `addr6`, the mapped form), else None."""
-        best = _first(self.v4 if addr.version == 4 else self.v6, int(addr))
+    def first(self, addr: tuple[int, int], addr6: tuple[int, int] | None = None) -> int | None:
+        """Index of the first entry containing `addr` (or `addr6`, the mapped form), else None;
+        addresses as `(version, int)` (ipnum.py)."""
+        best = _first(self.v4 if addr[0] == 4 else self.v6, addr[1])
         if addr6 is not None:
-            other = _first(self.v6, int(addr6))
+            other = _first(self.v6, addr6[1])
             if other is not None and (best is None or other < best):
                 best = other
         return best
