@@ -341,7 +341,7 @@ def test_rules_module_is_pure():
         "typing",
         ".config",
         ".facts",
-        ".ipnum",  # addresses as integers: pure, only `_socket` and `_bisect`
+        ".ipnum",  # addresses as integers: pure, only `_socket` (for IPv6 texts)
         ".lists",
         ".values",  # the pure record base class that replaced dataclasses
     }, imports
