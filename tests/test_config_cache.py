@@ -160,3 +160,18 @@ def test_load_cached_prunes_old_files_of_other_configs(conf, tmp_path):
     assert not os.path.exists(config_cache_file(str(conf))) and os.path.exists(config_cache_file(str(other)))
     assert load_cached(str(conf)).audit.deadline == 0.7  # a config still in use just gets its file again
     assert os.path.exists(config_cache_file(str(conf)))
+
+
+def test_load_cached_ignores_a_damaged_is_global_table(conf, monkeypatch):
+    """A table that is not one is not used: is_global is then derived from ipaddress again."""
+    from dovecot_appauth.rules import is_globally_reachable
+
+    load_cached(str(conf))
+    key, data, _table = _cached(conf)
+    private_file.store(config_cache_file(str(conf)), (key, data, {4: ((5,), (True,)), 6: "garbage"}))
+    monkeypatch.setattr(ipnum, "_table", None)
+    assert load_cached(str(conf)).audit.deadline == 0.7
+    assert ipnum._table is None  # not taken
+    assert is_globally_reachable("8.8.8.8") and not is_globally_reachable("10.0.0.1")
+    assert not is_globally_reachable("::ffff:192.168.1.1") and is_globally_reachable("100.64.0.1")
+    assert ipnum._table == ipnum.global_table()  # derived on first use
