@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import marshal
 import os
+import sys
 
 import pytest
 
 from dovecot_appauth import config as cfgmod
-from dovecot_appauth import private_file
+from dovecot_appauth import ipnum, private_file
 from dovecot_appauth.config import ConfigError, config_cache_file, load, load_cached
 
 GOOD = '[database]\ndsn = "sqlite:////tmp/x.sqlite"\n\n[audit]\ndeadline = 0.7\nunknown_key = 1\n'
@@ -42,16 +43,18 @@ def test_load_cached_is_load_and_fills_a_private_cache(conf, cache_root):
     assert os.path.dirname(os.path.dirname(file)) == str(cache_root)
     assert oct(os.stat(file).st_mode & 0o777) == "0o600"
     assert oct(os.stat(os.path.dirname(file)).st_mode & 0o777) == "0o700"
-    key, data = _cached(conf)
-    assert data["audit"]["deadline"] == 0.7 and key[1] == str(conf)
+    key, data, table = _cached(conf)
+    assert data["audit"]["deadline"] == 0.7 and key[2] == str(conf)
+    assert key[1] == sys.version  # another interpreter's ipaddress may judge addresses otherwise
+    assert table == ipnum.global_table()  # the is_global table a warm login uses (ipnum.py)
     assert load_cached(str(conf)) == first
 
 
 def test_load_cached_uses_the_cache(conf):
     load_cached(str(conf))
-    key, data = _cached(conf)
+    key, data, table = _cached(conf)
     data["audit"]["deadline"] = 0.9  # same key: the cache is believed
-    private_file.store(config_cache_file(str(conf)), (key, data))
+    private_file.store(config_cache_file(str(conf)), (key, data, table))
     assert load_cached(str(conf)).audit.deadline == 0.9
 
 
@@ -94,20 +97,20 @@ def test_load_cached_errors_match_load(tmp_path):
 
 def test_load_cached_ignores_a_cache_others_can_write(conf):
     load_cached(str(conf))
-    key, data = _cached(conf)
+    key, data, table = _cached(conf)
     data["audit"]["deadline"] = 0.9
     file = config_cache_file(str(conf))
-    private_file.store(file, (key, data))
+    private_file.store(file, (key, data, table))
     os.chmod(file, 0o620)  # group-writable: someone else could have written it
     assert load_cached(str(conf)).audit.deadline == 0.7
 
 
 def test_load_cached_ignores_a_symlink_and_damage(conf, tmp_path):
     load_cached(str(conf))
-    key, data = _cached(conf)
+    key, data, table = _cached(conf)
     data["audit"]["deadline"] = 0.9
     elsewhere = tmp_path / "elsewhere.marshal"
-    elsewhere.write_bytes(marshal.dumps((key, data)))
+    elsewhere.write_bytes(marshal.dumps((key, data, table)))
     file = config_cache_file(str(conf))
     os.unlink(file)
     os.symlink(elsewhere, file)
@@ -123,10 +126,10 @@ def test_load_cached_ignores_a_symlink_and_damage(conf, tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the directory to another user")
 def test_load_cached_ignores_a_directory_of_another_user(conf):
     load_cached(str(conf))
-    key, data = _cached(conf)
+    key, data, table = _cached(conf)
     data["audit"]["deadline"] = 0.9
     file = config_cache_file(str(conf))
-    private_file.store(file, (key, data))
+    private_file.store(file, (key, data, table))
     os.chown(os.path.dirname(file), 65534, 65534)
     assert load_cached(str(conf)).audit.deadline == 0.7
 
@@ -157,3 +160,18 @@ def test_load_cached_prunes_old_files_of_other_configs(conf, tmp_path):
     assert not os.path.exists(config_cache_file(str(conf))) and os.path.exists(config_cache_file(str(other)))
     assert load_cached(str(conf)).audit.deadline == 0.7  # a config still in use just gets its file again
     assert os.path.exists(config_cache_file(str(conf)))
+
+
+def test_load_cached_ignores_a_damaged_is_global_table(conf, monkeypatch):
+    """A table that is not one is not used: is_global is then derived from ipaddress again."""
+    from dovecot_appauth.rules import is_globally_reachable
+
+    load_cached(str(conf))
+    key, data, _table = _cached(conf)
+    private_file.store(config_cache_file(str(conf)), (key, data, {4: ((5,), (True,)), 6: "garbage"}))
+    monkeypatch.setattr(ipnum, "_table", None)
+    assert load_cached(str(conf)).audit.deadline == 0.7
+    assert ipnum._table is None  # not taken
+    assert is_globally_reachable("8.8.8.8") and not is_globally_reachable("10.0.0.1")
+    assert not is_globally_reachable("::ffff:192.168.1.1") and is_globally_reachable("100.64.0.1")
+    assert ipnum._table == ipnum.global_table()  # derived on first use

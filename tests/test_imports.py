@@ -40,6 +40,10 @@ FORBIDDEN = [
     "hmac", "_hashlib", "secrets",  # compare_digest from _operator; secrets only for new passwords
     "sqlite3",  # _sqlite3 directly: sqlite3.dbapi2 imports datetime
     "datetime", "json", "urllib.parse",
+    # addresses and networks are integers on a login (ipnum.py; the is_global table comes
+    # from the config cache). functools and collections stay: Python 3.11's _sqlite3 imports
+    # them for its statement cache (functools.lru_cache)
+    "ipaddress",
     # the installed program is a plain script (packaging/), not pip's entry-point wrapper,
     # which imports `re` (and with it `enum`); our closed sets are values.Choice, not enum
     "re", "enum",

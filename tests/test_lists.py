@@ -443,3 +443,53 @@ def test_kept_inline_user_lists_are_parsed_once(tmp_path, warm):
     second = load_lists(config)
     assert len(warm) == 1 and second.user_allow == first.user_allow
     assert second.user_allow["alice"]["ip_networks"].networks is not None
+
+
+def _long_network_list(tmp_path: Path) -> Path:
+    lines = [f"10.{i // 256}.{i % 256}.0/24" for i in range(300)]
+    lines += ["10.1.0.0/16", "2001:db8::/32", "::ffff:0:0/96", "192.0.2.77", "10.0.5.0/24", "0.0.0.0/0"]
+    path = tmp_path / "ip_net.deny.lst"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_long_ip_networks_list_comes_from_the_cache_with_its_index(tmp_path):
+    """A list of INDEX_MIN_ENTRIES or more networks is cached with its per-prefix index
+    (lists.NetworkIndex, the form serve compiles); a login looks addresses up in it and
+    gets the entry the scan finds."""
+    from dovecot_appauth.lists import INDEX_MIN_ENTRIES, IndexedNetworks, read_file
+    from dovecot_appauth.rules import _subject, match_ip_networks
+
+    path = _long_network_list(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    first, _ = read_file("ip_networks", str(path), cache_dir=str(cache))
+    assert not isinstance(first, IndexedNetworks)  # parsed: the cache is being written
+    cached, _ = read_file("ip_networks", str(path), cache_dir=str(cache))
+    assert isinstance(cached, IndexedNetworks) and len(cached) >= INDEX_MIN_ENTRIES
+    assert tuple(cached) == tuple(first)
+    for ip in ("10.0.7.9", "10.1.2.3", "10.0.5.1", "::ffff:10.1.0.1", "::ffff:203.0.113.1", "2001:db8::5",
+               "192.0.2.77", "203.0.113.9", "2001:db9::1", "fe80::1%eth0", "not an address"):
+        subject = _subject(ip, None)
+        assert match_ip_networks(cached, subject) == match_ip_networks(tuple(first), subject), ip
+    # short lists are scanned, and carry no index
+    short = tmp_path / "short.lst"
+    short.write_text("10.0.0.0/8\n")
+    read_file("ip_networks", str(short), cache_dir=str(cache))
+    assert not isinstance(read_file("ip_networks", str(short), cache_dir=str(cache))[0], IndexedNetworks)
+
+
+def test_a_damaged_network_index_in_the_cache_means_parse_the_file(tmp_path):
+    from dovecot_appauth.lists import IndexedNetworks, read_file
+
+    path = _long_network_list(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    parsed, _ = read_file("ip_networks", str(path), cache_dir=str(cache))
+    (file,) = cache.iterdir()
+    data = marshal.loads(file.read_bytes())
+    v4, v6 = data["index"]
+    data["index"] = (((v4[0][0], {0: len(parsed) + 5}),), v6)  # an index past the end
+    file.write_bytes(marshal.dumps(data))
+    again, _ = read_file("ip_networks", str(path), cache_dir=str(cache))
+    assert not isinstance(again, IndexedNetworks) and again == parsed

@@ -556,12 +556,12 @@ def _check_networks(
         groups.append((f"audit.allow.users.{user}", "ip_networks", allow.ip_networks))
     if not any(networks for _section, _key, networks in groups):
         return
-    import ipaddress  # only when there are networks to check
+    from .ipnum import network  # ipaddress.ip_network(strict=False) on integers, without its import
 
     for section, key, networks in groups:
         for text in networks:
             try:
-                ipaddress.ip_network(text.strip(), strict=False)
+                network(text.strip())
             except ValueError:
                 where = f"{name}: [{section}] {key}".rstrip()
                 problems.append(Problem(where, f"{text!r} is not an IP network"))
@@ -889,7 +889,9 @@ def load(path: str) -> Config:
 # reads it only when it is owned by this user and writable by nobody else. Someone
 # else's directory, a symlink, a stale or a damaged file all mean: parse the TOML.
 
-CONFIG_CACHE_FORMAT = 1
+# 2: the is_global table (ipnum.global_table) is stored with the TOML, and the key names the
+# interpreter whose `ipaddress` it was derived from
+CONFIG_CACHE_FORMAT = 2
 CONFIG_CACHE_ROOT = "/tmp"  # noqa: S108 - a private per-uid directory, checked by private_file.py
 
 
@@ -901,14 +903,20 @@ def config_cache_file(path: str) -> str:
 
 
 def _cache_key(path: str, st: os.stat_result) -> tuple[int | str, ...]:
-    return (CONFIG_CACHE_FORMAT, os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-            st.st_ctime_ns)
+    import sys  # built in: no import cost
+
+    return (CONFIG_CACHE_FORMAT, sys.version, os.path.abspath(path), st.st_dev, st.st_ino, st.st_size,
+            st.st_mtime_ns, st.st_ctime_ns)
 
 
 def load_cached(path: str) -> Config:
     """`load`, for the per-login program: the parsed TOML comes from the config cache when
-    the file is unchanged (see above). Same Config, same problems, same errors."""
-    from . import private_file
+    the file is unchanged (see above). Same Config, same problems, same errors.
+
+    The cache also holds `ipnum.global_table()`, the standard library's is_global as integer
+    intervals, derived from `ipaddress` when the file is written and handed to `ipnum` on
+    a hit, so a warm login classifies addresses without importing `ipaddress`."""
+    from . import ipnum, private_file
 
     try:
         st = os.stat(path)
@@ -917,14 +925,19 @@ def load_cached(path: str) -> Config:
     file = config_cache_file(path)
     key = _cache_key(path, st)
     cached = private_file.load(file)
-    if type(cached) is tuple and len(cached) == 2 and cached[0] == key and type(cached[1]) is dict:
+    if type(cached) is tuple and len(cached) == 3 and cached[0] == key and type(cached[1]) is dict:
+        if cached[2] is not None:
+            ipnum.use_global_table(cached[2])  # a damaged table is ignored: derived on first use
         return parse(cached[1], path)
     data = _read_toml(path)
     try:
         unchanged = _cache_key(path, os.stat(path)) == key
     except OSError:
         unchanged = False
-    if unchanged and private_file.store(file, (key, data)):  # a file changed while read is not cached
+    table = ipnum.global_table() if unchanged else None  # None: derivation failed, ipaddress answers
+    if table is not None:
+        ipnum.use_global_table(table)  # this login need not derive it again
+    if unchanged and private_file.store(file, (key, data, table)):  # a file changed while read is not cached
         _prune_config_cache(os.path.dirname(file), keep=file)
     return parse(data, path)
 

@@ -19,10 +19,10 @@ login: it is reported with one stderr line and skipped.
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 import time
 
+from . import ipnum
 from .cache import FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
 from .facts import (
     IpFacts,
@@ -57,9 +57,14 @@ def normalize_ip(ip: str) -> str:
 
     Raises ValueError for something that is not an IP address.
     """
-    addr = ipaddress.ip_address(ip.strip())
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return str(mapped or addr)
+    text = ip.strip()
+    addr = ipnum.address(text)  # ipaddress.ip_address's acceptance, without its import
+    if addr is None:
+        raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 address")
+    if ipnum.is_mapped(addr):
+        return ipnum.text(ipnum.unmapped(addr))
+    zone = text.partition("%")[2]
+    return f"{ipnum.text(addr)}%{zone}" if zone else ipnum.text(addr)
 
 
 def open_cache(config: Config) -> IpCache:

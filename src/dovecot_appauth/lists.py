@@ -25,11 +25,10 @@ Theory of operation:
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 
-from . import private_file
+from . import ipnum, private_file
 from .config import ALLOW_KINDS, LIST_KINDS, Problem
 from .values import Value
 
@@ -43,7 +42,8 @@ if TYPE_CHECKING:
 REGEX_KINDS = ("reverse_hostname", "network_name", "as_names")
 CC_KINDS = ("network_cc", "as_cc", "countries")
 # Bump when the parsed form changes: older cache files are then ignored.
-CACHE_FORMAT = 4
+# 5: long ip_networks lists carry their NetworkIndex ("index")
+CACHE_FORMAT = 5
 # Files larger than this are refused: a list is a few thousand lines, not a dump.
 MAX_LIST_BYTES = 16 * 1024 * 1024
 
@@ -115,6 +115,81 @@ class Lists(Value):
         self.unreadable = [] if unreadable is None else unreadable
 
 
+class NetworkIndex:
+    """ip_networks entries as, per family and prefix length, {network >> host bits: first index}.
+
+    Built by `matchers.CompiledList` for `serve`, and stored in the list cache with the
+    entries of a long list, so a login looks an address up instead of scanning (see
+    `IndexedNetworks`). Same answer as the scan in `rules.match_ip_networks`.
+    """
+
+    __slots__ = ("v4", "v6")
+
+    def __init__(self, entries: tuple[Entry, ...] = ()):
+        tables: dict[tuple[int, int], dict[int, int]] = {}
+        for i, e in enumerate(entries):
+            version, net, prefix = e.value
+            shift = (32 if version == 4 else 128) - prefix
+            tables.setdefault((version, shift), {}).setdefault(net >> shift, i)
+        # longest prefixes first: no reason but a stable order
+        self.v4 = tuple((shift, t) for (v, shift), t in sorted(tables.items()) if v == 4)
+        self.v6 = tuple((shift, t) for (v, shift), t in sorted(tables.items()) if v == 6)
+
+    def tables(self) -> tuple[Any, Any]:
+        """Plain data for marshal (the list cache)."""
+        return self.v4, self.v6
+
+    @classmethod
+    def from_tables(cls, tables: Any, count: int) -> NetworkIndex | None:
+        """The index `tables()` gave, None if it is not one for `count` entries (damaged)."""
+        self = cls()
+        try:
+            v4, v6 = tables
+            for tuples, bits in ((v4, 32), (v6, 128)):
+                if type(tuples) is not tuple:
+                    return None
+                for shift, table in tuples:
+                    if (type(shift) is not int or not 0 <= shift <= bits or type(table) is not dict
+                            or not all(type(i) is int and 0 <= i < count for i in table.values())):
+                        return None
+        except (TypeError, ValueError):
+            return None
+        self.v4, self.v6 = v4, v6
+        return self
+
+    def first(self, addr: tuple[int, int], addr6: tuple[int, int] | None = None) -> int | None:
+        """Index of the first entry containing `addr` (or `addr6`, the mapped form), else None;
+        addresses as `(version, int)` (ipnum.py)."""
+        best = _first(self.v4 if addr[0] == 4 else self.v6, addr[1])
+        if addr6 is not None:
+            other = _first(self.v6, addr6[1])
+            if other is not None and (best is None or other < best):
+                best = other
+        return best
+
+
+def _first(tables: tuple[tuple[int, dict[int, int]], ...], value: int) -> int | None:
+    best = None
+    for shift, table in tables:
+        i = table.get(value >> shift)
+        if i is not None and (best is None or i < best):
+            best = i
+    return best
+
+
+class IndexedNetworks(tuple):
+    """A long ip_networks list read from the list cache: its entries in file order, with
+    their `NetworkIndex` as `networks` (the attribute `rules.match_ip_networks` looks for,
+    as on `matchers.CompiledList`). Equal to the plain tuple of the same entries."""
+
+    networks: NetworkIndex
+
+
+# A list this long is stored with its index: scanning a few dozen entries costs no more
+# than restoring the index would.
+INDEX_MIN_ENTRIES = 32
+
+
 # ---------------------------------------------------------------------------
 # one parser per kind: (text without comment handling, filename, line) -> (entry text, value)
 # each raises ValueError with a message for the admin; warnings go to `warn`
@@ -126,22 +201,6 @@ def _split_comment(line: str) -> tuple[str, str]:
     return parts[0], (parts[1] if len(parts) > 1 else "")
 
 
-def _parse_ipv4(text: str) -> int | None:
-    """Fast strict dotted-quad parser (ipaddress is ~6 us per call); None if not IPv4."""
-    parts = text.split(".")
-    if len(parts) != 4:
-        return None
-    value = 0
-    for part in parts:
-        if not part.isascii() or not part.isdigit() or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        value = (value << 8) | octet
-    return value
-
-
 def parse_network(text: str) -> tuple[tuple[int, int, int], str | None]:
     """`198.51.100.0/24` or `2001:db8::/32` (no prefix = one host) -> ((version, net, len), warning).
 
@@ -149,17 +208,17 @@ def parse_network(text: str) -> tuple[tuple[int, int, int], str | None]:
     meant `176.112.168.0/21`); the warning names the network actually used.
     """
     addr, slash, prefix_text = text.partition("/")
-    v4 = _parse_ipv4(addr)
+    v4 = ipnum.parse_ipv4(addr)
     if v4 is not None:
         version, bits, value = 4, 32, v4
     else:
-        try:
-            ip6 = ipaddress.IPv6Address(addr)
-        except ValueError:
-            raise ValueError(f"not an IPv4 or IPv6 network: {text!r}") from None
-        if ip6.scope_id:
+        # what ipaddress.IPv6Address(addr) accepts (ipnum.py), zone included, to refuse it
+        ip6 = ipnum.address(addr)
+        if ip6 is None or ip6[0] != 6:
+            raise ValueError(f"not an IPv4 or IPv6 network: {text!r}")
+        if "%" in addr:
             raise ValueError(f"a scoped address is not a network: {text!r}")
-        version, bits, value = 6, 128, int(ip6)
+        version, bits, value = 6, 128, ip6[1]
     if slash:
         if not prefix_text.isascii() or not prefix_text.isdigit() or int(prefix_text) > bits:
             raise ValueError(f"bad prefix length in {text!r} (0..{bits})")
@@ -170,9 +229,7 @@ def parse_network(text: str) -> tuple[tuple[int, int, int], str | None]:
     network = value & mask
     warning = None
     if network != value:
-        cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-        shown = cls((network, prefix))
-        warning = f"{text} has host bits set; it is used as {shown}"
+        warning = f"{text} has host bits set; it is used as {ipnum.text((version, network))}/{prefix}"
     return (version, network, prefix), warning
 
 
@@ -406,7 +463,7 @@ def _cache_file(cache_dir: str, kind: str, path: str) -> str:
 
 def _read_cache(
     cache_dir: str, kind: str, path: str, st: os.stat_result
-) -> tuple[list[Entry], list[Problem]] | None:
+) -> tuple[list[Entry] | IndexedNetworks, list[Problem]] | None:
     data = private_file.load(_cache_file(cache_dir, kind, path))
     try:
         if (
@@ -421,6 +478,13 @@ def _read_cache(
         # marshal keeps tuples: the values come back as parsed (no list -> tuple pass)
         entries = [Entry(path, line, text, value, hint) for line, text, value, hint in data["entries"]]
         problems = [Problem(where, message, level) for where, message, level in data["problems"]]
+        if data.get("index") is not None:
+            index = NetworkIndex.from_tables(data["index"], len(entries))
+            if index is None:
+                return None  # damaged: parse the file instead
+            indexed = IndexedNetworks(entries)
+            indexed.networks = index
+            return indexed, problems
         return entries, problems
     except (ValueError, KeyError, TypeError):
         return None  # stale or damaged: parse the file instead
@@ -437,6 +501,8 @@ def _write_cache(
         "mtime_ns": st.st_mtime_ns,
         "entries": [(e.line, e.text, e.value, e.hint) for e in entries],
         "problems": [(p.where, p.message, p.level) for p in problems],
+        "index": (NetworkIndex(tuple(entries)).tables()
+                  if kind == "ip_networks" and len(entries) >= INDEX_MIN_ENTRIES else None),
     }
     private_file.store(_cache_file(cache_dir, kind, path), data)
 
@@ -470,8 +536,9 @@ def _unreadable_reason(error: OSError) -> str:
 
 def read_file(
     kind: str, path: str, *, cache_dir: str | None = None, validate_regex: bool = False, role: str = "deny"
-) -> tuple[list[Entry], list[Problem]]:
+) -> tuple[list[Entry] | IndexedNetworks, list[Problem]]:
     """Read and parse one list file; raises ListUnreadable when the file cannot be used.
+    A long ip_networks list read from the cache comes as `IndexedNetworks`.
 
     Opened non-blocking so that a FIFO in the list's place cannot hang the login; only a
     regular file is a list.
@@ -589,7 +656,7 @@ def load_kept(kind: str, path: str, *, cache_dir: str | None = None,
     kept = _kept
     if kept is None:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)
-        return tuple(entries), problems
+        return entries if isinstance(entries, tuple) else tuple(entries), problems  # keep an index
     try:
         st = os.stat(path)
     except OSError:

@@ -14,6 +14,7 @@ Theory of operation:
   An address is looked up once per length (a handful of dict lookups for 20,000 CIDRs);
   the smallest index found is the entry the scan would have found first. An IPv4-mapped
   IPv6 address is looked up as IPv4 and, like the scan does, in the IPv6 tables as itself.
+  (`lists.NetworkIndex`: the per-login program reads the same index from the list cache.)
 - regex kinds: a conservative pre-filter. It answers "may some pattern match?" with the
   same string fast path `lists.regex_fullmatch` uses, and one combined alternation for the
   other patterns; only when it says yes does the scan run (so the entry and the verdict
@@ -31,11 +32,10 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 
-from .lists import REGEX_KINDS, _compile, _fast_form, regex_fullmatch
+from .lists import REGEX_KINDS, NetworkIndex, _compile, _fast_form, regex_fullmatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ipaddress
     import re
     from collections.abc import Iterable
     from typing import Any
@@ -72,41 +72,6 @@ def first_by_value(entries: tuple[Entry, ...]) -> dict[Any, int]:
     for i, e in enumerate(entries):
         out.setdefault(e.value, i)
     return out
-
-
-class NetworkIndex:
-    """ip_networks entries as, per family and prefix length, {network >> host bits: first index}."""
-
-    __slots__ = ("v4", "v6")
-
-    def __init__(self, entries: tuple[Entry, ...]):
-        tables: dict[tuple[int, int], dict[int, int]] = {}
-        for i, e in enumerate(entries):
-            version, net, prefix = e.value
-            shift = (32 if version == 4 else 128) - prefix
-            tables.setdefault((version, shift), {}).setdefault(net >> shift, i)
-        # longest prefixes first: no reason but a stable order
-        self.v4 = tuple((shift, t) for (v, shift), t in sorted(tables.items()) if v == 4)
-        self.v6 = tuple((shift, t) for (v, shift), t in sorted(tables.items()) if v == 6)
-
-    def first(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
-              addr6: ipaddress.IPv6Address | None = None) -> int | None:
-        """Index of the first entry containing `addr` (or `addr6`, the mapped form), else None."""
-        best = _first(self.v4 if addr.version == 4 else self.v6, int(addr))
-        if addr6 is not None:
-            other = _first(self.v6, int(addr6))
-            if other is not None and (best is None or other < best):
-                best = other
-        return best
-
-
-def _first(tables: tuple[tuple[int, dict[int, int]], ...], value: int) -> int | None:
-    best = None
-    for shift, table in tables:
-        i = table.get(value >> shift)
-        if i is not None and (best is None or i < best):
-            best = i
-    return best
 
 
 class RegexSet:

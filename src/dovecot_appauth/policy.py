@@ -7,8 +7,9 @@ passwords), and the decision to refuse (`login.py`).
 
 The login imports this module after a password matched, so it is cheap to import: no
 dataclasses, no typing, no datetime (times are epoch seconds, converted with `time`
-and a days-from-civil formula); `ipaddress` is imported only for a policy that limits
-networks. Stored form, one row per password (absent row or NULL column: no limit):
+and a days-from-civil formula); a login compares networks as integers (`ipnum.py`),
+without `ipaddress`, which only the admin's input (`parse_networks`) imports.
+Stored form, one row per password (absent row or NULL column: no limit):
 `services` "imap,smtp" (lower case, sorted), `expires` UTC text "YYYY-MM-DD HH:MM:SS",
 `networks` "198.51.100.0/24,2001:db8::/32" (host bits masked).
 """
@@ -147,22 +148,20 @@ def format_networks(networks: tuple[str, ...] | None) -> str | None:
 
 def in_networks(ip: str | None, networks: tuple[str, ...]) -> str | None:
     """The first network containing `ip` (IPv4-mapped IPv6 counts as IPv4), else None."""
-    if not ip or not networks:  # the common case on a login: no ipaddress import
+    if not ip or not networks:  # the common case on a login: nothing to parse
         return None
-    import ipaddress
+    from . import ipnum  # integers, not ipaddress: the same answers without its import cost
 
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = ipnum.address(ip)
+    if address is None:
         return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = ipnum.unmapped(address)
     for text in networks:
         try:
-            network = ipaddress.ip_network(text, strict=False)
+            network = ipnum.network(text)  # ipaddress.ip_network(text, strict=False)
         except ValueError:
             continue  # a damaged stored entry allows nothing
-        if network.version == address.version and address in network:
+        if ipnum.contains(network, address):
             return text
     return None
 

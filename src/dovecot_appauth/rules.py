@@ -9,7 +9,9 @@ Theory of operation (order as upstream's `audit.py`, plus allow lists):
 1. disabled services are denied, whatever the source;
 2. ignored networks are neither judged nor logged; sources that are not globally
    reachable (IANA special registries, `ipaddress.is_global`, with 100.64.0.0/10 counted
-   as global and IPv4-mapped IPv6 judged by its IPv4) are exempt, logged if `log_local`;
+   as global and IPv4-mapped IPv6 judged by its IPv4) are exempt, logged if `log_local`.
+   Addresses are `(version, int)` pairs (`ipnum.py`): a login never imports `ipaddress`;
+   the is_global table is derived from it when the config cache is written;
 3. allow lists (global files, then the user's inline lists) win over every deny list;
 4. the deny lists in `DENY_RULES` order; the first match denies;
 5. nothing matched: `Outcome.UNKNOWN` (no objection; see `Outcome`).
@@ -29,9 +31,11 @@ which rule matches, so `evaluate` does not read them; `chain_result` applies the
 
 from __future__ import annotations
 
-import ipaddress
 import math
 
+from .ipnum import address as ip_address
+from .ipnum import is_global, is_mapped, unmapped
+from .ipnum import text as address_text
 from .lists import parse_network, regex_fullmatch
 from .values import Choice, Value
 
@@ -45,7 +49,6 @@ if TYPE_CHECKING:
     from .lists import Entry, Lists
 
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius
-_SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598: counted as global
 
 
 class Outcome(Choice):
@@ -160,18 +163,18 @@ class Verdict(Value):
 # source classification
 
 
-def _address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        # a zone index (fe80::1%eth0) says nothing about reachability; 3.11 trips over it
-        addr = ipaddress.ip_address(ip.strip().split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+def _raw_address(ip: str) -> tuple[int, int] | None:
+    # a zone index (fe80::1%eth0) says nothing about reachability; 3.11 trips over it
+    return ip_address(ip.strip().split("%", 1)[0])
 
 
-def _in_networks(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable[str]) -> str | None:
+def _address(ip: str) -> tuple[int, int] | None:
+    """`(version, int)` of `ip`, an IPv4-mapped IPv6 address as its IPv4; None if not an address."""
+    addr = _raw_address(ip)
+    return None if addr is None else unmapped(addr)
+
+
+def _in_networks(addr: tuple[int, int], networks: Iterable[str]) -> str | None:
     for text in networks:
         try:
             (version, net, prefix), _warning = parse_network(text.strip())
@@ -182,13 +185,11 @@ def _in_networks(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: 
     return None
 
 
-def _network_contains(
-    version: int, net: int, prefix: int, addr: ipaddress.IPv4Address | ipaddress.IPv6Address
-) -> bool:
-    if version != addr.version:
+def _network_contains(version: int, net: int, prefix: int, addr: tuple[int, int]) -> bool:
+    if version != addr[0]:
         return False
     shift = (32 if version == 4 else 128) - prefix
-    return (int(addr) >> shift) == (net >> shift)
+    return (addr[1] >> shift) == (net >> shift)
 
 
 def is_globally_reachable(ip: str) -> bool:
@@ -196,7 +197,7 @@ def is_globally_reachable(ip: str) -> bool:
     addr = _address(ip)
     if addr is None:
         return False
-    return addr.is_global or addr in _SHARED_ADDRESS_SPACE
+    return is_global(addr)
 
 
 def classify_source(ip: str | None, audit: AuditConfig) -> SourceClass:
@@ -215,7 +216,7 @@ def classify_source(ip: str | None, audit: AuditConfig) -> SourceClass:
     if local is not None:
         # upstream: a configured local network is local even if globally routable
         return SourceClass(SourceKind.LOCAL, audit.local_networks[local], location, local)
-    if not (addr.is_global or addr in _SHARED_ADDRESS_SPACE or _in_networks(addr, audit.global_networks)):
+    if not (is_global(addr) or _in_networks(addr, audit.global_networks)):
         return SourceClass(SourceKind.LOCAL, location, location)
     return SourceClass(SourceKind.GLOBAL)
 
@@ -239,9 +240,8 @@ class Subject(Value):
 
     __slots__ = ("addr", "addr6", "facts")
 
-    def __init__(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
-                 addr6: ipaddress.IPv6Address | None, facts: IpFacts | None):
-        self.addr = addr  # IPv4-mapped already unwrapped
+    def __init__(self, addr: tuple[int, int] | None, addr6: tuple[int, int] | None, facts: IpFacts | None):
+        self.addr = addr  # (version, int) (ipnum.py), IPv4-mapped already unwrapped
         self.addr6 = addr6  # the mapped form too, for IPv6 entries like ::ffff:0:0/96
         self.facts = facts
 
@@ -255,12 +255,9 @@ class Subject(Value):
 
 
 def _subject(ip: str, facts: IpFacts | None) -> Subject:
-    try:
-        raw = ipaddress.ip_address(ip.strip().split("%", 1)[0])
-    except ValueError:
-        raw = None
-    addr6 = raw if isinstance(raw, ipaddress.IPv6Address) and raw.ipv4_mapped is not None else None
-    return Subject(_address(ip), addr6, facts)
+    raw = _raw_address(ip)
+    addr6 = raw if raw is not None and is_mapped(raw) else None
+    return Subject(None if raw is None else unmapped(raw), addr6, facts)
 
 
 def match_ip_networks(entries: tuple[Entry, ...], s: Subject) -> Found:
@@ -269,13 +266,13 @@ def match_ip_networks(entries: tuple[Entry, ...], s: Subject) -> Found:
     index = getattr(entries, "networks", None)  # a kept list's compiled form (matchers.py)
     if index is not None:
         i = index.first(s.addr, s.addr6)
-        return None if i is None else (entries[i], str(s.addr6 or s.addr))
+        return None if i is None else (entries[i], address_text(s.addr6 or s.addr))
     for e in entries:
         version, net, prefix = e.value
         if _network_contains(version, net, prefix, s.addr) or (
             s.addr6 is not None and _network_contains(version, net, prefix, s.addr6)
         ):
-            return e, str(s.addr6 or s.addr)
+            return e, address_text(s.addr6 or s.addr)
     return None
 
 
