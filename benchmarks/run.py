@@ -279,7 +279,9 @@ def toml_str(value: str) -> str:
 
 def write_config(path: Path, *, dsn: str, cache_dir: Path, log_file: Path, lists_dir: Path,
                  dns_port: int | None, rdap_servers: list[str] | None = None, rdap_timeout: float = 1.2,
-                 dns_timeout: float = 1.0) -> Path:
+                 dns_timeout: float = 1.0, userdb: dict[str, str] | None = None) -> Path:
+    """The benchmark's config; `userdb`: a [userdb] section (`serve` has no reply helper to
+    add the uid/gid of its process)."""
     lists = {
         "ip_networks": "ip_net.deny.lst", "reverse_hostname": "rev_host.deny.lst",
         "network_name": "net_name.deny.lst", "network_cc": "net_cc.deny.lst", "entities": "entity.deny.lst",
@@ -291,6 +293,7 @@ def write_config(path: Path, *, dsn: str, cache_dir: Path, log_file: Path, lists
     lines = [
         "# written by benchmarks/run.py",
         "[database]", f"dsn = {toml_str(dsn)}", "connect_timeout = 3", "",
+        *(["[userdb]", *(f"{k} = {toml_str(v)}" for k, v in userdb.items()), ""] if userdb else []),
         "[audit]", "enabled = true", f"deadline = {DEADLINE}",
         f"global_networks = {json.dumps(list(GLOBAL_NETWORKS))}",
         f"log_file = {toml_str(str(log_file))}", 'syslog_socket = ""', 'journal = "no"', "",
@@ -798,66 +801,24 @@ class Bench:
         label, target = SCENARIOS[name]
         clients = len(ips)
         log(f"{name}: {clients} clients x {per_client} logins")
-        # warm-up: one login per source address (fills the enrichment cache as the dovecot user)
-        for ip in ips:
-            res = server.imap_login(USER, password, client_ip=ip, timeout=30)
-            if not res.ok:
-                self.skip(name, f"warm-up login from {ip} failed: {res.text}; "
-                                f"log: {' | '.join(server.auth_errors()[-3:])}", status="ERROR")
-                return
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
-        stop_at = time.monotonic() + IMAP_TIME_CAP
-        barrier = threading.Barrier(clients + 1, timeout=60)
-
-        def client(ip: str) -> None:
-            barrier.wait()
-            for _ in range(per_client):
-                if time.monotonic() > stop_at:
-                    with lock:
-                        errors.append("time cap reached: login not run")
-                    continue
-                t0 = time.perf_counter()
-                res = server.imap_login(USER, password, client_ip=ip, timeout=30)
-                dt = time.perf_counter() - t0
-                with lock:
-                    latencies.append(dt * 1000)
-                    if not res.ok:
-                        errors.append(res.text)
-
-        threads = [threading.Thread(target=client, args=(ip,), name=f"imap-{ip}", daemon=True) for ip in ips]
-        for t in threads:
-            t.start()
-        mark = server.log_mark()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join(timeout=max(1.0, stop_at - time.monotonic() + 35))
-        wall = time.perf_counter() - t0
-        time.sleep(0.2)  # Dovecot's log process writes asynchronously
-        auth_errors = server.auth_errors(mark)
-        with lock:
-            done, errs = list(latencies), list(errors)
-        missing = clients * per_client - len(done) - sum(e.startswith("time cap") for e in errs)
+        failed = warm_up_logins(server, USER, password, ips)
+        if failed:
+            self.skip(name, failed, status="ERROR")
+            return
+        load = drive_imap_logins(server, USER, password, ips, per_client)
+        done, p99 = load.latencies_ms, load.p99_ms
         stats = summarize(done)
-        p99 = percentile(done, 99)
-        rate = len(done) / wall if wall else 0.0
         res = Result(name, label, target, runs=len(done), median=stats["median"], min=stats["min"],
-                     max=stats["max"], errors=len(errs) + max(0, missing), samples=[round(v, 2) for v in done])
-        res.extra = {"logins_per_s": rate, "p50_ms": stats["median"], "p99_ms": p99, "clients": clients,
-                     "logins_per_client": per_client, "wall_s": wall, "auth_log_errors": len(auth_errors),
+                     max=stats["max"], errors=load.error_count, samples=[round(v, 2) for v in done])
+        res.extra = {"logins_per_s": load.rate, "p50_ms": stats["median"], "p99_ms": p99, "clients": clients,
+                     "logins_per_client": per_client, "wall_s": load.wall_s,
+                     "auth_log_errors": len(load.auth_errors),
                      "what": "connect, ID x-originating-ip, LOGIN, SELECT INBOX, LOGOUT; latency of all of it"}
         if name == "imap":
-            res.status = _passmiss(rate >= 60 and res.errors == 0)
+            res.status = _passmiss(load.rate >= 60 and res.errors == 0)
         elif res.errors:
             res.status = "ERROR"
-        res.note = (f"{rate:.1f} logins/s, p50 {stats['median'] or 0:.0f} ms, p99 {p99 or 0:.0f} ms, "
-                    f"{res.errors} errors, {clients}x{per_client}")
-        if errs:
-            res.note += f"; first error: {errs[0][:160]}"
-        if auth_errors:
-            res.note += f"; {len(auth_errors)} auth log error(s), first: {auth_errors[0][-160:]}"
+        res.note = load.describe()
         self.results[name] = res
 
     # --- main --------------------------------------------------------------------------
@@ -903,6 +864,97 @@ def _passmiss(ok: bool) -> str:
 
 def _join(a: str, b: str) -> str:
     return f"{a}; {b}" if a else b
+
+
+# ----------------------------------------------------------------------------- IMAP load
+
+
+def warm_up_logins(server: Any, user: str, password: str, ips: list[str]) -> str | None:
+    """One login per source address (fills the enrichment cache, starts Dovecot's processes);
+    None, or what went wrong."""
+    for ip in ips:
+        res = server.imap_login(user, password, client_ip=ip, timeout=30)
+        if not res.ok:
+            return f"warm-up login from {ip} failed: {res.text}; log: {' | '.join(server.auth_errors()[-3:])}"
+    return None
+
+
+@dataclass
+class ImapLoad:
+    """What `drive_imap_logins` measured."""
+
+    clients: int
+    per_client: int
+    latencies_ms: list[float]
+    errors: list[str]
+    wall_s: float
+    auth_errors: list[str]
+
+    @property
+    def error_count(self) -> int:
+        missing = self.clients * self.per_client - len(self.latencies_ms) - sum(
+            e.startswith("time cap") for e in self.errors)
+        return len(self.errors) + max(0, missing)
+
+    @property
+    def rate(self) -> float:
+        """Logins per second (wall clock of the whole load)."""
+        return len(self.latencies_ms) / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def p99_ms(self) -> float | None:
+        return percentile(self.latencies_ms, 99)
+
+    def describe(self) -> str:
+        median = _median(self.latencies_ms)
+        note = (f"{self.rate:.1f} logins/s, p50 {median or 0:.0f} ms, p99 {self.p99_ms or 0:.0f} ms, "
+                f"{self.error_count} errors, {self.clients}x{self.per_client}")
+        if self.errors:
+            note += f"; first error: {self.errors[0][:160]}"
+        if self.auth_errors:
+            note += f"; {len(self.auth_errors)} auth log error(s), first: {self.auth_errors[0][-160:]}"
+        return note
+
+
+def drive_imap_logins(server: Any, user: str, password: str, ips: list[str], per_client: int,
+                      time_cap: float = IMAP_TIME_CAP) -> ImapLoad:
+    """len(ips) threads started together, each `per_client` sequential IMAP logins (connect,
+    ID x-originating-ip, LOGIN, SELECT INBOX, LOGOUT) from its own source address."""
+    clients = len(ips)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + time_cap
+    barrier = threading.Barrier(clients + 1, timeout=60)
+
+    def client(ip: str) -> None:
+        barrier.wait()
+        for _ in range(per_client):
+            if time.monotonic() > stop_at:
+                with lock:
+                    errors.append("time cap reached: login not run")
+                continue
+            t0 = time.perf_counter()
+            res = server.imap_login(user, password, client_ip=ip, timeout=30)
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt * 1000)
+                if not res.ok:
+                    errors.append(res.text)
+
+    threads = [threading.Thread(target=client, args=(ip,), name=f"imap-{ip}", daemon=True) for ip in ips]
+    for t in threads:
+        t.start()
+    mark = server.log_mark()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(timeout=max(1.0, stop_at - time.monotonic() + 35))
+    wall = time.perf_counter() - t0
+    time.sleep(0.2)  # Dovecot's log process writes asynchronously
+    auth_errors = server.auth_errors(mark)
+    with lock:
+        return ImapLoad(clients, per_client, list(latencies), list(errors), wall, auth_errors)
 
 
 # ----------------------------------------------------------------------------- output
