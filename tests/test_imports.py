@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,40 @@ def test_installed_program_warm_account_gate_imports_no_ldap_client(tmp_path, sl
         assert _heavy(modules, FORBIDDEN) == {}
     finally:
         _forget_config_cache(path)
+
+
+# A cold login (empty enrichment cache) asks the sources; it must load what the lookups
+# need and no more: no dnspython for the PTR query (sources/rdns.py speaks DNS itself).
+# Still loaded on a cold login, and why (docs/PERFORMANCE.md): maxminddb (its package
+# imports importlib.metadata) and, with RDAP configured, urllib.request (http.client, ssl).
+COLD_FORBIDDEN = ["dns", "sqlalchemy", "geoip2", "ipwhois", "whoisit", "pymysql", "ldap", "bcrypt", "argon2",
+                  "click", "argparse", "logging", "tomllib", "crypt", "hmac", "sqlite3",
+                  "urllib.request", "http.client", "ssl",
+                  "dovecot_appauth.schema", "dovecot_appauth.cli", "dovecot_appauth.sources.rdap"]
+
+
+def test_installed_program_cold_login_imports_no_dnspython(tmp_path, dns_server):
+    """The enrichment cache emptied before the traced login: MaxMind and reverse DNS are
+    asked (the PTR comes from the local DNS server), without dnspython."""
+    path = _write_site(tmp_path, audit=True)
+    _write(path, path.read_text().replace(
+        "[audit.dns]\nenabled = false\n",
+        f'[audit.dns]\nenabled = true\nresolvers = ["127.0.0.1"]\nport = {dns_server.port}\n'))
+    argv = [str(PROGRAM), "--config", str(path)]
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    try:
+        assert _run_login(argv, env).returncode == 0  # .pyc files and the config cache
+        shutil.rmtree(tmp_path / "cache")
+        proc = _run_login(argv, env)
+    finally:
+        _forget_config_cache(path)
+    others = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 0 and others == [NO_FD4], others
+    modules = [line.split("|")[-1].strip() for line in proc.stderr.splitlines()[1:]
+               if line.startswith("import time:")]
+    # the sources ran (the import trace of their threads does not always name our own
+    # source modules, but it names what they import)
+    assert "maxminddb" in modules and "socket" in modules and "threading" in modules
+    assert _heavy(modules, COLD_FORBIDDEN) == {}
+    line = (tmp_path / "audit.log").read_text().splitlines()[-1]
+    assert ", host=dsl-7.pool.example.net," in line, line  # the PTR was asked and found
