@@ -73,6 +73,38 @@ def test_ratios_for_1_3_and_10_passwords_are_printed(quick_run):
         assert f"{count} password{'s' if count != '1' else ''} {data['timing_ratios'][count]:.3f}" in line
 
 
+@pytest.mark.dovecot
+def test_targets_prints_every_row_of_the_issue_table(tmp_path):
+    """benchmarks/targets.py at a tiny size: every row of issue 13's table is measured in
+    the one run (per-login rows, cold RSS with RDAP, both Dovecot rows against the
+    reference checkpassword), with a ratio or a figure, and no login failed. The values
+    are not judged here (a loaded machine)."""
+    from tests.fixtures_dovecot import dovecot_available
+
+    reason = dovecot_available()
+    if reason:
+        from tests.fixtures_common import missing_dependency
+
+        missing_dependency(reason)
+    out = tmp_path / "targets.json"
+    res = subprocess.run([sys.executable, str(BENCH / "targets.py"), "--reps", "2", "--logins", "4", "--rounds", "1",
+                          "--clients", "2", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    assert res.returncode == 0, f"targets.py failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert list(rows) == ["warm", "warm-launcher", "warm-full", "cold", "rss-cold-rdap", "dovecot-noaudit",
+                          "dovecot-audit"]
+    for name, row in rows.items():
+        assert row["errors"] == 0 and row["result"] in ("PASS", "MISS"), (name, row)
+        assert row["value"] > 0, (name, row)
+        line = next(line for line in res.stdout.splitlines() if line.startswith(name + " "))
+        assert line.split()[-1] == row["result"]
+    for mode in ("reference", "noaudit", "audit"):
+        assert (data["dovecot"]["modes"][mode]["logins"], data["dovecot"]["modes"][mode]["errors"]) == (4, 0)
+    assert "x bare" in res.stdout and "vs" in rows["dovecot-audit"]["measured"]
+
+
 def test_compare_reads_the_json(quick_run):
     _, _, path = quick_run
     res = subprocess.run([sys.executable, str(BENCH / "compare.py"), str(path), str(path)],

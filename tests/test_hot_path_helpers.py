@@ -138,3 +138,79 @@ def test_rdns_lookup_ignores_garbage_retries_truncated_over_tcp_and_follows_cnam
     finally:
         udp.close()
         tcp.close()
+
+
+# --- the stdlib PTR exchange (sources/rdns.py) against dnspython's reading of the same bytes ---
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_label = st.binary(min_size=1, max_size=20)
+
+
+@given(labels=st.lists(_label, min_size=0, max_size=6))
+def test_rdns_name_text_is_dnspythons(labels):
+    """Names come out as dnspython's to_text(omit_final_dot=True) wrote them (the audit
+    line, the cache and the lists saw that form), never with a control character."""
+    import dns.name
+
+    from dovecot_appauth.sources.rdns import name_text
+
+    text = name_text(tuple(labels))
+    assert text == dns.name.Name([*labels, b""]).to_text(omit_final_dot=True)
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+@given(target=st.lists(st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12), min_size=1,
+                       max_size=4), via_cname=st.booleans(), other_first=st.booleans())
+def test_rdns_parse_response_reads_dnspythons_answers(target, via_cname, other_first):
+    """Responses written by dnspython (name compression, a CNAME step, an unrelated record
+    first): the PTR found is the one the answer holds for the name asked."""
+    import dns.message
+    import dns.rrset
+
+    from dovecot_appauth.sources.rdns import name_text, parse_response, ptr_query, ptr_question
+
+    qname = ptr_question("198.51.100.7")
+    query = dns.message.from_wire(ptr_query(qname, 4242))
+    response = dns.message.make_response(query)
+    owner = query.question[0].name.to_text()
+    ptr_name = ".".join(target) + "."
+    if other_first:
+        response.answer.append(dns.rrset.from_text("x.example.", 60, "IN", "PTR", "other.example."))
+    if via_cname:
+        alias = "7.0-25.100.51.198.in-addr.arpa."
+        response.answer.append(dns.rrset.from_text(owner, 60, "IN", "CNAME", alias))
+        owner = alias
+    response.answer.append(dns.rrset.from_text(owner, 60, "IN", "PTR", ptr_name))
+    answer = parse_response(response.to_wire(), 4242, qname)
+    assert answer is not None and answer.rcode == 0 and not answer.truncated
+    found = answer.first_ptr(qname)
+    assert found is not None and name_text(found) == ptr_name[:-1]
+    # not ours: another id, another question
+    assert parse_response(response.to_wire(), 4243, qname) is None
+    assert parse_response(response.to_wire(), 4242, ptr_question("198.51.100.8")) is None
+
+
+@pytest.mark.parametrize("damage", ["self-pointer", "forward-pointer", "extended-label", "past-the-end"])
+def test_rdns_parse_response_refuses_bad_names(damage):
+    """A compression loop or a name past the end is a malformed datagram (ignored), never a hang."""
+    import struct
+
+    from dovecot_appauth.sources.rdns import parse_response, ptr_query, ptr_question
+
+    qname = ptr_question("198.51.100.7")
+    query = ptr_query(qname, 7)
+    head = struct.pack("!HHHHHH", 7, 0x8180, 1, 1, 0, 0) + query[12:]
+    rdata_at = len(head) + 2 + 10
+    name_bytes = {
+        "self-pointer": struct.pack("!H", 0xC000 | rdata_at),
+        "forward-pointer": struct.pack("!H", 0xC000 | (rdata_at + 4)) + b"\x00\x00",
+        "extended-label": b"\x40abc\x00",
+        "past-the-end": b"\x05ab",
+    }[damage]
+    record = b"\xc0\x0c" + struct.pack("!HHIH", 12, 1, 60, len(name_bytes)) + name_bytes
+    assert parse_response(head + record, 7, qname) is None
+    # the same record with a good name is read
+    good = b"\xc0\x0c" + struct.pack("!HHIH", 12, 1, 60, 2) + b"\xc0\x0c"
+    assert parse_response(head + good, 7, qname) is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,44 @@ def test_installed_program_warm_account_gate_imports_no_ldap_client(tmp_path, sl
         assert _heavy(modules, FORBIDDEN) == {}
     finally:
         _forget_config_cache(path)
+
+
+# A cold login (empty enrichment cache) asks the sources; it must load what the lookups
+# need and no more: no dnspython for the PTR query (sources/rdns.py speaks DNS itself).
+# no urllib (http.client, ssl) for an RDAP server on plain HTTP (sources/rdap.py). Still
+# loaded on a cold login, and why (docs/PERFORMANCE.md): maxminddb, whose package imports
+# importlib.metadata.
+COLD_FORBIDDEN = ["dns", "sqlalchemy", "geoip2", "ipwhois", "whoisit", "pymysql", "ldap", "bcrypt", "argon2",
+                  "click", "argparse", "logging", "tomllib", "crypt", "hmac", "sqlite3",
+                  "urllib.request", "urllib.error", "http", "ssl", "_ssl",
+                  "dovecot_appauth.schema", "dovecot_appauth.cli"]
+
+
+def test_installed_program_cold_login_imports_no_dnspython(tmp_path, dns_server, rdap_server):
+    """The enrichment cache emptied before the traced login: MaxMind, reverse DNS and RDAP
+    are asked (the local DNS and RDAP servers answer), without dnspython and, RDAP being a
+    plain-HTTP server, without urllib.request, http.client and ssl."""
+    path = _write_site(tmp_path, audit=True)
+    _write(path, path.read_text().replace(
+        "[audit.dns]\nenabled = false\n",
+        f'[audit.dns]\nenabled = true\nresolvers = ["127.0.0.1"]\nport = {dns_server.port}\n\n'
+        f'[audit.rdap]\nenabled = true\nservers = ["{rdap_server.base("rdap")}"]\n'))
+    argv = [str(PROGRAM), "--config", str(path)]
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    try:
+        assert _run_login(argv, env).returncode == 0  # .pyc files and the config cache
+        shutil.rmtree(tmp_path / "cache")
+        proc = _run_login(argv, env)
+    finally:
+        _forget_config_cache(path)
+    others = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 0 and others == [NO_FD4], others
+    modules = [line.split("|")[-1].strip() for line in proc.stderr.splitlines()[1:]
+               if line.startswith("import time:")]
+    # the sources ran (the import trace of their threads does not always name our own
+    # source modules, but it names what they import)
+    assert "maxminddb" in modules and "socket" in modules and "threading" in modules
+    assert _heavy(modules, COLD_FORBIDDEN) == {}
+    line = (tmp_path / "audit.log").read_text().splitlines()[-1]
+    assert ", host=dsl-7.pool.example.net," in line, line  # the PTR was asked and found
+    assert "net_name=<None>" not in line, line  # and RDAP answered

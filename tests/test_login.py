@@ -361,6 +361,52 @@ def test_log_row_failure_does_not_refuse_a_right_password(site):
 AUDIT_EVENTS_ONLY = {"enabled": True, "record_events": True}
 
 
+def test_successful_login_commits_its_rows_once_before_answering(site):
+    """Audit event, `log` row and known client of a successful login: one transaction, committed by
+    decide() itself, also with a store it leaves open (serve's pool)."""
+    from dovecot_appauth.store import open_store
+
+    site.write(audit={"enabled": True, "record_events": True, "global_networks": ["198.51.100.0/24"]})
+    store = open_store(f"sqlite:///{site.db}", 2.0)
+    statements: list[str] = []
+    try:
+        store.conn.set_trace_callback(statements.append)
+        outcome = decide(_request("alice@example.com", ALICE_1), site.config(), now=NOW, stderr=io.StringIO(),
+                         store=store)
+        assert outcome.exit_code is ExitCode.OK
+        assert not store.conn.in_transaction  # committed before the answer
+    finally:
+        store.close()
+    verbs = [s.split()[0].upper() for s in statements]
+    assert verbs.count("BEGIN") == 1 and verbs.count("COMMIT") == 1, statements
+    first, last = verbs.index("BEGIN"), verbs.index("COMMIT")
+    writes = [s.split()[2] for s in statements[first + 1:last]]
+    # the limiter's known-client row belongs to the same transaction (issue 13: one per login)
+    assert writes == ["audit_events", "log", "known_clients"], statements
+    assert all(v == "SELECT" for v in verbs[last + 1:]), statements
+    assert len(site.log()) == 1 and len(_events(site)) == 1
+
+
+def test_failed_commit_is_said_and_the_right_password_still_logs_in(site):
+    """A commit that fails (here a foreign key checked at COMMIT, on a row pending when the
+    request began) is one stderr line; the answer stands, as for a failed log insert."""
+    from dovecot_appauth.store import open_store
+
+    store = open_store(f"sqlite:///{site.db}", 2.0)
+    try:
+        store.conn.execute("PRAGMA defer_foreign_keys = ON")
+        store.conn.execute("BEGIN")
+        store.conn.execute("INSERT INTO log (pwid, service, src_ip, timestamp) VALUES (999999, 'x', 'y', 'z')")
+        err = io.StringIO()
+        outcome = decide(_request("alice@example.com", ALICE_1), site.config(), now=NOW, stderr=err, store=store)
+    finally:
+        store.close()
+    assert outcome.exit_code is ExitCode.OK
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and "not recorded" in lines[0] and "FOREIGN KEY" in lines[0], lines
+    assert site.log() == []  # rolled back together
+
+
 def _events(site: Site) -> list[tuple]:
     conn = sqlite3.connect(site.db)
     try:

@@ -331,3 +331,97 @@ def test_rdap_entity_walk_keeps_depth_first_order_and_skips_junk():
                 None, {"entities": [{"handle": "D"}]}, {"handle": "B"}]
     assert rdap.entity_handles(entities) == ["A", "B", "C", "D"]
     assert rdap.entity_handles(None) == []
+
+
+# --- RDAP over plain HTTP without urllib (sources/rdap.py _http_get) ---------------------------
+
+
+class _RawHttp:
+    """A loopback HTTP server answering each path with canned raw bytes (what urllib
+    would have parsed for us): chunked bodies, redirects, no Content-Length, garbage."""
+
+    def __init__(self, answers: dict[str, bytes]):
+        import socket
+        import threading
+
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests.append(data)
+                path = data.split(b" ", 2)[1].decode() if data.count(b" ") >= 2 else ""
+                conn.sendall(self.answers.get(path, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"))
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _json_chunked(obj: dict, pieces: int = 3) -> bytes:
+    body = json.dumps(obj).encode()
+    step = max(1, len(body) // pieces)
+    chunks = b"".join(f"{len(body[i:i + step]):x}\r\n".encode() + body[i:i + step] + b"\r\n"
+                      for i in range(0, len(body), step))
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+def test_rdap_plain_http_chunked_redirect_and_limits():
+    """What urllib did for plain-HTTP servers, now on a socket: chunked and unsized bodies,
+    relative redirects followed (404 after one is "unknown"), errors and oversized or
+    garbled answers refused as RdapError, the request carrying Accept and User-Agent."""
+    network = {"name": "NET-EXAMPLE", "country": "DE"}
+    big = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + (
+        f"{rdap.MAX_BYTES + 10:x}\r\n".encode() + b"x" * (rdap.MAX_BYTES + 10) + b"\r\n0\r\n\r\n")
+    server = _RawHttp({
+        "/chunked": _json_chunked(network),
+        "/unsized": b"HTTP/1.0 200 OK\r\nContent-Type: application/rdap+json\r\n\r\n" + json.dumps(network).encode(),
+        "/moved": b"HTTP/1.1 301 Moved\r\nLocation: /chunked\r\nContent-Length: 0\r\n\r\n",
+        "/moved-away": b"HTTP/1.1 302 Found\r\nLocation: /nothing-here\r\nContent-Length: 0\r\n\r\n",
+        "/loop": b"HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n",
+        "/ftp": b"HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1/x\r\nContent-Length: 0\r\n\r\n",
+        "/limited": b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n",
+        "/big": big,
+        "/garbage": b"SSH-2.0-OpenSSH\r\n\r\n",
+        "/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"name\"",
+        "/badchunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    })
+    try:
+        budget = rdap._Budget(2.0)
+        assert rdap._fetch_json(server.url("/chunked"), budget) == network
+        assert rdap._fetch_json(server.url("/unsized"), budget) == network
+        assert rdap._fetch_json(server.url("/moved"), budget) == network
+        assert rdap._fetch_json(server.url("/moved-away"), budget) is None
+        for path, text in (("/loop", "redirects"), ("/ftp", "unsupported URL scheme"), ("/limited", "HTTP 429"),
+                           ("/big", "larger than"), ("/garbage", "bad HTTP answer"), ("/cut", "bad HTTP answer"),
+                           ("/badchunk", "bad HTTP answer")):
+            with pytest.raises(rdap.RdapError, match=text):
+                rdap._fetch_json(server.url(path), budget)
+        with pytest.raises(rdap.RdapError, match="bad characters"):  # (urlsplit drops CR and LF itself)
+            rdap._http_get(server.url("/x\x00y"), budget)
+        first = server.requests[0]
+        assert first.startswith(b"GET /chunked HTTP/1.1\r\n")
+        assert b"\r\nAccept: application/rdap+json, application/json\r\n" in first
+        assert f"\r\nHost: 127.0.0.1:{server.port}\r\n".encode() in first
+        assert b"\r\nUser-Agent: dovecot-appauth (RDAP)\r\n" in first
+    finally:
+        server.close()

@@ -216,6 +216,7 @@ def test_record_login_dedup_window(backend, alice):
         # same password, service and IP within the window: no row
         assert store.record_login(LoginRecord(pw, "imap", "198.51.100.7"), now=NOW + 10, dedup_window=60) is False
         assert store.record_login(LoginRecord(pw, "imap", "198.51.100.7"), now=NOW + 59, dedup_window=60) is False
+        store.commit()  # the end of a request: what it wrote becomes visible to others
         assert len(_log(backend, pw)) == 1
         # a different service, IP or password is a new row
         assert store.record_login(LoginRecord(pw, "pop3", "198.51.100.7"), now=NOW + 10, dedup_window=60) is True
@@ -546,3 +547,61 @@ def test_record_login_concurrent_connections_lose_no_row_and_dedup_holds(backend
     assert errors == []
     assert len(_log(backend, alice["a"])) == 60
     assert sorted(r[1] for r in _log(backend, alice["b"])) == sorted(f"203.0.113.{i}" for i in range(10))
+
+
+# --- transactions and durability (SQLite) -------------------------------------------------
+
+
+def test_sqlite_store_runs_wal_with_synchronous_normal(sqlite_backend):
+    """init-db leaves the file in WAL mode; each login's connection commits with
+    synchronous=NORMAL (no fsync per commit; docs/SECURITY.md, Durability)."""
+    store = sqlite_backend.store()
+    try:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store.conn.execute("PRAGMA synchronous").fetchone() == (1,)  # 1 = NORMAL, 2 = FULL
+    finally:
+        store.close()
+
+
+def test_sqlite_writes_of_a_request_are_one_transaction(sqlite_backend):
+    """Audit event, failure row and `log` row: one BEGIN, one COMMIT (in commit()), and
+    nothing visible to another connection before it."""
+    ids = _seed(sqlite_backend)
+    store = sqlite_backend.store()
+    statements: list[str] = []
+    try:
+        store.conn.set_trace_callback(statements.append)
+        store.record_event(event_row(timestamp=NOW_TEXT, user="alice@example.com", pwid=ids["a"], service="imap",
+                                     ip="198.51.100.7", facts=None, result="ok", rule="", reason="",
+                                     authenticated=True))
+        store.record_login(LoginRecord(ids["a"], "imap", "198.51.100.7"), now=NOW, dedup_window=60)
+        store.record_failure("alice@example.com", "198.51.100.7", "imap", NOW)
+        assert store.conn.in_transaction
+        assert _log(sqlite_backend, ids["a"]) == []  # not committed yet
+        store.commit()
+        assert not store.conn.in_transaction
+    finally:
+        store.close()
+    assert [s.split()[0] for s in statements] == ["BEGIN", "INSERT", "INSERT", "INSERT", "COMMIT"]
+    assert len(_log(sqlite_backend, ids["a"])) == 1
+    assert sqlite_backend.rows("SELECT count(*) FROM audit_events") == [(1,)]
+    assert sqlite_backend.rows("SELECT count(*) FROM auth_failures") == [(1,)]
+
+
+def test_sqlite_failed_commit_is_tempfail_and_rolled_back(sqlite_backend):
+    """A COMMIT that fails (here: a foreign key checked at commit time) raises TempFail and
+    leaves nothing half-written; the next request starts clean."""
+    ids = _seed(sqlite_backend)
+    store = sqlite_backend.store()
+    try:
+        store.conn.execute("PRAGMA defer_foreign_keys = ON")
+        store.record_login(LoginRecord(ids["a"], "imap", "198.51.100.7"), now=NOW, dedup_window=60)
+        store.record_login(LoginRecord(999_999, "imap", "192.0.2.1"), now=NOW, dedup_window=60)
+        with pytest.raises(TempFail, match="FOREIGN KEY") as info:
+            store.commit()
+        assert not store.conn.in_transaction
+        store.finish()  # nothing pending: no error
+    finally:
+        store.close()
+    _assert_clean(str(info.value), sqlite_backend)
+    assert _log(sqlite_backend, ids["a"]) == []

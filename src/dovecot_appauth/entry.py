@@ -4,8 +4,10 @@ If `login.py` or a module it needs cannot be loaded (a broken install, a missing
 dependency), Python would print a traceback and exit 1, which Dovecot reads as
 "wrong password". This wrapper turns that into one stderr line and status 111.
 
-`python -m dovecot_appauth.entry launcher` prints a faster launcher for this
-installation (see `launcher_script` and docs/PERFORMANCE.md).
+`python -m dovecot_appauth.entry install FILE` writes the per-login program as a
+`#!python -IS` launcher for this installation at FILE, outside the venv, where
+`pip install --upgrade` never rewrites it (README, Install; docs/PERFORMANCE.md).
+`... entry launcher` prints the same launcher.
 """
 
 import os
@@ -23,7 +25,9 @@ def checkpassword() -> None:
 
 _LAUNCHER = '''#!{python} -IS
 # dovecot-appauth-checkpassword for {prefix}, written by
-# `python -m dovecot_appauth.entry launcher`: run again after moving or upgrading Python.
+# `{python} -m dovecot_appauth.entry install`: run that again after moving the venv or
+# upgrading Python (upgrading dovecot-appauth with pip needs nothing: this file is outside
+# the venv and imports the package from its site-packages).
 # -I -S: no `site` (no .pth processing) and no PYTHON* variables; the paths `site` would
 # add are listed here instead: a few ms of every login (docs/PERFORMANCE.md).
 import sys
@@ -34,13 +38,14 @@ try:
 except BaseException:
     import os
 
-    os.write(2, b"dovecot-appauth: internal error: cannot load the program ({prefix})\\n")
+    os.write(2, b"dovecot-appauth: internal error: cannot load the program from {prefix}: "
+                b"run {python} -m dovecot_appauth.entry install {target}\\n")
     os._exit(111)
 checkpassword()
 '''
 
 
-def launcher_script() -> str:
+def launcher_script(target: str = "FILE") -> str:
     """A `#!python -IS` launcher with this interpreter's import path spelled out.
 
     Run by the installation's own interpreter (the venv's python), so that `sys.path`
@@ -55,10 +60,70 @@ def launcher_script() -> str:
                           capture_output=True, text=True, check=True).stdout
     have = set(ast.literal_eval(bare))
     paths = [p for p in sys.path[1:] if p and p not in have and os.path.isdir(p)]
-    return _LAUNCHER.format(python=sys.executable, prefix=sys.prefix, paths=paths)
+    return _LAUNCHER.format(python=sys.executable, prefix=sys.prefix, paths=paths, target=target)
+
+
+def install_launcher(target: str) -> str:
+    """Write the launcher to `target` (mode 0755) and check that it starts; returns a line
+    saying what was done. Raises ValueError for a target inside this installation.
+
+    The file is written next to `target` and renamed over it: a symlink there (the old
+    recipe linked /usr/local/bin to the venv's script) is replaced, never written through,
+    so the venv's own script stays pip's and pip never rewrites the launcher.
+    """
+    import subprocess
+    import tempfile
+
+    target = os.path.abspath(target)
+    prefix = os.path.realpath(sys.prefix) + os.sep
+    if os.path.realpath(os.path.dirname(target)).startswith(prefix):
+        raise ValueError(f"{target} is inside {sys.prefix}, where pip install --upgrade rewrites scripts: "
+                         "write the launcher outside the venv (e.g. /usr/local/bin)")
+    text = launcher_script(target)
+    fd, tmp = tempfile.mkstemp(prefix=".dovecot-appauth-", dir=os.path.dirname(target))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)  # noqa: S103 - a program every user (dovecot) runs; root-owned, not writable
+        # the launcher must start before it replaces anything: --help imports the program
+        check = subprocess.run([tmp, "--help"], stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                               check=False)
+        if check.returncode != 0:
+            detail = check.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ValueError(f"the launcher does not start ({check.returncode}): {detail[0]}")
+        was_link = os.path.islink(target)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return (f"wrote {target} (#!{sys.executable} -IS)" + (", replacing a symlink" if was_link else ""))
+
+
+_USAGE = ("usage: python -m dovecot_appauth.entry install FILE   (write the -IS launcher, e.g. "
+          "/usr/local/bin/dovecot-appauth-checkpassword)\n"
+          "       python -m dovecot_appauth.entry launcher       (print it)")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m dovecot_appauth.entry launcher|install FILE`."""
+    import subprocess
+
+    if argv == ["launcher"]:
+        sys.stdout.write(launcher_script())
+        return 0
+    if len(argv) == 2 and argv[0] == "install":
+        try:
+            print(install_launcher(argv[1]))
+        except (OSError, ValueError, subprocess.SubprocessError) as e:
+            print(f"dovecot-appauth: cannot install the launcher: {e}", file=sys.stderr)
+            return 1
+        return 0
+    print(_USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["launcher"]:
-        sys.exit("usage: python -m dovecot_appauth.entry launcher > FILE && chmod 755 FILE")
-    sys.stdout.write(launcher_script())
+    sys.exit(main(sys.argv[1:]))

@@ -174,10 +174,25 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
 
         own = open_store(config.database.dsn, config.database.connect_timeout)
         try:
-            return _decide(request, config, own, now=now, stderr=stderr, hold=hold_throttled)
+            return _decide_and_commit(request, config, own, now=now, stderr=stderr, hold=hold_throttled)
         finally:
             own.close()
-    return _decide(request, config, store, now=now, stderr=stderr, hold=hold_throttled)
+    return _decide_and_commit(request, config, store, now=now, stderr=stderr, hold=hold_throttled)
+
+
+def _decide_and_commit(request: LoginRequest, config: Config, store: Store, *, now: float,
+                       stderr: TextIO, hold: bool = True) -> Outcome:
+    """`_decide`, then one commit of everything it wrote (store.py: one transaction per
+    login). Before the answer: a login is answered only once its rows are committed, and a
+    commit that fails is said, never silently lost; the answer stands (the password was
+    checked; refusing over a row would lock the user out)."""
+    try:
+        return _decide(request, config, store, now=now, stderr=stderr, hold=hold)
+    finally:
+        try:
+            store.commit()
+        except TempFail as e:
+            _say(stderr, f"writes of this login of {request.username} not recorded: {e}")
 
 
 def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, stderr: TextIO,

@@ -84,6 +84,8 @@ if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a logi
 
         def record_known_client(self, username: str, client: str, now: float) -> None: ...
 
+        def commit(self) -> None: ...
+
         def finish(self) -> None: ...
 
         def usable(self) -> bool: ...
@@ -98,6 +100,8 @@ _SELECT_PASSWORDS_POLICY = (
     "SELECT p.id, p.uid, p.password, p.deleted, q.services, q.expires, q.networks FROM app_passwords p "
     "LEFT JOIN app_password_policy q ON q.pwid = p.id WHERE p.uid = {p}{collate}"
 )
+# PRAGMA synchronous of the per-login connections (see SqliteStore.__init__)
+SQLITE_SYNCHRONOUS = "NORMAL"
 UPGRADE_NOTE = ("database has no app_password_policy/audit_events/auth_failures tables (policies, audit events "
                 "and throttling are off): "
                 "run 'dovecot-appauth upgrade-db'")
@@ -223,6 +227,12 @@ class SqliteStore:
                 check_same_thread=not shared,
             )
             self.conn.execute("PRAGMA foreign_keys = ON")
+            # The database is in WAL mode (init-db/upgrade-db). NORMAL: a commit appends to
+            # the WAL without an fsync; the WAL is synced at checkpoints. A power cut or OS
+            # crash can lose the last commits (log rows, audit events, limiter rows), never
+            # corrupt the file; a crash of this process loses nothing committed. FULL would
+            # pay ~1.5 ms of fsync on every successful login (docs/PERFORMANCE.md, SECURITY.md).
+            self.conn.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
             # which file this is, so that a pool notices the database was replaced (mv, restore)
             self._identity = _file_identity(path) if shared else None
         except sqlite3.Error as e:
@@ -260,15 +270,20 @@ class SqliteStore:
         except self._errors as e:
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
 
+    def _begin(self) -> None:
+        """Open the request's write transaction unless it is open: the audit event, the
+        `log` row and whatever the request writes after them commit together, in `commit()`
+        (one commit, one WAL append per login). BEGIN is deferred: the write lock is taken
+        by the first write, which comes after the enrichment, never before it."""
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+
     def record_event(self, row: EventRow) -> None:
         from .events import INSERT_EVENT
 
         self._check_not_locked()
         try:
-            # one transaction with the `log` row that follows (record_login or close commits):
-            # one commit, so one sync of the WAL, per login
-            if not self.conn.in_transaction:
-                self.conn.execute("BEGIN")
+            self._begin()
             self.conn.execute(INSERT_EVENT.format(p="?"), row.params())
         except self._errors as e:
             raise self._write_error(e) from None
@@ -297,6 +312,9 @@ class SqliteStore:
     def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None:
         self._check_not_locked()
         try:
+            # a transaction of its own (autocommit) unless one is open: a refusal for a
+            # leaked password evaluates the sources after this row, and must not hold the
+            # write lock meanwhile
             self.conn.execute(_INSERT_FAILURE.format(p="?"), (utc_timestamp(now), username, ip, service))
         except self._errors as e:
             raise self._write_error(e) from None
@@ -321,27 +339,35 @@ class SqliteStore:
         sql = _INSERT_LOG.format(p="?", dual="", same="IS")  # IS: NULL-safe, a login without IP
         self._check_not_locked()
         try:
+            self._begin()
             cursor = self.conn.execute(sql, _insert_params(record, now, dedup_window))
             inserted = cursor.rowcount == 1
-            if self.conn.in_transaction:
-                self.conn.execute("COMMIT")
         except self._errors as e:
             raise self._write_error(e) from None
         return inserted
+
+    def commit(self) -> None:
+        """Commit the request's writes (one transaction); TempFail when that fails, after
+        rolling back, so that the caller can say what was not recorded."""
+        if not self.conn.in_transaction:
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except self._errors as e:
+            try:
+                self.conn.execute("ROLLBACK")
+            except self._errors:
+                pass
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None
 
     def finish(self) -> None:
         """End the request: commit what is pending, forget what it learnt of the schema."""
         self.upgrade_note = None
         self._locked = None
-        if self.conn.in_transaction:  # an audit event without a log row (a denied login)
-            try:
-                self.conn.execute("COMMIT")
-            except self._errors:
-                try:
-                    self.conn.execute("ROLLBACK")
-                except self._errors:
-                    pass
-                # the login's answer does not depend on it
+        try:
+            self.commit()
+        except TempFail:
+            pass  # the caller that cares (login.decide) committed and reported already
 
     def usable(self) -> bool:
         """Still the database at `path` (not replaced since it was opened)? For pooled stores."""
@@ -524,6 +550,10 @@ class MysqlStore:
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
         sql = _INSERT_LOG.format(p="%s", dual="FROM DUAL ", same="<=>")
         return self._run(sql, _insert_params(record, now, dedup_window)).rowcount == 1
+
+    def commit(self) -> None:
+        """Nothing to do: each statement is a transaction of its own (autocommit), so that
+        `_run` can retry the one InnoDB picked as a deadlock victim."""
 
     def finish(self) -> None:
         """End the request (autocommit: nothing pending); forget what it learnt of the schema."""

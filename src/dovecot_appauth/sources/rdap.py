@@ -19,7 +19,10 @@ built-in overrides. All of that can be worked around (own session, per-call time
 
 So: a small client on the stdlib. Every request gets the time left of one budget as its
 socket timeout, there are no retries and no sleeps, 429/5xx raise at once (enrich.py
-keeps that as a short negative entry), and no proxy from the environment is used.
+keeps that as a short negative entry), and no proxy from the environment is used. A
+plain-HTTP server is asked with one GET on a socket (`_http_get`); only https:// (and the
+bootstrap's file://) go through urllib, whose import brings http.client and ssl
+(~1.5 MiB and ~15 ms of a cold login; docs/PERFORMANCE.md).
 
 Semantics, compared with ipwhois as upstream used it:
 - `net_name`, `net_cc`: the IP network object's `name` and `country`.
@@ -40,9 +43,7 @@ import ipaddress
 import json
 import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +53,22 @@ from ..facts import WhoisFacts
 MAX_BYTES = 1 << 20  # an RDAP answer is a few kB; never read an unbounded body
 USER_AGENT = "dovecot-appauth (RDAP)"
 
-# no ProxyHandler from the environment: a login must not depend on http_proxy variables
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+ACCEPT = "application/rdap+json, application/json"
+MAX_HEAD_BYTES = 65536  # status line and headers of a plain-HTTP answer
+MAX_REDIRECTS = 5
+_opener: Any = None
+
+
+def _urllib_opener() -> Any:
+    """urllib's opener, for https:// and file:// only: urllib.request imports http.client
+    and ssl, which a login asking a plain-HTTP server does not need (docs/PERFORMANCE.md).
+    No ProxyHandler from the environment: a login must not depend on http_proxy variables."""
+    global _opener
+    if _opener is None:
+        import urllib.request
+
+        _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return _opener
 
 
 class RdapError(Exception):
@@ -90,16 +105,16 @@ def _read_body(resp: Any, budget: _Budget) -> bytes:
     return b"".join(chunks)
 
 
-def _fetch_json(url: str, budget: _Budget, *, allow_file: bool = False) -> dict[str, Any] | None:
-    """GET one JSON object; None on 404 (this server does not know the resource)."""
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https") and not (allow_file and scheme == "file"):
-        raise RdapError(f"unsupported URL scheme: {url}")
-    req = urllib.request.Request(url, headers={  # noqa: S310 (scheme checked above)"Accept": "application/rdap+json, application/json",
+def _fetch_with_urllib(url: str, budget: _Budget) -> bytes | None:
+    """https:// (and the bootstrap's file://) through urllib; None on 404."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Accept": ACCEPT,  # noqa: S310 (scheme checked by the caller)
                                                "User-Agent": USER_AGENT})
     try:
-        with _OPENER.open(req, timeout=budget.left()) as resp:
-            body = _read_body(resp, budget)
+        with _urllib_opener().open(req, timeout=budget.left()) as resp:
+            return _read_body(resp, budget)
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 404:
@@ -114,6 +129,153 @@ def _fetch_json(url: str, budget: _Budget, *, allow_file: bool = False) -> dict[
         raise TimeoutError(f"RDAP answer from {url} too slow") from None
     except OSError as e:
         raise RdapError(f"{url}: {e}") from None
+
+
+class _Reader:
+    """Reads a plain-HTTP answer from a socket, each recv bounded by the budget."""
+
+    def __init__(self, sock: socket.socket, budget: _Budget):
+        self.sock = sock
+        self.budget = budget
+        self.buffer = b""
+        self.eof = False
+
+    def fill(self) -> bool:
+        if self.eof:
+            return False
+        self.sock.settimeout(self.budget.left())
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def line(self, limit: int) -> bytes:
+        while b"\r\n" not in self.buffer:
+            if len(self.buffer) > limit or not self.fill():
+                raise ValueError("line too long or cut off")
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            if not self.fill():
+                raise ValueError("answer cut off")
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def rest(self, limit: int) -> bytes:
+        while len(self.buffer) <= limit and self.fill():
+            pass
+        return self.buffer
+
+
+def _http_get(url: str, budget: _Budget) -> tuple[int, str | None, bytes]:
+    """One GET over plain HTTP/1.1 on a socket (no urllib, so no http.client and ssl):
+    (status, Location, body of at most MAX_BYTES + 1 bytes). Chunked and sized bodies;
+    `Connection: close`, no proxy, no retries, every read within the budget."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port or 80
+    except ValueError:
+        raise RdapError(f"{url}: bad port") from None
+    if not host:
+        raise RdapError(f"{url}: no host")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        head = (f"GET {target} HTTP/1.1\r\nHost: {parts.netloc.rpartition('@')[2]}\r\nAccept: {ACCEPT}\r\n"
+                f"User-Agent: {USER_AGENT}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
+                ).encode("ascii")
+    except UnicodeEncodeError:
+        raise RdapError(f"{url}: not an ASCII URL") from None
+    if b"\0" in head or head.count(b"\r\n") != 7:  # no header smuggled in through the URL
+        raise RdapError(f"{url}: bad characters in the URL")
+    try:
+        sock = socket.create_connection((host, port), timeout=budget.left())
+    except TimeoutError:
+        raise TimeoutError(f"no RDAP answer from {url} in time") from None
+    except OSError as e:
+        raise RdapError(f"{url}: {e}") from None
+    try:
+        with sock:
+            sock.settimeout(budget.left())
+            sock.sendall(head)
+            reader = _Reader(sock, budget)
+            status_line = reader.line(MAX_HEAD_BYTES).decode("latin-1")
+            version, _, rest = status_line.partition(" ")
+            code = rest[:3]
+            if not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
+                raise ValueError(f"bad status line {status_line[:60]!r}")
+            headers: dict[str, str] = {}
+            size = len(status_line)
+            while True:
+                line = reader.line(MAX_HEAD_BYTES).decode("latin-1")
+                size += len(line) + 2
+                if size > MAX_HEAD_BYTES:
+                    raise ValueError("headers too long")
+                if not line:
+                    break
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            status = int(code)
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                body = b""
+                while True:
+                    size_text = reader.line(1024).split(b";", 1)[0].strip()
+                    length = int(size_text, 16)
+                    if length < 0:
+                        raise ValueError("bad chunk size")
+                    if length == 0:
+                        break
+                    take = min(length, MAX_BYTES + 1 - len(body))
+                    body += reader.exactly(take)
+                    if len(body) > MAX_BYTES:
+                        break  # too large: said by the caller, the rest never read
+                    if reader.exactly(2) != b"\r\n":
+                        raise ValueError("bad chunk end")
+            elif "content-length" in headers:
+                length = int(headers["content-length"])
+                if length < 0:
+                    raise ValueError("negative Content-Length")
+                body = reader.exactly(min(length, MAX_BYTES + 1))
+            else:
+                body = reader.rest(MAX_BYTES)
+    except TimeoutError:
+        raise TimeoutError(f"RDAP answer from {url} too slow") from None
+    except ValueError as e:
+        raise RdapError(f"{url}: bad HTTP answer: {e}") from None
+    except OSError as e:
+        raise RdapError(f"{url}: {e}") from None
+    return status, headers.get("location"), body[:MAX_BYTES + 1]
+
+
+def _fetch_json(url: str, budget: _Budget, *, allow_file: bool = False) -> dict[str, Any] | None:
+    """GET one JSON object; None on 404 (this server does not know the resource)."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https") and not (allow_file and scheme == "file"):
+        raise RdapError(f"unsupported URL scheme: {url}")
+    for _ in range(MAX_REDIRECTS + 1):
+        if urllib.parse.urlsplit(url).scheme != "http":
+            body = _fetch_with_urllib(url, budget)
+            break
+        status, location, body = _http_get(url, budget)
+        if status in (301, 302, 303, 307, 308) and location:
+            url = urllib.parse.urljoin(url, location)  # as urllib's redirect handler does
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                raise RdapError(f"redirect to an unsupported URL scheme: {url}")
+            continue
+        if status == 404:
+            return None
+        if not 200 <= status < 300:
+            # 429 included: never sleep or retry inside a login; the caller caches the failure
+            raise RdapError(f"HTTP {status} from {url}")
+        break
+    else:
+        raise RdapError(f"more than {MAX_REDIRECTS} redirects from {url}")
+    if body is None:
+        return None
     if len(body) > MAX_BYTES:
         raise RdapError(f"answer from {url} larger than {MAX_BYTES} bytes")
     try:

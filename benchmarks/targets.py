@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Every row of issue 13's target table, measured side by side in one run.
+
+    /opt/appauth-venv/bin/python benchmarks/targets.py [--reps 20] [--logins 300 --rounds 3 --clients 8]
+
+Per-login rows (interleaved rounds of real logins started as Dovecot starts them, with
+run.py's `spawn`; ratios to a bare `python -c pass` of the same interpreter, same run):
+
+- `warm`: successful login, SQLite, SHA-512-crypt, audit with MaxMind and reverse DNS
+  (local server) from a warm cache, the 13 list kinds, global client; the installed
+  script, and `warm-launcher`: the same through the `-IS` launcher the install writes
+  (`python -m dovecot_appauth.entry install`);
+- `warm-full`: as `warm` plus RDAP (local server), every source cached;
+- `cold`: the cache directory removed before each login, the local sources answering
+  at once (MaxMind + DNS);
+- `rss-cold-rdap`: peak RSS of a cold login with RDAP configured (run.py's RSS wrapper).
+
+Dovecot rows: one real Dovecot 2.3 (tests/fixtures_dovecot.DovecotServer), IMAP logins
+driven by run.py's `drive_imap_logins` (the one IMAP load driver of benchmarks/), three
+checkpassword passdbs measured in rotating order each round: `reference` (a minimal
+stdlib-Python checkpassword verifying the same SHA512-CRYPT hash,
+benchmarks/reference_checkpassword.py), `noaudit` (dovecot-appauth, audit off) and `audit`
+(audit on, warm cache). Ratios are logins/s against `reference`. Errors must be 0.
+
+Exit status 1 when a login failed or a server could not start; a missed target is
+reported (MISS), not an error. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench  # run.py: spawning, config, CLI set-up, the IMAP load driver
+
+REFERENCE = Path(__file__).resolve().parent / "reference_checkpassword.py"
+DEFAULT_JSON = bench.ROOT / "benchmarks" / "results" / "targets.json"
+# row -> (what, target text, comparison, limit); comparison "le": value <= limit, "ge": >=
+ROWS: dict[str, tuple[str, str, str, float]] = {
+    "warm": ("warm successful login (MaxMind, DNS, 13 lists, global client)", "<= 2.0x bare", "le", 2.0),
+    "warm-launcher": ("  the same through the -IS launcher", "<= 2.0x bare", "le", 2.0),
+    "warm-full": ("warm login, MaxMind + DNS + RDAP + 13 lists, public client", "<= 2.5x bare", "le", 2.5),
+    "cold": ("cold login (empty cache, local sources at once)", "<= 4x bare", "le", 4.0),
+    "rss-cold-rdap": ("peak RSS, cold login with RDAP configured", "<= 25 MiB", "le", 25.0),
+    "dovecot-noaudit": ("Dovecot 2.3 IMAP, checkpassword, no audit / reference", ">= 0.9x", "ge", 0.9),
+    "dovecot-audit": ("Dovecot 2.3 IMAP, audit on, warm cache / reference", ">= 0.8x", "ge", 0.8),
+}
+MODES = {
+    "reference": "minimal stdlib-Python checkpassword, the same SHA512-CRYPT hash",
+    "noaudit": "dovecot-appauth, audit off",
+    "audit": "dovecot-appauth, audit on (MaxMind, DNS, lists), warm cache",
+}
+
+
+class Site:
+    """Temp dir, local DNS and RDAP servers, the database (made with the CLI) and the configs."""
+
+    def __init__(self, workdir: Path):
+        from tests.localservers import LocalDns, LocalRdap
+
+        self.workdir = workdir
+        self.cleanup: list[Any] = []
+        self.dns = LocalDns().start()
+        self.cleanup.append(self.dns.stop)
+        self.rdap = LocalRdap().start()
+        self.cleanup.append(self.rdap.stop)
+        self.lists = workdir / "lists"
+        shutil.copytree(bench.LISTS_DIR, self.lists)
+        (workdir / "db").mkdir()
+        self.dsn = f"sqlite:///{workdir / 'db' / 'db.sqlite'}"
+
+    def config(self, name: str, *, rdap: bool = False, audit: bool = True, dsn: str | None = None,
+               log_file: Path | None = None, cache: Path | None = None) -> Path:
+        path = bench.write_config(self.workdir / f"{name}.toml", dsn=dsn or self.dsn,
+                                  cache_dir=cache or self.workdir / f"cache-{name}",
+                                  log_file=log_file or self.workdir / "audit.log", lists_dir=self.lists,
+                                  dns_port=self.dns.port, rdap_servers=[self.rdap.base("rdap")] if rdap else None)
+        if not audit:
+            text = path.read_text().replace("[audit]\nenabled = true", "[audit]\nenabled = false", 1)
+            assert "enabled = false" in text
+            path.write_text(text)
+        return path
+
+    def close(self) -> None:
+        for fn in reversed(self.cleanup):
+            try:
+                fn()
+            except Exception as e:  # cleaning up must not hide the results
+                bench.log(f"cleanup: {e}")
+
+
+def install_launcher(target: Path) -> Path:
+    """The -IS launcher, written the way the README's install does."""
+    target.parent.mkdir(exist_ok=True)
+    res = subprocess.run([bench.PYTHON, "-m", "dovecot_appauth.entry", "install", str(target)],
+                         capture_output=True, text=True, timeout=120, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"cannot write the launcher: {res.stderr.strip()}")
+    return target
+
+
+def measure_logins(site: Site, reps: int, helper: list[str]) -> tuple[dict[str, list[float]], dict[str, list[str]],
+                                                                        list[float]]:
+    """Interleaved rounds; returns ms samples and errors per scenario, and cold-RDAP RSS samples (MiB)."""
+    password = site.accounts.password
+    launcher = install_launcher(site.workdir / "bin" / "dovecot-appauth-checkpassword")
+    env = bench.dovecot_env(bench.CLIENT_IP, user=bench.USER)
+    request = bench.request_bytes(bench.USER, password)
+    warm_cfg = site.config("warm")
+    full_cfg = site.config("full", rdap=True)
+    cold_cache = site.workdir / "cache-cold"
+    cold_cfg = site.config("cold", cache=cold_cache)
+    rss_cache = site.workdir / "cache-cold-rdap"
+    rss_cfg = site.config("cold-rdap", rdap=True, cache=rss_cache)
+    program = str(bench.PROGRAM)
+    scenarios: dict[str, tuple[list[str], Any]] = {
+        "bare": ([bench.PYTHON, "-c", "pass"], None),
+        "warm": ([program, "--config", str(warm_cfg), *helper], None),
+        "warm-launcher": ([str(launcher), "--config", str(warm_cfg), *helper], None),
+        "warm-full": ([program, "--config", str(full_cfg), *helper], None),
+        "cold": ([program, "--config", str(cold_cfg), *helper], cold_cache),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in scenarios}
+    errors: dict[str, list[str]] = {name: [] for name in scenarios}
+    err_path = str(site.workdir / "stderr.txt")
+
+    def one(name: str, argv: list[str], empty: Path | None, rss: bool = False) -> bench.Sample:
+        if empty is not None:
+            shutil.rmtree(empty, ignore_errors=True)
+        sample = bench.spawn(argv, env, b"" if name == "bare" else request, err_path, rss=rss)
+        if sample.status != 0:
+            first = sample.stderr.strip().splitlines()[:1]
+            errors[name].append(f"exit {sample.status}: {first[0] if first else 'no stderr'}")
+        return sample
+
+    bench.log("warming up (2 untimed runs each)")
+    for name, (argv, empty) in scenarios.items():
+        for _ in range(2):
+            one(name, argv, empty)
+        errors[name].clear()
+    bench.log(f"measuring {reps} interleaved rounds over {', '.join(scenarios)}")
+    for _ in range(reps):
+        for name, (argv, empty) in scenarios.items():
+            samples[name].append(one(name, argv, empty).seconds * 1000)
+    bench.log(f"peak RSS of {reps} cold logins with RDAP configured via {bench.rss_wrapper()[0]}")
+    rss_argv = [program, "--config", str(rss_cfg), *helper]
+    rss = []
+    errors["rss-cold-rdap"] = []
+    for _ in range(reps):
+        sample = one("rss-cold-rdap", rss_argv, rss_cache, rss=True)
+        rss.append(sample.maxrss_kib / 1024)
+    return samples, errors, rss
+
+
+def reference_hash_file(db: Path, user: str, path: Path) -> Path:
+    """`user<TAB>{CRYPT}$6$...`: the hash dovecot-appauth stores, for the reference program."""
+    conn = sqlite3.connect(db)
+    try:
+        (stored,) = conn.execute("SELECT password FROM app_passwords WHERE uid = ?", (user,)).fetchone()
+    finally:
+        conn.close()
+    path.write_text(f"{user}\t{stored}\n")
+    os.chmod(path, 0o644)
+    return path
+
+
+def measure_dovecot(site: Site, args: argparse.Namespace) -> dict[str, Any]:
+    """The three checkpassword passdbs through one Dovecot, rotating order each round."""
+    from tests.fixtures_common import dovecot_ids, new_server_dir
+    from tests.fixtures_dovecot import DovecotServer, checkpassword_passdb, dovecot_available
+
+    reason = dovecot_available()
+    if reason:
+        return {"skipped": reason}
+    basedir = new_server_dir("appauth-bench-targets-")
+    site.cleanup.append(lambda: None if args.keep else shutil.rmtree(basedir, ignore_errors=True))
+    uid, gid = dovecot_ids()
+    # everything the program touches must be the dovecot user's (it runs as that user)
+    (basedir / "db").mkdir()
+    audit_log = basedir / "audit.log"
+    audit_log.touch()
+    os.chown(audit_log, uid, gid)
+    cache = basedir / "cache"
+    cache.mkdir(mode=0o700)
+    os.chown(cache, uid, gid)
+    db = basedir / "db" / "db.sqlite"
+    audit_cfg = site.config("dovecot-audit", dsn=f"sqlite:///{db}", log_file=audit_log, cache=cache)
+    noaudit_cfg = site.config("dovecot-noaudit", dsn=f"sqlite:///{db}", log_file=audit_log, cache=cache, audit=False)
+    for cfg in (audit_cfg, noaudit_cfg):
+        shutil.copy(cfg, basedir / cfg.name)
+    audit_cfg, noaudit_cfg = basedir / audit_cfg.name, basedir / noaudit_cfg.name
+    password = bench.populate(audit_cfg, owner="dovecot").password
+    hashes = reference_hash_file(db, bench.USER, basedir / "reference.hash")
+    passdbs = {
+        "reference": checkpassword_passdb(None, str(REFERENCE), str(hashes), program=bench.PYTHON),
+        "noaudit": checkpassword_passdb(noaudit_cfg),
+        "audit": checkpassword_passdb(audit_cfg),
+    }
+    server = DovecotServer(basedir, passdbs["reference"], auth_penalty=False)
+    site.cleanup.append(server.stop)
+    bench.log(f"starting Dovecot (tests/fixtures_dovecot.DovecotServer) in {basedir}")
+    server.start()
+    ips = [f"198.51.100.{10 + i}" for i in range(args.clients)]
+    per_client = max(1, -(-args.logins // args.clients))
+    modes = list(MODES)
+    loads: dict[str, list[bench.ImapLoad]] = {m: [] for m in modes}
+    failed: dict[str, str] = {}
+    for r in range(args.rounds):
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+            server.reconfigure(passdb=passdbs[mode])
+            problem = bench.warm_up_logins(server, bench.USER, password, ips)
+            if problem:
+                failed.setdefault(mode, problem)
+                bench.log(f"round {r + 1} {mode}: {problem}")
+                continue
+            load = bench.drive_imap_logins(server, bench.USER, password, ips, per_client)
+            loads[mode].append(load)
+            bench.log(f"round {r + 1} {mode}: {load.describe()}")
+    out: dict[str, Any] = {"clients": args.clients, "logins_per_client": per_client, "rounds": args.rounds,
+                           "modes": {}}
+    for mode in modes:
+        done = loads[mode]
+        logins = sum(len(load.latencies_ms) for load in done)
+        wall = sum(load.wall_s for load in done)
+        first_error = next((e for load in done for e in load.errors), None) or failed.get(mode)
+        out["modes"][mode] = {
+            "what": MODES[mode], "logins": logins, "rounds": len(done),
+            "errors": sum(load.error_count for load in done) + (1 if mode in failed else 0),
+            "logins_per_s": logins / wall if wall else 0.0, "round_rates": [round(load.rate, 2) for load in done],
+            "first_error": first_error,
+        }
+    return out
+
+
+def judge(value: float | None, row: str) -> str:
+    if value is None:
+        return "ERROR"
+    _, _, how, limit = ROWS[row]
+    ok = value <= limit if how == "le" else value >= limit
+    return "PASS" if ok else "MISS"
+
+
+def table(samples: dict[str, list[float]], errors: dict[str, list[str]], rss: list[float],
+          dovecot: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    med = {name: bench._median(values) for name, values in samples.items()}
+    bare = med["bare"]
+    rows: dict[str, dict[str, Any]] = {}
+    for name in ("warm", "warm-launcher", "warm-full", "cold"):
+        ratio = med[name] / bare if med[name] and bare else None
+        rows[name] = {"measured": f"{med[name]:.1f} ms" if med[name] else "-", "value": ratio,
+                      "shown": f"{ratio:.2f}x bare" if ratio else "-", "errors": len(errors[name])}
+    peak = max(rss) if rss else None
+    rows["rss-cold-rdap"] = {"measured": f"median {bench._median(rss) or 0:.1f} MiB" if rss else "-", "value": peak,
+                             "shown": f"max {peak:.1f} MiB" if peak else "-", "errors": len(errors["rss-cold-rdap"])}
+    modes = dovecot.get("modes")
+    for row, mode in (("dovecot-noaudit", "noaudit"), ("dovecot-audit", "audit")):
+        if not modes:
+            rows[row] = {"measured": "-", "value": None, "shown": "-", "errors": 0,
+                         "note": dovecot.get("skipped", "not run")}
+            continue
+        ref, ours = modes["reference"], modes[mode]
+        ratio = ours["logins_per_s"] / ref["logins_per_s"] if ref["logins_per_s"] else None
+        rows[row] = {"measured": f"{ours['logins_per_s']:.1f} vs {ref['logins_per_s']:.1f} logins/s",
+                     "value": ratio, "shown": f"{ratio:.2f}x" if ratio else "-",
+                     "errors": ours["errors"] + ref["errors"]}
+    lines = [f"{'row':<16} {'what':<64} {'measured':<26} {'ratio':<15} {'target':<13} result"]
+    for row, (what, target, _, _) in ROWS.items():
+        r = rows[row]
+        r["target"] = target
+        r["result"] = "SKIP" if r.get("note") else ("ERROR" if r["errors"] else judge(r["value"], row))
+        lines.append(f"{row:<16} {what:<64} {r['measured']:<26} {r['shown']:<15} {target:<13} {r['result']}")
+    notes = [f"bare python -c pass: {bare or 0:.1f} ms (median of {len(samples['bare'])})"]
+    for name, errs in errors.items():
+        if errs:
+            notes.append(f"{name}: {len(errs)} error(s), first: {errs[0]}")
+    if modes:
+        for mode, m in modes.items():
+            notes.append(f"dovecot {mode}: {m['logins']} logins, {m['errors']} errors, {m['logins_per_s']:.1f}/s, "
+                         f"rounds {m['round_rates']}" + (f"; first error: {m['first_error'][:160]}"
+                                                          if m["first_error"] else ""))
+    for row, r in rows.items():
+        if r.get("note"):
+            notes.append(f"{row}: SKIP: {r['note']}")
+    return "\n".join([*lines, "", "notes:", *(f"  {n}" for n in notes)]), rows
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=20, help="runs per per-login scenario (default 20)")
+    p.add_argument("--logins", type=int, default=300, help="IMAP logins per passdb and round (default 300)")
+    p.add_argument("--rounds", type=int, default=3, help="Dovecot rounds (default 3)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent IMAP clients (default 8)")
+    p.add_argument("--no-dovecot", action="store_true", help="per-login rows only")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"write results here (default {DEFAULT_JSON})")
+    p.add_argument("--keep", action="store_true", help="keep the temp dirs")
+    args = p.parse_args(argv)
+    if min(args.reps, args.logins, args.rounds, args.clients) < 1:
+        p.error("counts must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not os.access(bench.PROGRAM, os.X_OK):
+        raise SystemExit(f"{bench.PROGRAM} missing: install the package into this venv")
+    workdir = Path(tempfile.mkdtemp(prefix="appauth-targets-", dir=bench.shared_tmp()))
+    os.chmod(workdir, 0o755)
+    helper = [bench.REPLY_HELPER] if os.access(bench.REPLY_HELPER, os.X_OK) else []
+    load_start = os.getloadavg()
+    started = time.monotonic()
+    site = None
+    try:
+        site = Site(workdir)
+        bench.log(f"work dir {workdir}; creating the SQLite database with the CLI")
+        site.accounts = bench.populate(site.config("warm"))
+        samples, errors, rss = measure_logins(site, args.reps, helper)
+        dovecot = {"skipped": "--no-dovecot"} if args.no_dovecot else measure_dovecot(site, args)
+    finally:
+        if site is not None:
+            site.close()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text, rows = table(samples, errors, rss, dovecot)
+    load_end = os.getloadavg()
+    print(f"issue 13 targets, one run: Python {sys.version.split()[0]}, {os.cpu_count()} cores, load average "
+          f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end, {time.monotonic() - started:.0f} s; "
+          f"reply helper: {helper[0] if helper else 'none'}\n")
+    print(text)
+    data = {"timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "machine": bench.machine_info(), "loadavg_end": load_end, "reps": args.reps, "rows": rows,
+            "samples_ms": samples, "rss_cold_rdap_mib": rss, "dovecot": dovecot}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    bench.log(f"JSON written to {args.json}")
+    return 1 if any(r["result"] == "ERROR" for r in rows.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
