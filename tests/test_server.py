@@ -301,6 +301,19 @@ def test_serve_answers_a_throttled_client_at_once_and_then_from_memory(tmp_path,
     assert engine.throttled_answer(body) is None
 
 
+def test_an_unreadable_allow_list_skipped_by_the_limiter_is_said_in_the_service_log(tmp_path, capfd):
+    # the limiter's exemption check reads the allow list itself; its "going on without it"
+    # line went to the process's stderr, past the service's log (and its prefix)
+    path, engine = _throttled_site(tmp_path, delay=0)
+    text = path.read_text().replace("[audit]\n", '[audit]\nunreadable_list = "skip"\n', 1)
+    path.write_text(text + '\n[audit.allow]\nip_networks = "missing.allow.lst"\n')
+    assert engine.verify({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}) == \
+        {"result": "tempfail"}  # throttled: the list that could exempt the client is not there
+    assert "allow list ip_networks" in engine.stderr.getvalue()
+    assert "serve: allow list ip_networks" in engine.stderr.getvalue()
+    assert "allow list" not in capfd.readouterr().err
+
+
 def test_untrusted_callers_name_no_client_and_report_nothing(tmp_path):
     path, db = _site(tmp_path)
     served = Served(build_app(Engine(str(path), stderr=io.StringIO())))  # no token, not trusted

@@ -395,7 +395,7 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
                 _debug(f"throttle: {client} logged in as this user within {settings.known_client_days:g} days: "
                        "exempt from the per-user limit")
             return None
-    if throttled is None or _throttle_exempt(request.remote_ip, config):
+    if throttled is None or _throttle_exempt(request.remote_ip, config, stderr):
         return None
     message = (f"user {request.username} from {request.remote_ip}: throttled, "
                f"{throttled.describe(settings.window)}; 'dovecot-appauth throttle reset' lifts it")
@@ -412,7 +412,7 @@ def _limiter_unavailable(config: Config, request: LoginRequest, error: TempFail,
     or the client is one the limiter never holds back; say so either way, on every login."""
     if config.throttle.unavailable == "skip":
         why = '[throttle] unavailable = "skip"'
-    elif _throttle_exempt(request.remote_ip or "", config):
+    elif _throttle_exempt(request.remote_ip or "", config, stderr):
         why = "an exempt network, never throttled"
     else:
         why = None
@@ -423,7 +423,7 @@ def _limiter_unavailable(config: Config, request: LoginRequest, error: TempFail,
                    f"(or set [throttle] unavailable = \"skip\"): {error}")
 
 
-def _throttle_exempt(ip: str, config: Config) -> bool:
+def _throttle_exempt(ip: str, config: Config, stderr: TextIO | None) -> bool:
     """Exempt: [throttle] exempt_networks and the global [audit.allow] ip_networks list."""
     from .policy import in_networks
     from .throttle import plain_address
@@ -441,7 +441,7 @@ def _throttle_exempt(ip: str, config: Config) -> bool:
         entries, _problems = read_file("ip_networks", config.resolve(allow_file), role="allow")
     except ListUnreadable as e:
         # an allow list nobody can read exempts nobody; by default the login fails for now
-        enforce_readable([e], config.audit.unreadable_list, sys.stderr)
+        enforce_readable([e], config.audit.unreadable_list, stderr)
         return False
     return ip_in_list(tuple(entries), ip) is not None
 
