@@ -3,7 +3,8 @@
 What belongs here: parsing the fd-3 request, reading Dovecot's environment into a
 `LoginRequest`, encoding the fd-4 reply, the exit statuses, and the errors that carry
 them. Nothing here touches a file descriptor, the database, the network or the clock;
-`login.py` does the I/O around these functions. The facts come from Dovecot 2.3's
+`login.py` does the I/O around these functions. The one exception is `say`, the single
+place that writes the program's one-line messages (every module of a login uses it). The facts come from Dovecot 2.3's
 `db-checkpassword.c` and `checkpassword-reply.c` (see shared/PROTOCOL.md).
 """
 
@@ -14,6 +15,7 @@ from .values import Choice, IntChoice, Value
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import TextIO
 
 # db-checkpassword.c: CHECKPASSWORD_MAX_REQUEST_LEN
 MAX_REQUEST_LEN = 512
@@ -41,6 +43,20 @@ EXIT_MEANINGS: dict[int, str] = {
     3: "lookup: user unknown",
     111: "temporary failure (client: UNAVAILABLE, retry later)",
 }
+
+
+def say(stderr: TextIO | None, message: str) -> None:
+    """One line on `stderr` (default: sys.stderr), white space folded: Dovecot logs each
+    line of a checkpassword program's stderr as `auth: Error: ...`. A stream that cannot
+    be written loses the line; the login goes on."""
+    import sys  # built in, already loaded: costs nothing
+
+    stream = stderr if stderr is not None else sys.stderr
+    try:
+        stream.write(f"dovecot-appauth: {' '.join(message.split())}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class AppAuthError(Exception):

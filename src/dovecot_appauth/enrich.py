@@ -20,7 +20,6 @@ login: it is reported with one stderr line and skipped.
 from __future__ import annotations
 
 import ipaddress
-import sys
 import time
 
 from .cache import CacheUnavailable, IpCache, Negative, file_signature
@@ -68,13 +67,9 @@ def open_cache(config: Config) -> IpCache:
 
 
 def _say(stderr: TextIO | None, message: str) -> None:
-    # one line: Dovecot logs every stderr line as an auth error
-    out = stderr if stderr is not None else sys.stderr
-    try:
-        out.write("dovecot-appauth: " + " ".join(message.split()) + "\n")
-        out.flush()
-    except (OSError, ValueError):
-        pass
+    from .core import say  # loaded already; the one writer of the program's stderr lines
+
+    say(stderr, message)
 
 
 def _signature(path: str | None) -> str:

@@ -526,12 +526,9 @@ def enforce_readable(unreadable: list[ListUnreadable], action: str, stderr: Text
         return
     what = "; ".join(str(e) for e in unreadable)
     if action == "skip":
-        if stderr is not None:
-            try:
-                stderr.write(f"dovecot-appauth: {what}; going on without it ([audit] unreadable_list = skip)\n")
-                stderr.flush()
-            except (OSError, ValueError):
-                pass
+        from .core import say
+
+        say(stderr, f"{what}; going on without it ([audit] unreadable_list = skip)")
         return
     from .core import TempFail
 

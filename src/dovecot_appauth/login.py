@@ -28,6 +28,7 @@ from .core import (
     parse_request,
     read_environment,
 )
+from .core import say as _say
 from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
@@ -684,16 +685,6 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
 
 def _ms_since(started: float) -> str:
     return f"{(time.monotonic() - started) * 1000:.1f} ms"
-
-
-def _say(stderr: TextIO | None, message: str) -> None:
-    """One line on stderr: Dovecot logs each as `auth: Error: ...`."""
-    stream = stderr or sys.stderr
-    try:
-        stream.write(f"{PROG}: {' '.join(message.split())}\n")
-        stream.flush()
-    except (OSError, ValueError):
-        pass
 
 
 # --debug of the per-login program. A module flag rather than a parameter because only
