@@ -50,13 +50,16 @@ def check_as_service_user(path: str, config: Config, explicit: str | None, *,
     """What the logins' user cannot open (lists, `.mmdb`, database, cache, log_file), and the
     cache directory's owner and mode. A file already reported as an error (missing, say)
     is not reported again."""
-    from .service_user import ServiceUserError, access_problems, check_cache_directory, resolve
+    from .service_user import ServiceUserError, access_problems, check_cache_directory, resolve, root_cache_warning
 
     try:
         user = resolve(config, explicit)
     except ServiceUserError as e:
         return [Problem("service user", str(e))]
     problems = [Problem("service user", f"files checked as {user.describe()}", "info")]
+    warning = root_cache_warning(user, config)
+    if warning:
+        problems.append(Problem("service user", warning, "warning"))
     problems += check_cache_directory(config, user)
     reported = {p.where for p in already if p.level == "error"}
     for problem in access_problems(config, path, user):

@@ -94,6 +94,25 @@ def missing_cache_warning(user: ServiceUser, config: Config) -> str | None:
             f"'install -d -o dovecot -g dovecot -m 0700 {path}' first, or pass --service-user dovecot")
 
 
+def root_cache_warning(user: ServiceUser, config: Config) -> str | None:
+    """A warning when root was taken for the service user only because root owns the
+    existing cache directory while a `dovecot` user exists: then every check passes as
+    root, which reads everything, although the logins most likely run as dovecot. Only
+    when the audit uses that cache: otherwise its owner says nothing about the logins."""
+    if user.how == "--service-user" or user.cache_missing or user.uid != 0:
+        return None
+    if not (config.audit.enabled and config.audit.cache.enabled):
+        return None
+    try:
+        pwd.getpwnam("dovecot")
+    except KeyError:
+        return None
+    path = cache_directory(config)
+    return (f"the cache directory {path} belongs to root, so files are judged as root, who can read them all; "
+            f"if logins run as dovecot, they cannot use that cache and a file only root can read is off for "
+            f"them: 'chown -R dovecot:dovecot {path}', or pass --service-user dovecot")
+
+
 def can_drop_to(user: ServiceUser) -> bool:
     """Whether this process may become `user` (root), or already is it."""
     return os.geteuid() == 0 or os.geteuid() == user.uid
