@@ -441,12 +441,16 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         except BodyTooLarge:
             return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
 
-    async def policy(request: Request) -> Response:
-        started = time.monotonic()
-        try:
-            return await _policy(request)
-        finally:
-            metrics.latency.labels("policy").observe(time.monotonic() - started)
+    def timed(endpoint: str, handler: Any) -> Any:
+        """`handler`, its time observed in the latency histogram under `endpoint`."""
+        async def observed(request: Request) -> Response:
+            started = time.monotonic()
+            try:
+                return await handler(request)
+            finally:
+                metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+
+        return observed
 
     async def _policy(request: Request) -> Response:
         if not authorised(request):
@@ -469,13 +473,6 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
             if command == "allow":
                 metrics.policy_checks.labels("tempfail").inc()
             return JSONResponse({"status": 0, "msg": "temporary failure"}, status_code=503)
-
-    async def verify(request: Request) -> Response:
-        started = time.monotonic()
-        try:
-            return await _verify(request)
-        finally:
-            metrics.latency.labels("verify").observe(time.monotonic() - started)
 
     async def _verify(request: Request) -> Response:
         if not authorised(request):
@@ -506,6 +503,7 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
             return Response("unauthorised\n", status_code=401, media_type="text/plain")
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    policy, verify = timed("policy", _policy), timed("verify", _verify)
     return Starlette(routes=[
         Route("/policy", policy, methods=["POST"]),
         Route("/", policy, methods=["POST"]),  # auth_policy_server_url = http://127.0.0.1:PORT/
