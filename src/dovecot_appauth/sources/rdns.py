@@ -34,6 +34,8 @@ from . import SourceUnavailable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ..config import DnsConfig
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -138,6 +140,23 @@ def _ask(request: dns.message.Message, server: str, port: int, end: float) -> dn
         return _tcp(request, wire, where, family, end)
 
 
+def responses(request: dns.message.Message, servers: list[str], port: int, end: float, failures: list[str],
+              timeout_message: str) -> Iterator[tuple[str, dns.message.Message]]:
+    """Each server's response to `request`, one server after the other, for as long as the
+    caller asks (it stops at the first answer it can use). A server that fails is noted in
+    `failures` and skipped; a server that does not answer before `end` (monotonic) raises
+    TimeoutError(`timeout_message`): the lifetime is the timeout, it has used it all up."""
+    for server in servers:
+        try:
+            response = _ask(request, server, port, end)
+        except dns.exception.Timeout:
+            raise TimeoutError(timeout_message) from None
+        except (OSError, EOFError, ValueError, NotImplementedError, dns.exception.DNSException) as e:
+            failures.append(f"{server}: {type(e).__name__}: {e}")  # this server is no good; try the next
+            continue
+        yield server, response
+
+
 def lookup(ip: str, cfg: DnsConfig, timeout: float) -> str:
     """The PTR name of `ip` without the trailing dot, or NO_PTR when there is none.
 
@@ -148,15 +167,8 @@ def lookup(ip: str, cfg: DnsConfig, timeout: float) -> str:
     end = time.monotonic() + timeout
     request = dns.message.make_query(dns.reversename.from_address(ip), dns.rdatatype.PTR)  # RD set, no EDNS
     failures: list[str] = []
-    for server in servers:
-        try:
-            response = _ask(request, server, cfg.port, end)
-        except dns.exception.Timeout:
-            # the lifetime is the timeout: the first server that does not answer uses it all up
-            raise TimeoutError(f"no DNS answer within {timeout:g}s") from None
-        except (OSError, EOFError, ValueError, NotImplementedError, dns.exception.DNSException) as e:
-            failures.append(f"{server}: {type(e).__name__}: {e}")  # this server is no good; try the next
-            continue
+    for server, response in responses(request, servers, cfg.port, end, failures,
+                                      f"no DNS answer within {timeout:g}s"):
         rcode = response.rcode()
         if rcode == dns.rcode.NXDOMAIN:
             return NO_PTR
