@@ -81,6 +81,15 @@ def check_permissions(path: str, config: Config) -> list[Problem]:
     return _config_permissions(path, "a database password")
 
 
+def _dsn_has_password(text: str) -> bool:
+    from .dsn import DsnError, parse_dsn
+
+    try:
+        return bool(parse_dsn(text).password)
+    except DsnError:
+        return False
+
+
 def _config_permissions(path: str, what: str) -> list[Problem]:
     """A config holding `what` must be 0640 root:dovecot at most."""
     st = os.stat(path)
@@ -144,6 +153,8 @@ def check_account(config: Config, *, check_database: bool = True) -> list[Proble
         problems.append(Problem("[account] cache_seconds", f"{settings.cache_seconds:g}s: an account disabled in "
                                                            "the directory keeps working that long", "warning"))
     if settings.backend == "sql":
+        if settings.sql.dsn and config.path and _dsn_has_password(settings.sql.dsn):
+            problems += _config_permissions(config.path, "a database password ([account.sql] dsn)")
         if check_database:
             from .account import AccountAnswer
             from .account import check_account as ask
