@@ -300,9 +300,9 @@ def access_problems(config: Config, config_path: str, user: ServiceUser) -> list
             data = json.dumps([["service user", "", f"check failed: {type(e).__name__}: {e}"]]).encode()
             status = 1
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_fd, view):]
+            from .private_file import write_all
+
+            write_all(write_fd, data)
         finally:
             os._exit(status)
     os.close(write_fd)
