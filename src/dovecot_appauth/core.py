@@ -71,6 +71,12 @@ class TempFail(AppAuthError):
     exit_code = ExitCode.TEMPFAIL
 
 
+class ListsUnreadable(TempFail):
+    """A configured deny or allow list cannot be read, so the login cannot be judged
+    (`[audit] unreadable_list = "tempfail"`). A temporary failure, except under
+    --audit-chain, which refuses instead: Dovecot's example maps 111 to return-ok there."""
+
+
 class Misuse(AppAuthError):
     """The program was called wrongly (no fd 3, malformed request)."""
 

@@ -518,8 +518,8 @@ def load_file(
 def enforce_readable(unreadable: list[ListUnreadable], action: str, stderr: TextIO | None) -> None:
     """What a login does about list files it could not read (`[audit] unreadable_list`).
 
-    "tempfail": raise TempFail naming every such list, file and reason (exit 111, one
-    line). "skip": one line on `stderr` saying the login goes on without them. A list that
+    "tempfail": raise ListsUnreadable (a TempFail) naming every such list, file and reason
+    (exit 111, one line). "skip": one line on `stderr` saying the login goes on without them. A list that
     cannot be read is never taken for an empty one without a word.
     """
     if not unreadable:
@@ -530,9 +530,9 @@ def enforce_readable(unreadable: list[ListUnreadable], action: str, stderr: Text
 
         say(stderr, f"{what}; going on without it ([audit] unreadable_list = skip)")
         return
-    from .core import TempFail
+    from .core import ListsUnreadable
 
-    raise TempFail(f"{what}; audited logins fail until it is fixed ([audit] unreadable_list = tempfail)")
+    raise ListsUnreadable(f"{what}; audited logins fail until it is fixed ([audit] unreadable_list = tempfail)")
 
 
 def _cache_dir(config: Config) -> str | None:

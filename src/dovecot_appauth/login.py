@@ -22,6 +22,7 @@ from .config import ConfigError, config_path, load_cached
 from .core import (
     AppAuthError,
     ExitCode,
+    ListsUnreadable,
     Misuse,
     Mode,
     TempFail,
@@ -673,6 +674,10 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
             _say(stderr, f"audit event of {request.username} not recorded: {e}")
     try:
         result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr, store=store)
+    except ListsUnreadable as e:
+        # Exit 1, not 111, for the same reason as above: the example's return-ok would let
+        # every login through that the list that cannot be read should have judged.
+        return _fail(f"user {request.username}: --audit-chain refused the login: {e}")
     finally:
         if store is not None:
             store.close()
