@@ -20,6 +20,7 @@ login: it is reported with one stderr line and skipped.
 from __future__ import annotations
 
 import ipaddress
+import sys
 import time
 
 from .cache import CacheUnavailable, IpCache, Negative, file_signature
@@ -67,9 +68,13 @@ def open_cache(config: Config) -> IpCache:
 
 
 def _say(stderr: TextIO | None, message: str) -> None:
-    from .core import say  # loaded already; the one writer of the program's stderr lines
-
-    say(stderr, message)
+    # one line: Dovecot logs every stderr line as an auth error
+    out = stderr if stderr is not None else sys.stderr
+    try:
+        out.write("dovecot-appauth: " + " ".join(message.split()) + "\n")
+        out.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _signature(path: str | None) -> str:
