@@ -228,7 +228,10 @@ class Site:
         return out
 
     def log_rows(self) -> list[tuple]:
-        sql = "SELECT pwid, service, src_ip, src_rdns, src_loc, src_isp FROM log ORDER BY id"
+        return self.rows("SELECT pwid, service, src_ip, src_rdns, src_loc, src_isp FROM log ORDER BY id")
+
+    def rows(self, sql: str) -> list[tuple]:
+        """The rows of `sql` in the site's database (SQLite file or MariaDB)."""
         if self.db_path is not None:
             conn = sqlite3.connect(self.db_path)
             try:

@@ -211,12 +211,7 @@ def site():
 
 
 def _events(site) -> list[tuple]:
-    conn = sqlite3.connect(site.db_path)
-    try:
-        return conn.execute("SELECT uid, pwid, result, rule, reason, authenticated, alert FROM audit_events "
-                            "ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    return site.rows("SELECT uid, pwid, result, rule, reason, authenticated, alert FROM audit_events ORDER BY id")
 
 
 def test_program_ldap_gate(site, slapd):

@@ -506,6 +506,22 @@ def test_audit_chain_allows_and_denies(chain, dovecot, setup):
     assert dovecot.doveadm_auth_test(user, password, service="smtp", rip="203.0.113.14")[0] == 77
 
 
+def test_audit_chain_refuses_what_a_list_it_cannot_read_should_judge(chain, dovecot, setup):
+    """The example maps 111 to return-ok: a deny list the program cannot read must refuse
+    (exit 1), or every login from a listed network would get in with the right password."""
+    user, password = next(iter(CHAIN_USERS.items()))
+    deny_file = setup.lists / "ip_net.deny.lst"
+    moved = deny_file.with_suffix(".away")
+    mark = dovecot.log_mark()
+    deny_file.rename(moved)
+    try:
+        ok, text = dovecot.imap_login(user, password, client_ip="203.0.113.15")
+        assert not ok and "AUTHENTICATIONFAILED" in text, text
+        settle_log(dovecot, mark, rf"user {user}: --audit-chain refused the login: deny list ip_networks")
+    finally:
+        moved.rename(deny_file)
+
+
 def dovecot_chain_warnings(cfg: AppauthConfig, dovecot: DovecotServer) -> list[str]:
     """check-config's lines about Dovecot's passdb chain (doveconf -n of the running config)."""
     res = run_cli(cfg.path, "check-config", "--no-database", "--dovecot-config", str(dovecot.conf_path),

@@ -9,7 +9,6 @@ report lists these under their own heading in every format.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 import pytest
@@ -44,12 +43,8 @@ def _wait_json(path, timeout: float = 10.0) -> dict:
 
 
 def _events(site) -> list[tuple]:
-    conn = sqlite3.connect(site.db_path)
-    try:
-        return conn.execute("SELECT uid, pwid, src_ip, place, result, rule, reason, authenticated, alert "
-                            "FROM audit_events ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    return site.rows("SELECT uid, pwid, src_ip, place, result, rule, reason, authenticated, alert "
+                     "FROM audit_events ORDER BY id")
 
 
 def test_revoked_password_right_password_is_a_leaked_password_alert(site):

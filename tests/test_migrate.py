@@ -117,6 +117,17 @@ def test_translate_maps_every_upstream_key(upstream):
     assert any("GeoLite2-City.mmdb does not exist" in n for n in m.notes)
 
 
+def test_untranslated_keys_that_hold_secrets_are_listed_without_their_value(tmp_path):
+    m = migrate.translate({"ldap": {"host": "ldap.example.com", "bind_pw": "Ldap-Bind-Secret"},
+                           "audit": {"api_token": "Audit-Api-Secret", "license_key": "Mm-License-Secret",
+                                     "something_new": 1}}, str(tmp_path))
+    text = "\n".join(m.untranslated + m.notes)
+    assert "Secret" not in text, text
+    assert "[ldap] bind_pw = <not shown>: unknown upstream key" in text
+    assert "[audit] api_token = <not shown>: unknown upstream key" in text
+    assert "[audit] something_new = 1: unknown upstream key" in text  # other values still help
+
+
 def test_translate_ldap_with_bind_port_and_starttls(tmp_path):
     (tmp_path / "ca.pem").write_text("x")
     m = migrate.translate({"ldap": {"host": "ldap.example.com", "port": 3389, "bind": "cn=web,dc=example,dc=com",

@@ -268,6 +268,21 @@ def test_check_config_warns_group_readable_by_another_group(tmp_path):
     assert _permission_warnings(_mysql_config(tmp_path, 0o640, 0))  # root:root 0640: group root reads it
 
 
+@needs_root
+def test_check_config_warns_world_readable_account_gate_db_password(tmp_path):
+    # [account.sql] dsn may name another database, with its own password in this file
+    path = tmp_path / "gate.toml"
+    path.write_text('[database]\ndsn = "sqlite:////nonexistent/appauth.sqlite"\n\n[audit]\nenabled = false\n\n'
+                    '[account]\nbackend = "sql"\n\n[account.sql]\n'
+                    'query = "SELECT active FROM mailbox WHERE username = :user"\n'
+                    f'dsn = "mysql+pymysql://accounts:{DB_PASSWORD}@127.0.0.1:1/postfix"\n')
+    os.chmod(path, 0o644)
+    os.chown(path, 0, dovecot_ids()[1])
+    assert _permission_warnings(path)
+    os.chmod(path, 0o640)
+    assert _permission_warnings(path) == []
+
+
 # --- the cache ---------------------------------------------------------------------------------
 
 

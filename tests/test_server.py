@@ -118,6 +118,20 @@ def test_verify_bad_requests(site):
     assert site.post("/verify", {"user": 1, "password": None})[1]["result"] == "fail"
 
 
+def test_a_client_address_that_is_not_an_address_is_refused_not_taken_for_a_local_one(site):
+    # the right password from a denied network, with a port stuck to the address: read as
+    # "no client", it passed for a local process that no list or limit judges
+    for bad in (f"{DENIED_IP}:4711", "not-an-address", 203):
+        status, body = site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": bad})
+        assert (status, body["result"]) == (200, "fail")
+        req = {"login": "alice@example.com", "remote": bad, "protocol": "imap"}
+        assert site.post("/policy?command=allow", req) == (200, {"status": -1, "msg": "Authentication failed"})
+    assert "client address '203.0.113.9:4711' is not an IP address" in site.log.getvalue()
+    # no address at all is still a local caller's request (as without TCPREMOTEIP)
+    assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ""})[1][
+        "result"] == "ok"
+
+
 def test_verify_password_that_is_not_utf8_is_a_wrong_password(site):
     # Dovecot's Lua passes the client's bytes on; JSON text with such bytes is not a bad request
     body = b'{"user": "alice@example.com", "password": "\xff\xfeabc", "remote_ip": "198.51.100.7"}'
@@ -314,6 +328,19 @@ def test_serve_answers_a_throttled_client_at_once_and_then_from_memory(tmp_path,
     monkeypatch.setattr(server, "THROTTLE_MEMO_SECONDS", -1.0)  # remembered answers expire
     assert engine.verify(body) == {"result": "tempfail"}
     assert engine.throttled_answer(body) is None
+
+
+def test_an_unreadable_allow_list_skipped_by_the_limiter_is_said_in_the_service_log(tmp_path, capfd):
+    # the limiter's exemption check reads the allow list itself; its "going on without it"
+    # line went to the process's stderr, past the service's log (and its prefix)
+    path, engine = _throttled_site(tmp_path, delay=0)
+    text = path.read_text().replace("[audit]\n", '[audit]\nunreadable_list = "skip"\n', 1)
+    path.write_text(text + '\n[audit.allow]\nip_networks = "missing.allow.lst"\n')
+    assert engine.verify({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}) == \
+        {"result": "tempfail"}  # throttled: the list that could exempt the client is not there
+    assert "allow list ip_networks" in engine.stderr.getvalue()
+    assert "serve: allow list ip_networks" in engine.stderr.getvalue()
+    assert "allow list" not in capfd.readouterr().err
 
 
 def test_untrusted_callers_name_no_client_and_report_nothing(tmp_path):

@@ -175,3 +175,19 @@ def test_explain_as_root_warns_before_creating_a_missing_cache_directory(site):
     res = run_cli(site.path, "explain", "198.51.100.7")
     assert res.stderr == "", res.stderr
     assert set(owners(missing).values()) == {dovecot_ids()[0]}
+
+
+def test_a_root_owned_cache_directory_does_not_make_root_the_judge_silently(site):
+    # the service user defaults to the cache directory's owner: a directory root made (an
+    # install step skipped) turned every check into one as root, who reads everything
+    deny = site.dir / "lists" / "ip_net.deny.lst"
+    os.chmod(deny, 0o600)  # root's only: off for logins as dovecot
+    os.chown(site.cache, 0, 0)
+    res = check_config(site)
+    assert (f"warning: service user: the cache directory {site.cache} belongs to root, so files are judged as "
+            "root" in res.stdout), res.stdout
+    assert "--service-user dovecot" in res.stdout
+    res = run_cli(site.path, "explain", "198.51.100.7", check=False)
+    assert f"dovecot-appauth: warning: the cache directory {site.cache} belongs to root" in res.stderr, res.stderr
+    # named on purpose, root is not warned about
+    assert "belongs to root" not in check_config(site, "--service-user", "root").stdout

@@ -197,3 +197,23 @@ def test_unreadable_list_setting_is_checked():
     assert parse({"audit": {"unreadable_list": "skip"}}).audit.unreadable_list == "skip"
     with pytest.raises(ConfigError, match=r"\[audit\] unreadable_list: is 'open', must be one of tempfail, skip"):
         parse({"audit": {"unreadable_list": "open"}})
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_audit_chain_refuses_what_a_list_it_cannot_read_should_judge(site, how):
+    # --audit-chain: the example config maps 111 to return-ok ("let the login through"), so
+    # a temporary failure there would have let in every login the deny list should judge
+    write_config(site)
+    chain = dovecot_env(ip=DENIED_IP, APPAUTH_OK="yes")  # the marker of the passdb before
+    assert site.login("a", env=chain, user="dovecot", args=("--audit-chain",)).status == 1  # the list works
+    deny_file = site.dir / "lists" / "ip_net.deny.lst"
+    damage(deny_file, how)
+    run = site.login("a", env=chain, user="dovecot", args=("--audit-chain",))
+    assert run.status == 1, (run.status, run.stderr)
+    [line] = run.lines
+    assert line.startswith("dovecot-appauth: user demo@example.com: --audit-chain refused the login: deny list "
+                           f"ip_networks {deny_file}: {REASONS[how]}"), line
+    write_config(site, unreadable_list="skip")  # the admin's choice: on without it, said each time
+    run = site.login("a", env=chain, user="dovecot", args=("--audit-chain",))
+    assert run.status == 0, run.stderr
+    assert "going on without it" in run.lines[0], run.lines

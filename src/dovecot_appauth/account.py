@@ -24,6 +24,7 @@ import os
 import time
 
 from .core import TempFail
+from .core import say as _say
 from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
@@ -311,13 +312,3 @@ def _ask_sql(username: str, config: Config, store: Store | None) -> AccountAnswe
     if first is None or first in (0, False, "", "0", b"", b"0") or str(first).lower() in ("false", "no", "n"):
         return AccountAnswer(DISABLED, f"[account.sql] query gave {first!r}", "sql")
     return AccountAnswer(ACTIVE, "row from [account.sql] query", "sql")
-
-
-def _say(stderr: TextIO | None, message: str) -> None:
-    if stderr is None:
-        return
-    try:
-        stderr.write(f"dovecot-appauth: {' '.join(message.split())}\n")
-        stderr.flush()
-    except (OSError, ValueError):
-        pass

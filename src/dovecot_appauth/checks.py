@@ -50,13 +50,16 @@ def check_as_service_user(path: str, config: Config, explicit: str | None, *,
     """What the logins' user cannot open (lists, `.mmdb`, database, cache, log_file), and the
     cache directory's owner and mode. A file already reported as an error (missing, say)
     is not reported again."""
-    from .service_user import ServiceUserError, access_problems, check_cache_directory, resolve
+    from .service_user import ServiceUserError, access_problems, check_cache_directory, resolve, root_cache_warning
 
     try:
         user = resolve(config, explicit)
     except ServiceUserError as e:
         return [Problem("service user", str(e))]
     problems = [Problem("service user", f"files checked as {user.describe()}", "info")]
+    warning = root_cache_warning(user, config)
+    if warning:
+        problems.append(Problem("service user", warning, "warning"))
     problems += check_cache_directory(config, user)
     reported = {p.where for p in already if p.level == "error"}
     for problem in access_problems(config, path, user):
@@ -76,6 +79,15 @@ def check_permissions(path: str, config: Config) -> list[Problem]:
     if not dsn.password:
         return []
     return _config_permissions(path, "a database password")
+
+
+def _dsn_has_password(text: str) -> bool:
+    from .dsn import DsnError, parse_dsn
+
+    try:
+        return bool(parse_dsn(text).password)
+    except DsnError:
+        return False
 
 
 def _config_permissions(path: str, what: str) -> list[Problem]:
@@ -141,6 +153,8 @@ def check_account(config: Config, *, check_database: bool = True) -> list[Proble
         problems.append(Problem("[account] cache_seconds", f"{settings.cache_seconds:g}s: an account disabled in "
                                                            "the directory keeps working that long", "warning"))
     if settings.backend == "sql":
+        if settings.sql.dsn and config.path and _dsn_has_password(settings.sql.dsn):
+            problems += _config_permissions(config.path, "a database password ([account.sql] dsn)")
         if check_database:
             from .account import AccountAnswer
             from .account import check_account as ask

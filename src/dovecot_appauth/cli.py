@@ -567,11 +567,18 @@ def act_as_service_user(args: argparse.Namespace, config: Config) -> Config:
     """Run the rest of this command as the service user (see service_user.py), so that it
     sees the files as a login does and leaves only files a login can use; the config is
     read again as that user. A no-op when this process cannot change user (not root)."""
-    from .service_user import ServiceUserError, can_drop_to, drop_to, missing_cache_warning, resolve
+    from .service_user import (
+        ServiceUserError,
+        can_drop_to,
+        drop_to,
+        missing_cache_warning,
+        resolve,
+        root_cache_warning,
+    )
 
     try:
         user = resolve(config, args.service_user)
-        warning = missing_cache_warning(user, config)
+        warning = missing_cache_warning(user, config) or root_cache_warning(user, config)
         if warning:
             print(f"dovecot-appauth: warning: {warning}", file=sys.stderr)
         if not can_drop_to(user):

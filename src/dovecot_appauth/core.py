@@ -3,7 +3,8 @@
 What belongs here: parsing the fd-3 request, reading Dovecot's environment into a
 `LoginRequest`, encoding the fd-4 reply, the exit statuses, and the errors that carry
 them. Nothing here touches a file descriptor, the database, the network or the clock;
-`login.py` does the I/O around these functions. The facts come from Dovecot 2.3's
+`login.py` does the I/O around these functions. The one exception is `say`, the single
+place that writes the program's one-line messages (every module of a login uses it). The facts come from Dovecot 2.3's
 `db-checkpassword.c` and `checkpassword-reply.c` (see shared/PROTOCOL.md).
 """
 
@@ -14,6 +15,7 @@ from .values import Choice, IntChoice, Value
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import TextIO
 
 # db-checkpassword.c: CHECKPASSWORD_MAX_REQUEST_LEN
 MAX_REQUEST_LEN = 512
@@ -43,6 +45,20 @@ EXIT_MEANINGS: dict[int, str] = {
 }
 
 
+def say(stderr: TextIO | None, message: str) -> None:
+    """One line on `stderr` (default: sys.stderr), white space folded: Dovecot logs each
+    line of a checkpassword program's stderr as `auth: Error: ...`. A stream that cannot
+    be written loses the line; the login goes on."""
+    import sys  # built in, already loaded: costs nothing
+
+    stream = stderr if stderr is not None else sys.stderr
+    try:
+        stream.write(f"dovecot-appauth: {' '.join(message.split())}\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
 class AppAuthError(Exception):
     """Base error; `exit_code` says what Dovecot must be told."""
 
@@ -53,6 +69,12 @@ class TempFail(AppAuthError):
     """An internal problem (database, config, I/O): never a wrong password."""
 
     exit_code = ExitCode.TEMPFAIL
+
+
+class ListsUnreadable(TempFail):
+    """A configured deny or allow list cannot be read, so the login cannot be judged
+    (`[audit] unreadable_list = "tempfail"`). A temporary failure, except under
+    --audit-chain, which refuses instead: Dovecot's example maps 111 to return-ok there."""
 
 
 class Misuse(AppAuthError):

@@ -19,11 +19,11 @@ login: it is reported with one stderr line and skipped.
 
 from __future__ import annotations
 
-import sys
 import time
 
 from . import ipnum
 from .cache import FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
+from .core import say
 from .facts import (
     IpFacts,
     MaxMindFacts,
@@ -113,16 +113,6 @@ def _kept_cache(directory: str) -> IpCache:
     return cache
 
 
-def _say(stderr: TextIO | None, message: str) -> None:
-    # one line: Dovecot logs every stderr line as an auth error
-    out = stderr if stderr is not None else sys.stderr
-    try:
-        out.write("dovecot-appauth: " + " ".join(message.split()) + "\n")
-        out.flush()
-    except (OSError, ValueError):
-        pass
-
-
 def _signature(path: str | None) -> str:
     if not path:
         return "-"
@@ -204,7 +194,7 @@ def enrich(
             keys = [(name, ip) for name in wanted] + [(BOOTSTRAP_SOURCE, k) for k in boot_keys.values()]
             cached = cache.get_many(keys, now)
         except CacheUnavailable as e:
-            _say(stderr, f"enrichment cache bypassed: {e}")
+            say(stderr, f"enrichment cache bypassed: {e}")
             cache = None
     read_ms = _ms(started)
 
@@ -264,7 +254,7 @@ def enrich(
             try:
                 cache.put_many(rows, written)
             except CacheUnavailable as e:
-                _say(stderr, f"enrichment cache not updated: {e}")
+                say(stderr, f"enrichment cache not updated: {e}")
     if cache is not None and _kept_caches is None:
         cache.close()
     if "origin_as" in values and _maxmind_asn(values.get("maxmind")) is not None and \

@@ -588,24 +588,21 @@ def load_file(
 def enforce_readable(unreadable: list[ListUnreadable], action: str, stderr: TextIO | None) -> None:
     """What a login does about list files it could not read (`[audit] unreadable_list`).
 
-    "tempfail": raise TempFail naming every such list, file and reason (exit 111, one
-    line). "skip": one line on `stderr` saying the login goes on without them. A list that
+    "tempfail": raise ListsUnreadable (a TempFail) naming every such list, file and reason
+    (exit 111, one line). "skip": one line on `stderr` saying the login goes on without them. A list that
     cannot be read is never taken for an empty one without a word.
     """
     if not unreadable:
         return
     what = "; ".join(str(e) for e in unreadable)
     if action == "skip":
-        if stderr is not None:
-            try:
-                stderr.write(f"dovecot-appauth: {what}; going on without it ([audit] unreadable_list = skip)\n")
-                stderr.flush()
-            except (OSError, ValueError):
-                pass
-        return
-    from .core import TempFail
+        from .core import say
 
-    raise TempFail(f"{what}; audited logins fail until it is fixed ([audit] unreadable_list = tempfail)")
+        say(stderr, f"{what}; going on without it ([audit] unreadable_list = skip)")
+        return
+    from .core import ListsUnreadable
+
+    raise ListsUnreadable(f"{what}; audited logins fail until it is fixed ([audit] unreadable_list = tempfail)")
 
 
 def _cache_dir(config: Config) -> str | None:

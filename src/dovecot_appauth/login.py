@@ -22,12 +22,14 @@ from .config import ConfigError, config_path, load_cached
 from .core import (
     AppAuthError,
     ExitCode,
+    ListsUnreadable,
     Misuse,
     Mode,
     TempFail,
     parse_request,
     read_environment,
 )
+from .core import say as _say
 from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
@@ -410,7 +412,7 @@ def _check_throttle(store: Store, config: Config, request: LoginRequest, now: fl
                 _debug(f"throttle: {client} logged in as this user within {settings.known_client_days:g} days: "
                        "exempt from the per-user limit")
             return None
-    if throttled is None or _throttle_exempt(request.remote_ip, config):
+    if throttled is None or _throttle_exempt(request.remote_ip, config, stderr):
         return None
     message = (f"user {request.username} from {request.remote_ip}: throttled, "
                f"{throttled.describe(settings.window)}; 'dovecot-appauth throttle reset' lifts it")
@@ -427,7 +429,7 @@ def _limiter_unavailable(config: Config, request: LoginRequest, error: TempFail,
     or the client is one the limiter never holds back; say so either way, on every login."""
     if config.throttle.unavailable == "skip":
         why = '[throttle] unavailable = "skip"'
-    elif _throttle_exempt(request.remote_ip or "", config):
+    elif _throttle_exempt(request.remote_ip or "", config, stderr):
         why = "an exempt network, never throttled"
     else:
         why = None
@@ -438,7 +440,7 @@ def _limiter_unavailable(config: Config, request: LoginRequest, error: TempFail,
                    f"(or set [throttle] unavailable = \"skip\"): {error}")
 
 
-def _throttle_exempt(ip: str, config: Config) -> bool:
+def _throttle_exempt(ip: str, config: Config, stderr: TextIO | None) -> bool:
     """Exempt: [throttle] exempt_networks and the global [audit.allow] ip_networks list."""
     from .policy import in_networks
     from .throttle import plain_address
@@ -456,7 +458,7 @@ def _throttle_exempt(ip: str, config: Config) -> bool:
         entries, _problems = load_kept("ip_networks", config.resolve(allow_file), role="allow")
     except ListUnreadable as e:
         # an allow list nobody can read exempts nobody; by default the login fails for now
-        enforce_readable([e], config.audit.unreadable_list, sys.stderr)
+        enforce_readable([e], config.audit.unreadable_list, stderr)
         return False
     return ip_in_list(entries, ip) is not None
 
@@ -687,6 +689,10 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
             _say(stderr, f"audit event of {request.username} not recorded: {e}")
     try:
         result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr, store=store)
+    except ListsUnreadable as e:
+        # Exit 1, not 111, for the same reason as above: the example's return-ok would let
+        # every login through that the list that cannot be read should have judged.
+        return _fail(f"user {request.username}: --audit-chain refused the login: {e}")
     finally:
         if store is not None:
             store.close()
@@ -699,16 +705,6 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
 
 def _ms_since(started: float) -> str:
     return f"{(time.monotonic() - started) * 1000:.1f} ms"
-
-
-def _say(stderr: TextIO | None, message: str) -> None:
-    """One line on stderr: Dovecot logs each as `auth: Error: ...`."""
-    stream = stderr or sys.stderr
-    try:
-        stream.write(f"{PROG}: {' '.join(message.split())}\n")
-        stream.flush()
-    except (OSError, ValueError):
-        pass
 
 
 # --debug of the per-login program. A module flag rather than a parameter because only

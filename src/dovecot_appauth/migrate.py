@@ -112,11 +112,11 @@ def translate(data: dict[str, Any], source_dir: str) -> Migration:
                 our_section, our_key, how = KEY_MAP[where]
                 put(our_section, our_key, _convert(how, value, source_dir, name, notes))
             elif where in NOT_TRANSLATED:
-                untranslated.append(f"{name} = {_short(value)}: {NOT_TRANSLATED[where]}")
+                untranslated.append(f"{name} = {_short(value, key)}: {NOT_TRANSLATED[where]}")
             elif isinstance(value, dict) and _is_section(section, key):
                 walk(value, f"{section}.{key}" if section else key)
             else:
-                untranslated.append(f"{name} = {_short(value)}: unknown upstream key")
+                untranslated.append(f"{name} = {_short(value, key)}: unknown upstream key")
 
     walk(data, "")
     if "dsn" not in out.get("database", {}):
@@ -180,7 +180,7 @@ def translate_ldap(ldap: dict[str, Any], source_dir: str, notes: list[str], untr
     table["disabled"] = {"loginShell": ["/bin/false"], "homeDirectory": ["/dev/null"]}
     for key, value in ldap.items():
         if key not in LDAP_KEYS:
-            untranslated.append(f"[ldap] {key} = {_short(value)}: unknown upstream key")
+            untranslated.append(f"[ldap] {key} = {_short(value, key)}: unknown upstream key")
     notes.append("[ldap]: now the [account] gate (backend ldap): asked after the password matched, not before; "
                  "directory down = temporary failure; python-ldap needed (pip install 'dovecot-appauth[ldap]')")
     return {"backend": "ldap", "ldap": table}
@@ -207,7 +207,14 @@ def _convert(how: str, value: Any, source_dir: str, name: str, notes: list[str])
     return value
 
 
-def _short(value: Any) -> str:
+# An untranslated key whose name says it holds a secret is listed without its value: the
+# list goes to stderr (and an admin's terminal log), where no secret belongs.
+_SECRET_NAME_PARTS = ("pass", "pw", "secret", "token", "key", "credential")
+
+
+def _short(value: Any, key: str = "") -> str:
+    if any(part in key.lower() for part in _SECRET_NAME_PARTS):
+        return "<not shown>"
     text = dump_value(value) if not isinstance(value, dict) else "{...}"
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from .core import TempFail
+from .core import say as _say
 from .facts import NO_PTR
 from .rules import SourceKind, classify_source, evaluate
 from .values import Value
@@ -194,16 +195,6 @@ def _event(result: Assessment, request: LoginRequest, *, user: str, pwid: int | 
         facts=result.facts, place=place, result=outcome, rule=rule, reason=result.reason,
         authenticated=not result.deny, alert=_kinds(result.alerts) or None,
     )
-
-
-def _say(stderr: TextIO | None, message: str) -> None:
-    if stderr is None:
-        return
-    try:
-        stderr.write(f"dovecot-appauth: {' '.join(message.split())}\n")
-        stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def write_audit_line(result: Assessment, *, user: str, service: str, ip: str, config: Config,

@@ -68,6 +68,13 @@ def load(path: str) -> Any:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def store(path: str, value: Any) -> bool:
     """Write `value` to `path` (0600; the directory is made 0700). Best effort: False on failure.
 
@@ -87,9 +94,7 @@ def store(path: str, value: Any) -> bool:
         # login with the same pid must not block the cache
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -82,16 +82,36 @@ def resolve(config: Config, explicit: str | None = None) -> ServiceUser:
 def missing_cache_warning(user: ServiceUser, config: Config) -> str | None:
     """A warning when a command run as root is about to create the cache directory as root
     although the logins most likely run as `dovecot` (the install step was skipped)."""
-    if not user.cache_missing or user.uid != 0 or os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("dovecot")
-    except KeyError:
+    if not user.cache_missing or user.uid != 0 or os.geteuid() != 0 or not _dovecot_exists():
         return None
     path = cache_directory(config)
     return (f"the cache directory {path} does not exist, so this command acts as root (its parent's owner) "
             f"and what it creates there is root's, which logins as dovecot cannot use: run "
             f"'install -d -o dovecot -g dovecot -m 0700 {path}' first, or pass --service-user dovecot")
+
+
+def root_cache_warning(user: ServiceUser, config: Config) -> str | None:
+    """A warning when root was taken for the service user only because root owns the
+    existing cache directory while a `dovecot` user exists: then every check passes as
+    root, which reads everything, although the logins most likely run as dovecot. Only
+    when the audit uses that cache: otherwise its owner says nothing about the logins."""
+    if user.how == "--service-user" or user.cache_missing or user.uid != 0:
+        return None
+    if not (config.audit.enabled and config.audit.cache.enabled) or not _dovecot_exists():
+        return None
+    path = cache_directory(config)
+    return (f"the cache directory {path} belongs to root, so files are judged as root, who can read them all; "
+            f"if logins run as dovecot, they cannot use that cache and a file only root can read is off for "
+            f"them: 'chown -R dovecot:dovecot {path}', or pass --service-user dovecot")
+
+
+def _dovecot_exists() -> bool:
+    """Is there a `dovecot` user, the one Dovecot's auth processes usually run as?"""
+    try:
+        pwd.getpwnam("dovecot")
+    except KeyError:
+        return False
+    return True
 
 
 def can_drop_to(user: ServiceUser) -> bool:
@@ -280,9 +300,9 @@ def access_problems(config: Config, config_path: str, user: ServiceUser) -> list
             data = json.dumps([["service user", "", f"check failed: {type(e).__name__}: {e}"]]).encode()
             status = 1
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_fd, view):]
+            from .private_file import write_all
+
+            write_all(write_fd, data)
         finally:
             os._exit(status)
     os.close(write_fd)

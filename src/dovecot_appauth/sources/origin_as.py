@@ -35,7 +35,7 @@ import dns.rcode
 import dns.rdatatype
 
 from ..facts import OriginFacts
-from .rdns import _ask, system_nameservers
+from .rdns import responses, system_nameservers
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -75,14 +75,8 @@ def _query_txt(name: str, servers: list[str], port: int, end: float, budget: flo
     """The TXT strings at `name`; None for NXDOMAIN. The resolvers are tried in turn."""
     request = dns.message.make_query(dns.name.from_text(name), dns.rdatatype.TXT)  # RD set, no EDNS
     failures: list[str] = []
-    for server in servers:
-        try:
-            response = _ask(request, server, port, end)
-        except dns.exception.Timeout:
-            raise TimeoutError(f"no DNS answer for {name} within {budget:g}s") from None
-        except (OSError, EOFError, ValueError, NotImplementedError, dns.exception.DNSException) as e:
-            failures.append(f"{server}: {type(e).__name__}: {e}")
-            continue
+    for server, response in responses(request, servers, port, end, failures,
+                                      f"no DNS answer for {name} within {budget:g}s"):
         rcode = response.rcode()
         if rcode == dns.rcode.NXDOMAIN:
             return None

@@ -34,6 +34,8 @@ from . import SourceUnavailable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import dns.message
 
     from ..config import DnsConfig
@@ -156,6 +158,25 @@ def _ask(request: dns.message.Message, server: str, port: int, end: float) -> dn
         return _udp(request, wire, where, family, end)
     except dns.message.Truncated:
         return _tcp(request, wire, where, family, end)
+
+
+def responses(request: dns.message.Message, servers: list[str], port: int, end: float, failures: list[str],
+              timeout_message: str) -> Iterator[tuple[str, dns.message.Message]]:
+    """Each server's response to `request`, one server after the other, for as long as the
+    caller asks (it stops at the first answer it can use). A server that fails is noted in
+    `failures` and skipped; a server that does not answer before `end` (monotonic) raises
+    TimeoutError(`timeout_message`): the lifetime is the timeout, it has used it all up."""
+    import dns.exception  # only the origin-AS source asks through dnspython
+
+    for server in servers:
+        try:
+            response = _ask(request, server, port, end)
+        except dns.exception.Timeout:
+            raise TimeoutError(timeout_message) from None
+        except (OSError, EOFError, ValueError, NotImplementedError, dns.exception.DNSException) as e:
+            failures.append(f"{server}: {type(e).__name__}: {e}")  # this server is no good; try the next
+            continue
+        yield server, response
 
 
 # --- the PTR query on the standard library ------------------------------------------------
