@@ -55,48 +55,49 @@ class ConfigError(Exception):
 #   kind     BOOL, NUMBER (check: minimum, default 0), INT (check: minimum or
 #            (minimum, maximum)), STR (an empty string means the default), TEXT (kept as
 #            written, "" too), STRINGS (a list; one string is split at commas and spaces),
-#            CHOICE (check: the choices, or (choices, {alias: choice})), ID (a string or
+#            CHOICE (check: the choices, or (choices, ((alias, choice), ...))), ID (a string or
 #            a number, as a string), COMMAND (a string or a list of strings),
 #            STRING_TABLE ([section.key] of strings), STRINGS_TABLE ([section.key] of
-#            lists), USER_TABLES ([section.key."user"] tables of section "section.key.*").
+#            lists), USER_TABLES ([section.key."user"] tables of section "section.key.*");
+#            the default of these three: ((name, value), ...), a fresh dict for each use.
 #   help     the comment above the key in the example ("\n" between lines; "" for none).
 #   sample   text written after the key line in the example, as is (with its "# "); for a
 #            key without a default (None) the only line written, e.g. '# uid = "vmail"'.
-# The tuple of rows is one constant in the compiled module: a login builds nothing here
-# but the small per-section index below.
+# Rows hold only literals (kinds as strings, no dicts), so that the compiler folds the whole
+# tuple into one constant: a login builds nothing of it but the small per-section index below.
 
 BOOL, NUMBER, INT, STR, TEXT, STRINGS, CHOICE = "bool", "number", "int", "str", "text", "strings", "choice"
 ID, COMMAND, STRING_TABLE, STRINGS_TABLE, USER_TABLES = "id", "command", "string_table", "strings_table", "users"
 TABLE_KINDS = (STRING_TABLE, STRINGS_TABLE, USER_TABLES)  # written as their own [section.key]
 
 FIELDS: tuple[tuple[str, str, str, Any, Any, str, str], ...] = (
-    ("database", "dsn", STR, "sqlite:////var/lib/dovecot-appauth/db.sqlite", None,
+    ("database", "dsn", "str", "sqlite:////var/lib/dovecot-appauth/db.sqlite", None,
      "SQLAlchemy-style URL. SQLite (default, one mail host); it is a URL, so %XX is an\n"
      "escape: write a % in the file name as %25 (check-config opens the file as a login does):",
      "# MariaDB/MySQL (several mail hosts share the passwords); keep this file 0640 root:dovecot:\n"
      '# dsn = "mysql+pymysql://mailserver:secret@db.example.com/mail_auth"\n'
      '# dsn = "mysql+pymysql://mailserver:secret@localhost/mail_auth?unix_socket=/run/mysqld/mysqld.sock"'),
-    ("database", "connect_timeout", NUMBER, 3.0, 0.1,
+    ("database", "connect_timeout", "number", 3.0, 0.1,
      "Seconds to connect (and for each query); also SQLite's busy timeout. A login that\n"
      "cannot reach the database within it is a temporary failure, never a wrong password.", ""),
 
-    ("auth", "backend", CHOICE, "sql", ("sql", "nextcloud"),
+    ("auth", "backend", "choice", "sql", ("sql", "nextcloud"),
      'Where app passwords live: "sql" (the app_passwords table of [database], managed by\n'
      '`dovecot-appauth password` or the Roundcube plugin) or "nextcloud" (Nextcloud app\n'
      "passwords, checked with a WebDAV PROPFIND; see [nextcloud]). With \"nextcloud\" the\n"
      "database still holds the throttling counters and audit_events (pwid NULL); there is\n"
      "no `log` row (no password row to log against), no per-password policy, and a userdb\n"
      'lookup answers "unknown user" (use another userdb for LMTP).', ""),
-    ("auth", "disallow_passwords_from", STRINGS, (), None,
+    ("auth", "disallow_passwords_from", "strings", (), None,
      "Networks (IPv4 and IPv6) from which app passwords are refused, e.g. the webmail\n"
      "host, which logs in with the real password through another passdb.",
      '# disallow_passwords_from = ["192.0.2.10/32", "2001:db8::10/128"]'),
-    ("auth", "hash_scheme", CHOICE, "sha512-crypt", ("sha512-crypt", "bcrypt", "argon2id"),
+    ("auth", "hash_scheme", "choice", "sha512-crypt", ("sha512-crypt", "bcrypt", "argon2id"),
      "Scheme for new passwords: sha512-crypt ({CRYPT}$6$, as the Roundcube plugin writes),\n"
      "bcrypt ({BLF-CRYPT}$2y$) or argon2id ({ARGON2ID}). Logins verify all three.", ""),
-    ("auth", "sha512_rounds", INT, 5000, 1000,
+    ("auth", "sha512_rounds", "int", 5000, 1000,
      "SHA-crypt rounds for new passwords (5000 is the glibc/PHP default).", ""),
-    ("auth", "hash_checks", INT, 10, 1,
+    ("auth", "hash_checks", "int", 10, 1,
      "A failed password check (wrong password, unknown user) costs this many hash\n"
      "verifications: the user's app passwords, padded with dummy checks of hash_scheme, so\n"
      "that its time does not tell how many passwords a user has, or whether the user exists.\n"
@@ -105,20 +106,20 @@ FIELDS: tuple[tuple[str, str, str, Any, Any, str, str], ...] = (
      'at 5000 rounds (docs/SECURITY.md, "Timing"). bcrypt (~50 ms) and argon2id (~50-100 ms,\n'
      "64 MiB) cost far more per hash: with those, weigh a lower value against how many app\n"
      "passwords your users hold.", ""),
-    ("auth", "dedup_window", NUMBER, 60.0, None,
+    ("auth", "dedup_window", "number", 60.0, None,
      "A login with the same password, service and source IP as one logged less than this\n"
      "many seconds ago is not logged again.", ""),
-    ("auth", "password_length", INT, 16, 12,
+    ("auth", "password_length", "int", 16, 12,
      "New passwords: this many random characters from [0-9A-Za-z], in groups of\n"
      "password_chunk joined by dashes (the dashes are part of the password).", ""),
-    ("auth", "password_chunk", INT, 4, 0, "", ""),
+    ("auth", "password_chunk", "int", 4, 0, "", ""),
 
-    ("userdb", "uid", ID, None, None, "", '# uid = "vmail"'),
-    ("userdb", "gid", ID, None, None, "", '# gid = "vmail"'),
-    ("userdb", "home", TEXT, None, None, "", '# home = "/var/vmail/%d/%n"'),
-    ("userdb", "mail", TEXT, None, None, "",
+    ("userdb", "uid", "id", None, None, "", '# uid = "vmail"'),
+    ("userdb", "gid", "id", None, None, "", '# gid = "vmail"'),
+    ("userdb", "home", "text", None, None, "", '# home = "/var/vmail/%d/%n"'),
+    ("userdb", "mail", "text", None, None, "",
      '# mail = "maildir:~/Maildir"      # Dovecot 2.3; 2.4 ignores `mail` without an error'),
-    ("userdb", "extra", STRING_TABLE, {}, None,
+    ("userdb", "extra", "string_table", (), None,
      'Any other userdb field, literally (the userdb_ prefix is added when missing). A field\n'
      'name with white space, "=" or a control character is a config error (Dovecot\'s reply\n'
      'could not carry it); quote names with "/": "namespace/inbox/list" = "yes".',
@@ -127,200 +128,201 @@ FIELDS: tuple[tuple[str, str, str, Any, Any, str, str], ...] = (
      '# mail_driver = "maildir"\n'
      '# mail_path = "~/Maildir"'),
 
-    ("audit", "enabled", BOOL, True, None, "Run the audit pipeline after a successful app-password check.", ""),
-    ("audit", "audit_only", BOOL, False, None, "Log every verdict but never deny (try new lists safely).", ""),
-    ("audit", "disabled_services", STRINGS, (), None,
+    ("audit", "enabled", "bool", True, None, "Run the audit pipeline after a successful app-password check.", ""),
+    ("audit", "audit_only", "bool", False, None, "Log every verdict but never deny (try new lists safely).", ""),
+    ("audit", "disabled_services", "strings", (), None,
      'Services that are always denied (upstream key), e.g. ["pop3"].', ""),
-    ("audit", "audit_result_success", CHOICE, "ok", (("ok", "unknown", "next"), {"unkown": "unknown"}),
+    ("audit", "audit_result_success", "choice", "ok", (("ok", "unknown", "next"), (("unkown", "unknown"),)),
      "With --audit-chain (audit after another passdb, see examples/dovecot/): what a login\n"
      'that no list denied returns: "ok", "unknown" or "next" (upstream key). The\n'
      "checkpassword interface can only say yes or no, so all three let the earlier\n"
      "passdb's success stand; denial always refuses. --audit-chain checks no password: it\n"
      "refuses every login unless the passdb before it set the extra field appauth_ok=yes\n"
      "(`override_fields = appauth_ok=yes` in Dovecot's config; not a key of this file).", ""),
-    ("audit", "audit_process_unknown", BOOL, False, None,
+    ("audit", "audit_process_unknown", "bool", False, None,
      'Upstream key: audit requests for which an earlier passdb already answered "user\n'
      'unknown". Dovecot does not tell a checkpassword program that, so this key is read\n'
      "for compatibility and has no effect here (every request that reaches us is audited).", ""),
-    ("audit", "log_local", BOOL, True, None,
+    ("audit", "log_local", "bool", True, None,
      "Write the audit line for logins from non-global addresses too (upstream key).", ""),
-    ("audit", "local_locationname", STR, "local network", None,
+    ("audit", "local_locationname", "str", "local network", None,
      "The place name logged for non-global addresses (upstream key).", ""),
-    ("audit", "ignore_networks", STRINGS, (), None,
+    ("audit", "ignore_networks", "strings", (), None,
      "Networks never judged nor logged (monitoring probes, for example).", ""),
-    ("audit", "global_networks", STRINGS, (), None,
+    ("audit", "global_networks", "strings", (), None,
      "Networks judged as global although IANA lists them as special-purpose (tests, demos).", ""),
-    ("audit", "deadline", NUMBER, 1.5, 0.05, "One deadline for all enrichment sources of a login, in seconds.", ""),
-    ("audit", "syslog_identifier", STR, "mail-audit", None,
+    ("audit", "deadline", "number", 1.5, 0.05, "One deadline for all enrichment sources of a login, in seconds.", ""),
+    ("audit", "syslog_identifier", "str", "mail-audit", None,
      "Syslog: identifier, facility and socket. The journal is used when running under\n"
      'systemd-journald and the systemd Python module is installed (journal = "auto").', ""),
-    ("audit", "syslog_facility", STR, "mail", None, "", ""),
-    ("audit", "syslog_socket", TEXT, "/dev/log", None, "", ""),
-    ("audit", "journal", CHOICE, "auto", ("auto", "yes", "no"), "", ""),
-    ("audit", "log_file", STR, None, None, "Also append each audit line to this file.",
+    ("audit", "syslog_facility", "str", "mail", None, "", ""),
+    ("audit", "syslog_socket", "text", "/dev/log", None, "", ""),
+    ("audit", "journal", "choice", "auto", ("auto", "yes", "no"), "", ""),
+    ("audit", "log_file", "str", None, None, "Also append each audit line to this file.",
      '# log_file = "/var/log/dovecot-appauth/audit.log"'),
-    ("audit", "record_events", BOOL, True, None,
+    ("audit", "record_events", "bool", True, None,
      "Store every audited login as a row of the audit_events table too (for `report` and the\n"
      "alerts; shared by every host on the same database, no journald needed).", ""),
-    ("audit", "events_retention_days", NUMBER, 90.0, 1.0,
+    ("audit", "events_retention_days", "number", 90.0, 1.0,
      "`dovecot-appauth prune` deletes audit_events rows older than this (run it daily).", ""),
-    ("audit", "unreadable_list", CHOICE, "tempfail", ("tempfail", "skip"),
+    ("audit", "unreadable_list", "choice", "tempfail", ("tempfail", "skip"),
      "A list file named below ([audit.lists], [audit.allow]) that the login cannot read\n"
      '(missing, unreadable for user dovecot, a directory, larger than 16 MiB): "tempfail"\n'
      "refuses every audited login for now (Dovecot: UNAVAILABLE) with one line naming the\n"
      'list, the file and the reason; "skip" goes on without that list (an allow list then\n'
      "lets nothing through) and says so on every login. Never silent.", ""),
-    ("audit", "local_networks", STRING_TABLE, {}, None,
+    ("audit", "local_networks", "string_table", (), None,
      "Names for local networks, logged as the place (upstream key).", '# "192.0.2.0/24" = "Office"'),
 
-    ("audit.maxmind", "city", TEXT, None, None, "", '# city = "/var/lib/GeoIP/GeoLite2-City.mmdb"'),
-    ("audit.maxmind", "asn", TEXT, None, None, "", '# asn = "/var/lib/GeoIP/GeoLite2-ASN.mmdb"'),
+    ("audit.maxmind", "city", "text", None, None, "", '# city = "/var/lib/GeoIP/GeoLite2-City.mmdb"'),
+    ("audit.maxmind", "asn", "text", None, None, "", '# asn = "/var/lib/GeoIP/GeoLite2-ASN.mmdb"'),
 
-    ("audit.dns", "enabled", BOOL, True, None, "", ""),
-    ("audit.dns", "resolvers", STRINGS, (), None, "Resolvers to ask; empty: the system's (/etc/resolv.conf).", ""),
-    ("audit.dns", "port", INT, 53, 1, "", ""),
-    ("audit.dns", "timeout", NUMBER, 1.0, 0.01, "", ""),
+    ("audit.dns", "enabled", "bool", True, None, "", ""),
+    ("audit.dns", "resolvers", "strings", (), None, "Resolvers to ask; empty: the system's (/etc/resolv.conf).", ""),
+    ("audit.dns", "port", "int", 53, 1, "", ""),
+    ("audit.dns", "timeout", "number", 1.0, 0.01, "", ""),
 
-    ("audit.rdap", "enabled", BOOL, False, None, "", ""),
-    ("audit.rdap", "bootstrap_url", STR, "https://data.iana.org/rdap/", None,
+    ("audit.rdap", "enabled", "bool", False, None, "", ""),
+    ("audit.rdap", "bootstrap_url", "str", "https://data.iana.org/rdap/", None,
      "Base URL of the IANA bootstrap files (ipv4.json, ipv6.json, asn.json).", ""),
-    ("audit.rdap", "servers", STRINGS, (), None,
+    ("audit.rdap", "servers", "strings", (), None,
      'Fixed RDAP servers to ask instead of the bootstrap, e.g. ["https://rdap.db.ripe.net/"].', ""),
-    ("audit.rdap", "timeout", NUMBER, 1.2, 0.01, "", ""),
+    ("audit.rdap", "timeout", "number", 1.2, 0.01, "", ""),
 
-    ("audit.origin_as", "enabled", BOOL, False, None, "", ""),
-    ("audit.origin_as", "order", CHOICE, "maxmind-first", ("maxmind-first", "origin-first"),
+    ("audit.origin_as", "enabled", "bool", False, None, "", ""),
+    ("audit.origin_as", "order", "choice", "maxmind-first", ("maxmind-first", "origin-first"),
      "\"maxmind-first\": asked only when MaxMind's ASN database has no AS for the address;\n"
      "\"origin-first\": always asked, and its AS is preferred to MaxMind's (upstream's order).", ""),
-    ("audit.origin_as", "timeout", NUMBER, 1.0, 0.01,
+    ("audit.origin_as", "timeout", "number", 1.0, 0.01,
      "Both queries together; the login's [audit] deadline bounds it too.", ""),
 
-    ("audit.cache", "enabled", BOOL, True, None, "", ""),
-    ("audit.cache", "path", STR, "/var/cache/dovecot-appauth", None, "", ""),
-    ("audit.cache", "rdns_ttl", NUMBER, 3600.0, None, "", ""),
-    ("audit.cache", "rdap_ttl", NUMBER, 7 * 86400.0, None, "", ""),
-    ("audit.cache", "origin_as_ttl", NUMBER, 86400.0, None, "", ""),  # upstream kept ipwhois answers a day
-    ("audit.cache", "negative_ttl", NUMBER, 300.0, None,
+    ("audit.cache", "enabled", "bool", True, None, "", ""),
+    ("audit.cache", "path", "str", "/var/cache/dovecot-appauth", None, "", ""),
+    ("audit.cache", "rdns_ttl", "number", 3600.0, None, "", ""),
+    ("audit.cache", "rdap_ttl", "number", 7 * 86400.0, None, "", ""),
+    ("audit.cache", "origin_as_ttl", "number", 86400.0, None, "", ""),  # upstream kept ipwhois answers a day
+    ("audit.cache", "negative_ttl", "number", 300.0, None,
      "Failures and timeouts are remembered this long, so a dead source costs one wait.\n"
      "Every TTL counts from when the entry is written.", ""),
 
     # deny lists: no default; the example names upstream's files
-    ("audit.lists", "ip_networks", STR, None, None, "", 'ip_networks = "lists/ip_net.deny.lst"'),
-    ("audit.lists", "reverse_hostname", STR, None, None, "", 'reverse_hostname = "lists/rev_host.deny.lst"'),
-    ("audit.lists", "network_name", STR, None, None, "", 'network_name = "lists/net_name.deny.lst"'),
-    ("audit.lists", "network_cc", STR, None, None, "", 'network_cc = "lists/net_cc.deny.lst"'),
-    ("audit.lists", "entities", STR, None, None, "", 'entities = "lists/entity.deny.lst"'),
-    ("audit.lists", "as_numbers", STR, None, None, "", 'as_numbers = "lists/asn.deny.lst"'),
-    ("audit.lists", "as_names", STR, None, None, "", 'as_names = "lists/as_dscr.deny.lst"'),
-    ("audit.lists", "as_cc", STR, None, None, "", 'as_cc = "lists/as_cc.deny.lst"'),
-    ("audit.lists", "geo_location_ids", STR, None, None, "", 'geo_location_ids = "lists/maxmind/geo_loc.deny.lst"'),
-    ("audit.lists", "coordinates", STR, None, None, "", 'coordinates = "lists/maxmind/coords.deny.lst"'),
+    ("audit.lists", "ip_networks", "str", None, None, "", 'ip_networks = "lists/ip_net.deny.lst"'),
+    ("audit.lists", "reverse_hostname", "str", None, None, "", 'reverse_hostname = "lists/rev_host.deny.lst"'),
+    ("audit.lists", "network_name", "str", None, None, "", 'network_name = "lists/net_name.deny.lst"'),
+    ("audit.lists", "network_cc", "str", None, None, "", 'network_cc = "lists/net_cc.deny.lst"'),
+    ("audit.lists", "entities", "str", None, None, "", 'entities = "lists/entity.deny.lst"'),
+    ("audit.lists", "as_numbers", "str", None, None, "", 'as_numbers = "lists/asn.deny.lst"'),
+    ("audit.lists", "as_names", "str", None, None, "", 'as_names = "lists/as_dscr.deny.lst"'),
+    ("audit.lists", "as_cc", "str", None, None, "", 'as_cc = "lists/as_cc.deny.lst"'),
+    ("audit.lists", "geo_location_ids", "str", None, None, "", 'geo_location_ids = "lists/maxmind/geo_loc.deny.lst"'),
+    ("audit.lists", "coordinates", "str", None, None, "", 'coordinates = "lists/maxmind/coords.deny.lst"'),
 
-    ("audit.allow", "ip_networks", STR, None, None, "", 'ip_networks = "lists/allow/ip_net.allow.lst"'),
-    ("audit.allow", "as_numbers", STR, None, None, "", 'as_numbers = "lists/allow/asn.allow.lst"'),
-    ("audit.allow", "countries", STR, None, None, "", 'countries = "lists/allow/cc.allow.lst"'),
-    ("audit.allow", "users", USER_TABLES, {}, None,
+    ("audit.allow", "ip_networks", "str", None, None, "", 'ip_networks = "lists/allow/ip_net.allow.lst"'),
+    ("audit.allow", "as_numbers", "str", None, None, "", 'as_numbers = "lists/allow/asn.allow.lst"'),
+    ("audit.allow", "countries", "str", None, None, "", 'countries = "lists/allow/cc.allow.lst"'),
+    ("audit.allow", "users", "users", (), None,
      "Per-user allow entries (inline), e.g. a user who travels with a known provider:",
      '# [audit.allow.users."alice@example.com"]\n'
      '# ip_networks = ["198.51.100.0/24"]\n'
      '# as_numbers = ["AS64501"]\n'
      '# countries = ["DE"]'),
-    ("audit.allow.users.*", "ip_networks", STRINGS, (), None, "", ""),
-    ("audit.allow.users.*", "as_numbers", STRINGS, (), None, "", ""),
-    ("audit.allow.users.*", "countries", STRINGS, (), None, "", ""),
+    ("audit.allow.users.*", "ip_networks", "strings", (), None, "", ""),
+    ("audit.allow.users.*", "as_numbers", "strings", (), None, "", ""),
+    ("audit.allow.users.*", "countries", "strings", (), None, "", ""),
 
-    ("alerts", "enabled", BOOL, False, None, "", ""),
-    ("alerts", "lookback_days", NUMBER, 30.0, 0.01, "", ""),
-    ("alerts", "max_speed_kmh", NUMBER, 1000.0, None, "", ""),  # faster than an airliner, with margin
-    ("alerts", "action", CHOICE, "log", ("log", "deny"),
+    ("alerts", "enabled", "bool", False, None, "", ""),
+    ("alerts", "lookback_days", "number", 30.0, 0.01, "", ""),
+    ("alerts", "max_speed_kmh", "number", 1000.0, None, "", ""),  # faster than an airliner, with margin
+    ("alerts", "action", "choice", "log", ("log", "deny"),
      '"log": audit line (alert=...), journald AUDIT_ALERT, one line in Dovecot\'s log.\n'
      '"deny": the same, and the login is refused (AUTHENTICATIONFAILED).', ""),
-    ("alerts", "notify_command", COMMAND, None, None,
+    ("alerts", "notify_command", "command", None, None,
      "Run for each alert, detached (it never delays the login), with the event and its\n"
      "alerts as JSON on stdin. A string runs through /bin/sh -c; a list runs as is.\n"
      'Also run for "leaked-password": the right password of a revoked or expired app\n'
      "password (refused anyway; the JSON adds password_state and password_state_since).",
      "# notify_command = \"mail -s 'dovecot-appauth: login alert' root\""),
 
-    ("throttle", "enabled", BOOL, True, None, "", ""),
-    ("throttle", "window", NUMBER, 600.0, 1.0, "", ""),
-    ("throttle", "max_per_user_ip", INT, 10, None,
+    ("throttle", "enabled", "bool", True, None, "", ""),
+    ("throttle", "window", "number", 600.0, 1.0, "", ""),
+    ("throttle", "max_per_user_ip", "int", 10, None,
      "0 switches a counter off. The per-user limit is high: anyone can make a user's\n"
      "failures count, so it only stops slow guessing spread over many addresses.", ""),
-    ("throttle", "max_per_ip", INT, 30, None, "", ""),
-    ("throttle", "max_per_user", INT, 100, None, "", ""),
-    ("throttle", "verdict", CHOICE, "tempfail", ("tempfail", "deny"),
+    ("throttle", "max_per_ip", "int", 30, None, "", ""),
+    ("throttle", "max_per_user", "int", 100, None, "", ""),
+    ("throttle", "verdict", "choice", "tempfail", ("tempfail", "deny"),
      '"tempfail": wait `delay` seconds, then answer "temporary failure" (the client sees\n'
      'UNAVAILABLE and retries later); "deny": answer like a wrong password.\n'
      "`dovecot-appauth serve` never waits `delay`: it answers at once (a held answer would\n"
      "hold one of Dovecot's auth workers) and Dovecot's auth_failure_delay slows the client.", ""),
-    ("throttle", "delay", NUMBER, 2.0, None, "", ""),
-    ("throttle", "exempt_networks", STRINGS, (), None,
+    ("throttle", "delay", "number", 2.0, None, "", ""),
+    ("throttle", "exempt_networks", "strings", (), None,
      "Never throttled, besides the networks of the [audit.allow] ip_networks list; e.g. the\n"
      'webmail host or an office NAT: exempt_networks = ["192.0.2.10/32"]', ""),
-    ("throttle", "ipv6_prefix", INT, 64, (16, 128),
+    ("throttle", "ipv6_prefix", "int", 64, (16, 128),
      "IPv6 clients are counted per network of this many bits (a host usually holds a whole\n"
      "/64 and could take a new address for every guess); IPv4-mapped addresses\n"
      "(::ffff:192.0.2.69) always count as their IPv4 address. 16..128.", ""),
-    ("throttle", "known_client_days", NUMBER, 30.0, None,
+    ("throttle", "known_client_days", "number", 30.0, None,
      "A client that logged in successfully as a user within this many days (the shared\n"
      "known_clients table) is exempt from max_per_user, so that guessing at a user's password\n"
      "from elsewhere cannot keep them out; max_per_user_ip and max_per_ip still apply. 0: off.", ""),
-    ("throttle", "unavailable", CHOICE, "tempfail", ("tempfail", "skip"),
+    ("throttle", "unavailable", "choice", "tempfail", ("tempfail", "skip"),
      "When the limiter cannot read its counters (a missing MariaDB GRANT, a broken table):\n"
      '"tempfail" refuses the login for now (UNAVAILABLE) with one line naming the problem;\n'
      '"skip" goes on without the limiter and says so on every login. Never silent.', ""),
 
-    ("nextcloud", "url", STR, None, None, "",
+    ("nextcloud", "url", "str", None, None, "",
      '# url = "https://cloud.example.com/remote.php/dav/files/%u/"'),
-    ("nextcloud", "timeout", NUMBER, 3.0, 0.1, "Seconds for connect, TLS, request and status line together.", ""),
-    ("nextcloud", "cache_seconds", NUMBER, 60.0, None,
+    ("nextcloud", "timeout", "number", 3.0, 0.1, "Seconds for connect, TLS, request and status line together.", ""),
+    ("nextcloud", "cache_seconds", "number", 60.0, None,
      "After a 207 the same user+password is accepted for this many seconds without asking\n"
      "Nextcloud (a keyed hash in <[audit.cache] path>/nextcloud/; wrong passwords are never\n"
      "cached). A password revoked in Nextcloud keeps working that long. 0: always ask.", ""),
-    ("nextcloud", "ca_file", STR, None, None, "PEM CA bundle for https (default: the system's).",
+    ("nextcloud", "ca_file", "str", None, None, "PEM CA bundle for https (default: the system's).",
      '# ca_file = "/etc/ssl/certs/my-ca.pem"'),
-    ("nextcloud", "forward_ip", BOOL, True, None,
+    ("nextcloud", "forward_ip", "bool", True, None,
      "Send X-Forwarded-For: <client IP>, so Nextcloud's brute-force protection sees the client.", ""),
 
-    ("account", "backend", CHOICE, "", ("", "ldap", "sql"),
+    ("account", "backend", "choice", "", ("", "ldap", "sql"),
      '"ldap" ([account.ldap], needs pip install \'dovecot-appauth[ldap]\'), "sql" ([account.sql]),\n'
      'or "" (no gate). import-upstream writes "ldap" from upstream\'s [ldap].', ""),
-    ("account", "timeout", NUMBER, 3.0, 0.1,
+    ("account", "timeout", "number", 3.0, 0.1,
      "Seconds for the whole check: connect, TLS, bind and search (or the query).", ""),
-    ("account", "cache_seconds", NUMBER, 60.0, None,
+    ("account", "cache_seconds", "number", 60.0, None,
      'An "active" answer is reused for this many seconds, from <[audit.cache] path>/cache.sqlite\n'
      "(JSON, keyed by user and directory, no secret). A refusal is never cached; an account\n"
      "disabled in the directory keeps working at most this long. 0: ask every login.", ""),
 
-    ("account.ldap", "uri", STR, None, None,
+    ("account.ldap", "uri", "str", None, None,
      "ldap://host[:port] or ldaps://host[:port]; several, space-separated, are tried in turn.",
      '# uri = "ldaps://ldap.example.com"'),
-    ("account.ldap", "basedn", STR, None, None, "", '# basedn = "ou=users,dc=example,dc=com"'),
-    ("account.ldap", "filter", STR, "(uid=%u)", None,  # upstream's search: uid = the login name
+    ("account.ldap", "basedn", "str", None, None, "", '# basedn = "ou=users,dc=example,dc=com"'),
+    ("account.ldap", "filter", "str", "(uid=%u)", None,  # upstream's search: uid = the login name
      "%u the login name, %n its local part, %d its domain, each escaped (RFC 4515); %% a %.\n"
      "Exactly one entry must match (upstream searched (uid=<login name>) like this).", ""),
-    ("account.ldap", "bind_dn", STR, None, None,
+    ("account.ldap", "bind_dn", "str", None, None,
      "Bind as a service account (default: anonymous). The password from a file readable by\n"
      "the dovecot user (first line; 0640 root:dovecot), or bind_password in this file, which\n"
      "must then be 0640 root:dovecot too. Never on a command line, never logged.",
      '# bind_dn = "cn=dovecot,ou=services,dc=example,dc=com"'),
-    ("account.ldap", "bind_password_file", STR, None, None, "",
+    ("account.ldap", "bind_password_file", "str", None, None, "",
      '# bind_password_file = "/etc/dovecot-appauth/ldap.secret"'),
-    ("account.ldap", "bind_password", STR, None, None, "", ""),
-    ("account.ldap", "starttls", BOOL, False, None,
+    ("account.ldap", "bind_password", "str", None, None, "", ""),
+    ("account.ldap", "starttls", "bool", False, None,
      "StartTLS on an ldap:// URI (upstream's `tls`). The server certificate is always\n"
      "verified, against ca_file (PEM) or the system's CAs.", ""),
-    ("account.ldap", "ca_file", STR, None, None, "", '# ca_file = "/etc/ssl/certs/ldap-ca.pem"'),
+    ("account.ldap", "ca_file", "str", None, None, "", '# ca_file = "/etc/ssl/certs/ldap-ca.pem"'),
     # upstream's markers of a disabled account (its main.py): either attribute with this value
-    ("account.ldap", "disabled", STRINGS_TABLE, {"loginShell": ("/bin/false",), "homeDirectory": ("/dev/null",)},
-     None, "An entry with any of these attribute values is a disabled account (upstream's markers).", ""),
+    ("account.ldap", "disabled", "strings_table",
+     (("loginShell", ("/bin/false",)), ("homeDirectory", ("/dev/null",))), None,
+     "An entry with any of these attribute values is a disabled account (upstream's markers).", ""),
 
-    ("account.sql", "query", STR, None, None,
+    ("account.sql", "query", "str", None, None,
      "For sites whose accounts live in the mail database. :user is the login name. No row:\n"
      "no such account; a row whose first column is 0, false, NULL or empty: disabled; any\n"
      "other row: active.", '# query = "SELECT active FROM mailbox WHERE username = :user"'),
-    ("account.sql", "dsn", STR, None, None,
+    ("account.sql", "dsn", "str", None, None,
      "Another database for the query (same DSN forms as [database] dsn); default: [database] dsn.",
      '# dsn = "mysql+pymysql://accounts:secret@db.example.com/postfix"'),
 )
@@ -391,7 +393,8 @@ ALLOW_KINDS = tuple(row[1] for row in _ROWS["audit.allow"] if row[2] == STR)  # 
 def _layout(section: str, *children: tuple[str, Any]) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
     """`__slots__` and `_defaults` of a section's class: its rows, then its `children`
     (attribute, default: a class for a subsection, a dict)."""
-    defaults = tuple((row[1], row[3]) for row in _ROWS[section] if row[2] != USER_TABLES) + children
+    defaults = tuple((row[1], dict(row[3]) if row[2] in TABLE_KINDS else row[3])
+                     for row in _ROWS[section] if row[2] != USER_TABLES) + children
     return tuple(name for name, _ in defaults), defaults
 
 
@@ -543,12 +546,12 @@ _SECTION_CLASS: dict[str, type[Section]] = {cls._section: cls for cls in (
     DatabaseConfig, AuthConfig, UserdbConfig, AuditConfig, MaxMindConfig, DnsConfig, RdapConfig, OriginAsConfig,
     CacheConfig, UserAllow, AlertsConfig, ThrottleSettings, NextcloudConfig, AccountConfig, LdapAccountConfig,
     SqlAccountConfig)}
-# subsections read from within their parent's table: "audit" -> ("maxmind", "dns", ...)
-_CHILDREN: dict[str, list[str]] = {}
+# subsections read from within their parent's table: "audit" -> [("maxmind", "audit.maxmind"), ...]
+_CHILDREN: dict[str, list[tuple[str, str]]] = {}
 for _section in _ROWS:
     _parent, _, _child = _section.rpartition(".")
     if _parent and _child != "*":
-        _CHILDREN.setdefault(_parent, []).append(_child)
+        _CHILDREN.setdefault(_parent, []).append((_child, _section))
 del _section, _parent, _child
 ROOT_SECTIONS = tuple(section for section in _ROWS if "." not in section)
 
@@ -729,10 +732,13 @@ def _check_networks(
 
 
 
-def _read_rows(r: _Reader, section: str) -> dict[str, Any]:
-    """The values of a section's rows from its table, each checked as its row says."""
-    values: dict[str, Any] = {}
+def _read_rows(r: _Reader, section: str, put: Any) -> None:
+    """Read a section's rows from its table, each checked as its row says; `put(key, value)`."""
+    data = r.data
     for _section, key, kind, default, check, _help, _sample in _ROWS[section]:
+        if key not in data:  # most keys of a config are left out: their default, at once
+            put(key, dict(default) if kind in TABLE_KINDS else default)
+            continue
         if kind == STR:
             value = r.str(key, default) or default
         elif kind == BOOL:
@@ -742,14 +748,15 @@ def _read_rows(r: _Reader, section: str) -> dict[str, Any]:
         elif kind == STRINGS:
             value = r.strings(key)
         elif kind == CHOICE:
-            raw = r.data.get(key)
-            if type(check[-1]) is dict and type(raw) is str and raw in check[-1]:
-                # an alias, e.g. upstream's config.toml.dist spells "unknown" "unkown": accepted, with a warning
+            aliases = dict(check[1]) if type(check[0]) is tuple else {}
+            raw = data[key]
+            if type(raw) is str and raw in aliases:
+                # e.g. upstream's config.toml.dist spells "unknown" "unkown": accepted, with a warning
                 r.seen.add(key)
-                value = check[-1][raw]
+                value = aliases[raw]
                 r.problems.append(Problem(f"{r.where} {key}", f'"{raw}" read as "{value}"', "warning"))
             else:
-                value = r.choice(key, default, check[0] if type(check[-1]) is dict else check)
+                value = r.choice(key, default, check[0] if aliases else check)
         elif kind == INT:
             if type(check) is tuple:
                 value = r.int(key, default, check[0], check[1])
@@ -761,50 +768,57 @@ def _read_rows(r: _Reader, section: str) -> dict[str, Any]:
             raw = r._get(key, (str, int), "a string or number")
             value = default if raw is None else str(raw)
         elif kind == COMMAND:  # a string runs through /bin/sh -c, a list as is
-            if isinstance(r.data.get(key), list):
+            if isinstance(data[key], list):
                 value = r.strings(key) or default
             else:
                 value = r.str(key, default) or default
         elif kind == STRING_TABLE:
             value = r.string_table(key)
         elif kind == STRINGS_TABLE:
-            given = key in r.data
             sub = r.subtable(key)
-            value = {name: sub.strings(name) for name in sub.data} if given else dict(default)
+            value = {name: sub.strings(name) for name in sub.data}
             sub.finish()
         elif kind == USER_TABLES:
             value = {}
-            cls = _SECTION_CLASS[f"{section}.{key}.*"]
             for user, table in r.table(key).items():
                 if not isinstance(table, dict):
                     r.problems.append(Problem(f"{r.where[:-1]}.{key}] {user}", "must be a table"))
                     continue
                 ur = _Reader(table, f"{r.where[:-1]}.{key}.{user}]", r.problems)
-                value[user.lower()] = cls(**_read_rows(ur, cls._section))
-                ur.finish()
+                value[user.lower()] = _read_section(ur, f"{section}.{key}.*")
         else:  # a row with a kind this function does not know: a bug in FIELDS, not in the config
             raise AssertionError(f"[{section}] {key}: unknown kind {kind!r}")
-        values[key] = value
-    return values
+        put(key, value)
 
 
 def _read_section(r: _Reader, section: str) -> Any:
     """A section's object (its class with its rows and subsections), or for [audit.lists]
-    and [audit.allow] the dict of the lists it names; unknown keys are noted."""
-    values = _read_rows(r, section)
-    for child in _CHILDREN.get(section, ()):
-        values[child] = _read_section(r.subtable(child), f"{section}.{child}")
+    and [audit.allow] the dict of the lists it names; unknown keys are noted.
+
+    Built field by field, without the generic `Section.__init__` and its keyword dict:
+    a login parses its config every time (the cache keeps the TOML, not the objects).
+    """
+    cls = _SECTION_CLASS.get(section)
+    if cls is None:
+        target: Any = {}
+        put = target.__setitem__
+    else:
+        target = object.__new__(cls)
+        put = target.__setattr__
+    _read_rows(r, section, put)
+    for child, child_section in _CHILDREN.get(section, ()):
+        put(child, _read_section(r.subtable(child), child_section))
     r.finish()
     if section == "audit":
-        allow = values.pop("allow")
-        values["allow_users"] = allow.pop("users")
-        values["allow"] = {kind: file for kind, file in allow.items() if file}
-        values["lists"] = {kind: file for kind, file in values["lists"].items() if file}
-        values["disabled_services"] = tuple(s.lower() for s in values["disabled_services"])
-    elif section == "userdb":
-        values["extra"] = _userdb_extra(r, values["extra"])
-    cls = _SECTION_CLASS.get(section)
-    return values if cls is None else cls(**values)
+        allow = target.allow
+        target.allow_users = allow.pop("users")
+        target.allow = {kind: file for kind, file in allow.items() if file}
+        target.lists = {kind: file for kind, file in target.lists.items() if file}
+        if target.disabled_services:
+            target.disabled_services = tuple(s.lower() for s in target.disabled_services)
+    elif section == "userdb" and target.extra:
+        target.extra = _userdb_extra(r, target.extra)
+    return target
 
 
 def _userdb_extra(r: _Reader, extra: dict[str, str]) -> dict[str, str]:
@@ -1029,6 +1043,6 @@ def example_toml() -> str:
                 lines += ["", *_comment(help_text), *sample.split("\n")]
             elif kind in TABLE_KINDS:
                 lines += ["", f"[{section}.{key}]", *_comment(help_text)]
-                lines += [f"{name} = {_toml_value(value)}" for name, value in default.items()]
+                lines += [f"{name} = {_toml_value(value)}" for name, value in default]
                 lines += sample.split("\n") if sample else []
     return "\n".join(lines) + "\n"
