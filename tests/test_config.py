@@ -60,11 +60,14 @@ def test_example_config_names_every_key_of_the_table():
             section = line[1:-1]
         elif " = " in line:
             named.add((section, line.removeprefix("# ").split(" = ", 1)[0]))
-    for section, key, kind, *_ in FIELDS:
+    for section, key, kind, *_ in ROWS:
         if "*" not in section and kind != "users" and key != "bind_password":  # bind_dn's help tells it
             assert (section, key) in named or kind in ("string_table", "strings_table"), (section, key)
             if kind in ("string_table", "strings_table"):
                 assert f"[{section}.{key}]" in EXAMPLE.read_text()
+
+
+ROWS = [(section, *row) for section, _help, rows in FIELDS for row in rows]  # (section, key, kind, ...)
 
 
 def _nested(section: str, key: str, value: object) -> dict:
@@ -79,7 +82,7 @@ WRONG_BY_KIND = {"bool": "yes", "number": "ten", "int": 1.5, "str": 5, "text": 5
                  "id": True, "command": 5, "string_table": 5, "strings_table": 5, "users": 5}
 
 
-@pytest.mark.parametrize("row", FIELDS, ids=[f"{row[0]}.{row[1]}" for row in FIELDS])
+@pytest.mark.parametrize("row", ROWS, ids=[f"{row[0]}.{row[1]}" for row in ROWS])
 def test_every_row_of_the_table_is_read_and_checked(row):
     section, key, kind, *_ = row
     error = _error(_nested(section, key, WRONG_BY_KIND[kind]))
@@ -97,12 +100,12 @@ def test_defaults_are_the_rows_defaults():
     for child in ("maxmind", "dns", "rdap", "origin_as", "cache"):
         sections[f"audit.{child}"] = getattr(config.audit, child)
     checked = 0
-    for section, key, kind, default, *_ in FIELDS:
+    for section, key, kind, default, *_ in ROWS:
         if section in sections:
             value = getattr(sections[section], key)
             assert value == (dict(default) if kind.endswith("table") else default), (section, key)
             checked += 1
-    assert checked == len(FIELDS) - 17  # all but the 10 deny lists, 4 rows of [audit.allow], 3 of its users
+    assert checked == len(ROWS) - 17  # all but the 10 deny lists, 4 rows of [audit.allow], 3 of its users
     assert config.audit.lists == {} and config.audit.allow == {} and config.audit.allow_users == {}
 
 

@@ -47,7 +47,9 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------
 # The fields: one row per config key, the single description of each.
 #
-# A row is (section, key, kind, default, check, help, sample). It drives the parsing
+# FIELDS holds, section by section, (section, help, rows); a row is (key, kind, default,
+# check, help, sample), and the section's help is what the example says under [section]
+# ("" for nothing). The rows drive the parsing
 # (`parse`: type, default, check, the problem messages, unknown keys), the config
 # classes below (their fields and defaults) and the commented example `conf/config.toml`
 # (`example_toml`, written by scripts/write-config-example.py; a test keeps the checked-in
@@ -69,306 +71,335 @@ class ConfigError(Exception):
 BOOL, NUMBER, INT, STR, TEXT, STRINGS, CHOICE = "bool", "number", "int", "str", "text", "strings", "choice"
 ID, COMMAND, STRING_TABLE, STRINGS_TABLE, USER_TABLES = "id", "command", "string_table", "strings_table", "users"
 TABLE_KINDS = (STRING_TABLE, STRINGS_TABLE, USER_TABLES)  # written as their own [section.key]
+_TABLE_KINDS = frozenset(TABLE_KINDS)
 
-FIELDS: tuple[tuple[str, str, str, Any, Any, str, str], ...] = (
-    ("database", "dsn", "str", "sqlite:////var/lib/dovecot-appauth/db.sqlite", None,
-     "SQLAlchemy-style URL. SQLite (default, one mail host); it is a URL, so %XX is an\n"
-     "escape: write a % in the file name as %25 (check-config opens the file as a login does):",
-     "# MariaDB/MySQL (several mail hosts share the passwords); keep this file 0640 root:dovecot:\n"
-     '# dsn = "mysql+pymysql://mailserver:secret@db.example.com/mail_auth"\n'
-     '# dsn = "mysql+pymysql://mailserver:secret@localhost/mail_auth?unix_socket=/run/mysqld/mysqld.sock"'),
-    ("database", "connect_timeout", "number", 3.0, 0.1,
-     "Seconds to connect (and for each query); also SQLite's busy timeout. A login that\n"
-     "cannot reach the database within it is a temporary failure, never a wrong password.", ""),
-
-    ("auth", "backend", "choice", "sql", ("sql", "nextcloud"),
-     'Where app passwords live: "sql" (the app_passwords table of [database], managed by\n'
-     '`dovecot-appauth password` or the Roundcube plugin) or "nextcloud" (Nextcloud app\n'
-     "passwords, checked with a WebDAV PROPFIND; see [nextcloud]). With \"nextcloud\" the\n"
-     "database still holds the throttling counters and audit_events (pwid NULL); there is\n"
-     "no `log` row (no password row to log against), no per-password policy, and a userdb\n"
-     'lookup answers "unknown user" (use another userdb for LMTP).', ""),
-    ("auth", "disallow_passwords_from", "strings", (), None,
-     "Networks (IPv4 and IPv6) from which app passwords are refused, e.g. the webmail\n"
-     "host, which logs in with the real password through another passdb.",
-     '# disallow_passwords_from = ["192.0.2.10/32", "2001:db8::10/128"]'),
-    ("auth", "hash_scheme", "choice", "sha512-crypt", ("sha512-crypt", "bcrypt", "argon2id"),
-     "Scheme for new passwords: sha512-crypt ({CRYPT}$6$, as the Roundcube plugin writes),\n"
-     "bcrypt ({BLF-CRYPT}$2y$) or argon2id ({ARGON2ID}). Logins verify all three.", ""),
-    ("auth", "sha512_rounds", "int", 5000, 1000,
-     "SHA-crypt rounds for new passwords (5000 is the glibc/PHP default).", ""),
-    ("auth", "hash_checks", "int", 10, 1,
-     "A failed password check (wrong password, unknown user) costs this many hash\n"
-     "verifications: the user's app passwords, padded with dummy checks of hash_scheme, so\n"
-     "that its time does not tell how many passwords a user has, or whether the user exists.\n"
-     "Users with more passwords than this cost one check per password. The price is paid by\n"
-     "failed logins only (a right password stops at its row): about 10 x 1-4 ms of CPU each\n"
-     'at 5000 rounds (docs/SECURITY.md, "Timing"). bcrypt (~50 ms) and argon2id (~50-100 ms,\n'
-     "64 MiB) cost far more per hash: with those, weigh a lower value against how many app\n"
-     "passwords your users hold.", ""),
-    ("auth", "dedup_window", "number", 60.0, None,
-     "A login with the same password, service and source IP as one logged less than this\n"
-     "many seconds ago is not logged again.", ""),
-    ("auth", "password_length", "int", 16, 12,
-     "New passwords: this many random characters from [0-9A-Za-z], in groups of\n"
-     "password_chunk joined by dashes (the dashes are part of the password).", ""),
-    ("auth", "password_chunk", "int", 4, 0, "", ""),
-
-    ("userdb", "uid", "id", None, None, "", '# uid = "vmail"'),
-    ("userdb", "gid", "id", None, None, "", '# gid = "vmail"'),
-    ("userdb", "home", "text", None, None, "", '# home = "/var/vmail/%d/%n"'),
-    ("userdb", "mail", "text", None, None, "",
-     '# mail = "maildir:~/Maildir"      # Dovecot 2.3; 2.4 ignores `mail` without an error'),
-    ("userdb", "extra", "string_table", (), None,
-     'Any other userdb field, literally (the userdb_ prefix is added when missing). A field\n'
-     'name with white space, "=" or a control character is a config error (Dovecot\'s reply\n'
-     'could not carry it); quote names with "/": "namespace/inbox/list" = "yes".',
-     '# quota_rule = "*:storage=1G"\n'
-     "# Dovecot 2.4 (with `serve`): the mail location as two fields instead of `mail` above\n"
-     '# mail_driver = "maildir"\n'
-     '# mail_path = "~/Maildir"'),
-
-    ("audit", "enabled", "bool", True, None, "Run the audit pipeline after a successful app-password check.", ""),
-    ("audit", "audit_only", "bool", False, None, "Log every verdict but never deny (try new lists safely).", ""),
-    ("audit", "disabled_services", "strings", (), None,
-     'Services that are always denied (upstream key), e.g. ["pop3"].', ""),
-    ("audit", "audit_result_success", "choice", "ok", (("ok", "unknown", "next"), (("unkown", "unknown"),)),
-     "With --audit-chain (audit after another passdb, see examples/dovecot/): what a login\n"
-     'that no list denied returns: "ok", "unknown" or "next" (upstream key). The\n'
-     "checkpassword interface can only say yes or no, so all three let the earlier\n"
-     "passdb's success stand; denial always refuses. --audit-chain checks no password: it\n"
-     "refuses every login unless the passdb before it set the extra field appauth_ok=yes\n"
-     "(`override_fields = appauth_ok=yes` in Dovecot's config; not a key of this file).", ""),
-    ("audit", "audit_process_unknown", "bool", False, None,
-     'Upstream key: audit requests for which an earlier passdb already answered "user\n'
-     'unknown". Dovecot does not tell a checkpassword program that, so this key is read\n'
-     "for compatibility and has no effect here (every request that reaches us is audited).", ""),
-    ("audit", "log_local", "bool", True, None,
-     "Write the audit line for logins from non-global addresses too (upstream key).", ""),
-    ("audit", "local_locationname", "str", "local network", None,
-     "The place name logged for non-global addresses (upstream key).", ""),
-    ("audit", "ignore_networks", "strings", (), None,
-     "Networks never judged nor logged (monitoring probes, for example).", ""),
-    ("audit", "global_networks", "strings", (), None,
-     "Networks judged as global although IANA lists them as special-purpose (tests, demos).", ""),
-    ("audit", "deadline", "number", 1.5, 0.05, "One deadline for all enrichment sources of a login, in seconds.", ""),
-    ("audit", "syslog_identifier", "str", "mail-audit", None,
-     "Syslog: identifier, facility and socket. The journal is used when running under\n"
-     'systemd-journald and the systemd Python module is installed (journal = "auto").', ""),
-    ("audit", "syslog_facility", "str", "mail", None, "", ""),
-    ("audit", "syslog_socket", "text", "/dev/log", None, "", ""),
-    ("audit", "journal", "choice", "auto", ("auto", "yes", "no"), "", ""),
-    ("audit", "log_file", "str", None, None, "Also append each audit line to this file.",
-     '# log_file = "/var/log/dovecot-appauth/audit.log"'),
-    ("audit", "record_events", "bool", True, None,
-     "Store every audited login as a row of the audit_events table too (for `report` and the\n"
-     "alerts; shared by every host on the same database, no journald needed).", ""),
-    ("audit", "events_retention_days", "number", 90.0, 1.0,
-     "`dovecot-appauth prune` deletes audit_events rows older than this (run it daily).", ""),
-    ("audit", "unreadable_list", "choice", "tempfail", ("tempfail", "skip"),
-     "A list file named below ([audit.lists], [audit.allow]) that the login cannot read\n"
-     '(missing, unreadable for user dovecot, a directory, larger than 16 MiB): "tempfail"\n'
-     "refuses every audited login for now (Dovecot: UNAVAILABLE) with one line naming the\n"
-     'list, the file and the reason; "skip" goes on without that list (an allow list then\n'
-     "lets nothing through) and says so on every login. Never silent.", ""),
-    ("audit", "local_networks", "string_table", (), None,
-     "Names for local networks, logged as the place (upstream key).", '# "192.0.2.0/24" = "Office"'),
-
-    ("audit.maxmind", "city", "text", None, None, "", '# city = "/var/lib/GeoIP/GeoLite2-City.mmdb"'),
-    ("audit.maxmind", "asn", "text", None, None, "", '# asn = "/var/lib/GeoIP/GeoLite2-ASN.mmdb"'),
-
-    ("audit.dns", "enabled", "bool", True, None, "", ""),
-    ("audit.dns", "resolvers", "strings", (), None, "Resolvers to ask; empty: the system's (/etc/resolv.conf).", ""),
-    ("audit.dns", "port", "int", 53, 1, "", ""),
-    ("audit.dns", "timeout", "number", 1.0, 0.01, "", ""),
-
-    ("audit.rdap", "enabled", "bool", False, None, "", ""),
-    ("audit.rdap", "bootstrap_url", "str", "https://data.iana.org/rdap/", None,
-     "Base URL of the IANA bootstrap files (ipv4.json, ipv6.json, asn.json).", ""),
-    ("audit.rdap", "servers", "strings", (), None,
-     'Fixed RDAP servers to ask instead of the bootstrap, e.g. ["https://rdap.db.ripe.net/"].', ""),
-    ("audit.rdap", "timeout", "number", 1.2, 0.01, "", ""),
-
-    ("audit.origin_as", "enabled", "bool", False, None, "", ""),
-    ("audit.origin_as", "order", "choice", "maxmind-first", ("maxmind-first", "origin-first"),
-     "\"maxmind-first\": asked only when MaxMind's ASN database has no AS for the address;\n"
-     "\"origin-first\": always asked, and its AS is preferred to MaxMind's (upstream's order).", ""),
-    ("audit.origin_as", "timeout", "number", 1.0, 0.01,
-     "Both queries together; the login's [audit] deadline bounds it too.", ""),
-
-    ("audit.cache", "enabled", "bool", True, None, "", ""),
-    ("audit.cache", "path", "str", "/var/cache/dovecot-appauth", None, "", ""),
-    ("audit.cache", "rdns_ttl", "number", 3600.0, None, "", ""),
-    ("audit.cache", "rdap_ttl", "number", 7 * 86400.0, None, "", ""),
-    ("audit.cache", "origin_as_ttl", "number", 86400.0, None, "", ""),  # upstream kept ipwhois answers a day
-    ("audit.cache", "negative_ttl", "number", 300.0, None,
-     "Failures and timeouts are remembered this long, so a dead source costs one wait.\n"
-     "Every TTL counts from when the entry is written.", ""),
-
-    # deny lists: no default; the example names upstream's files
-    ("audit.lists", "ip_networks", "str", None, None, "", 'ip_networks = "lists/ip_net.deny.lst"'),
-    ("audit.lists", "reverse_hostname", "str", None, None, "", 'reverse_hostname = "lists/rev_host.deny.lst"'),
-    ("audit.lists", "network_name", "str", None, None, "", 'network_name = "lists/net_name.deny.lst"'),
-    ("audit.lists", "network_cc", "str", None, None, "", 'network_cc = "lists/net_cc.deny.lst"'),
-    ("audit.lists", "entities", "str", None, None, "", 'entities = "lists/entity.deny.lst"'),
-    ("audit.lists", "as_numbers", "str", None, None, "", 'as_numbers = "lists/asn.deny.lst"'),
-    ("audit.lists", "as_names", "str", None, None, "", 'as_names = "lists/as_dscr.deny.lst"'),
-    ("audit.lists", "as_cc", "str", None, None, "", 'as_cc = "lists/as_cc.deny.lst"'),
-    ("audit.lists", "geo_location_ids", "str", None, None, "", 'geo_location_ids = "lists/maxmind/geo_loc.deny.lst"'),
-    ("audit.lists", "coordinates", "str", None, None, "", 'coordinates = "lists/maxmind/coords.deny.lst"'),
-
-    ("audit.allow", "ip_networks", "str", None, None, "", 'ip_networks = "lists/allow/ip_net.allow.lst"'),
-    ("audit.allow", "as_numbers", "str", None, None, "", 'as_numbers = "lists/allow/asn.allow.lst"'),
-    ("audit.allow", "countries", "str", None, None, "", 'countries = "lists/allow/cc.allow.lst"'),
-    ("audit.allow", "users", "users", (), None,
-     "Per-user allow entries (inline), e.g. a user who travels with a known provider:",
-     '# [audit.allow.users."alice@example.com"]\n'
-     '# ip_networks = ["198.51.100.0/24"]\n'
-     '# as_numbers = ["AS64501"]\n'
-     '# countries = ["DE"]'),
-    ("audit.allow.users.*", "ip_networks", "strings", (), None, "", ""),
-    ("audit.allow.users.*", "as_numbers", "strings", (), None, "", ""),
-    ("audit.allow.users.*", "countries", "strings", (), None, "", ""),
-
-    ("alerts", "enabled", "bool", False, None, "", ""),
-    ("alerts", "lookback_days", "number", 30.0, 0.01, "", ""),
-    ("alerts", "max_speed_kmh", "number", 1000.0, None, "", ""),  # faster than an airliner, with margin
-    ("alerts", "action", "choice", "log", ("log", "deny"),
-     '"log": audit line (alert=...), journald AUDIT_ALERT, one line in Dovecot\'s log.\n'
-     '"deny": the same, and the login is refused (AUTHENTICATIONFAILED).', ""),
-    ("alerts", "notify_command", "command", None, None,
-     "Run for each alert, detached (it never delays the login), with the event and its\n"
-     "alerts as JSON on stdin. A string runs through /bin/sh -c; a list runs as is.\n"
-     'Also run for "leaked-password": the right password of a revoked or expired app\n'
-     "password (refused anyway; the JSON adds password_state and password_state_since).",
-     "# notify_command = \"mail -s 'dovecot-appauth: login alert' root\""),
-
-    ("throttle", "enabled", "bool", True, None, "", ""),
-    ("throttle", "window", "number", 600.0, 1.0, "", ""),
-    ("throttle", "max_per_user_ip", "int", 10, None,
-     "0 switches a counter off. The per-user limit is high: anyone can make a user's\n"
-     "failures count, so it only stops slow guessing spread over many addresses.", ""),
-    ("throttle", "max_per_ip", "int", 30, None, "", ""),
-    ("throttle", "max_per_user", "int", 100, None, "", ""),
-    ("throttle", "verdict", "choice", "tempfail", ("tempfail", "deny"),
-     '"tempfail": wait `delay` seconds, then answer "temporary failure" (the client sees\n'
-     'UNAVAILABLE and retries later); "deny": answer like a wrong password.\n'
-     "`dovecot-appauth serve` never waits `delay`: it answers at once (a held answer would\n"
-     "hold one of Dovecot's auth workers) and Dovecot's auth_failure_delay slows the client.", ""),
-    ("throttle", "delay", "number", 2.0, None, "", ""),
-    ("throttle", "exempt_networks", "strings", (), None,
-     "Never throttled, besides the networks of the [audit.allow] ip_networks list; e.g. the\n"
-     'webmail host or an office NAT: exempt_networks = ["192.0.2.10/32"]', ""),
-    ("throttle", "ipv6_prefix", "int", 64, (16, 128),
-     "IPv6 clients are counted per network of this many bits (a host usually holds a whole\n"
-     "/64 and could take a new address for every guess); IPv4-mapped addresses\n"
-     "(::ffff:192.0.2.69) always count as their IPv4 address. 16..128.", ""),
-    ("throttle", "known_client_days", "number", 30.0, None,
-     "A client that logged in successfully as a user within this many days (the shared\n"
-     "known_clients table) is exempt from max_per_user, so that guessing at a user's password\n"
-     "from elsewhere cannot keep them out; max_per_user_ip and max_per_ip still apply. 0: off.", ""),
-    ("throttle", "unavailable", "choice", "tempfail", ("tempfail", "skip"),
-     "When the limiter cannot read its counters (a missing MariaDB GRANT, a broken table):\n"
-     '"tempfail" refuses the login for now (UNAVAILABLE) with one line naming the problem;\n'
-     '"skip" goes on without the limiter and says so on every login. Never silent.', ""),
-
-    ("nextcloud", "url", "str", None, None, "",
-     '# url = "https://cloud.example.com/remote.php/dav/files/%u/"'),
-    ("nextcloud", "timeout", "number", 3.0, 0.1, "Seconds for connect, TLS, request and status line together.", ""),
-    ("nextcloud", "cache_seconds", "number", 60.0, None,
-     "After a 207 the same user+password is accepted for this many seconds without asking\n"
-     "Nextcloud (a keyed hash in <[audit.cache] path>/nextcloud/; wrong passwords are never\n"
-     "cached). A password revoked in Nextcloud keeps working that long. 0: always ask.", ""),
-    ("nextcloud", "ca_file", "str", None, None, "PEM CA bundle for https (default: the system's).",
-     '# ca_file = "/etc/ssl/certs/my-ca.pem"'),
-    ("nextcloud", "forward_ip", "bool", True, None,
-     "Send X-Forwarded-For: <client IP>, so Nextcloud's brute-force protection sees the client.", ""),
-
-    ("account", "backend", "choice", "", ("", "ldap", "sql"),
-     '"ldap" ([account.ldap], needs pip install \'dovecot-appauth[ldap]\'), "sql" ([account.sql]),\n'
-     'or "" (no gate). import-upstream writes "ldap" from upstream\'s [ldap].', ""),
-    ("account", "timeout", "number", 3.0, 0.1,
-     "Seconds for the whole check: connect, TLS, bind and search (or the query).", ""),
-    ("account", "cache_seconds", "number", 60.0, None,
-     'An "active" answer is reused for this many seconds, from <[audit.cache] path>/cache.sqlite\n'
-     "(JSON, keyed by user and directory, no secret). A refusal is never cached; an account\n"
-     "disabled in the directory keeps working at most this long. 0: ask every login.", ""),
-
-    ("account.ldap", "uri", "str", None, None,
-     "ldap://host[:port] or ldaps://host[:port]; several, space-separated, are tried in turn.",
-     '# uri = "ldaps://ldap.example.com"'),
-    ("account.ldap", "basedn", "str", None, None, "", '# basedn = "ou=users,dc=example,dc=com"'),
-    ("account.ldap", "filter", "str", "(uid=%u)", None,  # upstream's search: uid = the login name
-     "%u the login name, %n its local part, %d its domain, each escaped (RFC 4515); %% a %.\n"
-     "Exactly one entry must match (upstream searched (uid=<login name>) like this).", ""),
-    ("account.ldap", "bind_dn", "str", None, None,
-     "Bind as a service account (default: anonymous). The password from a file readable by\n"
-     "the dovecot user (first line; 0640 root:dovecot), or bind_password in this file, which\n"
-     "must then be 0640 root:dovecot too. Never on a command line, never logged.",
-     '# bind_dn = "cn=dovecot,ou=services,dc=example,dc=com"'),
-    ("account.ldap", "bind_password_file", "str", None, None, "",
-     '# bind_password_file = "/etc/dovecot-appauth/ldap.secret"'),
-    ("account.ldap", "bind_password", "str", None, None, "", ""),
-    ("account.ldap", "starttls", "bool", False, None,
-     "StartTLS on an ldap:// URI (upstream's `tls`). The server certificate is always\n"
-     "verified, against ca_file (PEM) or the system's CAs.", ""),
-    ("account.ldap", "ca_file", "str", None, None, "", '# ca_file = "/etc/ssl/certs/ldap-ca.pem"'),
-    # upstream's markers of a disabled account (its main.py): either attribute with this value
-    ("account.ldap", "disabled", "strings_table",
-     (("loginShell", ("/bin/false",)), ("homeDirectory", ("/dev/null",))), None,
-     "An entry with any of these attribute values is a disabled account (upstream's markers).", ""),
-
-    ("account.sql", "query", "str", None, None,
-     "For sites whose accounts live in the mail database. :user is the login name. No row:\n"
-     "no such account; a row whose first column is 0, false, NULL or empty: disabled; any\n"
-     "other row: active.", '# query = "SELECT active FROM mailbox WHERE username = :user"'),
-    ("account.sql", "dsn", "str", None, None,
-     "Another database for the query (same DSN forms as [database] dsn); default: [database] dsn.",
-     '# dsn = "mysql+pymysql://accounts:secret@db.example.com/postfix"'),
+FIELDS: tuple[tuple[str, str, tuple[tuple[str, str, Any, Any, str, str], ...]], ...] = (
+    ("database", "", (
+        ("dsn", "str", "sqlite:////var/lib/dovecot-appauth/db.sqlite", None,
+         "SQLAlchemy-style URL. SQLite (default, one mail host); it is a URL, so %XX is an\n"
+         "escape: write a % in the file name as %25 (check-config opens the file as a login does):",
+         "# MariaDB/MySQL (several mail hosts share the passwords); keep this file 0640 root:dovecot:\n"
+         '# dsn = "mysql+pymysql://mailserver:secret@db.example.com/mail_auth"\n'
+         '# dsn = "mysql+pymysql://mailserver:secret@localhost/mail_auth?unix_socket=/run/mysqld/mysqld.sock"'),
+        ("connect_timeout", "number", 3.0, 0.1,
+         "Seconds to connect (and for each query); also SQLite's busy timeout. A login that\n"
+         "cannot reach the database within it is a temporary failure, never a wrong password.", ""),
+    )),
+    ("auth", "", (
+        ("backend", "choice", "sql", ("sql", "nextcloud"),
+         'Where app passwords live: "sql" (the app_passwords table of [database], managed by\n'
+         '`dovecot-appauth password` or the Roundcube plugin) or "nextcloud" (Nextcloud app\n'
+         "passwords, checked with a WebDAV PROPFIND; see [nextcloud]). With \"nextcloud\" the\n"
+         "database still holds the throttling counters and audit_events (pwid NULL); there is\n"
+         "no `log` row (no password row to log against), no per-password policy, and a userdb\n"
+         'lookup answers "unknown user" (use another userdb for LMTP).', ""),
+        ("disallow_passwords_from", "strings", (), None,
+         "Networks (IPv4 and IPv6) from which app passwords are refused, e.g. the webmail\n"
+         "host, which logs in with the real password through another passdb.",
+         '# disallow_passwords_from = ["192.0.2.10/32", "2001:db8::10/128"]'),
+        ("hash_scheme", "choice", "sha512-crypt", ("sha512-crypt", "bcrypt", "argon2id"),
+         "Scheme for new passwords: sha512-crypt ({CRYPT}$6$, as the Roundcube plugin writes),\n"
+         "bcrypt ({BLF-CRYPT}$2y$) or argon2id ({ARGON2ID}). Logins verify all three.", ""),
+        ("sha512_rounds", "int", 5000, 1000,
+         "SHA-crypt rounds for new passwords (5000 is the glibc/PHP default).", ""),
+        ("hash_checks", "int", 10, 1,
+         "A failed password check (wrong password, unknown user) costs this many hash\n"
+         "verifications: the user's app passwords, padded with dummy checks of hash_scheme, so\n"
+         "that its time does not tell how many passwords a user has, or whether the user exists.\n"
+         "Users with more passwords than this cost one check per password. The price is paid by\n"
+         "failed logins only (a right password stops at its row): about 10 x 1-4 ms of CPU each\n"
+         'at 5000 rounds (docs/SECURITY.md, "Timing"). bcrypt (~50 ms) and argon2id (~50-100 ms,\n'
+         "64 MiB) cost far more per hash: with those, weigh a lower value against how many app\n"
+         "passwords your users hold.", ""),
+        ("dedup_window", "number", 60.0, None,
+         "A login with the same password, service and source IP as one logged less than this\n"
+         "many seconds ago is not logged again.", ""),
+        ("password_length", "int", 16, 12,
+         "New passwords: this many random characters from [0-9A-Za-z], in groups of\n"
+         "password_chunk joined by dashes (the dashes are part of the password).", ""),
+        ("password_chunk", "int", 4, 0, "", ""),
+    )),
+    ("userdb",
+     "Fields returned to Dovecot on success (prefetched into the userdb). Templates:\n"
+     "%u user (as stored in the database), %n its local part, %d its domain, %% a percent.\n"
+     "Leave out uid/gid to get those of Dovecot's checkpassword-reply (the dovecot user).",
+     (
+        ("uid", "id", None, None, "", '# uid = "vmail"'),
+        ("gid", "id", None, None, "", '# gid = "vmail"'),
+        ("home", "text", None, None, "", '# home = "/var/vmail/%d/%n"'),
+        ("mail", "text", None, None, "",
+         '# mail = "maildir:~/Maildir"      # Dovecot 2.3; 2.4 ignores `mail` without an error'),
+        ("extra", "string_table", (), None,
+         'Any other userdb field, literally (the userdb_ prefix is added when missing). A field\n'
+         'name with white space, "=" or a control character is a config error (Dovecot\'s reply\n'
+         'could not carry it); quote names with "/": "namespace/inbox/list" = "yes".',
+         '# quota_rule = "*:storage=1G"\n'
+         "# Dovecot 2.4 (with `serve`): the mail location as two fields instead of `mail` above\n"
+         '# mail_driver = "maildir"\n'
+         '# mail_path = "~/Maildir"'),
+    )),
+    ("audit", "", (
+        ("enabled", "bool", True, None, "Run the audit pipeline after a successful app-password check.", ""),
+        ("audit_only", "bool", False, None, "Log every verdict but never deny (try new lists safely).", ""),
+        ("disabled_services", "strings", (), None,
+         'Services that are always denied (upstream key), e.g. ["pop3"].', ""),
+        ("audit_result_success", "choice", "ok", (("ok", "unknown", "next"), (("unkown", "unknown"),)),
+         "With --audit-chain (audit after another passdb, see examples/dovecot/): what a login\n"
+         'that no list denied returns: "ok", "unknown" or "next" (upstream key). The\n'
+         "checkpassword interface can only say yes or no, so all three let the earlier\n"
+         "passdb's success stand; denial always refuses. --audit-chain checks no password: it\n"
+         "refuses every login unless the passdb before it set the extra field appauth_ok=yes\n"
+         "(`override_fields = appauth_ok=yes` in Dovecot's config; not a key of this file).", ""),
+        ("audit_process_unknown", "bool", False, None,
+         'Upstream key: audit requests for which an earlier passdb already answered "user\n'
+         'unknown". Dovecot does not tell a checkpassword program that, so this key is read\n'
+         "for compatibility and has no effect here (every request that reaches us is audited).", ""),
+        ("log_local", "bool", True, None,
+         "Write the audit line for logins from non-global addresses too (upstream key).", ""),
+        ("local_locationname", "str", "local network", None,
+         "The place name logged for non-global addresses (upstream key).", ""),
+        ("ignore_networks", "strings", (), None,
+         "Networks never judged nor logged (monitoring probes, for example).", ""),
+        ("global_networks", "strings", (), None,
+         "Networks judged as global although IANA lists them as special-purpose (tests, demos).", ""),
+        ("deadline", "number", 1.5, 0.05, "One deadline for all enrichment sources of a login, in seconds.", ""),
+        ("syslog_identifier", "str", "mail-audit", None,
+         "Syslog: identifier, facility and socket. The journal is used when running under\n"
+         'systemd-journald and the systemd Python module is installed (journal = "auto").', ""),
+        ("syslog_facility", "str", "mail", None, "", ""),
+        ("syslog_socket", "text", "/dev/log", None, "", ""),
+        ("journal", "choice", "auto", ("auto", "yes", "no"), "", ""),
+        ("log_file", "str", None, None, "Also append each audit line to this file.",
+         '# log_file = "/var/log/dovecot-appauth/audit.log"'),
+        ("record_events", "bool", True, None,
+         "Store every audited login as a row of the audit_events table too (for `report` and the\n"
+         "alerts; shared by every host on the same database, no journald needed).", ""),
+        ("events_retention_days", "number", 90.0, 1.0,
+         "`dovecot-appauth prune` deletes audit_events rows older than this (run it daily).", ""),
+        ("unreadable_list", "choice", "tempfail", ("tempfail", "skip"),
+         "A list file named below ([audit.lists], [audit.allow]) that the login cannot read\n"
+         '(missing, unreadable for user dovecot, a directory, larger than 16 MiB): "tempfail"\n'
+         "refuses every audited login for now (Dovecot: UNAVAILABLE) with one line naming the\n"
+         'list, the file and the reason; "skip" goes on without that list (an allow list then\n'
+         "lets nothing through) and says so on every login. Never silent.", ""),
+        ("local_networks", "string_table", (), None,
+         "Names for local networks, logged as the place (upstream key).", '# "192.0.2.0/24" = "Office"'),
+    )),
+    ("audit.maxmind",
+     "MaxMind GeoIP2/GeoLite2 databases (geoipupdate keeps them current). A missing file\n"
+     "makes that source unavailable; logins go on.",
+     (
+        ("city", "text", None, None, "", '# city = "/var/lib/GeoIP/GeoLite2-City.mmdb"'),
+        ("asn", "text", None, None, "", '# asn = "/var/lib/GeoIP/GeoLite2-ASN.mmdb"'),
+    )),
+    ("audit.dns",
+     "Reverse DNS (PTR) of the client address.",
+     (
+        ("enabled", "bool", True, None, "", ""),
+        ("resolvers", "strings", (), None, "Resolvers to ask; empty: the system's (/etc/resolv.conf).", ""),
+        ("port", "int", 53, 1, "", ""),
+        ("timeout", "number", 1.0, 0.01, "", ""),
+    )),
+    ("audit.rdap",
+     "RDAP (whois) network data: network name and country, AS number, description and\n"
+     "country, related entities. Off by default: it asks the registries for every new IP.",
+     (
+        ("enabled", "bool", False, None, "", ""),
+        ("bootstrap_url", "str", "https://data.iana.org/rdap/", None,
+         "Base URL of the IANA bootstrap files (ipv4.json, ipv6.json, asn.json).", ""),
+        ("servers", "strings", (), None,
+         'Fixed RDAP servers to ask instead of the bootstrap, e.g. ["https://rdap.db.ripe.net/"].', ""),
+        ("timeout", "number", 1.2, 0.01, "", ""),
+    )),
+    ("audit.origin_as",
+     "The origin AS of the address (number, country, name) from Team Cymru's DNS service\n"
+     "(origin.asn.cymru.com / origin6 and AS<n>.asn.cymru.com TXT records), as upstream's\n"
+     "ipwhois found it, so as_numbers, as_names and as_cc lists match networks the MaxMind\n"
+     "ASN database lacks. Asks [audit.dns]'s resolvers. Never asked for local sources.\n"
+     "Off by default: it leaves the host for every new IP (import-upstream turns it on).",
+     (
+        ("enabled", "bool", False, None, "", ""),
+        ("order", "choice", "maxmind-first", ("maxmind-first", "origin-first"),
+         "\"maxmind-first\": asked only when MaxMind's ASN database has no AS for the address;\n"
+         "\"origin-first\": always asked, and its AS is preferred to MaxMind's (upstream's order).", ""),
+        ("timeout", "number", 1.0, 0.01,
+         "Both queries together; the login's [audit] deadline bounds it too.", ""),
+    )),
+    ("audit.cache",
+     "On-disk cache of enrichment results (SQLite file, JSON values); 0700 directory owned\n"
+     "by the user logins run as (dovecot). A directory group or others can write is not\n"
+     "trusted (its entries feed the allow lists): logins then run uncached and say so. Its\n"
+     'owner is also the user admin commands run as root act as (see README, "service user").',
+     (
+        ("enabled", "bool", True, None, "", ""),
+        ("path", "str", "/var/cache/dovecot-appauth", None, "", ""),
+        ("rdns_ttl", "number", 3600.0, None, "", ""),
+        ("rdap_ttl", "number", 7 * 86400.0, None, "", ""),
+        ("origin_as_ttl", "number", 86400.0, None, "", ""),  # upstream kept ipwhois answers a day
+        ("negative_ttl", "number", 300.0, None,
+         "Failures and timeouts are remembered this long, so a dead source costs one wait.\n"
+         "Every TTL counts from when the entry is written.", ""),
+    )),
+    ("audit.lists",
+     'Deny lists, one entry per line (formats: README, "List files"). Read fresh by every\n'
+     "login, so a change applies at the next login. Upstream file names:",
+     (
+        # deny lists: no default; the example names upstream's files
+        ("ip_networks", "str", None, None, "", 'ip_networks = "lists/ip_net.deny.lst"'),
+        ("reverse_hostname", "str", None, None, "", 'reverse_hostname = "lists/rev_host.deny.lst"'),
+        ("network_name", "str", None, None, "", 'network_name = "lists/net_name.deny.lst"'),
+        ("network_cc", "str", None, None, "", 'network_cc = "lists/net_cc.deny.lst"'),
+        ("entities", "str", None, None, "", 'entities = "lists/entity.deny.lst"'),
+        ("as_numbers", "str", None, None, "", 'as_numbers = "lists/asn.deny.lst"'),
+        ("as_names", "str", None, None, "", 'as_names = "lists/as_dscr.deny.lst"'),
+        ("as_cc", "str", None, None, "", 'as_cc = "lists/as_cc.deny.lst"'),
+        ("geo_location_ids", "str", None, None, "", 'geo_location_ids = "lists/maxmind/geo_loc.deny.lst"'),
+        ("coordinates", "str", None, None, "", 'coordinates = "lists/maxmind/coords.deny.lst"'),
+    )),
+    ("audit.allow",
+     "Allow lists win over every deny list, so a known site can never be locked out.",
+     (
+        ("ip_networks", "str", None, None, "", 'ip_networks = "lists/allow/ip_net.allow.lst"'),
+        ("as_numbers", "str", None, None, "", 'as_numbers = "lists/allow/asn.allow.lst"'),
+        ("countries", "str", None, None, "", 'countries = "lists/allow/cc.allow.lst"'),
+        ("users", "users", (), None,
+         "Per-user allow entries (inline), e.g. a user who travels with a known provider:",
+         '# [audit.allow.users."alice@example.com"]\n'
+         '# ip_networks = ["198.51.100.0/24"]\n'
+         '# as_numbers = ["AS64501"]\n'
+         '# countries = ["DE"]'),
+    )),
+    ("audit.allow.users.*", "", (
+        ("ip_networks", "strings", (), None, "", ""),
+        ("as_numbers", "strings", (), None, "", ""),
+        ("countries", "strings", (), None, "", ""),
+    )),
+    ("alerts",
+     "New-place alerts on successful logins, compared with the user's successful logins of\n"
+     'the last lookback_days (from audit_events): "new-country", "new-asn", and\n'
+     '"impossible-travel" (implied speed from the previous located login above\n'
+     "max_speed_kmh, after taking off both MaxMind accuracy radii; 0 switches it off).\n"
+     "A user's first login in the window raises nothing.",
+     (
+        ("enabled", "bool", False, None, "", ""),
+        ("lookback_days", "number", 30.0, 0.01, "", ""),
+        ("max_speed_kmh", "number", 1000.0, None, "", ""),  # faster than an airliner, with margin
+        ("action", "choice", "log", ("log", "deny"),
+         '"log": audit line (alert=...), journald AUDIT_ALERT, one line in Dovecot\'s log.\n'
+         '"deny": the same, and the login is refused (AUTHENTICATIONFAILED).', ""),
+        ("notify_command", "command", None, None,
+         "Run for each alert, detached (it never delays the login), with the event and its\n"
+         "alerts as JSON on stdin. A string runs through /bin/sh -c; a list runs as is.\n"
+         'Also run for "leaked-password": the right password of a revoked or expired app\n'
+         "password (refused anyway; the JSON adds password_state and password_state_since).",
+         "# notify_command = \"mail -s 'dovecot-appauth: login alert' root\""),
+    )),
+    ("throttle",
+     "Brute-force limiter: failed logins (wrong, unknown-user, revoked or expired passwords)\n"
+     "are counted in the shared database per (user, IP), per IP and per user, within\n"
+     "`window` seconds. A client at a limit is refused before any hash is computed, even\n"
+     "with the right password. `dovecot-appauth throttle list|reset` shows and lifts it.",
+     (
+        ("enabled", "bool", True, None, "", ""),
+        ("window", "number", 600.0, 1.0, "", ""),
+        ("max_per_user_ip", "int", 10, None,
+         "0 switches a counter off. The per-user limit is high: anyone can make a user's\n"
+         "failures count, so it only stops slow guessing spread over many addresses.", ""),
+        ("max_per_ip", "int", 30, None, "", ""),
+        ("max_per_user", "int", 100, None, "", ""),
+        ("verdict", "choice", "tempfail", ("tempfail", "deny"),
+         '"tempfail": wait `delay` seconds, then answer "temporary failure" (the client sees\n'
+         'UNAVAILABLE and retries later); "deny": answer like a wrong password.\n'
+         "`dovecot-appauth serve` never waits `delay`: it answers at once (a held answer would\n"
+         "hold one of Dovecot's auth workers) and Dovecot's auth_failure_delay slows the client.", ""),
+        ("delay", "number", 2.0, None, "", ""),
+        ("exempt_networks", "strings", (), None,
+         "Never throttled, besides the networks of the [audit.allow] ip_networks list; e.g. the\n"
+         'webmail host or an office NAT: exempt_networks = ["192.0.2.10/32"]', ""),
+        ("ipv6_prefix", "int", 64, (16, 128),
+         "IPv6 clients are counted per network of this many bits (a host usually holds a whole\n"
+         "/64 and could take a new address for every guess); IPv4-mapped addresses\n"
+         "(::ffff:192.0.2.69) always count as their IPv4 address. 16..128.", ""),
+        ("known_client_days", "number", 30.0, None,
+         "A client that logged in successfully as a user within this many days (the shared\n"
+         "known_clients table) is exempt from max_per_user, so that guessing at a user's password\n"
+         "from elsewhere cannot keep them out; max_per_user_ip and max_per_ip still apply. 0: off.", ""),
+        ("unavailable", "choice", "tempfail", ("tempfail", "skip"),
+         "When the limiter cannot read its counters (a missing MariaDB GRANT, a broken table):\n"
+         '"tempfail" refuses the login for now (UNAVAILABLE) with one line naming the problem;\n'
+         '"skip" goes on without the limiter and says so on every login. Never silent.', ""),
+    )),
+    ("nextcloud",
+     'Used with [auth] backend = "nextcloud" (required then: url). An app password is right\n'
+     "when Nextcloud answers 207 to `PROPFIND url` with it (HTTP basic auth), wrong on 401;\n"
+     "anything else, a refused connection or the timeout is a temporary failure (UNAVAILABLE).\n"
+     "%u is the URL-quoted user name. Use https unless Nextcloud is on this host.",
+     (
+        ("url", "str", None, None, "",
+         '# url = "https://cloud.example.com/remote.php/dav/files/%u/"'),
+        ("timeout", "number", 3.0, 0.1, "Seconds for connect, TLS, request and status line together.", ""),
+        ("cache_seconds", "number", 60.0, None,
+         "After a 207 the same user+password is accepted for this many seconds without asking\n"
+         "Nextcloud (a keyed hash in <[audit.cache] path>/nextcloud/; wrong passwords are never\n"
+         "cached). A password revoked in Nextcloud keeps working that long. 0: always ask.", ""),
+        ("ca_file", "str", None, None, "PEM CA bundle for https (default: the system's).",
+         '# ca_file = "/etc/ssl/certs/my-ca.pem"'),
+        ("forward_ip", "bool", True, None,
+         "Send X-Forwarded-For: <client IP>, so Nextcloud's brute-force protection sees the client.", ""),
+    )),
+    ("account",
+     "The account gate (off by default): after the app password matched, the account must\n"
+     "exist and be enabled, in LDAP or by one SQL query. SMTP AUTH through Dovecot SASL does\n"
+     "no userdb lookup, so without it a user deleted from the directory keeps sending mail\n"
+     "with their app passwords. The directory down, slow or refusing our bind is a temporary\n"
+     "failure (client: UNAVAILABLE), never a wrong password; a missing, disabled or\n"
+     "ambiguous account is refused with one line in Dovecot's log and an audit event.",
+     (
+        ("backend", "choice", "", ("", "ldap", "sql"),
+         '"ldap" ([account.ldap], needs pip install \'dovecot-appauth[ldap]\'), "sql" ([account.sql]),\n'
+         'or "" (no gate). import-upstream writes "ldap" from upstream\'s [ldap].', ""),
+        ("timeout", "number", 3.0, 0.1,
+         "Seconds for the whole check: connect, TLS, bind and search (or the query).", ""),
+        ("cache_seconds", "number", 60.0, None,
+         'An "active" answer is reused for this many seconds, from <[audit.cache] path>/cache.sqlite\n'
+         "(JSON, keyed by user and directory, no secret). A refusal is never cached; an account\n"
+         "disabled in the directory keeps working at most this long. 0: ask every login.", ""),
+    )),
+    ("account.ldap", "", (
+        ("uri", "str", None, None,
+         "ldap://host[:port] or ldaps://host[:port]; several, space-separated, are tried in turn.",
+         '# uri = "ldaps://ldap.example.com"'),
+        ("basedn", "str", None, None, "", '# basedn = "ou=users,dc=example,dc=com"'),
+        ("filter", "str", "(uid=%u)", None,  # upstream's search: uid = the login name
+         "%u the login name, %n its local part, %d its domain, each escaped (RFC 4515); %% a %.\n"
+         "Exactly one entry must match (upstream searched (uid=<login name>) like this).", ""),
+        ("bind_dn", "str", None, None,
+         "Bind as a service account (default: anonymous). The password from a file readable by\n"
+         "the dovecot user (first line; 0640 root:dovecot), or bind_password in this file, which\n"
+         "must then be 0640 root:dovecot too. Never on a command line, never logged.",
+         '# bind_dn = "cn=dovecot,ou=services,dc=example,dc=com"'),
+        ("bind_password_file", "str", None, None, "",
+         '# bind_password_file = "/etc/dovecot-appauth/ldap.secret"'),
+        ("bind_password", "str", None, None, "", ""),
+        ("starttls", "bool", False, None,
+         "StartTLS on an ldap:// URI (upstream's `tls`). The server certificate is always\n"
+         "verified, against ca_file (PEM) or the system's CAs.", ""),
+        ("ca_file", "str", None, None, "", '# ca_file = "/etc/ssl/certs/ldap-ca.pem"'),
+        # upstream's markers of a disabled account (its main.py): either attribute with this value
+        ("disabled", "strings_table",
+         (("loginShell", ("/bin/false",)), ("homeDirectory", ("/dev/null",))), None,
+         "An entry with any of these attribute values is a disabled account (upstream's markers).", ""),
+    )),
+    ("account.sql", "", (
+        ("query", "str", None, None,
+         "For sites whose accounts live in the mail database. :user is the login name. No row:\n"
+         "no such account; a row whose first column is 0, false, NULL or empty: disabled; any\n"
+         "other row: active.", '# query = "SELECT active FROM mailbox WHERE username = :user"'),
+        ("dsn", "str", None, None,
+         "Another database for the query (same DSN forms as [database] dsn); default: [database] dsn.",
+         '# dsn = "mysql+pymysql://accounts:secret@db.example.com/postfix"'),
+    )),
 )
-
-# What the example says about a section as a whole, under its [header].
-SECTION_HELP = {
-    "userdb": "Fields returned to Dovecot on success (prefetched into the userdb). Templates:\n"
-              "%u user (as stored in the database), %n its local part, %d its domain, %% a percent.\n"
-              "Leave out uid/gid to get those of Dovecot's checkpassword-reply (the dovecot user).",
-    "audit.maxmind": "MaxMind GeoIP2/GeoLite2 databases (geoipupdate keeps them current). A missing file\n"
-                     "makes that source unavailable; logins go on.",
-    "audit.dns": "Reverse DNS (PTR) of the client address.",
-    "audit.rdap": "RDAP (whois) network data: network name and country, AS number, description and\n"
-                  "country, related entities. Off by default: it asks the registries for every new IP.",
-    "audit.origin_as": "The origin AS of the address (number, country, name) from Team Cymru's DNS service\n"
-                       "(origin.asn.cymru.com / origin6 and AS<n>.asn.cymru.com TXT records), as upstream's\n"
-                       "ipwhois found it, so as_numbers, as_names and as_cc lists match networks the MaxMind\n"
-                       "ASN database lacks. Asks [audit.dns]'s resolvers. Never asked for local sources.\n"
-                       "Off by default: it leaves the host for every new IP (import-upstream turns it on).",
-    "audit.cache": "On-disk cache of enrichment results (SQLite file, JSON values); 0700 directory owned\n"
-                   "by the user logins run as (dovecot). A directory group or others can write is not\n"
-                   "trusted (its entries feed the allow lists): logins then run uncached and say so. Its\n"
-                   'owner is also the user admin commands run as root act as (see README, "service user").',
-    "audit.lists": 'Deny lists, one entry per line (formats: README, "List files"). Read fresh by every\n'
-                   "login, so a change applies at the next login. Upstream file names:",
-    "audit.allow": "Allow lists win over every deny list, so a known site can never be locked out.",
-    "alerts": "New-place alerts on successful logins, compared with the user's successful logins of\n"
-              'the last lookback_days (from audit_events): "new-country", "new-asn", and\n'
-              '"impossible-travel" (implied speed from the previous located login above\n'
-              "max_speed_kmh, after taking off both MaxMind accuracy radii; 0 switches it off).\n"
-              "A user's first login in the window raises nothing.",
-    "throttle": "Brute-force limiter: failed logins (wrong, unknown-user, revoked or expired passwords)\n"
-                "are counted in the shared database per (user, IP), per IP and per user, within\n"
-                "`window` seconds. A client at a limit is refused before any hash is computed, even\n"
-                "with the right password. `dovecot-appauth throttle list|reset` shows and lifts it.",
-    "nextcloud": 'Used with [auth] backend = "nextcloud" (required then: url). An app password is right\n'
-                 "when Nextcloud answers 207 to `PROPFIND url` with it (HTTP basic auth), wrong on 401;\n"
-                 "anything else, a refused connection or the timeout is a temporary failure (UNAVAILABLE).\n"
-                 "%u is the URL-quoted user name. Use https unless Nextcloud is on this host.",
-    "account": "The account gate (off by default): after the app password matched, the account must\n"
-               "exist and be enabled, in LDAP or by one SQL query. SMTP AUTH through Dovecot SASL does\n"
-               "no userdb lookup, so without it a user deleted from the directory keeps sending mail\n"
-               "with their app passwords. The directory down, slow or refusing our bind is a temporary\n"
-               "failure (client: UNAVAILABLE), never a wrong password; a missing, disabled or\n"
-               "ambiguous account is refused with one line in Dovecot's log and an audit event.",
-}
 
 EXAMPLE_HEADER = """\
 dovecot-appauth configuration (TOML).
@@ -380,22 +411,22 @@ Relative paths are relative to this file's directory.
 Check this file with:  dovecot-appauth check-config --config FILE
 This file is written from the table of fields in config.py by scripts/write-config-example.py."""
 
-# The rows of each section, in table order (the one loop a login pays for the table).
-_ROWS: dict[str, list[tuple[str, str, str, Any, Any, str, str]]] = {}
-for _row in FIELDS:
-    _ROWS.setdefault(_row[0], []).append(_row)
-del _row
+# The rows of each section, in table order.
+_ROWS: dict[str, tuple[tuple[str, str, Any, Any, str, str], ...]] = {
+    section: rows for section, _help, rows in FIELDS}
 
-LIST_KINDS = tuple(row[1] for row in _ROWS["audit.lists"])  # deny lists, kind -> file
-ALLOW_KINDS = tuple(row[1] for row in _ROWS["audit.allow"] if row[2] == STR)  # global allow lists
+LIST_KINDS = next(zip(*_ROWS["audit.lists"], strict=True))  # the deny lists' kinds: kind -> file
+ALLOW_KINDS = tuple(key for key, kind, *_ in _ROWS["audit.allow"] if kind == STR)  # the global allow lists'
+
 
 
 def _layout(section: str, *children: tuple[str, Any]) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
     """`__slots__` and `_defaults` of a section's class: its rows, then its `children`
     (attribute, default: a class for a subsection, a dict)."""
-    defaults = tuple((row[1], dict(row[3]) if row[2] in TABLE_KINDS else row[3])
-                     for row in _ROWS[section] if row[2] != USER_TABLES) + children
-    return tuple(name for name, _ in defaults), defaults
+    names, kinds, defaults = tuple(zip(*_ROWS[section], strict=True))[:3]  # zip: no Python loop on a login
+    if not _TABLE_KINDS.isdisjoint(kinds):
+        defaults = tuple(dict(d) if k in _TABLE_KINDS else d for k, d in zip(kinds, defaults, strict=True))
+    return names + tuple(name for name, _ in children), tuple(zip(names, defaults, strict=True)) + children
 
 
 class Section(Value):
@@ -735,7 +766,7 @@ def _check_networks(
 def _read_rows(r: _Reader, section: str, put: Any) -> None:
     """Read a section's rows from its table, each checked as its row says; `put(key, value)`."""
     data = r.data
-    for _section, key, kind, default, check, _help, _sample in _ROWS[section]:
+    for key, kind, default, check, _help, _sample in _ROWS[section]:
         if key not in data:  # most keys of a config are left out: their default, at once
             put(key, dict(default) if kind in TABLE_KINDS else default)
             continue
@@ -1019,8 +1050,8 @@ def _comment(text: str) -> list[str]:
     return [f"# {line}".rstrip() for line in text.split("\n")] if text else []
 
 
-def _example_rows(lines: list[str], rows: list[tuple[str, str, str, Any, Any, str, str]]) -> None:
-    for n, (_section, key, _kind, default, _check, help_text, sample) in enumerate(rows):
+def _example_rows(lines: list[str], rows: tuple[tuple[str, str, Any, Any, str, str], ...]) -> None:
+    for n, (key, _kind, default, _check, help_text, sample) in enumerate(rows):
         if help_text and n:
             lines.append("")
         lines += _comment(help_text)
@@ -1033,12 +1064,12 @@ def _example_rows(lines: list[str], rows: list[tuple[str, str, str, Any, Any, st
 def example_toml() -> str:
     """The example configuration file, with every key, its default and its help."""
     lines = _comment(EXAMPLE_HEADER)
-    for section, rows in _ROWS.items():
+    for section, section_help, rows in FIELDS:
         if "*" in section:  # described by the row that names it ([audit.allow] users)
             continue
-        lines += ["", f"[{section}]", *_comment(SECTION_HELP.get(section, ""))]
-        _example_rows(lines, [row for row in rows if row[2] not in TABLE_KINDS])
-        for _section, key, kind, default, _check, help_text, sample in rows:
+        lines += ["", f"[{section}]", *_comment(section_help)]
+        _example_rows(lines, tuple(row for row in rows if row[1] not in TABLE_KINDS))
+        for key, kind, default, _check, help_text, sample in rows:
             if kind == USER_TABLES:  # a table per user: only an example, in comments
                 lines += ["", *_comment(help_text), *sample.split("\n")]
             elif kind in TABLE_KINDS:
