@@ -71,7 +71,6 @@ class ConfigError(Exception):
 BOOL, NUMBER, INT, STR, TEXT, STRINGS, CHOICE = "bool", "number", "int", "str", "text", "strings", "choice"
 ID, COMMAND, STRING_TABLE, STRINGS_TABLE, USER_TABLES = "id", "command", "string_table", "strings_table", "users"
 TABLE_KINDS = (STRING_TABLE, STRINGS_TABLE, USER_TABLES)  # written as their own [section.key]
-_TABLE_KINDS = frozenset(TABLE_KINDS)
 
 FIELDS: tuple[tuple[str, str, tuple[tuple[str, str, Any, Any, str, str], ...]], ...] = (
     ("database", "", (
@@ -420,49 +419,46 @@ ALLOW_KINDS = tuple(key for key, kind, *_ in _ROWS["audit.allow"] if kind == STR
 
 
 
-def _layout(section: str, *children: tuple[str, Any]) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
-    """`__slots__` and `_defaults` of a section's class: its rows, then its `children`
-    (attribute, default: a class for a subsection, a dict)."""
-    names, kinds, defaults = tuple(zip(*_ROWS[section], strict=True))[:3]  # zip: no Python loop on a login
-    if not _TABLE_KINDS.isdisjoint(kinds):
-        defaults = tuple(dict(d) if k in _TABLE_KINDS else d for k, d in zip(kinds, defaults, strict=True))
-    return names + tuple(name for name, _ in children), tuple(zip(names, defaults, strict=True)) + children
+def _keys(section: str) -> tuple[str, ...]:
+    """The keys of a section's rows: its class's fields (`__slots__`, with any children)."""
+    return next(zip(*_ROWS[section], strict=True))  # the first column, without a Python loop on a login
 
 
 class Section(Value):
     """A config section: its fields and their defaults are its rows of `FIELDS`.
 
     Plain `Value`s, not dataclasses (see values.py): the per-login program builds them on
-    every login. Constructed with keywords only; a field not given gets its default (a
-    fresh copy of a dict, a fresh instance of a subsection's class). Fields are never
-    assigned after __init__.
+    every login (`parse` fills them directly). Constructed with keywords only; a field not
+    given gets its row's default (a fresh dict for a table, a fresh instance for a
+    subsection in `_children`). Fields are never assigned after __init__.
     """
 
     __slots__ = ()
     _section = ""
-    _defaults: tuple[tuple[str, Any], ...] = ()
+    _children: tuple[tuple[str, Any], ...] = ()  # (field, its class or {}), after the rows
 
     def __init__(self, **values: Any) -> None:
-        for name, default in self._defaults:
-            value = values.pop(name, default)
-            if value is default:
-                if type(default) is dict:
-                    value = dict(default)
-                elif type(default) is type:
-                    value = default()
-            setattr(self, name, value)
+        for key, kind, default, *_ in _ROWS[self._section]:
+            value = values.pop(key, _MISSING)
+            setattr(self, key, (dict(default) if kind in TABLE_KINDS else default) if value is _MISSING else value)
+        for name, default in self._children:
+            value = values.pop(name, _MISSING)
+            setattr(self, name, (dict() if type(default) is dict else default()) if value is _MISSING else value)
         if values:
             raise TypeError(f"{type(self).__name__} has no field {', '.join(values)}")
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name, _ in self._defaults
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__
                           if name not in self._repr_hidden)
         return f"{type(self).__name__}({shown})"
 
 
+_MISSING = object()
+
+
 class DatabaseConfig(Section):
     _section = "database"  # connect_timeout is also the SQLite busy timeout
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class AuthConfig(Section):
@@ -470,21 +466,21 @@ class AuthConfig(Section):
     # a failed password check costs at least this many hash verifications (the user's rows,
     # padded with dummy ones): wrong password and unknown user cost the same
     _section = "auth"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class NextcloudConfig(Section):
     """`[nextcloud]`, used when `[auth] backend = "nextcloud"` (nextcloud.py reads it)."""
 
     _section = "nextcloud"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class LdapAccountConfig(Section):
     """`[account.ldap]`: where and how the account gate asks the directory (account.py)."""
 
     _section = "account.ldap"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
     _repr_hidden = ("bind_password",)  # never in a log or traceback
 
 
@@ -492,7 +488,7 @@ class SqlAccountConfig(Section):
     """`[account.sql]`: the account gate as one SQL query (account.py); dsn None: [database] dsn."""
 
     _section = "account.sql"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
     _repr_hidden = ("dsn",)  # may hold a password
 
 
@@ -500,71 +496,72 @@ class AccountConfig(Section):
     """`[account]`: the gate that a login's account exists and is enabled (account.py)."""
 
     _section = "account"
-    __slots__, _defaults = _layout(_section, ("ldap", LdapAccountConfig), ("sql", SqlAccountConfig))
+    _children = (("ldap", LdapAccountConfig), ("sql", SqlAccountConfig))
+    __slots__ = (*_keys(_section), *(name for name, _ in _children))
 
 
 class UserdbConfig(Section):
     """Fields returned on success; %u user, %n local part, %d domain, %% a percent."""
 
     _section = "userdb"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class MaxMindConfig(Section):
     _section = "audit.maxmind"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class DnsConfig(Section):
     _section = "audit.dns"  # resolvers empty: the system's (/etc/resolv.conf)
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class RdapConfig(Section):
     _section = "audit.rdap"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class OriginAsConfig(Section):
     """`[audit.origin_as]`: the origin AS over DNS (Team Cymru), as upstream's ipwhois asked it."""
 
     _section = "audit.origin_as"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class CacheConfig(Section):
     _section = "audit.cache"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class UserAllow(Section):
     """`[audit.allow.users."user"]`: one user's own allow entries."""
 
     _section = "audit.allow.users.*"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class AuditConfig(Section):
     # lists and allow: kind -> file (deny lists, global allow lists); allow_users: lower-cased
     # user -> UserAllow, from [audit.allow.users]
     _section = "audit"
-    __slots__, _defaults = _layout(
-        _section, ("maxmind", MaxMindConfig), ("dns", DnsConfig), ("rdap", RdapConfig),
-        ("origin_as", OriginAsConfig), ("cache", CacheConfig), ("lists", {}), ("allow", {}), ("allow_users", {}))
+    _children = (("maxmind", MaxMindConfig), ("dns", DnsConfig), ("rdap", RdapConfig), ("origin_as", OriginAsConfig),
+                 ("cache", CacheConfig), ("lists", {}), ("allow", {}), ("allow_users", {}))
+    __slots__ = (*_keys(_section), *(name for name, _ in _children))
 
 
 class AlertsConfig(Section):
     """`[alerts]`: new-place alerts on successful logins (alerts.py)."""
 
     _section = "alerts"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
 
 class ThrottleSettings(Section):
     """`[throttle]`: the brute-force limiter's settings (throttle.py decides with them)."""
 
     _section = "throttle"
-    __slots__, _defaults = _layout(_section)
+    __slots__ = _keys(_section)
 
     @property
     def known_client_window(self) -> float:
