@@ -14,10 +14,12 @@ import pytest
 
 from dovecot_appauth.config import (
     FIELDS,
+    AuditConfig,
     AuthConfig,
     Config,
     ConfigError,
     DatabaseConfig,
+    LdapAccountConfig,
     UserdbConfig,
     config_path,
     example_toml,
@@ -114,6 +116,8 @@ def test_a_section_class_takes_keywords_and_copies_mutable_defaults():
     one.extra["userdb_quota_rule"] = "*:storage=1G"
     assert two.extra == {}
     assert AuthConfig(hash_checks=3).hash_checks == 3
+    assert AuditConfig(dns=None, lists=None, local_networks=None) == AuditConfig()  # None: the default, as before
+    assert LdapAccountConfig(disabled=None).disabled == {"loginShell": ("/bin/false",), "homeDirectory": ("/dev/null",)}
     with pytest.raises(TypeError, match="no field hash_chekcs"):
         AuthConfig(hash_chekcs=3)
 

@@ -44,16 +44,17 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__("; ".join(str(p) for p in problems))
 
+
 # ---------------------------------------------------------------------------
 # The fields: one row per config key, the single description of each.
 #
 # FIELDS holds, section by section, (section, help, rows); a row is (key, kind, default,
 # check, help, sample), and the section's help is what the example says under [section]
-# ("" for nothing). The rows drive the parsing
-# (`parse`: type, default, check, the problem messages, unknown keys), the config
-# classes below (their fields and defaults) and the commented example `conf/config.toml`
-# (`example_toml`, written by scripts/write-config-example.py; a test keeps the checked-in
-# file equal to it). Adding a key is one row; its class gets the field by itself.
+# ("" for nothing). The rows drive the parsing (`parse`: type, default, check, the problem
+# messages, unknown keys), the section classes below (their fields and defaults) and the
+# commented example `conf/config.toml` (`example_toml`, written by
+# scripts/write-config-example.py; a test keeps the checked-in file equal to it).
+# Adding a key is one row; its class gets the field by itself.
 #   kind     BOOL, NUMBER (check: minimum, default 0), INT (check: minimum or
 #            (minimum, maximum)), STR (an empty string means the default), TEXT (kept as
 #            written, "" too), STRINGS (a list; one string is split at commas and spaces),
@@ -418,7 +419,6 @@ LIST_KINDS = next(zip(*_ROWS["audit.lists"], strict=True))  # the deny lists' ki
 ALLOW_KINDS = tuple(key for key, kind, *_ in _ROWS["audit.allow"] if kind == STR)  # the global allow lists'
 
 
-
 def _keys(section: str) -> tuple[str, ...]:
     """The keys of a section's rows: its class's fields (`__slots__`, with any children)."""
     return next(zip(*_ROWS[section], strict=True))  # the first column, without a Python loop on a login
@@ -429,8 +429,8 @@ class Section(Value):
 
     Plain `Value`s, not dataclasses (see values.py): the per-login program builds them on
     every login (`parse` fills them directly). Constructed with keywords only; a field not
-    given gets its row's default (a fresh dict for a table, a fresh instance for a
-    subsection in `_children`). Fields are never assigned after __init__.
+    given gets its row's default; a table or a subsection (in `_children`) not given or
+    None gets a fresh dict or instance. Fields are never assigned after __init__.
     """
 
     __slots__ = ()
@@ -440,10 +440,13 @@ class Section(Value):
     def __init__(self, **values: Any) -> None:
         for key, kind, default, *_ in _ROWS[self._section]:
             value = values.pop(key, _MISSING)
-            setattr(self, key, (dict(default) if kind in TABLE_KINDS else default) if value is _MISSING else value)
+            if kind in TABLE_KINDS:  # None too means "the default", as for a subsection
+                setattr(self, key, dict(default) if value is _MISSING or value is None else value)
+            else:
+                setattr(self, key, default if value is _MISSING else value)
         for name, default in self._children:
-            value = values.pop(name, _MISSING)
-            setattr(self, name, (dict() if type(default) is dict else default()) if value is _MISSING else value)
+            value = values.pop(name, None)
+            setattr(self, name, (default() if type(default) is type else {}) if value is None else value)
         if values:
             raise TypeError(f"{type(self).__name__} has no field {', '.join(values)}")
 
