@@ -13,11 +13,16 @@ from pathlib import Path
 import pytest
 
 from dovecot_appauth.config import (
+    FIELDS,
+    AuditConfig,
     AuthConfig,
     Config,
     ConfigError,
     DatabaseConfig,
+    LdapAccountConfig,
+    UserdbConfig,
     config_path,
+    example_toml,
     load,
     parse,
 )
@@ -36,10 +41,85 @@ def _error(data: dict) -> ConfigError:
     return info.value
 
 
-@pytest.mark.skipif(not EXAMPLE.exists(), reason="conf/config.toml not written yet")
 def test_example_config_loads_without_problems():
     config = load(str(EXAMPLE))
     assert config.problems == ()
+
+
+def test_example_config_is_the_one_the_table_writes():
+    # conf/config.toml is written from config.FIELDS: a key added, renamed or re-documented
+    # there without running the script fails here (and in CI)
+    assert EXAMPLE.read_text() == example_toml(), "run scripts/write-config-example.py"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "write-config-example.py"
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0
+
+
+def test_example_config_names_every_key_of_the_table():
+    named: set[tuple[str, str]] = set()  # (section, key) written as `key = ...` or `# key = ...`
+    section = ""
+    for line in EXAMPLE.read_text().splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif " = " in line:
+            named.add((section, line.removeprefix("# ").split(" = ", 1)[0]))
+    for section, key, kind, *_ in ROWS:
+        if "*" not in section and kind != "users" and key != "bind_password":  # bind_dn's help tells it
+            assert (section, key) in named or kind in ("string_table", "strings_table"), (section, key)
+            if kind in ("string_table", "strings_table"):
+                assert f"[{section}.{key}]" in EXAMPLE.read_text()
+
+
+ROWS = [(section, *row) for section, _help, rows in FIELDS for row in rows]  # (section, key, kind, ...)
+
+
+def _nested(section: str, key: str, value: object) -> dict:
+    """{"a": {"b": {key: value}}} for section "a.b"; "*" is the user alice."""
+    data: dict = {key: value}
+    for part in reversed(section.replace("*", "alice").split(".")):
+        data = {part: data}
+    return data
+
+
+WRONG_BY_KIND = {"bool": "yes", "number": "ten", "int": 1.5, "str": 5, "text": 5, "strings": 5, "choice": "zzz",
+                 "id": True, "command": 5, "string_table": 5, "strings_table": 5, "users": 5}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{row[0]}.{row[1]}" for row in ROWS])
+def test_every_row_of_the_table_is_read_and_checked(row):
+    section, key, kind, *_ = row
+    error = _error(_nested(section, key, WRONG_BY_KIND[kind]))
+    where = f"config.toml: [{section.replace('*', 'alice')}] {key}"
+    assert [p.where for p in error.problems if p.level == "error"] == [where]
+    unknown = parse(_nested(section, key + "_typo", 1)).problems
+    assert [(p.level, p.where.rsplit(" ", 1)[-1]) for p in unknown] == [("warning", key + "_typo")]
+
+
+def test_defaults_are_the_rows_defaults():
+    config = parse({})
+    sections = {"database": config.database, "auth": config.auth, "userdb": config.userdb, "audit": config.audit,
+                "alerts": config.alerts, "throttle": config.throttle, "nextcloud": config.nextcloud,
+                "account": config.account, "account.ldap": config.account.ldap, "account.sql": config.account.sql}
+    for child in ("maxmind", "dns", "rdap", "origin_as", "cache"):
+        sections[f"audit.{child}"] = getattr(config.audit, child)
+    checked = 0
+    for section, key, kind, default, *_ in ROWS:
+        if section in sections:
+            value = getattr(sections[section], key)
+            assert value == (dict(default) if kind.endswith("table") else default), (section, key)
+            checked += 1
+    assert checked == len(ROWS) - 17  # all but the 10 deny lists, 4 rows of [audit.allow], 3 of its users
+    assert config.audit.lists == {} and config.audit.allow == {} and config.audit.allow_users == {}
+
+
+def test_a_section_class_takes_keywords_and_copies_mutable_defaults():
+    one, two = UserdbConfig(), UserdbConfig()
+    one.extra["userdb_quota_rule"] = "*:storage=1G"
+    assert two.extra == {}
+    assert AuthConfig(hash_checks=3).hash_checks == 3
+    assert AuditConfig(dns=None, lists=None, local_networks=None) == AuditConfig()  # None: the default, as before
+    assert LdapAccountConfig(disabled=None).disabled == {"loginShell": ("/bin/false",), "homeDirectory": ("/dev/null",)}
+    with pytest.raises(TypeError, match="no field hash_chekcs"):
+        AuthConfig(hash_chekcs=3)
 
 
 def test_empty_config_is_all_defaults():

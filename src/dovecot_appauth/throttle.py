@@ -11,51 +11,9 @@ rather than a denial, and allow-listed and local networks are never throttled.
 
 from __future__ import annotations
 
-from .values import Value
+from .config import ThrottleSettings  # `[throttle]`: its fields are rows of config.FIELDS
 
-THROTTLE_VERDICTS = ("tempfail", "deny")
-# [throttle] unavailable: what a login does when the limiter cannot read its counters
-# (a permission error, a broken table): refuse for now (111), or go on without it.
-UNAVAILABLE_ACTIONS = ("tempfail", "skip")
-
-
-class ThrottleSettings(Value):
-    """`[throttle]` in the config."""
-
-    __slots__ = ("delay", "enabled", "exempt_networks", "ipv6_prefix", "known_client_days", "max_per_ip",
-                 "max_per_user", "max_per_user_ip", "unavailable", "verdict", "window")
-
-    def __init__(
-        self,
-        enabled: bool = True,
-        window: float = 600.0,
-        max_per_user_ip: int = 10,
-        max_per_ip: int = 30,
-        max_per_user: int = 100,
-        verdict: str = "tempfail",
-        delay: float = 2.0,
-        exempt_networks: tuple[str, ...] = (),
-        ipv6_prefix: int = 64,
-        known_client_days: float = 30.0,
-        unavailable: str = "tempfail",
-    ) -> None:
-        self.enabled = enabled
-        self.window = window
-        self.max_per_user_ip = max_per_user_ip
-        self.max_per_ip = max_per_ip
-        self.max_per_user = max_per_user
-        self.verdict = verdict  # "tempfail" (exit 111 after `delay`) or "deny" (exit 1)
-        self.delay = delay
-        self.exempt_networks = exempt_networks
-        self.ipv6_prefix = ipv6_prefix  # IPv6 clients are counted per network of this size
-        # a client that logged in as the user within this many days is exempt from the
-        # per-user limit (0: nobody is); kept in the `known_clients` table
-        self.known_client_days = known_client_days
-        self.unavailable = unavailable  # UNAVAILABLE_ACTIONS
-
-    @property
-    def known_client_window(self) -> float:
-        return self.known_client_days * 86400.0
+__all__ = ["ThrottleSettings", "Throttled", "assess"]
 
 
 class Throttled:
