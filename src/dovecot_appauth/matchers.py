@@ -14,7 +14,7 @@ Theory of operation:
   An address is looked up once per length (a handful of dict lookups for 20,000 CIDRs);
   the smallest index found is the entry the scan would have found first. An IPv4-mapped
   IPv6 address is looked up as IPv4 and, like the scan does, in the IPv6 tables as itself.
-  (`lists.NetworkIndex`: the per-login program reads the same index from the list cache.)
+  (`netindex.NetworkIndex`: the per-login program reads the same index from the list cache.)
 - regex kinds: a conservative pre-filter. It answers "may some pattern match?" with the
   same string fast path `lists.regex_fullmatch` uses, and one combined alternation for the
   other patterns; only when it says yes does the scan run (so the entry and the verdict
@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 
-from .lists import REGEX_KINDS, NetworkIndex, _compile, _fast_form, regex_fullmatch
+from .lists import REGEX_KINDS, _compile, _fast_form, regex_fullmatch
+from .netindex import NetworkIndex
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
