@@ -5,7 +5,7 @@ login asks a local slapd.
 
     /opt/dovecot-appauth-test/venv/bin/python benchmarks/account_gate.py [--reps 60]
 
-Needs root, slapd, ldap-utils and openssl (tests/fixtures_ldap.py starts the server on
+Needs root, slapd, ldap-utils and openssl (tests/support/ldap.py starts the server on
 127.0.0.1). Wall-clock medians: compare the two columns of one run, not runs on
 different days. Measured on the 2-core project machine under load (load average ~9):
 gate off 64.1 ms, gate on + cached answer 69.9 ms (+5.8 ms: the account module, one
@@ -22,11 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.fixtures_ldap, tests.hardening (no pytest needed)
+    sys.path.insert(0, str(ROOT))  # tests.support.ldap, tests.support.hardening (no pytest needed)
 
-from tests.fixtures_common import new_server_dir  # noqa: E402
-from tests.fixtures_ldap import LdapServer  # noqa: E402
-from tests.hardening import make_site  # noqa: E402
+from tests.support.common import new_server_dir  # noqa: E402
+from tests.support.hardening import make_site  # noqa: E402
+from tests.support.ldap import LdapServer  # noqa: E402
 
 
 def main() -> None:

@@ -128,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="print a cProfile of the warm audits")
     args = p.parse_args(argv)
 
-    from tests.localservers import LocalDns, LocalRdap  # dnslib: the test extra
+    from tests.support.localservers import LocalDns, LocalRdap  # dnslib: the test extra
 
-    from dovecot_appauth import enrich as enrich_module
-    from dovecot_appauth import lists as lists_module
+    from dovecot_appauth.audit import enrich as enrich_module
+    from dovecot_appauth.audit import lists as lists_module
+    from dovecot_appauth.audit.pipeline import assess
     from dovecot_appauth.config import load
-    from dovecot_appauth.pipeline import assess
-    from dovecot_appauth.server import Engine
+    from dovecot_appauth.serve.server import Engine
 
     work = Path(tempfile.mkdtemp(prefix="appauth-audit-cpu-", dir=bench.shared_tmp()))
     dns, rdap = LocalDns().start(), LocalRdap().start()

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench
-from tests.fixtures_common import wrong_password  # run put the checkout on sys.path
+from tests.support.common import wrong_password  # run put the checkout on sys.path
 
 # Modules a warm login must not import (issue 5, part 3), and other known heavy ones.
 HEAVY = ("sqlalchemy", "geoip2", "maxminddb", "ipwhois", "dns", "diskcache", "urllib.request", "http.client",

@@ -17,7 +17,7 @@ import argparse
 import time
 from typing import Any
 
-from dovecot_appauth.sources.rdap import entity_handles
+from dovecot_appauth.audit.sources.rdap import entity_handles
 
 
 def answer(count: int) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # tests.localservers, tests.fixtures_* (no pytest needed for the servers)
+    sys.path.insert(0, str(ROOT))  # tests.support.localservers, tests.fixtures_* (no pytest needed for the servers)
 
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent  # not resolved: the venv's bin
@@ -379,7 +379,7 @@ def populate(config: Path, owner: str | None = None) -> Accounts:
 def shared_tmp() -> str:
     """A temp base other users (dovecot, mysql) can traverse."""
     try:
-        from tests.fixtures_common import shared_tempdir_base
+        from tests.support.common import shared_tempdir_base
     except ImportError:  # pytest missing: fixtures_common imports it
         return "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
     return shared_tempdir_base()
@@ -405,7 +405,7 @@ def small_site(prefix: str) -> Iterator[SmallSite]:
     dns = None
     try:
         try:
-            from tests.localservers import LocalDns
+            from tests.support.localservers import LocalDns
 
             dns = LocalDns().start()
         except ImportError as e:
@@ -498,7 +498,7 @@ class Bench:
         self.dns = None
         self.dns_note = ""
         try:
-            from tests.localservers import LocalDns
+            from tests.support.localservers import LocalDns
         except ImportError as e:  # dnslib is a test dependency
             self.dns_note = f"no local DNS server ({e}): reverse DNS disabled in every config"
             self.notes.append(self.dns_note)
@@ -527,7 +527,7 @@ class Bench:
             SpawnScenario("bare", [PYTHON, "-c", "pass"], env, b"", 0, self.reps),
             SpawnScenario("bare-isolated", [PYTHON, "-I", "-S", "-c", "pass"], env, b"", 0, self.reps),
         ]
-        from tests.fixtures_common import wrong_password  # differs from the right one by construction
+        from tests.support.common import wrong_password  # differs from the right one by construction
 
         wrong = [name for name in WRONG_BY_COUNT.values() if self.want(name)]
         need_warm = self.want("warm") or self.want("rss") or self.want("unknown") or bool(wrong)
@@ -552,7 +552,7 @@ class Bench:
                                lists_dir=self.lists, dns_port=dns_port)
             out.append(self.login("cold", cfg, USER, acc.password, 0, prepare=_emptier(cache)))
         if self.want("cold-rdap"):
-            from tests.localservers import LocalRdap
+            from tests.support.localservers import LocalRdap
 
             rdap = LocalRdap().start()
             self.cleanup.append(rdap.stop)
@@ -570,7 +570,7 @@ class Bench:
 
     def blackhole_scenario(self) -> SpawnScenario:
         try:
-            from tests.localservers import BlackHoleDns
+            from tests.support.localservers import BlackHoleDns
         except ImportError:
             BlackHoleDns = None
         if BlackHoleDns is not None:
@@ -594,16 +594,16 @@ class Bench:
 
     def mariadb_scenario(self) -> SpawnScenario | None:
         try:
-            from tests.fixtures_common import new_server_dir
-            from tests.fixtures_mariadb import MariaDBServer, mariadb_available
+            from tests.support.common import new_server_dir
+            from tests.support.mariadb import MariaDBServer, mariadb_available
         except ImportError as e:
-            self.skip("mariadb", f"cannot import tests/fixtures_mariadb.py ({e})")
+            self.skip("mariadb", f"cannot import tests/support/mariadb.py ({e})")
             return None
         reason = mariadb_available()
         if reason:
             self.skip("mariadb", reason)
             return None
-        log("starting MariaDB (tests/fixtures_mariadb.MariaDBServer)")
+        log("starting MariaDB (tests/support/mariadb.MariaDBServer)")
         basedir = new_server_dir("appauth-bench-mdb-")
         server = MariaDBServer(basedir)
         self.cleanup.append(lambda: shutil.rmtree(basedir, ignore_errors=True) if not self.keep else None)
@@ -771,8 +771,8 @@ class Bench:
     def run_imap(self) -> None:
         names = [n for n in ("imap", "imap-passwd") if self.want(n)]
         try:
-            from tests.fixtures_common import dovecot_ids, new_server_dir
-            from tests.fixtures_dovecot import (
+            from tests.support.common import dovecot_ids, new_server_dir
+            from tests.support.dovecot import (
                 DovecotServer,
                 checkpassword_passdb,
                 dovecot_available,
@@ -781,7 +781,7 @@ class Bench:
             )
         except ImportError as e:
             for name in names:
-                self.skip(name, f"cannot import tests/fixtures_dovecot.py ({e})")
+                self.skip(name, f"cannot import tests/support/dovecot.py ({e})")
             return
         reason = dovecot_available()
         if reason:
@@ -810,7 +810,7 @@ class Bench:
             ours = checkpassword_passdb(cfg)
             server = DovecotServer(basedir, ours, auth_penalty=False)
             self.cleanup.append(server.stop)
-            log(f"starting Dovecot (tests/fixtures_dovecot.DovecotServer) in {basedir}")
+            log(f"starting Dovecot (tests/support/dovecot.DovecotServer) in {basedir}")
             server.start()
         except Exception as e:
             for name in names:

@@ -3,7 +3,7 @@
 
     /opt/dovecot-appauth-test/venv/bin/python benchmarks/serve_throughput.py [--logins 300] [--rounds 3] [--clients 8]
 
-One Dovecot (tests/fixtures_dovecot.DovecotServer), one `dovecot-appauth serve` (the real
+One Dovecot (tests/support/dovecot.DovecotServer), one `dovecot-appauth serve` (the real
 command line, audit on, the example lists, test MaxMind files, reverse DNS on a local
 server), one user with one app password. Three passdb set-ups, measured side by side:
 
@@ -90,9 +90,9 @@ def stored_hash(db: Path, user: str) -> str:
 
 def missing_parts() -> str | None:
     try:
-        from tests.fixtures_dovecot import dovecot_available
+        from tests.support.dovecot import dovecot_available
     except ImportError as e:
-        return f"cannot import tests/fixtures_dovecot.py ({e})"
+        return f"cannot import tests/support/dovecot.py ({e})"
     reason = dovecot_available()
     if reason:
         return reason
@@ -101,7 +101,7 @@ def missing_parts() -> str | None:
         import uvicorn  # noqa: F401
     except ImportError as e:
         return f"serve needs starlette and uvicorn ({e})"
-    from tests.test_end_to_end_serve import LUA_MODULE
+    from tests.e2e.test_end_to_end_serve import LUA_MODULE
 
     if not os.path.exists(LUA_MODULE):
         return "dovecot-auth-lua missing (apt-get install dovecot-auth-lua)"
@@ -112,10 +112,10 @@ class Site:
     """Dovecot, serve and the passdb set-ups; `configure(mode)` switches Dovecot to one."""
 
     def __init__(self, workdir: Path, args: argparse.Namespace):
-        from tests.fixtures_common import dovecot_ids
-        from tests.fixtures_dovecot import DovecotServer, passwd_file_passdb, write_passwd_file
-        from tests.localservers import LocalDns
-        from tests.test_end_to_end_serve import Service
+        from tests.e2e.test_end_to_end_serve import Service
+        from tests.support.common import dovecot_ids
+        from tests.support.dovecot import DovecotServer, passwd_file_passdb, write_passwd_file
+        from tests.support.localservers import LocalDns
 
         self.cleanup: list[Any] = []
         self.policy_settings = policy_settings(args)
@@ -129,7 +129,7 @@ class Site:
         cache.mkdir(mode=0o700)
         os.chown(cache, uid, gid)
         db = workdir / "db" / "db.sqlite"
-        # the same userdb fields as the passwd-file below (tests/fixtures_dovecot.write_passwd_file)
+        # the same userdb fields as the passwd-file below (tests/support/dovecot.write_passwd_file)
         userdb = {"uid": str(uid), "gid": str(gid), "home": f"{workdir / 'mail'}/%u"}
         self.config = bench.write_config(workdir / "appauth.toml", dsn=f"sqlite:///{db}", cache_dir=cache,
                                          log_file=workdir / "audit.log", lists_dir=lists, dns_port=self.dns.port,
@@ -147,12 +147,12 @@ class Site:
                                    workdir / "mail", scheme=None)  # DovecotServer's mail_root
         self.native_passdb = passwd_file_passdb(passwd)
         self.server = DovecotServer(workdir, self.native_passdb, auth_penalty=False)
-        bench.log(f"starting Dovecot (tests/fixtures_dovecot.DovecotServer) in {workdir}")
+        bench.log(f"starting Dovecot (tests/support/dovecot.DovecotServer) in {workdir}")
         self.server.start()
         self.cleanup.append(self.server.stop)
 
     def configure(self, mode: str) -> None:
-        from tests.test_end_to_end_serve import policy_conf, use_lua_passdb
+        from tests.e2e.test_end_to_end_serve import policy_conf, use_lua_passdb
 
         if mode == "native":
             self.server.reconfigure(passdb=self.native_passdb, extra_conf="", import_environment={})
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"serve_throughput: SKIP: {reason}")
         return 0
-    from tests.fixtures_common import new_server_dir
+    from tests.support.common import new_server_dir
 
     workdir = new_server_dir("appauth-bench-serve-")
     site = None

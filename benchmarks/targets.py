@@ -15,7 +15,7 @@ run.py's `spawn`; ratios to a bare `python -c pass` of the same interpreter, sam
   at once (MaxMind + DNS);
 - `rss-cold-rdap`: peak RSS of a cold login with RDAP configured (run.py's RSS wrapper).
 
-Dovecot rows: one real Dovecot 2.3 (tests/fixtures_dovecot.DovecotServer), IMAP logins
+Dovecot rows: one real Dovecot 2.3 (tests/support/dovecot.DovecotServer), IMAP logins
 driven by run.py's `drive_imap_logins` (the one IMAP load driver of benchmarks/), three
 checkpassword passdbs measured in rotating order each round: `reference` (a minimal
 stdlib-Python checkpassword verifying the same SHA512-CRYPT hash,
@@ -68,7 +68,7 @@ class Site:
     """Temp dir, local DNS and RDAP servers, the database (made with the CLI) and the configs."""
 
     def __init__(self, workdir: Path):
-        from tests.localservers import LocalDns, LocalRdap
+        from tests.support.localservers import LocalDns, LocalRdap
 
         self.workdir = workdir
         self.cleanup: list[Any] = []
@@ -178,8 +178,8 @@ def reference_hash_file(db: Path, user: str, path: Path) -> Path:
 
 def measure_dovecot(site: Site, args: argparse.Namespace) -> dict[str, Any]:
     """The three checkpassword passdbs through one Dovecot, rotating order each round."""
-    from tests.fixtures_common import dovecot_ids, new_server_dir
-    from tests.fixtures_dovecot import DovecotServer, checkpassword_passdb, dovecot_available
+    from tests.support.common import dovecot_ids, new_server_dir
+    from tests.support.dovecot import DovecotServer, checkpassword_passdb, dovecot_available
 
     reason = dovecot_available()
     if reason:
@@ -210,7 +210,7 @@ def measure_dovecot(site: Site, args: argparse.Namespace) -> dict[str, Any]:
     }
     server = DovecotServer(basedir, passdbs["reference"], auth_penalty=False)
     site.cleanup.append(server.stop)
-    bench.log(f"starting Dovecot (tests/fixtures_dovecot.DovecotServer) in {basedir}")
+    bench.log(f"starting Dovecot (tests/support/dovecot.DovecotServer) in {basedir}")
     server.start()
     ips = [f"198.51.100.{10 + i}" for i in range(args.clients)]
     per_client = max(1, -(-args.logins // args.clients))

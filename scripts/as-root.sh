@@ -4,7 +4,7 @@
 # not have to know which steps need root. So: as root a step runs directly; otherwise it
 # goes through sudo when sudo is installed; otherwise the script stops with one line
 # saying what needs root. With APPAUTH_DRY_RUN=1 the scripts print that decision
-# (`as-root: ...` on stdout) and exit before changing anything (tests/test_scripts.py).
+# (`as-root: ...` on stdout) and exit before changing anything (tests/unit/test_scripts.py).
 #
 #   as_root_exec INTERPRETER SCRIPT ARGS...   as root: return; otherwise re-run the whole
 #                                 script through sudo (exec; keeps the APPAUTH_*, CI and

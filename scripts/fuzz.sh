@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long fuzzing run of issue 6 (docs/SECURITY.md, "Fuzzing"): tests/test_fuzz.py with the
+# The long fuzzing run of issue 6 (docs/SECURITY.md, "Fuzzing"): tests/unit/test_fuzz.py with the
 # hypothesis profile "long" (more than 100,000 generated cases in all; about 10-20 minutes on
 # 2 cores), then the number of passing cases hypothesis reports. CI runs the same file with
 # the short profile "ci" as part of the normal suite.
@@ -14,7 +14,7 @@ export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-long}"
 log="$(mktemp -t appauth-fuzz.XXXXXX)"
 trap 'rm -f "$log"' EXIT
 set +e
-"$VENV/bin/pytest" -p no:cacheprovider -q tests/test_fuzz.py --hypothesis-show-statistics "$@" 2>&1 | tee "$log"
+"$VENV/bin/pytest" -p no:cacheprovider -q tests/unit/test_fuzz.py --hypothesis-show-statistics "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 total=$(grep -oE '[0-9]+ passing' "$log" | awk '{s += $1} END {print s + 0}')

@@ -13,7 +13,7 @@
 # 3. runs `ruff check src tests` and pytest (arguments passed through), as root inside a
 #    network namespace that has only `lo` (`unshare -n`): the tests may contact loopback
 #    only, so a config that falls back to the system resolver fails a test instead of
-#    sending queries out (tests/test_fixtures_smoke.py checks that it is in force).
+#    sending queries out (tests/e2e/test_fixtures_smoke.py checks that it is in force).
 # Exits non-zero when anything fails, including "no tests collected".
 # Environment: APPAUTH_VENV (venv path), APPAUTH_SKIP_APT=1 (never call apt-get),
 # APPAUTH_DRY_RUN=1 (print whether it would run as root or through sudo, and stop),
@@ -35,16 +35,16 @@ else
 fi
 if [ "${APPAUTH_DRY_RUN:-0}" = 1 ]; then exit 0; fi
 VENV="${APPAUTH_VENV:-/opt/dovecot-appauth-test/venv}"
-# chromium: the HTML report is screenshotted headless (tests/test_report.py);
-# dovecot-auth-lua: the Lua passdb example against `serve` (tests/test_end_to_end_serve.py)
-# strace: slows fsync down to test the enrichment cache on a busy disk (tests/test_enrich.py)
-# valgrind: instruction counts of a login (benchmarks/instructions.py, tests/test_benchmark_smoke.py)
-# slapd, ldap-utils: a real OpenLDAP server for the account gate (tests/fixtures_ldap.py);
+# chromium: the HTML report is screenshotted headless (tests/e2e/test_report.py);
+# dovecot-auth-lua: the Lua passdb example against `serve` (tests/e2e/test_end_to_end_serve.py)
+# strace: slows fsync down to test the enrichment cache on a busy disk (tests/e2e/test_enrich.py)
+# valgrind: instruction counts of a login (benchmarks/instructions.py, tests/e2e/test_benchmark_smoke.py)
+# slapd, ldap-utils: a real OpenLDAP server for the account gate (tests/support/ldap.py);
 # libldap2-dev, libsasl2-dev: python-ldap builds against them (no binary wheel on PyPI)
-# systemd: `systemd-analyze verify` of examples/systemd/ (tests/test_systemd_unit.py)
-# lua5.4: runs examples/dovecot/appauth.lua against a stand-in of Dovecot's Lua API (tests/test_lua_script.py)
+# systemd: `systemd-analyze verify` of examples/systemd/ (tests/unit/test_systemd_unit.py)
+# lua5.4: runs examples/dovecot/appauth.lua against a stand-in of Dovecot's Lua API (tests/e2e/test_lua_script.py)
 # iproute2, util-linux: `ip link set lo up` inside `unshare -n` (step 3)
-# sudo: tests/test_scripts.py checks that a user who is not root is sent through sudo
+# sudo: tests/unit/test_scripts.py checks that a user who is not root is sent through sudo
 DEB_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d dovecot-auth-lua mariadb-server python3-venv python3-dev gcc
               chromium strace valgrind slapd ldap-utils libldap2-dev libsasl2-dev openssl
               iproute2 util-linux systemd lua5.4 sudo)
@@ -130,7 +130,7 @@ fi
 set +e
 if [ "$netns" = 1 ]; then
     log "pytest $* (network namespace: lo only)"
-    # APPAUTH_TEST_NETNS=1 tells tests/test_fixtures_smoke.py to check that no route leads out
+    # APPAUTH_TEST_NETNS=1 tells tests/e2e/test_fixtures_smoke.py to check that no route leads out
     APPAUTH_TEST_NETNS=1 unshare --net -- /bin/sh -c \
         'PATH="$PATH:/usr/sbin:/sbin"; ip link set lo up && exec "$@"' sh "$PY" -m pytest "$@"
 else

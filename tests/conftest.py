@@ -1,4 +1,4 @@
-"""Shared fixtures. Real servers: tests/fixtures_dovecot.py, tests/fixtures_mariadb.py.
+"""Shared fixtures. Real servers: tests/support/dovecot.py, tests/support/mariadb.py.
 
 Helpers for the admin CLI and config files live here too:
 ``run_cli(config, *args)``, ``write_appauth_config(dir, dsn, ...)``, and the fixtures
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_common import DOVECOT_USER, dovecot_ids, new_server_dir, shared_tempdir_base
-from tests.fixtures_common import give_to_dovecot as _give_to_dovecot
+from tests.support.common import DOVECOT_USER, dovecot_ids, new_server_dir, shared_tempdir_base
+from tests.support.common import give_to_dovecot as _give_to_dovecot
 
-pytest_plugins = ["tests.fixtures_dovecot", "tests.fixtures_ldap", "tests.fixtures_mariadb", "tests.fixtures_servers"]
+pytest_plugins = ["tests.support.dovecot", "tests.support.ldap", "tests.support.mariadb", "tests.support.servers"]
 
 VENV_BIN = Path(sys.executable).parent  # the venv running pytest; not resolved on purpose
 CLI = VENV_BIN / "dovecot-appauth"

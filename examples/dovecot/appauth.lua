@@ -1,7 +1,7 @@
 -- Dovecot Lua passdb: app passwords checked by `dovecot-appauth serve` (POST /verify).
 -- For Dovecot 2.4 (no checkpassword driver) and 2.3 alike: the same policy, throttling,
 -- audit and recording as the checkpassword program. Tested with Dovecot 2.3.19
--- (Debian 12, dovecot-auth-lua) by tests/test_end_to_end_serve.py, and by hand with
+-- (Debian 12, dovecot-auth-lua) by tests/e2e/test_end_to_end_serve.py, and by hand with
 -- Dovecot 2.4.4 built from source.
 --
 -- Dovecot 2.3:                                 Dovecot 2.4:

@@ -94,7 +94,7 @@ def _check(username: str, config: Config, now: float, store: Store | None, stder
     # Only an "active" answer is cached: a refusal is rare and re-enabling an account must
     # work at once. The cost is that a disabled account stays usable for cache_seconds.
     if cache is not None and answer.active:
-        from .cache import CacheUnavailable
+        from .audit.cache import CacheUnavailable
 
         try:
             cache.put(CACHE_SOURCE, key, {"detail": answer.detail}, settings.cache_seconds, now)
@@ -137,13 +137,13 @@ def cache_key(username: str, settings: AccountConfig) -> str:
 def _open_cache(config: Config) -> Any:
     if not config.audit.cache.enabled:
         return None
-    from .cache import IpCache
+    from .audit.cache import IpCache
 
     return IpCache(config.resolve(config.audit.cache.path))
 
 
 def _cache_get(cache: Any, key: str, now: float, stderr: TextIO | None) -> dict | None:
-    from .cache import CacheUnavailable
+    from .audit.cache import CacheUnavailable
 
     try:
         hit = cache.get(CACHE_SOURCE, key, now)

@@ -1042,7 +1042,7 @@ def _prune_config_cache(directory: str, keep: str) -> None:
 
 # ---------------------------------------------------------------------------
 # The commented example, conf/config.toml, written from FIELDS (never by hand):
-# scripts/write-config-example.py writes it and tests/test_config.py checks it.
+# scripts/write-config-example.py writes it and tests/unit/test_config.py checks it.
 
 
 def _toml_value(value: Any) -> str:

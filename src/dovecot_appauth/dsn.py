@@ -3,7 +3,7 @@
 The per-login program must not import SQLAlchemy (about 60 ms) just to read a URL, so
 this parses the two forms we support: `sqlite:///relative.db`,
 `sqlite:////absolute/path.db`, and `mysql+pymysql://user:pass@host:port/db?unix_socket=...`
-(also `mariadb+pymysql://` and plain `mysql://`). `tests/test_store.py` checks that it
+(also `mariadb+pymysql://` and plain `mysql://`). `tests/e2e/test_store.py` checks that it
 agrees with SQLAlchemy's own `make_url`.
 """
 

@@ -12,7 +12,7 @@ Theory of operation:
   as `ipaddress`); a text with a `:` by `_socket.inet_pton` (the C module, imported only
   then: `socket.py` would import `enum` and more, and `_socket` alone costs ~0.7 M),
   which accepts what `ipaddress` accepts (RFC 4291, an embedded dotted quad without
-  leading zeros). `tests/test_ipnum.py` checks both against `ipaddress` with generated texts.
+  leading zeros). `tests/unit/test_ipnum.py` checks both against `ipaddress` with generated texts.
 - `is_global` (IANA special-purpose registries) stays the standard library's decision:
   `global_table()` derives sorted integer intervals from `ipaddress` itself, once, when the
   config cache is written (config.py stores them next to the parsed TOML, keyed by the

@@ -9,7 +9,7 @@ internal problem is a temporary failure (111) with one stderr line, never a wron
 password and never a traceback.
 
 Imports at module level are the ones every login needs; keep it that way (see
-`tests/test_imports.py` and `benchmarks/`).
+`tests/e2e/test_imports.py` and `benchmarks/`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import TextIO
 
+    from .audit.events import EventRow
+    from .audit.pipeline import Assessment
     from .config import Config
     from .core import LoginRequest
-    from .events import EventRow
-    from .pipeline import Assessment
     from .store import PasswordRow, Store
 
 PROG = "dovecot-appauth"
@@ -271,7 +271,7 @@ def _decide(request: LoginRequest, config: Config, store: Store, *, now: float, 
 
     record_fields = {"src_rdns": "<>", "src_loc": "", "src_isp": ""}
     if config.audit.enabled:
-        from .pipeline import audit_login
+        from .audit.pipeline import audit_login
 
         result = audit_login(request, config, user=matched.uid, now=now, pwid=matched.id, stderr=stderr,
                              store=store)
@@ -331,7 +331,7 @@ def _decide_nextcloud(request: LoginRequest, config: Config, store: Store, *, no
         if refused is not None:
             return refused
     if config.audit.enabled:
-        from .pipeline import audit_login
+        from .audit.pipeline import audit_login
 
         result = audit_login(request, config, user=request.username, now=now, pwid=None, stderr=stderr,
                              store=store)
@@ -451,8 +451,8 @@ def _throttle_exempt(ip: str, config: Config, stderr: TextIO | None) -> bool:
     allow_file = config.audit.allow.get("ip_networks")
     if not allow_file:
         return False
-    from .lists import ListUnreadable, enforce_readable, load_kept
-    from .rules import ip_in_list
+    from .audit.lists import ListUnreadable, enforce_readable, load_kept
+    from .audit.rules import ip_in_list
 
     try:
         entries, _problems = load_kept("ip_networks", config.resolve(allow_file), role="allow")
@@ -525,7 +525,7 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
     """The right password of a revoked or expired app password: it has leaked. An audit
     event with alert `leaked-password`, and with [alerts] on, a log line and the notify
     command, as for a new-country alert. The login is refused all the same."""
-    from .events import LEAKED_ALERT
+    from .audit.events import LEAKED_ALERT
     from .policy import utc_text
 
     if row.deleted is not None:
@@ -534,7 +534,7 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
         state, when = "expired", f"{utc_text(row.policy.expires)} UTC"  # type: ignore[union-attr]
     facts, place = None, None
     if config.audit.enabled and request.remote_ip:
-        from .pipeline import assess
+        from .audit.pipeline import assess
 
         try:  # where the client is, for the alert; the refusal stands whatever happens here
             found = assess(user=row.uid, service=request.service, ip=request.remote_ip, config=config, now=now,
@@ -550,7 +550,7 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
     _say(stderr, f"user {row.uid}: login alert {LEAKED_ALERT} from {request.remote_ip or '-'}"
                  f"{f' ({place})' if place else ''}: {detail}")
     if config.alerts.notify_command:
-        from .events import notify
+        from .audit.events import notify
 
         payload = event.to_json()
         payload.update(alerts=[{"kind": LEAKED_ALERT, "detail": detail}], action="deny",
@@ -572,7 +572,7 @@ def _leak_told_recently(config: Config, pwid: int, ip: str | None, now: float) -
     """
     if not config.audit.cache.enabled:
         return False
-    from .cache import CacheUnavailable, IpCache
+    from .audit.cache import CacheUnavailable, IpCache
 
     cache = IpCache(config.resolve(config.audit.cache.path))
     key = f"{pwid}|{ip or '-'}"
@@ -591,7 +591,7 @@ def _record_event(store: Store, config: Config, request: LoginRequest, user: str
                   reason: str, now: float, stderr: TextIO | None, *, alert: str | None = None,
                   facts: object = None, place: str | None = None) -> EventRow:
     """A refused login's audit event (result "refused"); written when events are recorded."""
-    from .events import REFUSED, event_row
+    from .audit.events import REFUSED, event_row
     from .store import utc_timestamp
 
     row = event_row(timestamp=utc_timestamp(now), user=user, pwid=pwid, service=request.service,
@@ -663,7 +663,7 @@ def audit_chain_marker_present(request: LoginRequest) -> bool:
 
 def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, stderr: TextIO | None) -> Outcome:
     """An earlier passdb authenticated the user; we only audit (PROTOCOL.md, Chains)."""
-    from .pipeline import audit_login
+    from .audit.pipeline import audit_login
     from .reply import userdb_fields
 
     if request.mode is Mode.LOOKUP:

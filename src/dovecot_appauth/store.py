@@ -22,8 +22,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see valu
 if TYPE_CHECKING:
     from typing import Any, Protocol
 
+    from .audit.events import EventRow
     from .dsn import Dsn
-    from .events import EventRow
     from .policy import Policy
 
 
@@ -279,7 +279,7 @@ class SqliteStore:
             self.conn.execute("BEGIN")
 
     def record_event(self, row: EventRow) -> None:
-        from .events import INSERT_EVENT
+        from .audit.events import INSERT_EVENT
 
         self._check_not_locked()
         try:
@@ -289,7 +289,7 @@ class SqliteStore:
             raise self._write_error(e) from None
 
     def recent_events(self, username: str, since: float) -> list[tuple[Any, ...]]:
-        from .events import SELECT_HISTORY
+        from .audit.events import SELECT_HISTORY
 
         try:
             return self.conn.execute(SELECT_HISTORY.format(p="?", collate=" COLLATE NOCASE"),
@@ -512,12 +512,12 @@ class MysqlStore:
         return list(cursor.fetchmany(2))
 
     def record_event(self, row: EventRow) -> None:
-        from .events import INSERT_EVENT
+        from .audit.events import INSERT_EVENT
 
         self._run(INSERT_EVENT.format(p="%s"), row.params())
 
     def recent_events(self, username: str, since: float) -> list[tuple[Any, ...]]:
-        from .events import SELECT_HISTORY
+        from .audit.events import SELECT_HISTORY
 
         return list(self._run(SELECT_HISTORY.format(p="%s", collate=""), (username, utc_timestamp(since))).fetchall())
 

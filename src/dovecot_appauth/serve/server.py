@@ -1,0 +1,683 @@
+"""`dovecot-appauth serve`: the login engine as a long-running HTTP service (Starlette on uvicorn).
+
+Two faces of the same engine (login.decide, pipeline.assess/audit_login):
+
+- `POST /policy?command=allow|report`: Dovecot's auth policy protocol
+  (`auth_policy_server_url`). The request is JSON built from
+  `auth_policy_request_attributes` (`login`, `remote`, `protocol`, ...; a report adds
+  `success`, `policy_reject`, `tls`); the reply is `{"status": N, "msg": "..."}`: 0 go on,
+  -1 refuse, N > 0 delay N seconds. `allow` judges the client address with the deny/allow
+  lists (no audit line, no event); `report` of a successful login writes the audit line and
+  the audit event, as the checkpassword program does after a right password.
+- `POST /verify`: `{"user", "password", "service", "remote_ip"}` -> `{"result": "ok" | "fail"
+  | "tempfail", "user", "fields"}`: the app-password check with policy, audit and recording
+  (examples/dovecot/appauth.lua calls it from a Lua passdb, for Dovecot 2.4).
+
+Kept warm between requests: the interpreter and imports, the parsed config (reloaded
+when the file changes), the parsed lists with their compiled matchers (`lists.keep_warm`:
+read again when a file's stat changes), the database connections (`pool.py`), one
+enrichment cache connection per thread (`enrich.keep_cache_open`) and the MaxMind
+readers (`sources/maxmind.py`, reopened when a .mmdb file changes). The engine is
+synchronous (SQL, DNS), so each request runs on a thread of its own, at most
+`max_requests` at once per process; one more is answered 503 at once. `GET /metrics`:
+Prometheus text (metrics.py).
+
+Processes: `serve` listens, then forks `workers` processes that share the listening
+socket (Supervisor), each with its own engine (pool, caches), so hashing and the audit
+use every core; SIGTERM lets each finish the requests in flight.
+
+Trust: with a token (the default on TCP), a caller that shows it is Dovecot and may name
+the client's address and report logins; without one, it may not (see build_app).
+Not on the per-login path: nothing imports this module but the `serve` command.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import Config, ConfigError, load
+from ..core import LoginRequest, Mode, TempFail
+from .pool import StorePool
+
+MAX_BODY = 64 * 1024
+# Threads per worker process that run the engine; requests in work beyond these wait for
+# one (in arrival order). Not hundreds: then the GIL's switching and a store opened per
+# thread made a flood of cheap requests slow every other one. With DEFAULT_MAX_REQUESTS,
+# a request waits for at most one round of THREADS requests: with every one of them held
+# by a dead resolver for the audit deadline (1.5 s by default), 3 s in all, inside the
+# Lua script's 5 s.
+THREADS = 32
+DEFAULT_MAX_REQUESTS = 64
+GRACEFUL_SECONDS = 15.0  # SIGTERM: requests in flight get this long (each has its own deadlines)
+THROTTLED = ": throttled, "  # in login.py's message for a client over a limit
+# A (user, client) the limiter refused is answered the same for this long without a
+# thread or a query: a flood of its requests then costs little more than their HTTP.
+# Failure counts only grow within the window, so the verdict holds; `throttle reset`
+# takes effect at most this late.
+THROTTLE_MEMO_SECONDS = 2.0
+THROTTLE_MEMO_MAX = 100_000  # entries; past it the expired ones are dropped, then all
+
+
+class Engine:
+    """The config, reloaded when its file changes, and the database pool; each request
+    gets the current config and a pooled store. `metrics` (metrics.Metrics, set by
+    build_app) counts what the requests found."""
+
+    def __init__(self, path: str, stderr: Any = None):
+        from ..audit.enrich import keep_cache_open
+        from ..audit.lists import keep_warm
+
+        self.path = path
+        self.stderr = stderr or sys.stderr
+        self.pool = StorePool(max_idle=THREADS)  # one per thread: never a store opened per request
+        self.metrics: Any = None
+        self._key: tuple[int, int] | None = None
+        self._config: Config | None = None
+        self._lists: dict[str, tuple[int, int, int] | None] = {}  # list file -> (mtime_ns, size, inode)
+        self._throttled: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # THROTTLE_MEMO_SECONDS
+        keep_warm()  # lists parsed and compiled once per file version, not per request
+        keep_cache_open()  # the enrichment cache's connection, per thread
+
+    def throttled_answer(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer given to this (user, client) a moment ago if the limiter refused it then
+        (called on the event loop: no I/O)."""
+        user, ip = body.get("user"), _ip(body.get("remote_ip"))
+        if not isinstance(user, str) or ip is None:
+            return None
+        memo = self._throttled.get((user.lower(), ip))
+        if memo is None or memo[0] < time.monotonic():
+            return None
+        if self.metrics is not None:
+            service = _label(_text(body.get("service"), "imap").lower())
+            self.metrics.throttled.labels(service).inc()
+            self._count_login("verify", memo[1]["result"], service)
+        return memo[1]
+
+    def _remember_throttled(self, request: LoginRequest, answer: dict[str, Any]) -> dict[str, Any]:
+        if request.remote_ip:
+            now = time.monotonic()
+            if len(self._throttled) >= THROTTLE_MEMO_MAX:
+                self._throttled = {k: v for k, v in self._throttled.items() if v[0] >= now}
+                if len(self._throttled) >= THROTTLE_MEMO_MAX:
+                    self._throttled = {}
+            self._throttled[(request.username.lower(), request.remote_ip)] = (now + THROTTLE_MEMO_SECONDS, answer)
+        return answer
+
+    def config(self) -> Config:
+        st = os.stat(self.path)
+        key = (st.st_mtime_ns, st.st_size)
+        if key != self._key or self._config is None:
+            first = self._config is None
+            try:
+                self._config = load(self.path)
+            except ConfigError as e:
+                if self._config is None:
+                    raise TempFail(f"configuration {self.path}: {e}") from None
+                self.say(f"configuration {self.path} not reloaded (keeping the previous one): {e}")
+                self._count_reload("failed")
+            else:
+                if not first:
+                    self._count_reload("ok")
+            self._key = key
+        if self.metrics is not None:
+            self._watch_lists(self._config)
+        return self._config
+
+    def _count_reload(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.config_reloads.labels(result).inc()
+
+    def _watch_lists(self, config: Config) -> None:
+        """Count the list files that changed since the last request (the list reloads of
+        the metrics): one stat per configured list file."""
+        audit = config.audit
+        if not audit.enabled:
+            return
+        for kind, path in [*audit.lists.items(), *(("allow-" + k, p) for k, p in audit.allow.items())]:
+            full = config.resolve(path)
+            try:
+                st = os.stat(full)
+                signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except OSError:
+                signature = None
+            if full in self._lists and self._lists[full] != signature:
+                self.metrics.list_reloads.labels(kind).inc()
+            self._lists[full] = signature
+
+    def say(self, message: str) -> None:
+        try:
+            self.stderr.write(f"dovecot-appauth serve: {' '.join(message.split())}\n")
+            self.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _count_login(self, endpoint: str, result: str, service: str) -> None:
+        if self.metrics is not None:
+            self.metrics.logins.labels(endpoint, result, service).inc()
+
+    # --- the two faces ---------------------------------------------------------------
+
+    def verify(self, body: dict[str, Any]) -> dict[str, Any]:
+        """/verify. A throttled client is answered at once (`hold_throttled=False`): the
+        per-login program's `[throttle] delay` would hold a thread here and, through the
+        Lua passdb (blocking=yes), one of Dovecot's auth workers; Dovecot's own failure
+        delay slows that client instead."""
+        from ..core import ExitCode
+        from ..login import decide
+
+        user, password = body.get("user"), body.get("password")
+        if not isinstance(user, str) or not isinstance(password, str) or not user:
+            return {"result": "fail", "reason": "user and password must be strings"}
+        service = _text(body.get("service"), "imap").lower()
+        if not _utf8(user):
+            self._count_login("verify", "fail", _label(service))
+            return {"result": "fail"}  # no user has such a name
+        if not _utf8(password):
+            password = None  # as from fd 3: not UTF-8, so it matches nothing (after the same hash work)
+        try:
+            remote_ip = _client_ip(body.get("remote_ip"))
+        except BadAddress as e:
+            # as login.py refuses a TCPREMOTEIP that is not an address: taken for "no
+            # client", it would pass for a local process, which no list or limit judges
+            self.say(f"user {user}: refused: {e}")
+            self._count_login("verify", "fail", _label(service))
+            return {"result": "fail", "reason": "remote_ip is not an IP address"}
+        request = LoginRequest(user, password, Mode.VERIFY, service,
+                               remote_ip=remote_ip, local_ip=_ip(body.get("local_ip")))
+        config = self.config()
+        log = io.StringIO()
+        try:
+            with self.pool.store(config.database.dsn, config.database.connect_timeout) as store:
+                outcome = decide(request, config, now=time.time(), stderr=log, store=store, hold_throttled=False)
+        except TempFail as e:
+            self._relay(log)
+            self.say(str(e))
+            self._count_login("verify", "tempfail", _label(service))
+            if THROTTLED in str(e):
+                self._count_throttled(service)
+                return self._remember_throttled(request, {"result": "tempfail"})
+            return {"result": "tempfail"}
+        self._relay(log)
+        if outcome.message:
+            self.say(outcome.message)
+        if outcome.exit_code is ExitCode.OK:
+            self._count_login("verify", "ok", _label(service))
+            return {"result": "ok", "user": outcome.user, "fields": dict(outcome.fields)}
+        self._count_login("verify", "fail", _label(service))
+        if outcome.message and THROTTLED in outcome.message:  # [throttle] verdict = "deny"
+            self._count_throttled(service)
+            return self._remember_throttled(request, {"result": "fail"})
+        return {"result": "fail"}
+
+    def _count_throttled(self, service: str) -> None:
+        if self.metrics is not None:
+            self.metrics.throttled.labels(_label(service)).inc()
+
+    def policy(self, command: str, body: dict[str, Any], trusted: bool = True) -> dict[str, Any]:
+        """/policy. `trusted`: the caller proved it is Dovecot (the token); only then is a
+        report audited (an untrusted one could feed fake places to the alert history)."""
+        from ..audit.pipeline import assess
+
+        config = self.config()
+        user = _text(body.get("login"), "")
+        service = _text(body.get("protocol"), "imap").lower()
+        try:
+            ip = _client_ip(body.get("remote"))
+        except BadAddress as e:
+            # never "no client" (a local process, which no list judges): a check is
+            # refused; a report is not audited (the login has happened either way)
+            self.say(f"user {user}: {'refused' if command == 'allow' else 'report not audited'}: {e}")
+            if command == "allow":
+                self._count_check("deny")
+                return {"status": -1, "msg": "Authentication failed"}
+            return {"status": 0, "msg": ""}
+        now = time.time()
+        log = io.StringIO()
+        try:
+            if command == "report":
+                success = _true(body.get("success")) and not _true(body.get("policy_reject"))
+                self._count_login("policy_report", "ok" if success else "fail", _label(service))
+                if success and config.audit.enabled and trusted:
+                    self._audit_report(LoginRequest(user, None, Mode.VERIFY, service, remote_ip=ip), config,
+                                       now, log)
+                return {"status": 0, "msg": ""}
+            if not config.audit.enabled:
+                self._count_check("allow")
+                return {"status": 0, "msg": ""}
+            result = assess(user=user, service=service, ip=ip, config=config, now=now, stderr=log)
+        finally:
+            self._relay(log)
+        if result.deny:
+            self.say(result.denial(user, ip))
+            self._count_check("deny")
+            return {"status": -1, "msg": "Authentication failed"}
+        self._count_check("allow")
+        return {"status": 0, "msg": ""}
+
+    def _count_check(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.policy_checks.labels(result).inc()
+
+    def _audit_report(self, request: LoginRequest, config: Config, now: float, log: io.StringIO) -> None:
+        """The audit line and event of a login another passdb accepted (Dovecot's report)."""
+        from ..audit.pipeline import audit_login
+
+        store = None
+        if config.audit.record_events:
+            try:
+                store = self.pool.acquire(config.database.dsn, config.database.connect_timeout)
+            except TempFail as e:  # the audit line is still written
+                log.write(f"audit event not recorded: {e}\n")
+        healthy = False
+        try:
+            audit_login(request, config, user=request.username, now=now, pwid=None, stderr=log, store=store)
+            healthy = True
+        finally:
+            if store is not None:
+                self.pool.release(store, healthy)  # finish() commits the audit_events row
+
+    def _relay(self, log: io.StringIO) -> None:
+        for line in log.getvalue().splitlines():
+            self.say(line.removeprefix("dovecot-appauth: "))
+
+def _label(service: str) -> str:
+    """A service name as a metrics label: Dovecot's own names, anything else "other"
+    (a caller must not create unbounded label values)."""
+    return service if service in _SERVICES else "other"
+
+
+_SERVICES = frozenset(("imap", "pop3", "smtp", "submission", "lmtp", "managesieve", "sieve", "doveadm", "http"))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(value: Any, default: str) -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def _ip(value: Any) -> str | None:
+    import ipaddress
+
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+class BadAddress(ValueError):
+    """A client address that was given but is not an IP address."""
+
+
+def _client_ip(value: Any) -> str | None:
+    """The client's address from a request: None when none was given (a local process),
+    BadAddress when something else than an address was."""
+    if value is None or value == "":
+        return None
+    address = _ip(value)
+    if address is None:
+        shown = value[:64] if isinstance(value, str) else type(value).__name__
+        raise BadAddress(f"client address {shown!r} is not an IP address")
+    return address
+
+
+def _true(value: Any) -> bool:
+    return value is True or value in ("1", "yes", "true", 1)
+
+
+class BodyTooLarge(Exception):
+    """The request body is over MAX_BODY (answered 413)."""
+
+
+class Busy(Exception):
+    """max_requests are in work already."""
+
+
+async def _read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request body, read as it arrives and abandoned past `limit` bytes (BodyTooLarge):
+    a 10 MiB body costs the service no more memory than a 64 KiB one."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> dict[str, Any] | None:
+    import json
+
+    try:
+        # surrogateescape: a client's password need not be UTF-8 (Dovecot passes its bytes
+        # on); such a password is a wrong one (verify), not a malformed request
+        data = json.loads(body.decode("utf-8", "surrogateescape") or "{}")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool | None = None,
+              max_requests: int = DEFAULT_MAX_REQUESTS, metrics: Any = None) -> Starlette:
+    """The ASGI app. With `token`, requests need `Authorization: Bearer TOKEN` or Basic
+    with TOKEN as password (Dovecot's auth_policy_server_api_header can send either).
+
+    `callers_trusted`: whether a request that got in may name the client (`remote_ip`,
+    `remote`) and report logins. Default: only with a token. Without one (serve
+    --insecure-no-token) any local process could pick an exempt address to skip the
+    limiter and the deny lists, or feed the alert history with fake reports, so the
+    client address is the caller's own and reports are not audited. A Unix socket's
+    callers are trusted (its file mode is the check).
+
+    `max_requests`: requests in work at once (running on one of THREADS threads or
+    waiting for one); one more is answered at once with a temporary failure (503)
+    instead of waiting in a queue past Dovecot's timeout."""
+    import anyio
+
+    from ..audit import pipeline
+    from .metrics import CONTENT_TYPE, Metrics
+
+    trusted = token is not None if callers_trusted is None else callers_trusted
+    metrics = metrics or Metrics()
+    engine.metrics = metrics
+    pipeline.on_assessment = metrics.observe_assessment
+    in_work = 0
+    threads: list[Any] = []  # the thread limiter, made inside the event loop
+
+    def authorised(request: Request) -> bool:
+        if token is None:
+            return True
+        import base64
+        import hmac
+
+        header = request.headers.get("authorization", "")
+        given = ""
+        if header.startswith("Bearer "):
+            given = header[7:]
+        elif header.startswith("Basic "):
+            try:
+                given = base64.b64decode(header[6:]).decode().partition(":")[2]
+            except ValueError:
+                given = ""
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def peer(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    async def in_thread(endpoint: str, func: Any, *args: Any) -> Any:
+        """`func(*args)` on one of the engine's threads; Busy when max_requests are in work."""
+        nonlocal in_work
+        if in_work >= max_requests:
+            metrics.busy.labels(endpoint).inc()
+            raise Busy
+        if not threads:
+            threads.append(anyio.CapacityLimiter(min(max_requests, THREADS)))
+        in_work += 1
+        try:
+            return await anyio.to_thread.run_sync(func, *args, limiter=threads[0])
+        except TempFail:
+            raise
+        except Exception as e:  # a bug: a temporary failure and one line, never a traceback
+            raise TempFail(f"internal error in {endpoint}: {type(e).__name__}") from None
+        finally:
+            in_work -= 1
+
+    async def body_of(request: Request) -> dict[str, Any] | JSONResponse | None:
+        try:
+            return _json(await _read_body(request))
+        except BodyTooLarge:
+            return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
+
+    def timed(endpoint: str, handler: Any) -> Any:
+        """`handler`, its time observed in the latency histogram under `endpoint`."""
+        async def observed(request: Request) -> Response:
+            started = time.monotonic()
+            try:
+                return await handler(request)
+            finally:
+                metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+
+        return observed
+
+    async def _policy(request: Request) -> Response:
+        if not authorised(request):
+            return JSONResponse({"status": 0, "msg": "unauthorised"}, status_code=401)
+        body = await body_of(request)
+        if isinstance(body, JSONResponse):
+            return body
+        command = request.query_params.get("command", "allow")
+        if body is None or command not in ("allow", "report"):
+            return JSONResponse({"status": 0, "msg": "bad request"}, status_code=400)
+        if not trusted:
+            body = {**body, "remote": peer(request)}
+        # Dovecot: auth_policy_reject_on_fail decides what an error means
+        try:
+            return JSONResponse(await in_thread("policy", engine.policy, command, body, trusted))
+        except Busy:
+            return JSONResponse({"status": 0, "msg": "busy"}, status_code=503)
+        except TempFail as e:
+            engine.say(str(e))
+            if command == "allow":
+                metrics.policy_checks.labels("tempfail").inc()
+            return JSONResponse({"status": 0, "msg": "temporary failure"}, status_code=503)
+
+    async def _verify(request: Request) -> Response:
+        if not authorised(request):
+            return JSONResponse({"result": "tempfail"}, status_code=401)
+        body = await body_of(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if body is None:
+            return JSONResponse({"result": "fail", "reason": "bad request"}, status_code=400)
+        if not trusted:
+            body = {**body, "remote_ip": peer(request), "local_ip": None}
+        answer = engine.throttled_answer(body)
+        if answer is not None:
+            return JSONResponse(answer)
+        try:
+            return JSONResponse(await in_thread("verify", engine.verify, body))
+        except Busy:
+            return JSONResponse({"result": "tempfail", "reason": "busy"}, status_code=503)
+        except TempFail as e:
+            engine.say(str(e))
+            return JSONResponse({"result": "tempfail"})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "pid": os.getpid()})
+
+    async def metrics_page(request: Request) -> Response:
+        if not authorised(request):
+            return Response("unauthorised\n", status_code=401, media_type="text/plain")
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    policy, verify = timed("policy", _policy), timed("verify", _verify)
+    return Starlette(routes=[
+        Route("/policy", policy, methods=["POST"]),
+        Route("/", policy, methods=["POST"]),  # auth_policy_server_url = http://127.0.0.1:PORT/
+        Route("/verify", verify, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
+    ])
+
+
+def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: str | None = None,
+          token: str | None = None, socket_mode: int = 0o660, workers: int = 1,
+          max_requests: int = DEFAULT_MAX_REQUESTS, callers_trusted: bool | None = None) -> int:
+    """Listen, then run `workers` processes that share the listening socket (each with
+    its own event loop, database pool and caches: hashing and the audit use every core).
+    This process supervises them: a worker that dies is replaced; SIGTERM or SIGINT is
+    passed on to every worker, which finishes the requests in flight (up to
+    GRACEFUL_SECONDS) and exits. Returns the exit status. Raises OSError (cannot listen)."""
+    Engine(config_path).config()  # a broken config fails at start, not at the first login
+    if uds:
+        listener = unix_listener(uds, socket_mode)
+        if callers_trusted is None:
+            callers_trusted = True  # the socket's mode decides who may connect
+    else:
+        import socket
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=2048)
+    supervisor = Supervisor(listener, lambda: _worker(config_path, listener, token, callers_trusted,
+                                                      max_requests), workers)
+    return supervisor.run()
+
+
+def _worker(config_path: str, listener: Any, token: str | None, callers_trusted: bool | None,
+            max_requests: int) -> None:
+    """One worker process: its own engine (pool, caches) on the shared socket."""
+    import uvicorn
+
+    engine = Engine(config_path)
+    app = build_app(engine, token, callers_trusted=callers_trusted, max_requests=max_requests)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+class Supervisor:
+    """A pre-fork parent: `count` children run `target` on the inherited listening socket."""
+
+    def __init__(self, listener: Any, target: Any, count: int, stderr: Any = None):
+        self.listener = listener
+        self.target = target
+        self.count = count
+        self.stderr = stderr or sys.stderr
+        self.children: dict[int, float] = {}  # pid -> start time
+        self.stopping = False
+
+    def say(self, message: str) -> None:
+        try:
+            self.stderr.write(f"dovecot-appauth serve: {message}\n")
+            self.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    def run(self) -> int:
+        import shutil
+        import signal
+        import tempfile
+
+        # before any worker imports prometheus_client: every process counts in its own
+        # files there, and /metrics sums them (metrics.py)
+        metrics_dir = tempfile.mkdtemp(prefix="dovecot-appauth-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+        def stop(signum: int, frame: Any) -> None:
+            self.stopping = True
+            for pid in list(self.children):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            for _ in range(self.count):
+                self._start()
+            while self.children:
+                try:
+                    pid, status = os.wait()
+                except ChildProcessError:
+                    break
+                started = self.children.pop(pid, None)
+                if started is None:
+                    continue
+                from .metrics import worker_exited
+
+                worker_exited(pid)
+                if self.stopping:
+                    continue
+                self.say(f"worker {pid} ended ({_status_text(status)}); starting another")
+                if time.monotonic() - started < 1.0:
+                    time.sleep(1.0)  # a worker that dies at once: do not spin
+                if not self.stopping:
+                    self._start()
+        finally:
+            self.listener.close()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 0
+
+    def _start(self) -> None:
+        import signal
+
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                self.target()
+            except BaseException as e:  # never return into the parent's loop
+                if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    self.say(f"worker {os.getpid()} failed: {type(e).__name__}: {e}")
+                    code = 1
+            finally:
+                os._exit(code)
+        self.children[pid] = time.monotonic()
+
+
+def _status_text(status: int) -> str:
+    import signal
+
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+def unix_listener(path: str, mode: int) -> Any:
+    """A listening Unix socket at `path` with `mode` from the start (uvicorn's own is 0666:
+    any local user could ask /verify or report fake logins). A socket file left by an
+    earlier run is replaced; one that a running service answers on is not. Raises OSError."""
+    import socket
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: uvicorn leaves it behind when stopped by a signal
+        else:
+            raise OSError(f"{path}: another service is listening there")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~mode)  # the file never exists with wider permissions
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)  # the umask can only take bits away
+    sock.listen(2048)  # uvicorn's default backlog
+    return sock

@@ -1,0 +1,232 @@
+"""cache.py: the SQLite file of JSON entries, its modes, expiry, failures and concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from dovecot_appauth.audit.cache import FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = IpCache(str(tmp_path / "cache"))
+    yield c
+    c.close()
+
+
+def test_IpCache_put_get_roundtrip(cache):
+    cache.put("rdns", "192.0.2.10", {"ptr": "host.example"}, 60, NOW)
+    assert cache.get("rdns", "192.0.2.10", NOW + 1) == {"ptr": "host.example"}
+    assert cache.get("rdns", "192.0.2.11", NOW + 1) is None
+    assert cache.get("rdap", "192.0.2.10", NOW + 1) is None
+
+
+def test_IpCache_ttl_expiry(cache):
+    cache.put("rdns", "192.0.2.10", {"ptr": "a"}, 60, NOW)
+    assert cache.get("rdns", "192.0.2.10", NOW + 59.9) == {"ptr": "a"}
+    assert cache.get("rdns", "192.0.2.10", NOW + 60) is None
+
+
+def test_IpCache_no_ttl_never_expires(cache):
+    cache.put("maxmind", "192.0.2.10", {"sig": "1-2"}, None, NOW)
+    assert cache.get("maxmind", "192.0.2.10", NOW + 10 * 365 * 86400) == {"sig": "1-2"}
+
+
+def test_IpCache_negative_entry(cache):
+    cache.put_failure("rdap", "192.0.2.10", "HTTP 429", 300, NOW)
+    hit = cache.get("rdap", "192.0.2.10", NOW + 10)
+    assert hit == Negative("failed", "HTTP 429", NOW)
+    cache.put_failure("rdns", "192.0.2.10", "no answer", 300, NOW, status="timeout")
+    assert cache.get("rdns", "192.0.2.10", NOW).status == "timeout"
+    assert cache.get("rdap", "192.0.2.10", NOW + 300) is None
+    # a later success replaces the negative entry
+    cache.put("rdap", "192.0.2.10", {"facts": {}}, 60, NOW + 1)
+    assert cache.get("rdap", "192.0.2.10", NOW + 2) == {"facts": {}}
+
+
+def test_IpCache_get_many_one_query(cache):
+    cache.put_many([("rdns", "ip", {"ptr": "x"}, 60, True), ("rdap", "ip", {"status": "timeout",
+                    "detail": "d"}, 60, False)], NOW)
+    got = cache.get_many([("rdns", "ip"), ("rdap", "ip"), ("maxmind", "ip")], NOW)
+    assert got == {("rdns", "ip"): {"ptr": "x"}, ("rdap", "ip"): Negative("timeout", "d", NOW)}
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_IpCache_modes_are_umask_proof(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        c = IpCache(str(tmp_path / "sub" / "cache"))
+        c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+        c.get("rdns", "ip", NOW)
+        assert stat.S_IMODE(os.stat(c.directory).st_mode) == 0o700
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(c.path + suffix):
+                assert stat.S_IMODE(os.stat(c.path + suffix).st_mode) == 0o600, suffix
+        assert os.path.exists(c.path + "-wal")  # WAL mode is on
+        c.close()
+    finally:
+        os.umask(old)
+
+
+def test_IpCache_values_are_json_text_never_pickle(cache):
+    cache.put("rdap", "203.0.113.66", {"facts": {"entities": ["A", "B"], "asn": 64500}}, 60, NOW)
+    cache.put_failure("rdns", "203.0.113.66", "timeout", 60, NOW)
+    cache.close()
+    conn = sqlite3.connect(cache.path)
+    rows = conn.execute("SELECT value, typeof(value) FROM entry").fetchall()
+    conn.close()
+    assert len(rows) == 2
+    for value, kind in rows:
+        assert kind == "text"
+        assert isinstance(json.loads(value), dict)
+    files = [cache.path + sfx for sfx in ("", "-wal") if os.path.exists(cache.path + sfx)]
+    raw = b"".join(open(f, "rb").read() for f in files)
+    assert b"\x80\x04" not in raw and b"\x80\x05" not in raw  # pickle protocol 4/5 headers
+
+
+def test_IpCache_corrupt_file_raises_CacheUnavailable(tmp_path):
+    d = tmp_path / "cache"
+    d.mkdir(mode=0o700)
+    (d / FILE_NAME).write_bytes(b"this is not an SQLite database, " * 200)
+    c = IpCache(str(d))
+    with pytest.raises(CacheUnavailable, match="not a database"):
+        c.get("rdns", "ip", NOW)
+    with pytest.raises(CacheUnavailable):
+        c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    # purging everything is the repair
+    assert c.purge() == -1
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    assert c.get("rdns", "ip", NOW) == {"ptr": "x"}
+    c.close()
+
+
+def test_IpCache_unusable_directory_raises_CacheUnavailable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory should be")
+    c = IpCache(str(blocker / "cache"))
+    with pytest.raises(CacheUnavailable):
+        c.get("rdns", "ip", NOW)
+
+
+def test_IpCache_non_json_value_raises_CacheUnavailable(cache):
+    cache.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    cache.close()
+    conn = sqlite3.connect(cache.path)
+    with conn:
+        conn.execute("UPDATE entry SET value = 'gASVAAAAAAAAAAB9lC4='")  # base64 pickle: refused
+    conn.close()
+    with pytest.raises(CacheUnavailable):
+        cache.get("rdns", "ip", NOW)
+
+
+def test_IpCache_stats(cache):
+    cache.put("rdns", "a", {"ptr": "x"}, 60, NOW)
+    cache.put("rdns", "b", {"ptr": "y"}, 10, NOW)
+    cache.put_failure("rdap", "a", "429", 60, NOW)
+    cache.put("maxmind", "a", {"sig": "s"}, None, NOW)
+    s = cache.stats(NOW + 30)
+    assert s["sources"] == {"rdns": {"entries": 1, "negative": 0}, "rdap": {"entries": 0, "negative": 1},
+                            "maxmind": {"entries": 1, "negative": 0}}
+    assert s["expired"] == 1
+    assert s["bytes"] > 0 and s["path"] == cache.path
+
+
+def test_IpCache_purge_ip_and_expired(cache):
+    cache.put("rdns", "198.51.100.7", {"ptr": "x"}, 60, NOW)
+    cache.put("rdap", "198.51.100.7", {"facts": {}}, 60, NOW)
+    cache.put("rdns", "192.0.2.10", {"ptr": "y"}, 5, NOW)
+    assert cache.purge("::ffff:198.51.100.7") == 2  # IPv4-mapped is the same address
+    assert cache.get("rdns", "198.51.100.7", NOW) is None
+    assert cache.purge(expired_before=NOW + 10) == 1
+    assert cache.stats(NOW)["sources"] == {}
+    cache.put("rdns", "a", {"ptr": "x"}, 60, NOW)
+    assert cache.purge() == 1
+    assert not os.path.exists(cache.path)
+
+
+def test_IpCache_new_file_appears_ready_made(tmp_path):
+    c = IpCache(str(tmp_path / "cache"))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    c.close()
+    assert os.listdir(c.directory) == [FILE_NAME]  # closed: no -wal/-shm, no private build file left
+    conn = sqlite3.connect(c.path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT count(*) FROM entry").fetchone() == (1,)
+    finally:
+        conn.close()
+
+
+def test_IpCache_without_hard_links_renames_the_file_into_place(tmp_path, monkeypatch):
+    def no_links(src, dst, **kwargs):
+        raise OSError(1, "Operation not permitted")  # what a file system without hard links says
+
+    monkeypatch.setattr(os, "link", no_links)
+    c = IpCache(str(tmp_path / "cache"))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    assert c.get("rdns", "ip", NOW) == {"ptr": "x"}
+    c.close()
+    assert os.listdir(c.directory) == [FILE_NAME]
+    assert stat.S_IMODE(os.stat(c.path).st_mode) == 0o600
+
+
+def test_IpCache_empty_file_gets_its_table(tmp_path):
+    # what an older version (or `touch`) leaves: an empty file is still a usable cache
+    d = tmp_path / "cache"
+    d.mkdir(mode=0o700)
+    (d / FILE_NAME).write_bytes(b"")
+    c = IpCache(str(d))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    assert c.get("rdns", "ip", NOW) == {"ptr": "x"}
+    c.close()
+
+
+def test_IpCache_purge_all_removes_half_made_files(tmp_path):
+    c = IpCache(str(tmp_path / "cache"))
+    c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
+    leftover = c.path + ".new-4242-1"  # a login killed while building the file
+    open(leftover, "wb").close()
+    assert c.purge() == 1
+    assert os.listdir(c.directory) == []
+
+
+def test_file_signature_is_mtime_and_size(tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"12345")
+    st = os.stat(p)
+    assert file_signature(str(p)) == f"{st.st_mtime_ns}-5"
+
+
+_WORKER = r"""
+import sys
+from dovecot_appauth.audit.cache import IpCache
+c = IpCache(sys.argv[1])
+n = int(sys.argv[2])
+for i in range(200):
+    key = f"192.0.2.{i % 50}"
+    c.put("rdns", key, {"ptr": f"w{n}-{i}"}, 60, 1000.0)
+    hit = c.get("rdns", key, 1001.0)
+    assert hit is not None and hit["ptr"].startswith("w"), hit
+    c.close()  # a login opens and closes the file once each
+print("ok")
+"""
+
+
+def test_IpCache_concurrent_processes(tmp_path):
+    d = str(tmp_path / "cache")
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, d, str(n)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(8)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert out.strip() == "ok"
+    assert IpCache(d).stats(1001.0)["sources"]["rdns"]["entries"] == 50

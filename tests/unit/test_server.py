@@ -1,0 +1,402 @@
+"""`serve`: the auth-policy and verify endpoints, through a real uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import sqlite3
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+from dovecot_appauth import hashing  # noqa: E402
+from dovecot_appauth.audit.enrich import keep_cache_open  # noqa: E402
+from dovecot_appauth.audit.lists import keep_warm  # noqa: E402
+from dovecot_appauth.cli import schema  # noqa: E402
+from dovecot_appauth.serve.server import Engine, build_app  # noqa: E402
+
+PASSWORD = "Serv-eTes-tPas-sw0r"
+DENIED_IP = "203.0.113.9"
+ALLOWED_IP = "198.51.100.7"
+
+
+def _site(tmp_path):
+    db = tmp_path / "db.sqlite"
+    engine = schema.make_engine(f"sqlite:///{db}")
+    schema.init_db(engine)
+    schema.create_password(engine, "alice@example.com", hashing.hash_password(PASSWORD))
+    engine.dispose()
+    (tmp_path / "ip.deny.lst").write_text("203.0.113.0/24\n")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[database]\ndsn = "sqlite:///{db}"\n\n[userdb]\nuid = "5000"\nhome = "/srv/%u"\n\n'
+        f'[audit]\nenabled = true\nglobal_networks = ["203.0.113.0/24", "198.51.100.0/24"]\n'
+        f'syslog_socket = ""\njournal = "no"\nlog_file = "{tmp_path / "audit.log"}"\n\n'
+        f'[audit.dns]\nenabled = false\n\n[audit.cache]\npath = "{tmp_path / "cache"}"\n\n'
+        f'[audit.lists]\nip_networks = "ip.deny.lst"\n'
+    )
+    return path, db
+
+
+TOKEN = "test-token-not-secret"
+
+
+class Served:
+    """`app` on uvicorn in a thread; ``post`` sends `token` (the site's) unless told otherwise."""
+
+    def __init__(self, app, token: str | None = None):
+        self.token = token
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(100):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+
+    def post(self, path: str, body, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method="POST",
+                                     headers={"Content-Type": "application/json", **auth, **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+@pytest.fixture
+def site(tmp_path):
+    path, db = _site(tmp_path)
+    log = io.StringIO()
+    engine = Engine(str(path), stderr=log)
+    served = Served(build_app(engine, TOKEN), TOKEN)
+    served.engine = engine
+    served.log = log
+    served.db = db
+    served.dir = tmp_path
+    yield served
+    served.close()
+    keep_warm(False)  # the Engine turned these on for this process
+    keep_cache_open(False)
+
+
+def test_verify_right_wrong_and_denied(site):
+    status, body = site.post("/verify", {"user": "Alice@example.com", "password": PASSWORD, "service": "imap",
+                                         "remote_ip": ALLOWED_IP})
+    assert status == 200 and body["result"] == "ok" and body["user"] == "alice@example.com"
+    assert body["fields"]["userdb_uid"] == "5000"
+    assert site.post("/verify", {"user": "alice@example.com", "password": "nope", "remote_ip": ALLOWED_IP})[1] == \
+        {"result": "fail"}
+    status, body = site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": DENIED_IP})
+    assert body == {"result": "fail"}
+    assert "denied by audit" in site.log.getvalue()
+    import sqlite3
+
+    rows = sqlite3.connect(site.db).execute("SELECT service, src_ip FROM log").fetchall()
+    assert rows == [("imap", ALLOWED_IP)]
+    assert "result=deny" in (site.dir / "audit.log").read_text()
+
+
+def test_verify_bad_requests(site):
+    assert site.post("/verify", b"not json")[0] == 400
+    assert site.post("/verify", {"user": 1, "password": None})[1]["result"] == "fail"
+
+
+def test_a_client_address_that_is_not_an_address_is_refused_not_taken_for_a_local_one(site):
+    # the right password from a denied network, with a port stuck to the address: read as
+    # "no client", it passed for a local process that no list or limit judges
+    for bad in (f"{DENIED_IP}:4711", "not-an-address", 203):
+        status, body = site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": bad})
+        assert (status, body["result"]) == (200, "fail")
+        req = {"login": "alice@example.com", "remote": bad, "protocol": "imap"}
+        assert site.post("/policy?command=allow", req) == (200, {"status": -1, "msg": "Authentication failed"})
+    assert "client address '203.0.113.9:4711' is not an IP address" in site.log.getvalue()
+    # no address at all is still a local caller's request (as without TCPREMOTEIP)
+    assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ""})[1][
+        "result"] == "ok"
+
+
+def test_verify_password_that_is_not_utf8_is_a_wrong_password(site):
+    # Dovecot's Lua passes the client's bytes on; JSON text with such bytes is not a bad request
+    body = b'{"user": "alice@example.com", "password": "\xff\xfeabc", "remote_ip": "198.51.100.7"}'
+    assert site.post("/verify", body) == (200, {"result": "fail"})
+    body = b'{"user": "al\xffice@example.com", "password": "x", "remote_ip": "198.51.100.7"}'
+    assert site.post("/verify", body) == (200, {"result": "fail"})
+    assert "Traceback" not in site.log.getvalue()
+
+
+def test_requests_share_one_database_connection(site):
+    for ip in ("198.51.100.7", "198.51.100.8", "198.51.100.9"):
+        assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ip})[1][
+            "result"] == "ok"
+    assert site.post("/verify", {"user": "alice@example.com", "password": "nope"})[1] == {"result": "fail"}
+    report = {"login": "alice@example.com", "remote": ALLOWED_IP, "protocol": "imap", "success": True}
+    assert site.post("/?command=report", report)[0] == 200
+    assert site.engine.pool.opened == 1
+
+
+def test_verify_database_down_is_tempfail(site):
+    # a pooled connection to a database that has since gone is not used
+    assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD})[1]["result"] == "ok"
+    site.db.unlink()
+    site.db.parent.chmod(0o500)
+    try:
+        assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD})[1] == {"result": "tempfail"}
+    finally:
+        site.db.parent.chmod(0o700)
+
+
+def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site, monkeypatch):
+    from dovecot_appauth.audit import lists as lists_module
+
+    read: list[str] = []  # file reads: its on-disk parsed form, or its text parsed
+
+    def counting(real):
+        def wrapper(*args, **kwargs):
+            read.append(real.__name__)
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(lists_module, "_read_cache", counting(lists_module._read_cache))
+    monkeypatch.setattr(lists_module, "parse_list", counting(lists_module.parse_list))
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)  # the list was written just now
+    req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert read == ["_read_cache", "parse_list"]  # no parsed form on disk yet: parsed
+    for _ in range(3):
+        assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert len(read) == 2  # kept in memory: a stat, no read
+    (site.dir / "ip.deny.lst").write_text("192.0.2.0/24\n")
+    assert site.post("/policy?command=allow", req)[1]["status"] == 0  # the change applies at once
+    assert read[2:] == ["_read_cache", "parse_list"]
+
+
+def test_policy_allow_rejects_denied_addresses(site):
+    req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap", "pwhash": "ab", "session_id": "x"}
+    assert site.post("/policy?command=allow", req) == (200, {"status": -1, "msg": "Authentication failed"})
+    req["remote"] = ALLOWED_IP
+    assert site.post("/?command=allow", req) == (200, {"status": 0, "msg": ""})
+    # no audit line for a check; one for a successful report
+    assert not (site.dir / "audit.log").exists()
+    report = {**req, "success": True, "policy_reject": False, "tls": False}
+    assert site.post("/?command=report", report) == (200, {"status": 0, "msg": ""})
+    assert "user=<alice@example.com>, service=imap, ip=198.51.100.7" in (site.dir / "audit.log").read_text()
+    # and the audit event is committed (the store is closed after the report)
+    conn = sqlite3.connect(site.db)
+    try:
+        events = conn.execute("SELECT uid, pwid, src_ip, service FROM audit_events").fetchall()
+    finally:
+        conn.close()
+    assert events == [("alice@example.com", None, ALLOWED_IP, "imap")]
+    assert site.post("/?command=bogus", req)[0] == 400
+
+
+def test_token_is_required_when_configured(tmp_path):
+    path, _ = _site(tmp_path)
+    served = Served(build_app(Engine(str(path), stderr=io.StringIO()), token="s3cret"))
+    try:
+        req = {"login": "alice@example.com", "remote": ALLOWED_IP, "protocol": "imap"}
+        assert served.post("/policy?command=allow", req)[0] == 401
+        basic = base64.b64encode(b"dovecot:s3cret").decode()
+        assert served.post("/policy?command=allow", req, {"Authorization": f"Basic {basic}"})[0] == 200
+        assert served.post("/policy?command=allow", req, {"Authorization": "Bearer s3cret"})[0] == 200
+        assert served.post("/policy?command=allow", req, {"Authorization": "Bearer wrong"})[0] == 401
+    finally:
+        served.close()
+
+
+def test_engine_reloads_the_config_on_change(tmp_path):
+    path, _ = _site(tmp_path)
+    engine = Engine(str(path), stderr=io.StringIO())
+    assert engine.config().audit.enabled
+    path.write_text(path.read_text().replace("enabled = true", "enabled = false", 1) + "\n")
+    assert not engine.config().audit.enabled
+    path.write_text("[database\n")
+    assert not engine.config().audit.enabled  # a broken edit keeps the previous config
+    assert "not reloaded" in engine.stderr.getvalue()
+
+
+# --- serve's Unix socket and token file ---------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_unix_listener_has_its_mode_from_the_start(tmp_path, umask):
+    import os
+    import stat
+
+    from dovecot_appauth.serve.server import unix_listener
+
+    path = str(tmp_path / "s.sock")
+    old = os.umask(umask)
+    try:
+        sock = unix_listener(path, 0o660)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_ISSOCK(os.stat(path).st_mode) and stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        # a second service on the same path is refused while this one listens
+        with pytest.raises(OSError, match="another service"):
+            unix_listener(path, 0o660)
+    finally:
+        sock.close()
+    # closed without removing the file (as uvicorn does when stopped by a signal): replaced
+    again = unix_listener(path, 0o600)
+    again.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_unix_listener_never_replaces_a_file(tmp_path):
+    from dovecot_appauth.serve.server import unix_listener
+
+    path = tmp_path / "config.toml"
+    path.write_text("not a socket")
+    with pytest.raises(OSError, match="not a socket"):
+        unix_listener(str(path), 0o660)
+    assert path.read_text() == "not a socket"
+
+
+def test_serve_refuses_an_empty_token_file(tmp_path):
+    from tests.conftest import run_cli
+
+    path, _ = _site(tmp_path)
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    result = run_cli(path, "serve", "--port", "1", "--token-file", str(empty), check=False)
+    assert result.returncode != 0 and "is empty" in result.stderr
+    result = run_cli(path, "serve", "--unix-socket", str(tmp_path / "s"), "--socket-mode", "999", check=False)
+    assert result.returncode != 0 and "octal mode" in result.stderr
+
+
+# --- throttled clients: answered at once, then from memory --------------------------------------
+
+
+def _throttled_site(tmp_path, delay: float):
+    path, _ = _site(tmp_path)
+    path.write_text(path.read_text() + f"\n[throttle]\nmax_per_user_ip = 2\ndelay = {delay}\n")
+    engine = Engine(str(path), stderr=io.StringIO())
+    for _ in range(2):
+        assert engine.verify({"user": "alice@example.com", "password": "nope", "remote_ip": ALLOWED_IP}) == \
+            {"result": "fail"}
+    return path, engine
+
+
+def test_decide_holds_a_throttled_client_only_when_asked(tmp_path):
+    from dovecot_appauth.config import load
+    from dovecot_appauth.core import LoginRequest, Mode, TempFail
+    from dovecot_appauth.login import decide
+
+    path, _ = _throttled_site(tmp_path, delay=0.5)
+    request = LoginRequest("alice@example.com", PASSWORD, Mode.VERIFY, "imap", remote_ip=ALLOWED_IP)
+    config = load(str(path))
+    for hold in (True, False):
+        started = time.monotonic()
+        with pytest.raises(TempFail, match="throttled"):
+            decide(request, config, now=time.time(), stderr=io.StringIO(), hold_throttled=hold)
+        elapsed = time.monotonic() - started
+        # the per-login program keeps its delay (it slows the client; Dovecot waits for it)
+        assert elapsed >= 0.5 if hold else elapsed < 0.5, (hold, elapsed)
+
+
+def test_serve_answers_a_throttled_client_at_once_and_then_from_memory(tmp_path, monkeypatch):
+    from dovecot_appauth.serve import server
+
+    _, engine = _throttled_site(tmp_path, delay=30)
+    body = {"user": "Alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+    started = time.monotonic()
+    assert engine.verify(body) == {"result": "tempfail"}
+    assert time.monotonic() - started < 10  # not the 30 s [throttle] delay
+    assert "throttled" in engine.stderr.getvalue()
+    # the same user (any case) from the same client: the same answer without the engine
+    assert engine.throttled_answer({**body, "user": "alice@EXAMPLE.com"}) == {"result": "tempfail"}
+    assert engine.throttled_answer({**body, "remote_ip": "198.51.100.8"}) is None
+    monkeypatch.setattr(server, "THROTTLE_MEMO_SECONDS", -1.0)  # remembered answers expire
+    assert engine.verify(body) == {"result": "tempfail"}
+    assert engine.throttled_answer(body) is None
+
+
+def test_an_unreadable_allow_list_skipped_by_the_limiter_is_said_in_the_service_log(tmp_path, capfd):
+    # the limiter's exemption check reads the allow list itself; its "going on without it"
+    # line went to the process's stderr, past the service's log (and its prefix)
+    path, engine = _throttled_site(tmp_path, delay=0)
+    text = path.read_text().replace("[audit]\n", '[audit]\nunreadable_list = "skip"\n', 1)
+    path.write_text(text + '\n[audit.allow]\nip_networks = "missing.allow.lst"\n')
+    assert engine.verify({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}) == \
+        {"result": "tempfail"}  # throttled: the list that could exempt the client is not there
+    assert "allow list ip_networks" in engine.stderr.getvalue()
+    assert "serve: allow list ip_networks" in engine.stderr.getvalue()
+    assert "allow list" not in capfd.readouterr().err
+
+
+def test_untrusted_callers_name_no_client_and_report_nothing(tmp_path):
+    path, db = _site(tmp_path)
+    served = Served(build_app(Engine(str(path), stderr=io.StringIO())))  # no token, not trusted
+    try:
+        # the listed address the caller names is not used: its own (127.0.0.1) is
+        assert served.post("/verify", {"user": "alice@example.com", "password": PASSWORD,
+                                       "remote_ip": DENIED_IP})[1]["result"] == "ok"
+        req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
+        assert served.post("/policy?command=allow", req) == (200, {"status": 0, "msg": ""})
+        assert served.post("/?command=report", {**req, "remote": ALLOWED_IP, "success": True})[0] == 200
+    finally:
+        served.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT src_ip FROM log").fetchall() == [("127.0.0.1",)]
+        assert conn.execute("SELECT count(*) FROM audit_events WHERE pwid IS NULL").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_body_over_the_limit_is_413(site):
+    assert site.post("/verify", b"{" + b" " * (70 * 1024) + b"}")[0] == 413
+    assert site.post("/policy?command=allow", b"{" + b" " * (70 * 1024) + b"}")[0] == 413
+
+
+def test_more_requests_than_max_requests_are_answered_503_at_once(tmp_path):
+    path, _ = _site(tmp_path)
+    engine = Engine(str(path), stderr=io.StringIO())
+    release = threading.Event()
+    real_verify = engine.verify
+    engine.verify = lambda body: release.wait(30) and real_verify(body)  # holds its one place
+    served = Served(build_app(engine, TOKEN, max_requests=1), TOKEN)
+    try:
+        body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+        held = threading.Thread(target=lambda: served.post("/verify", body))
+        held.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert served.post("/verify", body) == (503, {"result": "tempfail", "reason": "busy"})
+        assert time.monotonic() - started < 5
+        release.set()
+        held.join(10)
+        assert served.post("/verify", body)[1]["result"] == "ok"
+    finally:
+        release.set()
+        served.close()
+
+
+def test_an_internal_error_is_a_tempfail_without_traceback(site):
+    def broken(body):
+        raise KeyError("a bug")
+
+    site.engine.verify = broken
+    assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD}) == (200, {"result": "tempfail"})
+    assert "internal error in verify: KeyError" in site.log.getvalue()
+    assert "Traceback" not in site.log.getvalue()
