@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Every row of issue 13's target table, measured side by side in one run.
 
-    /opt/appauth-venv/bin/python benchmarks/targets.py [--reps 20] [--logins 300 --rounds 3 --clients 8]
+    /opt/dovecot-appauth-test/venv/bin/python benchmarks/targets.py [--reps 20] [--logins 300 --rounds 3 --clients 8]
 
 Per-login rows (interleaved rounds of real logins started as Dovecot starts them, with
 run.py's `spawn`; ratios to a bare `python -c pass` of the same interpreter, same run):
