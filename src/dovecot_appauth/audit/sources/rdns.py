@@ -34,7 +34,7 @@ from . import SourceUnavailable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import dns.message
 
@@ -115,10 +115,12 @@ def _udp(request: dns.message.Message, wire: bytes, where: tuple[str, int], fami
                 return response
 
 
-def _recv_exactly(sock: socket.socket, count: int, end: float) -> bytes:
+def _recv_exactly(sock: socket.socket, count: int, end: float, time_left: Callable[[float], float] = _left) -> bytes:
+    """`count` bytes from a TCP socket before `end`; `time_left` raises when the time is up
+    (dnspython's Timeout for origin_as.py, _NoTime for the PTR lookup)."""
     data = b""
     while len(data) < count:
-        sock.settimeout(_left(end))
+        sock.settimeout(time_left(end))
         chunk = sock.recv(count - len(data))
         if not chunk:
             raise EOFError("EOF")
@@ -369,8 +371,8 @@ def _tcp_ptr(wire: bytes, query_id: int, qname: tuple[bytes, ...], where: tuple[
             sock.settimeout(_time_left(end))
             sock.connect(where)
             sock.sendall(struct.pack("!H", len(wire)) + wire)
-            (length,) = struct.unpack("!H", _recv_exactly_raw(sock, 2, end))
-            data = _recv_exactly_raw(sock, length, end)
+            (length,) = struct.unpack("!H", _recv_exactly(sock, 2, end, _time_left))
+            data = _recv_exactly(sock, length, end, _time_left)
         except TimeoutError:
             raise _NoTime from None
     answer = parse_response(data, query_id, qname)
@@ -378,16 +380,6 @@ def _tcp_ptr(wire: bytes, query_id: int, qname: tuple[bytes, ...], where: tuple[
         raise ValueError("the TCP answer does not match the query")
     return answer
 
-
-def _recv_exactly_raw(sock: socket.socket, count: int, end: float) -> bytes:
-    data = b""
-    while len(data) < count:
-        sock.settimeout(_time_left(end))
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise EOFError("EOF")
-        data += chunk
-    return data
 
 
 def lookup(ip: str, cfg: DnsConfig, timeout: float) -> str:
