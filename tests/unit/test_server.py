@@ -22,6 +22,7 @@ from dovecot_appauth.audit.enrich import keep_cache_open  # noqa: E402
 from dovecot_appauth.audit.lists import keep_warm  # noqa: E402
 from dovecot_appauth.cli import schema  # noqa: E402
 from dovecot_appauth.serve.server import Engine, build_app  # noqa: E402
+from tests.support.common import wrong_password  # noqa: E402
 
 PASSWORD = "Serv-eTes-tPas-sw0r"
 DENIED_IP = "203.0.113.9"
@@ -387,6 +388,48 @@ def test_more_requests_than_max_requests_are_answered_503_at_once(tmp_path):
         release.set()
         held.join(10)
         assert served.post("/verify", body)[1]["result"] == "ok"
+    finally:
+        release.set()
+        served.close()
+
+
+def test_one_clients_flood_waits_for_its_answer_instead_of_filling_max_requests(tmp_path):
+    """Requests of a (user, client) already in the engine wait for that answer without a
+    place among max_requests: a flood of one client cannot leave an innocent login "busy"
+    before the first throttled answer is known (it did: the flood took every place)."""
+    path, db = _site(tmp_path)
+    engine_db = schema.make_engine(f"sqlite:///{db}")
+    try:
+        schema.create_password(engine_db, "bob@example.com", hashing.hash_password(PASSWORD))
+    finally:
+        engine_db.dispose()
+    engine = Engine(str(path), stderr=io.StringIO())
+    release = threading.Event()
+    real_verify = engine.verify
+
+    def held_for_mallory(body):
+        if body["user"] == "mallory@example.com":
+            release.wait(30)
+        return real_verify(body)
+
+    engine.verify = held_for_mallory
+    served = Served(build_app(engine, TOKEN, max_requests=2), TOKEN)
+    flood_answers: list = []
+    try:
+        guess = {"user": "mallory@example.com", "password": wrong_password(PASSWORD), "remote_ip": ALLOWED_IP}
+        flood = [threading.Thread(target=lambda: flood_answers.append(served.post("/verify", guess)))
+                 for _ in range(8)]
+        for thread in flood:
+            thread.start()
+        time.sleep(0.3)  # the first of them is in the engine, the others wait for its answer
+        innocent = {"user": "bob@example.com", "password": PASSWORD, "remote_ip": "198.51.100.8"}
+        assert served.post("/verify", innocent) == (200, {"result": "ok", "user": "bob@example.com",
+                                                          "fields": {"userdb_uid": "5000",
+                                                                     "userdb_home": "/srv/bob@example.com"}})
+        release.set()
+        for thread in flood:
+            thread.join(20)
+        assert len(flood_answers) == 8 and all(answer[1]["result"] in ("fail", "tempfail") for answer in flood_answers)
     finally:
         release.set()
         served.close()

@@ -87,13 +87,22 @@ class Engine:
         keep_warm()  # lists parsed and compiled once per file version, not per request
         keep_cache_open()  # the enrichment cache's connection, per thread
 
-    def throttled_answer(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The answer given to this (user, client) a moment ago if the limiter refused it then
-        (called on the event loop: no I/O)."""
+    @staticmethod
+    def client_key(body: dict[str, Any]) -> tuple[str, str] | None:
+        """(user, client) of a /verify body, as the throttled answers are kept: None without
+        a user or a client address."""
         user, ip = body.get("user"), _ip(body.get("remote_ip"))
         if not isinstance(user, str) or ip is None:
             return None
-        memo = self._throttled.get((user.lower(), ip))
+        return user.lower(), ip
+
+    def throttled_answer(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer given to this (user, client) a moment ago if the limiter refused it then
+        (called on the event loop: no I/O)."""
+        key = self.client_key(body)
+        if key is None:
+            return None
+        memo = self._throttled.get(key)
         if memo is None or memo[0] < time.monotonic():
             return None
         if self.metrics is not None:
@@ -345,6 +354,11 @@ class BodyTooLarge(Exception):
     """The request body is over MAX_BODY (answered 413)."""
 
 
+# A /verify of a (user, client) already in the engine waits this long at most for that
+# answer (a throttled one is then answered from memory) before it goes in itself.
+SAME_CLIENT_WAIT = 1.0
+
+
 class Busy(Exception):
     """max_requests are in work already."""
 
@@ -403,6 +417,10 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
     pipeline.on_assessment = metrics.observe_assessment
     in_work = 0
     threads: list[Any] = []  # the thread limiter, made inside the event loop
+    # (user, client) -> the event set when its request in the engine is answered: a flood
+    # of one client's requests waits for that answer without a thread or a place among the
+    # max_requests, instead of filling them before the first throttled answer is known
+    in_engine: dict[tuple[str, str], Any] = {}
 
     def authorised(request: Request) -> bool:
         if token is None:
@@ -494,6 +512,20 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         answer = engine.throttled_answer(body)
         if answer is not None:
             return JSONResponse(answer)
+        key = engine.client_key(body)
+        pending = in_engine.get(key) if key is not None else None
+        if pending is not None:
+            # the same (user, client) is in the engine now: if the limiter refuses it, this
+            # one gets that answer from memory; if not (another password may be right),
+            # it goes on, after at most SAME_CLIENT_WAIT seconds
+            with anyio.move_on_after(SAME_CLIENT_WAIT):
+                await pending.wait()
+            answer = engine.throttled_answer(body)
+            if answer is not None:
+                return JSONResponse(answer)
+        mine = None
+        if key is not None and key not in in_engine:
+            mine = in_engine[key] = anyio.Event()
         try:
             return JSONResponse(await in_thread("verify", engine.verify, body))
         except Busy:
@@ -501,6 +533,10 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         except TempFail as e:
             engine.say(str(e))
             return JSONResponse({"result": "tempfail"})
+        finally:
+            if mine is not None:
+                del in_engine[key]
+                mine.set()
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "pid": os.getpid()})
