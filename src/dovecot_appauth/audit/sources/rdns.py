@@ -35,10 +35,13 @@ from . import SourceUnavailable
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from typing import TypeVar
 
     import dns.message
 
     from ...config import DnsConfig
+
+    T = TypeVar("T")
 
 TYPE_PTR = 12
 TYPE_CNAME = 5
@@ -91,28 +94,45 @@ def _udp(request: dns.message.Message, wire: bytes, where: tuple[str, int], fami
     import dns.exception
     import dns.message
 
+    def answer_to_us(data: bytes) -> dns.message.Message | None:
+        try:
+            response = dns.message.from_wire(data, raise_on_truncation=True)
+        except dns.message.Truncated as e:
+            if request.is_response(e.message()):
+                raise  # a truncated answer to us: ask again over TCP
+            return None
+        except Exception:  # garbage is not an answer; keep waiting for one
+            return None
+        return response if request.is_response(response) else None
+
+    return _udp_exchange(wire, where, family, end, _left, dns.exception.Timeout, answer_to_us)
+
+
+def _udp_exchange(wire: bytes, where: tuple[str, int], family: int, end: float,
+                  time_left: Callable[[float], float], timed_out: type[Exception],
+                  accept: Callable[[bytes], T | None]) -> T:
+    """Send `wire` to `where` over UDP and wait, until `end` (monotonic), for a datagram from
+    that server that `accept` takes (returns not None); datagrams from elsewhere and those
+    it does not take are ignored. `time_left` raises when the time is up; a socket that
+    times out raises `timed_out`."""
     server = ipaddress.ip_address(where[0].split("%", 1)[0])
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(_left(end))
+        sock.settimeout(time_left(end))
         sock.sendto(wire, where)
         while True:
-            sock.settimeout(_left(end))
+            sock.settimeout(time_left(end))
             try:
                 data, source = sock.recvfrom(65535)
             except TimeoutError:
-                raise dns.exception.Timeout from None
+                raise timed_out from None
             try:
                 if ipaddress.ip_address(source[0].split("%", 1)[0]) != server or source[1] != where[1]:
                     continue  # not from the server we asked
-                response = dns.message.from_wire(data, raise_on_truncation=True)
-            except dns.message.Truncated as e:
-                if request.is_response(e.message()):
-                    raise  # a truncated answer to us: ask again over TCP
+            except ValueError:
                 continue
-            except Exception:  # noqa: S112 - garbage is not an answer; keep waiting for one
-                continue
-            if request.is_response(response):
-                return response
+            answer = accept(data)
+            if answer is not None:
+                return answer
 
 
 def _recv_exactly(sock: socket.socket, count: int, end: float, time_left: Callable[[float], float] = _left) -> bytes:
@@ -134,18 +154,25 @@ def _tcp(request: dns.message.Message, wire: bytes, where: tuple[str, int], fami
     import dns.exception
     import dns.message
 
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.settimeout(_left(end))
-            sock.connect(where)
-            sock.sendall(struct.pack("!H", len(wire)) + wire)
-            (length,) = struct.unpack("!H", _recv_exactly(sock, 2, end))
-            response = dns.message.from_wire(_recv_exactly(sock, length, end))
-        except TimeoutError:
-            raise dns.exception.Timeout from None
+    response = dns.message.from_wire(_tcp_exchange(wire, where, family, end, _left, dns.exception.Timeout))
     if not request.is_response(response):
         raise dns.exception.FormError("the TCP answer does not match the query")
     return response
+
+
+def _tcp_exchange(wire: bytes, where: tuple[str, int], family: int, end: float,
+                  time_left: Callable[[float], float], timed_out: type[Exception]) -> bytes:
+    """One TCP exchange with `where` until `end`: two-byte length prefix each way; the
+    answer's bytes. `time_left` raises when the time is up; a socket time-out raises `timed_out`."""
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.settimeout(time_left(end))
+            sock.connect(where)
+            sock.sendall(struct.pack("!H", len(wire)) + wire)
+            (length,) = struct.unpack("!H", _recv_exactly(sock, 2, end, time_left))
+            return _recv_exactly(sock, length, end, time_left)
+        except TimeoutError:
+            raise timed_out from None
 
 
 def _ask(request: dns.message.Message, server: str, port: int, end: float) -> dns.message.Message:
@@ -343,43 +370,18 @@ def parse_response(data: bytes, query_id: int, qname: tuple[bytes, ...]) -> PtrA
 def _udp_ptr(wire: bytes, query_id: int, qname: tuple[bytes, ...], where: tuple[str, int], family: int,
              end: float) -> PtrAnswer:
     """One UDP exchange: datagrams from elsewhere or not answering our query are ignored."""
-    server = ipaddress.ip_address(where[0].split("%", 1)[0])
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(_time_left(end))
-        sock.sendto(wire, where)
-        while True:
-            sock.settimeout(_time_left(end))
-            try:
-                data, source = sock.recvfrom(65535)
-            except TimeoutError:
-                raise _NoTime from None
-            try:
-                if ipaddress.ip_address(source[0].split("%", 1)[0]) != server or source[1] != where[1]:
-                    continue  # not from the server we asked
-            except ValueError:
-                continue
-            answer = parse_response(data, query_id, qname)
-            if answer is not None:
-                return answer
+    return _udp_exchange(wire, where, family, end, _time_left, _NoTime,
+                         lambda data: parse_response(data, query_id, qname))
 
 
 def _tcp_ptr(wire: bytes, query_id: int, qname: tuple[bytes, ...], where: tuple[str, int], family: int,
              end: float) -> PtrAnswer:
     """One TCP exchange: two-byte length prefix each way."""
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.settimeout(_time_left(end))
-            sock.connect(where)
-            sock.sendall(struct.pack("!H", len(wire)) + wire)
-            (length,) = struct.unpack("!H", _recv_exactly(sock, 2, end, _time_left))
-            data = _recv_exactly(sock, length, end, _time_left)
-        except TimeoutError:
-            raise _NoTime from None
+    data = _tcp_exchange(wire, where, family, end, _time_left, _NoTime)
     answer = parse_response(data, query_id, qname)
     if answer is None or answer.truncated:
         raise ValueError("the TCP answer does not match the query")
     return answer
-
 
 
 def lookup(ip: str, cfg: DnsConfig, timeout: float) -> str:
