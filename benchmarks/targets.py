@@ -56,12 +56,74 @@ ROWS: dict[str, tuple[str, str, str, float]] = {
     "rss-cold-rdap": ("peak RSS, cold login with RDAP configured", "<= 25 MiB", "le", 25.0),
     "dovecot-noaudit": ("Dovecot 2.3 IMAP, checkpassword, no audit / reference", ">= 0.9x", "ge", 0.9),
     "dovecot-audit": ("Dovecot 2.3 IMAP, audit on, warm cache / reference", ">= 0.8x", "ge", 0.8),
+    # the same rows through the fast path ([fast_path] socket: the -IS launcher hands each
+    # login to a running `serve --unix-socket` with the same config)
+    "warm-fast": ("warm successful login, fast path", "<= 2.0x bare", "le", 2.0),
+    "warm-full-fast": ("warm login + RDAP, public client, fast path", "<= 2.5x bare", "le", 2.5),
+    "cold-fast": ("cold login (an address serve's cache never saw), fast path", "<= 4x bare", "le", 4.0),
+    "rss-cold-rdap-fast": ("peak RSS, cold login with RDAP, fast path (the per-login process)", "<= 25 MiB", "le",
+                           25.0),
+    "dovecot-noaudit-fast": ("Dovecot 2.3 IMAP, no audit, fast path / reference", ">= 0.9x", "ge", 0.9),
+    "dovecot-audit-fast": ("Dovecot 2.3 IMAP, audit on, warm cache, fast path / reference", ">= 0.8x", "ge", 0.8),
 }
 MODES = {
     "reference": "minimal stdlib-Python checkpassword, the same SHA512-CRYPT hash",
     "noaudit": "dovecot-appauth, audit off",
     "audit": "dovecot-appauth, audit on (MaxMind, DNS, lists), warm cache",
+    "noaudit-fast": "dovecot-appauth, audit off, fast path (serve --unix-socket)",
+    "audit-fast": "dovecot-appauth, audit on, warm cache, fast path (serve --unix-socket)",
 }
+SERVE_WORKERS = 2  # serve processes of a fast-path row's serve (the machine's 2 cores)
+
+
+class ServeProcess:
+    """`dovecot-appauth --config CONFIG serve --unix-socket SOCKET` (the real command), as
+    `user` when given (Dovecot runs the per-login program as dovecot: the socket is 0660)."""
+
+    def __init__(self, config: Path, sock: Path, log: Path, *, user: str | None = None, workers: int = 1):
+        self.sock = sock
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen([str(bench.CLI), "--config", str(config), "serve", "--unix-socket", str(sock),
+                                      "--workers", str(workers)], stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=self.log, start_new_session=True, user=user)
+        deadline = time.monotonic() + 30
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"serve did not start: {log.read_text()[-500:]}")
+            time.sleep(0.1)
+
+    def healthy(self) -> bool:
+        import socket
+
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(2)
+                conn.connect(str(self.sock))
+                conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                return conn.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+def with_fast_path(config: Path, name: str, sock: Path) -> Path:
+    """A copy of `config` (same database, cache, lists) whose logins go to serve at `sock`."""
+    path = config.with_name(name)
+    path.write_text(config.read_text() + f"\n[fast_path]\nsocket = {bench.toml_str(str(sock))}\n")
+    os.chmod(path, 0o644)
+    return path
 
 
 class Site:
@@ -125,24 +187,46 @@ def measure_logins(site: Site, reps: int, helper: list[str]) -> tuple[dict[str, 
     rss_cache = site.workdir / "cache-cold-rdap"
     rss_cfg = site.config("cold-rdap", rdap=True, cache=rss_cache)
     program = str(bench.PROGRAM)
+    # the fast path: one serve per config (serve decides only logins of its own config)
+    run_dir = site.workdir / "run"
+    run_dir.mkdir(exist_ok=True)
+    fast: dict[str, Path] = {}
+    for name, cfg in (("warm", warm_cfg), ("full", full_cfg)):
+        sock = run_dir / f"{name}.sock"
+        fast[name] = with_fast_path(cfg, f"{name}-fast.toml", sock)
+        served = ServeProcess(fast[name], sock, site.workdir / f"serve-{name}.log")
+        site.cleanup.append(served.stop)
     scenarios: dict[str, tuple[list[str], Any]] = {
         "bare": ([bench.PYTHON, "-c", "pass"], None),
         "warm": ([program, "--config", str(warm_cfg), *helper], None),
         "warm-launcher": ([str(launcher), "--config", str(warm_cfg), *helper], None),
         "warm-full": ([program, "--config", str(full_cfg), *helper], None),
         "cold": ([program, "--config", str(cold_cfg), *helper], cold_cache),
+        "warm-fast": ([str(launcher), "--config", str(fast["warm"]), *helper], None),
+        "warm-full-fast": ([str(launcher), "--config", str(fast["full"]), *helper], None),
+        "cold-fast": ([str(launcher), "--config", str(fast["warm"]), *helper], None),
     }
     samples: dict[str, list[float]] = {name: [] for name in scenarios}
     errors: dict[str, list[str]] = {name: [] for name in scenarios}
     err_path = str(site.workdir / "stderr.txt")
+    # cold through serve: serve keeps its cache open, so "empty" means an address it never
+    # saw: each cold-fast login comes from the next address of 198.51.100.0/24 (allowed by
+    # conf/lists/allow, in the test .mmdb; no PTR record: the local DNS answers NXDOMAIN at once)
+    fresh = iter(f"198.51.100.{n}" for n in range(11, 250))
 
     def one(name: str, argv: list[str], empty: Path | None, rss: bool = False) -> bench.Sample:
         if empty is not None:
             shutil.rmtree(empty, ignore_errors=True)
-        sample = bench.spawn(argv, env, b"" if name == "bare" else request, err_path, rss=rss)
+        login_env = env
+        if name.startswith("cold-") or name == "rss-cold-rdap-fast":
+            address = next(fresh)
+            login_env = bench.dovecot_env(address, user=bench.USER)
+        sample = bench.spawn(argv, login_env, b"" if name == "bare" else request, err_path, rss=rss)
         if sample.status != 0:
             first = sample.stderr.strip().splitlines()[:1]
             errors[name].append(f"exit {sample.status}: {first[0] if first else 'no stderr'}")
+        elif "fast path:" in sample.stderr:  # serve did not take it: not a fast-path login
+            errors[name].append(sample.stderr.strip().splitlines()[0])
         return sample
 
     bench.log("warming up (2 untimed runs each)")
@@ -161,6 +245,12 @@ def measure_logins(site: Site, reps: int, helper: list[str]) -> tuple[dict[str, 
     for _ in range(reps):
         sample = one("rss-cold-rdap", rss_argv, rss_cache, rss=True)
         rss.append(sample.maxrss_kib / 1024)
+    errors["rss-cold-rdap-fast"] = []
+    rss_fast_argv = [str(launcher), "--config", str(fast["full"]), *helper]
+    samples["rss-cold-rdap-fast"] = []
+    for _ in range(reps):
+        sample = one("rss-cold-rdap-fast", rss_fast_argv, None, rss=True)
+        samples["rss-cold-rdap-fast"].append(sample.maxrss_kib / 1024)
     return samples, errors, rss
 
 
@@ -203,10 +293,25 @@ def measure_dovecot(site: Site, args: argparse.Namespace) -> dict[str, Any]:
     audit_cfg, noaudit_cfg = basedir / audit_cfg.name, basedir / noaudit_cfg.name
     password = bench.populate(audit_cfg, owner="dovecot").password
     hashes = reference_hash_file(db, bench.USER, basedir / "reference.hash")
+    # ours: the -IS launcher the README's install writes (python -m dovecot_appauth.entry install)
+    launcher = install_launcher(basedir / "bin" / "dovecot-appauth-checkpassword")
+    os.chmod(launcher.parent, 0o755)
+    run_dir = basedir / "run"
+    run_dir.mkdir()
+    os.chown(run_dir, uid, gid)
+    fast_cfgs = {}
+    for mode, cfg in (("noaudit-fast", noaudit_cfg), ("audit-fast", audit_cfg)):
+        sock = run_dir / f"{mode}.sock"
+        fast_cfgs[mode] = with_fast_path(cfg, f"dovecot-{mode}.toml", sock)
+        log = basedir / f"serve-{mode}.log"
+        served = ServeProcess(fast_cfgs[mode], sock, log, user="dovecot", workers=SERVE_WORKERS)
+        site.cleanup.append(served.stop)
     passdbs = {
         "reference": checkpassword_passdb(None, str(REFERENCE), str(hashes), program=bench.PYTHON),
-        "noaudit": checkpassword_passdb(noaudit_cfg),
-        "audit": checkpassword_passdb(audit_cfg),
+        "noaudit": checkpassword_passdb(noaudit_cfg, program=launcher),
+        "audit": checkpassword_passdb(audit_cfg, program=launcher),
+        "noaudit-fast": checkpassword_passdb(fast_cfgs["noaudit-fast"], program=launcher),
+        "audit-fast": checkpassword_passdb(fast_cfgs["audit-fast"], program=launcher),
     }
     server = DovecotServer(basedir, passdbs["reference"], auth_penalty=False)
     site.cleanup.append(server.stop)
@@ -225,8 +330,12 @@ def measure_dovecot(site: Site, args: argparse.Namespace) -> dict[str, Any]:
                 failed.setdefault(mode, problem)
                 bench.log(f"round {r + 1} {mode}: {problem}")
                 continue
+            mark = server.log_mark()
             load = bench.drive_imap_logins(server, bench.USER, password, ips, per_client)
             loads[mode].append(load)
+            fell_back = [line for line in server.log_since(mark).splitlines() if "fast path:" in line]
+            if fell_back:  # serve did not take these logins: the row would not measure the fast path
+                failed.setdefault(mode, f"{len(fell_back)} logins not taken by serve: {fell_back[0][-200:]}")
             bench.log(f"round {r + 1} {mode}: {load.describe()}")
     out: dict[str, Any] = {"clients": args.clients, "logins_per_client": per_client, "rounds": args.rounds,
                            "modes": {}}
@@ -257,15 +366,21 @@ def table(samples: dict[str, list[float]], errors: dict[str, list[str]], rss: li
     med = {name: bench._median(values) for name, values in samples.items()}
     bare = med["bare"]
     rows: dict[str, dict[str, Any]] = {}
-    for name in ("warm", "warm-launcher", "warm-full", "cold"):
+    for name in ("warm", "warm-launcher", "warm-full", "cold", "warm-fast", "warm-full-fast", "cold-fast"):
         ratio = med[name] / bare if med[name] and bare else None
         rows[name] = {"measured": f"{med[name]:.1f} ms" if med[name] else "-", "value": ratio,
                       "shown": f"{ratio:.2f}x bare" if ratio else "-", "errors": len(errors[name])}
     peak = max(rss) if rss else None
     rows["rss-cold-rdap"] = {"measured": f"median {bench._median(rss) or 0:.1f} MiB" if rss else "-", "value": peak,
                              "shown": f"max {peak:.1f} MiB" if peak else "-", "errors": len(errors["rss-cold-rdap"])}
+    fast_rss = samples.get("rss-cold-rdap-fast") or []
+    peak = max(fast_rss) if fast_rss else None
+    rows["rss-cold-rdap-fast"] = {"measured": f"median {bench._median(fast_rss) or 0:.1f} MiB" if fast_rss else "-",
+                                  "value": peak, "shown": f"max {peak:.1f} MiB" if peak else "-",
+                                  "errors": len(errors.get("rss-cold-rdap-fast", []))}
     modes = dovecot.get("modes")
-    for row, mode in (("dovecot-noaudit", "noaudit"), ("dovecot-audit", "audit")):
+    for row, mode in (("dovecot-noaudit", "noaudit"), ("dovecot-audit", "audit"),
+                      ("dovecot-noaudit-fast", "noaudit-fast"), ("dovecot-audit-fast", "audit-fast")):
         if not modes:
             rows[row] = {"measured": "-", "value": None, "shown": "-", "errors": 0,
                          "note": dovecot.get("skipped", "not run")}
@@ -275,12 +390,12 @@ def table(samples: dict[str, list[float]], errors: dict[str, list[str]], rss: li
         rows[row] = {"measured": f"{ours['logins_per_s']:.1f} vs {ref['logins_per_s']:.1f} logins/s",
                      "value": ratio, "shown": f"{ratio:.2f}x" if ratio else "-",
                      "errors": ours["errors"] + ref["errors"]}
-    lines = [f"{'row':<16} {'what':<64} {'measured':<26} {'ratio':<15} {'target':<13} result"]
+    lines = [f"{'row':<20} {'what':<66} {'measured':<26} {'ratio':<15} {'target':<13} result"]
     for row, (what, target, _, _) in ROWS.items():
         r = rows[row]
         r["target"] = target
         r["result"] = "SKIP" if r.get("note") else ("ERROR" if r["errors"] else judge(r["value"], row))
-        lines.append(f"{row:<16} {what:<64} {r['measured']:<26} {r['shown']:<15} {target:<13} {r['result']}")
+        lines.append(f"{row:<20} {what:<66} {r['measured']:<26} {r['shown']:<15} {target:<13} {r['result']}")
     notes = [f"bare python -c pass: {bare or 0:.1f} ms (median of {len(samples['bare'])})"]
     for name, errs in errors.items():
         if errs:

@@ -330,6 +330,24 @@ FIELDS: tuple[tuple[str, str, tuple[tuple[str, str, Any, Any, str, str], ...]], 
          '"tempfail" refuses the login for now (UNAVAILABLE) with one line naming the problem;\n'
          '"skip" goes on without the limiter and says so on every login. Never silent.', ""),
     )),
+    ("fast_path",
+     "Optional: hand each login of the per-login program to a running `dovecot-appauth serve\n"
+     "--unix-socket PATH` started with this same config file, instead of checking it in this\n"
+     "process: the same checks, rows and audit line, without importing and opening everything\n"
+     "once per login (docs/SERVE.md, Fast path). When nothing answers on the socket (serve\n"
+     "stopped, busy, another config), the login is checked in-process as without this\n"
+     "section, with one line saying why on every such login. A request serve took but did not\n"
+     "answer within `timeout` is a temporary failure (it may have been counted already).",
+     (
+        ("socket", "str", None, None, "",
+         '# socket = "/run/dovecot-appauth/serve.sock"'),
+        ("timeout", "number", 10.0, 0.5,
+         "Seconds to wait for serve's answer once the request is sent; keep it above [audit]\n"
+         "deadline and [database] connect_timeout.", ""),
+        ("token_file", "str", None, None,
+         "Only when that serve was started with --token-file: the same file, readable by the user\n"
+         "Dovecot runs this program as.", '# token_file = "/etc/dovecot-appauth/serve.token"'),
+    )),
     ("nextcloud",
      'Used with [auth] backend = "nextcloud" (required then: url). An app password is right\n'
      "when Nextcloud answers 207 to `PROPFIND url` with it (HTTP basic auth), wrong on 401;\n"
@@ -561,6 +579,13 @@ class AlertsConfig(Section):
     __slots__ = _keys(_section)
 
 
+class FastPathConfig(Section):
+    """`[fast_path]`: the per-login program asks a running serve over its Unix socket (fast_path.py)."""
+
+    _section = "fast_path"
+    __slots__ = _keys(_section)
+
+
 class ThrottleSettings(Section):
     """`[throttle]`: the brute-force limiter's settings (throttle.py decides with them)."""
 
@@ -577,7 +602,7 @@ class ThrottleSettings(Section):
 _SECTION_CLASS: dict[str, type[Section]] = {cls._section: cls for cls in (
     DatabaseConfig, AuthConfig, UserdbConfig, AuditConfig, MaxMindConfig, DnsConfig, RdapConfig, OriginAsConfig,
     CacheConfig, UserAllow, AlertsConfig, ThrottleSettings, NextcloudConfig, AccountConfig, LdapAccountConfig,
-    SqlAccountConfig)}
+    SqlAccountConfig, FastPathConfig)}
 # subsections read from within their parent's table: "audit" -> [("maxmind", "audit.maxmind"), ...]
 _CHILDREN: dict[str, list[tuple[str, str]]] = {}
 for _section in _ROWS:
@@ -588,8 +613,8 @@ del _section, _parent, _child
 ROOT_SECTIONS = tuple(section for section in _ROWS if "." not in section)
 
 class Config(Value):
-    __slots__ = ("account", "alerts", "audit", "auth", "database", "nextcloud", "path", "problems", "throttle",
-                 "userdb")
+    __slots__ = ("account", "alerts", "audit", "auth", "database", "fast_path", "nextcloud", "path", "problems",
+                 "throttle", "userdb")
 
     def __init__(
         self,
@@ -603,6 +628,7 @@ class Config(Value):
         throttle: ThrottleSettings | None = None,
         nextcloud: NextcloudConfig | None = None,
         account: AccountConfig | None = None,
+        fast_path: FastPathConfig | None = None,
     ):
         self.path = path
         self.database = DatabaseConfig() if database is None else database
@@ -613,6 +639,7 @@ class Config(Value):
         self.throttle = ThrottleSettings() if throttle is None else throttle
         self.nextcloud = NextcloudConfig() if nextcloud is None else nextcloud
         self.account = AccountConfig() if account is None else account
+        self.fast_path = FastPathConfig() if fast_path is None else fast_path
         self.problems = problems  # warnings that did not stop loading
 
     def resolve(self, path: str) -> str:

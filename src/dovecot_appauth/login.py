@@ -750,6 +750,34 @@ def _debug_internal_error(error: BaseException) -> None:
     _debug(f"internal error {type(error).__name__} at {where}")
 
 
+def _ask_serve(request: LoginRequest, config: Config, path: str, started: float) -> Outcome | None:
+    """The login as decided by the serve on `[fast_path] socket` (fast_path.py), or None when
+    serve did not take it: then it is checked in-process, after one line saying why.
+    Raises TempFail when serve took the request and gave no answer."""
+    from .fast_path import Unanswered, ask, read_token
+
+    settings = config.fast_path
+    where = config.resolve(settings.socket)
+    try:
+        token = read_token(config.resolve(settings.token_file)) if settings.token_file else None
+        answer = ask(where, request, path, timeout=settings.timeout, token=token)
+    except Unanswered as e:
+        _say(None, f"fast path: serve at {where} {e}: checking the login of {request.username} in-process")
+        return None
+    except TempFail as e:
+        raise TempFail(f"fast path: serve at {where} {e}") from None
+    if _debugging:
+        _debug(f"fast path: serve at {where} answered {answer.result!r} after {_ms_since(started)}")
+    if answer.result == "ok":
+        return Outcome(ExitCode.OK, user=answer.user, fields=answer.fields)
+    if answer.result == "fail":
+        return _fail()  # serve logged why (its journal), as for any login it decides
+    if answer.throttled and config.throttle.delay > 0:
+        time.sleep(config.throttle.delay)  # as in-process: slows a guessing client; serve never holds
+    return Outcome(ExitCode.TEMPFAIL, message=f"user {request.username}: temporary failure decided by serve at "
+                                              f"{where}{' (throttled)' if answer.throttled else ''}: its log says why")
+
+
 def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapping[str, str]) -> int:
     """Hand Dovecot the outcome: exec the reply helper, or write fd 4; returns the status."""
     from .reply import exec_helper, helper_environment, write_fd4
@@ -788,7 +816,12 @@ def main(argv: list[str] | None = None) -> None:
             raise TempFail(f"configuration: {e}") from None
         if _debugging:
             _debug(f"config {path} loaded after {_ms_since(started)}")
-        outcome = decide(request, config, now=time.time(), audit_chain=options.audit_chain)
+        outcome = None
+        if config.fast_path.socket and request.mode is Mode.VERIFY and not options.audit_chain \
+                and request.password is not None:
+            outcome = _ask_serve(request, config, path, started)
+        if outcome is None:
+            outcome = decide(request, config, now=time.time(), audit_chain=options.audit_chain)
         if outcome.message:
             _say(None, outcome.message)
         if _debugging:

@@ -56,16 +56,18 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 class Service:
     """`dovecot-appauth serve --port PORT` (or `--unix-socket PATH`) as a subprocess (the real
-    command line); ``extra`` are more arguments, e.g. ``"--token-file", FILE``."""
+    command line); ``extra`` are more arguments, e.g. ``"--token-file", FILE``; ``user``: run
+    it as that user (e.g. dovecot, as the systemd unit does)."""
 
-    def __init__(self, config: Path, log: Path, *extra: str, unix_socket: Path | None = None):
+    def __init__(self, config: Path, log: Path, *extra: str, unix_socket: Path | None = None,
+                 user: str | None = None):
         self.unix_socket = unix_socket
         self.port = None if unix_socket else free_port()
         listen = ["--unix-socket", str(unix_socket)] if unix_socket else ["--port", str(self.port)]
         self.log = open(log, "ab")
         self.proc = subprocess.Popen([str(CLI), "--config", str(config), "serve", *listen, *extra],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                     start_new_session=True)
+                                     start_new_session=True, user=user)
         deadline = time.monotonic() + 20
         while True:
             try:

@@ -93,7 +93,8 @@ def throttle(served: Service, token: str, user: str, ip: str) -> None:
     """Fail `user` from `ip` up to [throttle] max_per_user_ip (10, the default)."""
     for _ in range(10):
         assert served.request("POST", "/verify", verify_body(user, WRONG, ip), token=token)[1] == {"result": "fail"}
-    assert served.request("POST", "/verify", verify_body(user, WRONG, ip), token=token)[1] == {"result": "tempfail"}
+    assert served.request("POST", "/verify", verify_body(user, WRONG, ip), token=token)[1] == \
+        {"result": "tempfail", "throttled": True}
 
 
 # --- 1. no worker is held by a throttled client --------------------------------------------

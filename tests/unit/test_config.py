@@ -98,7 +98,8 @@ def test_defaults_are_the_rows_defaults():
     config = parse({})
     sections = {"database": config.database, "auth": config.auth, "userdb": config.userdb, "audit": config.audit,
                 "alerts": config.alerts, "throttle": config.throttle, "nextcloud": config.nextcloud,
-                "account": config.account, "account.ldap": config.account.ldap, "account.sql": config.account.sql}
+                "account": config.account, "account.ldap": config.account.ldap, "account.sql": config.account.sql,
+                "fast_path": config.fast_path}
     for child in ("maxmind", "dns", "rdap", "origin_as", "cache"):
         sections[f"audit.{child}"] = getattr(config.audit, child)
     checked = 0

@@ -115,6 +115,31 @@ def test_verify_right_wrong_and_denied(site):
     assert "result=deny" in (site.dir / "audit.log").read_text()
 
 
+def test_verify_from_the_fast_path_names_its_config_and_the_ports(site, tmp_path):
+    """The per-login fast path sends its config file: another one is answered 409 (the
+    caller checks the login itself); the same one, by any name, is decided."""
+    body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP, "remote_port": 50123,
+            "local_port": 993}
+    other = tmp_path / "other.toml"
+    other.write_text("")
+    status, answer = site.post("/verify", {**body, "config": str(other)})
+    assert status == 409 and answer["reason"] == f"serve runs {site.engine.path}"
+    assert site.post("/verify", {**body, "config": 5})[0] == 409
+    link = tmp_path / "link.toml"
+    link.symlink_to(site.engine.path)
+    status, answer = site.post("/verify", {**body, "config": str(link)})
+    assert status == 200 and answer["result"] == "ok"
+    rows = sqlite3.connect(site.db).execute("SELECT service, src_ip FROM log").fetchall()
+    assert rows == [("imap", ALLOWED_IP)]  # one login: the refused request was not decided
+
+
+def test_ports_are_taken_only_when_they_are_ports():
+    from dovecot_appauth.serve.server import _port
+
+    assert [_port(v) for v in (1, 65535, 0, 65536, -1, "143", 143.0, True, None)] == \
+        [1, 65535, None, None, None, None, None, None, None]
+
+
 def test_verify_bad_requests(site):
     assert site.post("/verify", b"not json")[0] == 400
     assert site.post("/verify", {"user": 1, "password": None})[1]["result"] == "fail"
@@ -321,14 +346,14 @@ def test_serve_answers_a_throttled_client_at_once_and_then_from_memory(tmp_path,
     _, engine = _throttled_site(tmp_path, delay=30)
     body = {"user": "Alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
     started = time.monotonic()
-    assert engine.verify(body) == {"result": "tempfail"}
+    assert engine.verify(body) == {"result": "tempfail", "throttled": True}  # the fast path then keeps the delay
     assert time.monotonic() - started < 10  # not the 30 s [throttle] delay
     assert "throttled" in engine.stderr.getvalue()
     # the same user (any case) from the same client: the same answer without the engine
-    assert engine.throttled_answer({**body, "user": "alice@EXAMPLE.com"}) == {"result": "tempfail"}
+    assert engine.throttled_answer({**body, "user": "alice@EXAMPLE.com"}) == {"result": "tempfail", "throttled": True}
     assert engine.throttled_answer({**body, "remote_ip": "198.51.100.8"}) is None
     monkeypatch.setattr(server, "THROTTLE_MEMO_SECONDS", -1.0)  # remembered answers expire
-    assert engine.verify(body) == {"result": "tempfail"}
+    assert engine.verify(body) == {"result": "tempfail", "throttled": True}
     assert engine.throttled_answer(body) is None
 
 
@@ -339,7 +364,7 @@ def test_an_unreadable_allow_list_skipped_by_the_limiter_is_said_in_the_service_
     text = path.read_text().replace("[audit]\n", '[audit]\nunreadable_list = "skip"\n', 1)
     path.write_text(text + '\n[audit.allow]\nip_networks = "missing.allow.lst"\n')
     assert engine.verify({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}) == \
-        {"result": "tempfail"}  # throttled: the list that could exempt the client is not there
+        {"result": "tempfail", "throttled": True}  # the list that could exempt the client is not there
     assert "allow list ip_networks" in engine.stderr.getvalue()
     assert "serve: allow list ip_networks" in engine.stderr.getvalue()
     assert "allow list" not in capfd.readouterr().err

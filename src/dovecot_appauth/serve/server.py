@@ -11,7 +11,10 @@ Two faces of the same engine (login.decide, pipeline.assess/audit_login):
   the audit event, as the checkpassword program does after a right password.
 - `POST /verify`: `{"user", "password", "service", "remote_ip"}` -> `{"result": "ok" | "fail"
   | "tempfail", "user", "fields"}`: the app-password check with policy, audit and recording
-  (examples/dovecot/appauth.lua calls it from a Lua passdb, for Dovecot 2.4).
+  (examples/dovecot/appauth.lua calls it from a Lua passdb, for Dovecot 2.4). The
+  per-login program's fast path (fast_path.py) adds `local_ip`, the ports and `config`,
+  its config file: a serve running another one answers 409. A limiter's answer carries
+  `"throttled": true`.
 
 Kept warm between requests: the interpreter and imports, the parsed config (reloaded
 when the file changes), the parsed lists with their compiled matchers (`lists.keep_warm`:
@@ -77,6 +80,7 @@ class Engine:
         from ..audit.lists import keep_warm
 
         self.path = path
+        self.real_path = os.path.realpath(path)
         self.stderr = stderr or sys.stderr
         self.pool = StorePool(max_idle=THREADS)  # one per thread: never a store opened per request
         self.metrics: Any = None
@@ -86,6 +90,12 @@ class Engine:
         self._throttled: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # THROTTLE_MEMO_SECONDS
         keep_warm()  # lists parsed and compiled once per file version, not per request
         keep_cache_open()  # the enrichment cache's connection, per thread
+
+    def same_config(self, named: Any) -> bool:
+        """True unless the caller named a config file (the fast path does) other than this one."""
+        if named is None:
+            return True
+        return isinstance(named, str) and (named == self.real_path or os.path.realpath(named) == self.real_path)
 
     @staticmethod
     def client_key(body: dict[str, Any]) -> tuple[str, str] | None:
@@ -200,8 +210,9 @@ class Engine:
             self.say(f"user {user}: refused: {e}")
             self._count_login("verify", "fail", _label(service))
             return {"result": "fail", "reason": "remote_ip is not an IP address"}
-        request = LoginRequest(user, password, Mode.VERIFY, service,
-                               remote_ip=remote_ip, local_ip=_ip(body.get("local_ip")))
+        request = LoginRequest(user, password, Mode.VERIFY, service, remote_ip=remote_ip,
+                               local_ip=_ip(body.get("local_ip")), remote_port=_port(body.get("remote_port")),
+                               local_port=_port(body.get("local_port")))
         config = self.config()
         log = io.StringIO()
         try:
@@ -213,7 +224,7 @@ class Engine:
             self._count_login("verify", "tempfail", _label(service))
             if THROTTLED in str(e):
                 self._count_throttled(service)
-                return self._remember_throttled(request, {"result": "tempfail"})
+                return self._remember_throttled(request, {"result": "tempfail", "throttled": True})
             return {"result": "tempfail"}
         self._relay(log)
         if outcome.message:
@@ -224,7 +235,7 @@ class Engine:
         self._count_login("verify", "fail", _label(service))
         if outcome.message and THROTTLED in outcome.message:  # [throttle] verdict = "deny"
             self._count_throttled(service)
-            return self._remember_throttled(request, {"result": "fail"})
+            return self._remember_throttled(request, {"result": "fail", "throttled": True})
         return {"result": "fail"}
 
     def _count_throttled(self, service: str) -> None:
@@ -305,6 +316,11 @@ def _label(service: str) -> str:
 
 
 _SERVICES = frozenset(("imap", "pop3", "smtp", "submission", "lmtp", "managesieve", "sieve", "doveadm", "http"))
+
+
+def _port(value: Any) -> int | None:
+    """A TCP port from a request body (the per-login fast path sends Dovecot's), else None."""
+    return value if type(value) is int and 0 < value < 65536 else None
 
 
 def _utf8(text: str) -> bool:
@@ -509,6 +525,10 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
             return JSONResponse({"result": "fail", "reason": "bad request"}, status_code=400)
         if not trusted:
             body = {**body, "remote_ip": peer(request), "local_ip": None}
+        elif not engine.same_config(body.get("config")):
+            # the per-login fast path names its config: a serve running another one (other
+            # lists, another database) must not decide its logins; it checks them itself
+            return JSONResponse({"result": "tempfail", "reason": f"serve runs {engine.path}"}, status_code=409)
         answer = engine.throttled_answer(body)
         if answer is not None:
             return JSONResponse(answer)

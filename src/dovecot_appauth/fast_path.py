@@ -1,0 +1,227 @@
+"""The optional fast path: one login handed to a running `dovecot-appauth serve`.
+
+With `[fast_path] socket` set, the per-login program sends the request it read from fd 3
+and the environment to `serve --unix-socket` (POST /verify) and answers Dovecot with what
+serve decided: the same engine (`login.decide`, with serve's warm config, lists, MaxMind
+readers, database connection and enrichment cache) does the password check, the policy,
+the audit and the rows. The program then needs neither SQLite nor the hash code nor the
+audit modules, so a login costs little more than the interpreter's start.
+
+Two outcomes of asking:
+- an answer that says what serve decided (`ok`, `fail`, `tempfail`): that is the
+  login's answer;
+- `Unanswered`: serve did not take the request (nothing listens, a busy or a refused
+  request, serve runs another config): the caller checks the login in-process, exactly
+  as without a fast path, and says why. Only where serve never saw the request, so a
+  failure is never counted twice.
+A request sent but not answered within the timeout, or answered with something that is
+not an answer, may have been decided already: `TempFail` (111), never a guess.
+
+`encode_request` and `parse_answer` are pure (bytes in, values out); `ask` does the I/O.
+Only the standard library's C modules are loaded (`_socket`, `_json`): no `socket`
+(its `enum`), no `json` (its `re`), no `http.client`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .core import TempFail
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .core import LoginRequest
+
+CONNECT_TIMEOUT = 1.0  # seconds: a listening serve accepts at once; past this it is stuck
+MAX_ANSWER = 64 * 1024  # bytes: serve's answers are a few hundred
+
+
+class Unanswered(Exception):
+    """serve did not take the request: check the login in-process (the message says why)."""
+
+
+class Answer:
+    """What serve decided: `result` ok | fail | tempfail, the user and the userdb fields
+    of a success, and whether a tempfail was the limiter's (the program then keeps its
+    `[throttle] delay`, as in-process)."""
+
+    __slots__ = ("fields", "result", "throttled", "user")
+
+    def __init__(self, result: str, user: str | None = None, fields: list[tuple[str, str | None]] | None = None,
+                 throttled: bool = False):
+        self.result = result
+        self.user = user
+        self.fields = fields or []
+        self.throttled = throttled
+
+
+def _quote(text: str) -> str:
+    from _json import encode_basestring_ascii
+
+    return encode_basestring_ascii(text)
+
+
+def encode_request(request: LoginRequest, config_file: str, token: str | None = None) -> bytes:
+    """The HTTP/1.1 POST /verify that asks serve to decide `request` (one request per
+    connection). `config_file`: serve answers 409 unless it runs the same file."""
+    members = [("user", request.username), ("password", request.password or ""), ("service", request.service),
+               ("remote_ip", request.remote_ip), ("local_ip", request.local_ip),
+               ("remote_port", request.remote_port), ("local_port", request.local_port),
+               ("config", os.path.realpath(config_file))]
+    body = "{" + ",".join(
+        f"{_quote(name)}:{'null' if value is None else value if type(value) is int else _quote(value)}"
+        for name, value in members) + "}"
+    data = body.encode("ascii")  # encode_basestring_ascii escaped every non-ASCII character
+    head = ("POST /verify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n")
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    return head.encode("latin-1") + b"\r\n" + data
+
+
+class _Decoder:
+    """The context `_json.make_scanner` reads (json.decoder.JSONDecoder's attributes)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+
+def _decode_json(text: str) -> object:
+    from _json import make_scanner
+
+    try:
+        value, end = make_scanner(_Decoder())(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if text[end:].strip():
+        raise ValueError("data after the JSON value")
+    return value
+
+
+def parse_answer(data: bytes) -> tuple[int, dict]:
+    """(HTTP status, JSON object) of serve's whole answer; ValueError when it is not one."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("incomplete HTTP answer")
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    status_text = rest[:3]
+    if not version.startswith("HTTP/1.") or not status_text.isdigit():
+        raise ValueError("not an HTTP answer")
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip()) if value.strip().isdigit() else -1
+        elif name.strip().lower() == "transfer-encoding":
+            raise ValueError("chunked answer")  # serve's JSON answers carry a Content-Length
+    if length is None or length < 0 or len(body) < length:
+        raise ValueError("answer without its whole body")
+    try:
+        value = _decode_json(body[:length].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"answer is not JSON ({e})") from None
+    if type(value) is not dict:
+        raise ValueError("answer is not a JSON object")
+    return int(status_text), value
+
+
+def answer_of(status: int, body: dict) -> Answer:
+    """serve's decision from a parsed answer. Raises Unanswered when serve did not take the
+    request (the login is checked in-process) and TempFail when the answer is not one."""
+    reason = body.get("reason")
+    reason = f": {reason}" if isinstance(reason, str) and reason else ""
+    if status in (401, 403):
+        raise Unanswered(f"refused the request (HTTP {status}): [fast_path] token_file must be the "
+                         "--token-file of that serve")
+    if status == 409:
+        raise Unanswered(f"runs another configuration{reason}")
+    if status == 503:
+        raise Unanswered(f"is busy (HTTP 503{reason})")
+    if status == 413 or 400 <= status < 500:
+        raise Unanswered(f"refused the request (HTTP {status}{reason})")
+    result = body.get("result")
+    if status != 200 or result not in ("ok", "fail", "tempfail"):
+        raise TempFail(f"answered HTTP {status} {str(result)[:40]!r}: temporary failure")
+    if result != "ok":
+        return Answer(result, throttled=body.get("throttled") is True)
+    user, fields = body.get("user"), body.get("fields")
+    if type(user) is not str or not user or type(fields) is not dict:
+        raise TempFail("answered ok without a user or fields: temporary failure")
+    pairs: list[tuple[str, str | None]] = []
+    for name, value in fields.items():
+        if value is not None and type(value) is not str:
+            raise TempFail(f"answered field {name[:40]!r} that is not a string: temporary failure")
+        pairs.append((name, value))
+    return Answer("ok", user, pairs)
+
+
+def read_token(path: str) -> str:
+    """The serve token from `path` (stripped); TempFail when it cannot be read or is empty."""
+    try:
+        with open(path, "rb") as f:
+            token = f.read(4096).strip().decode("ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TempFail(f"[fast_path] token_file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not token or any(c in token for c in "\r\n"):
+        raise TempFail(f"[fast_path] token_file {path}: empty or not one line")
+    return token
+
+
+def ask(socket_path: str, request: LoginRequest, config_file: str, *, timeout: float,
+        token: str | None = None) -> Answer:
+    """Send `request` to serve at `socket_path` and return its decision.
+
+    Unanswered: nothing listens there (or it refused the request unseen): check in-process.
+    TempFail: the request went out and no answer came back within `timeout` seconds.
+    """
+    import time
+    from _socket import AF_UNIX, SOCK_STREAM, socket
+
+    data = encode_request(request, config_file, token)
+    sock = socket(AF_UNIX, SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(socket_path)
+        except OSError as e:  # ENOENT, ECONNREFUSED, EACCES, a full backlog's time-out
+            raise Unanswered(f"cannot be reached ({e.strerror or type(e).__name__})") from None
+        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(data)
+        except OSError as e:  # serve closed the connection before it had the whole request
+            raise Unanswered(f"did not take the request ({e.strerror or type(e).__name__})") from None
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(16384)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_ANSWER:
+                    raise TempFail(f"answered more than {MAX_ANSWER} bytes: temporary failure")
+        except TimeoutError:
+            raise TempFail(f"did not answer within {timeout:g} s ([fast_path] timeout): temporary failure") from None
+        except OSError as e:  # after the whole request went out: serve may have decided it
+            raise TempFail(f"connection lost ({e.strerror or type(e).__name__}): temporary failure") from None
+    finally:
+        sock.close()
+    try:
+        status, body = parse_answer(b"".join(chunks))
+    except ValueError as e:
+        raise TempFail(f"answered something that is not an answer ({e}): temporary failure") from None
+    return answer_of(status, body)

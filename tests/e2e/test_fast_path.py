@@ -1,0 +1,293 @@
+"""The per-login program's fast path (`[fast_path] socket`, fast_path.py): logins handed to
+a real `dovecot-appauth serve --unix-socket`, and every way serve can fail to take one:
+not running, another config, a token, busy, hung. Through the real Dovecot 2.3 too."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import _give_to_dovecot
+from tests.e2e.test_end_to_end_serve import Service, UnixHTTPConnection
+from tests.e2e.test_imports import FORBIDDEN, _heavy
+from tests.support.common import dovecot_ids, wrong_password
+from tests.support.dovecot import checkpassword_passdb
+from tests.support.hardening import dovecot_env, request_bytes, run_checkpassword
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+pytestmark = pytest.mark.filterwarnings("ignore:'crypt' is deprecated:DeprecationWarning")
+
+DENIED_IP = "203.0.113.66"
+ALLOWED_IP = "198.51.100.20"
+ANSWERED = re.compile(r"debug: fast path: serve at \S+ answered 'ok'")
+FALLBACK = "checking the login of"
+
+
+def _site_toml(run_dir: Path, extra: str = "") -> str:
+    return f"""
+[audit.dns]
+enabled = false
+
+[audit.lists]
+ip_networks = "ip.deny.lst"
+
+[throttle]
+max_per_user_ip = 3
+delay = 0.4
+
+[fast_path]
+socket = "{run_dir / 'serve.sock'}"
+timeout = 5
+{extra}"""
+
+
+@pytest.fixture(scope="module")
+def site(appauth_config_factory):
+    """Config, database and a run directory that user dovecot owns (serve runs as dovecot)."""
+    cfg = appauth_config_factory(audit=True, extra_toml=_site_toml(Path("@RUN@")))
+    run_dir = cfg.dir / "run"
+    run_dir.mkdir()
+    _give_to_dovecot(run_dir)
+    cfg.path.write_text(cfg.path.read_text().replace("@RUN@", str(run_dir)).replace(
+        "[audit]\n", '[audit]\nglobal_networks = ["203.0.113.0/24", "198.51.100.0/24"]\njournal = "no"\n'
+                     f'syslog_socket = ""\nlog_file = "{cfg.dir / "audit.log"}"\n', 1))
+    (cfg.dir / "ip.deny.lst").write_text("203.0.113.64/26\n")
+    os.chmod(cfg.dir / "ip.deny.lst", 0o644)
+    log = cfg.dir / "audit.log"
+    log.touch()
+    uid, gid = dovecot_ids()
+    os.chown(log, uid, gid)
+    cfg.run_dir = run_dir
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def served(site):
+    """serve on the config's socket, as user dovecot with the default mode 660 (as the systemd unit runs it)."""
+    service = Service(site.path, site.dir / "serve.log", "--workers", "1", unix_socket=site.run_dir / "serve.sock",
+                      user="dovecot")
+    yield service
+    service.stop()
+
+
+def other_config(site, name: str, fast_path: str) -> Path:
+    """A copy of the site's config (same database and lists) with another [fast_path] section."""
+    text = site.path.read_text()
+    head = text[:text.index("[fast_path]")]
+    path = site.dir / name
+    path.write_text(head + "[fast_path]\n" + fast_path + "\n")
+    os.chmod(path, 0o644)
+    return path
+
+
+def login(config: Path, user: str, password: str, ip: str = ALLOWED_IP, debug: bool = True):
+    return run_checkpassword(config, request_bytes(user, password), env=dovecot_env(ip),
+                             args=("--debug",) if debug else ())
+
+
+def failures(site, user: str) -> int:
+    conn = sqlite3.connect(site.db_path)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM auth_failures WHERE uid = ?", (user,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def log_rows(site, pwid: int) -> list[tuple]:
+    conn = sqlite3.connect(site.db_path)
+    try:
+        return conn.execute("SELECT service, src_ip FROM log WHERE pwid = ?", (pwid,)).fetchall()
+    finally:
+        conn.close()
+
+
+def metric(served, name: str, **labels: str) -> float:
+    """A counter of serve's /metrics (the Unix socket needs no token), summed over its samples."""
+    conn = UnixHTTPConnection(served.unix_socket)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        text = response.read().decode()
+    finally:
+        conn.close()
+    want = sorted(f'{k}="{v}"' for k, v in labels.items())
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and sorted(line[line.index("{") + 1:line.index("}")].split(",")) == want)
+
+
+def test_a_login_is_decided_by_serve_with_the_same_reply_as_in_process(site, served):
+    created = site.create_password("alice@example.com")
+    before = metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap")
+    fast = login(site.path, "alice@example.com", created["password"])
+    assert fast.status == 0, fast.stderr
+    assert ANSWERED.search(fast.stderr) and FALLBACK not in fast.stderr, fast.stderr
+    assert metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap") == before + 1
+    # serve recorded the login (its `log` row, the audit line with the client's address)
+    assert log_rows(site, created["id"]) == [("imap", ALLOWED_IP)]
+    assert f"ip={ALLOWED_IP}" in (site.dir / "audit.log").read_text()
+    # the reply Dovecot gets is the one the in-process path gives for the same login
+    plain = other_config(site, "no-fast-path.toml", "")
+    slow = login(plain, "alice@example.com", created["password"])
+    assert slow.status == 0 and "fast path" not in slow.stderr, slow.stderr
+    assert fast.reply == slow.reply and fast.reply.startswith(b"user=alice@example.com\t")
+    assert created["password"] not in fast.stderr + (site.dir / "serve.log").read_text()
+
+
+def test_wrong_password_is_refused_and_counted_once(site, served):
+    created = site.create_password("bob@example.com")
+    result = login(site.path, "bob@example.com", wrong_password(created["password"]), ip="198.51.100.30")
+    assert result.status == 1 and "fast path: serve at" in result.stderr, result.stderr
+    assert FALLBACK not in result.stderr
+    assert failures(site, "bob@example.com") == 1
+
+
+def test_audit_denial_is_a_refusal(site, served):
+    created = site.create_password("dora@example.com")
+    result = login(site.path, "dora@example.com", created["password"], ip=DENIED_IP)
+    assert result.status == 1, result.stderr
+    assert FALLBACK not in result.stderr
+    assert "denied" in (site.dir / "serve.log").read_text()  # serve logs why, as for any login it decides
+
+
+def test_a_throttled_client_gets_a_temporary_failure_after_the_delay(site, served):
+    created = site.create_password("erin@example.com")
+    ip = "198.51.100.41"
+    for _ in range(3):  # max_per_user_ip = 3
+        assert login(site.path, "erin@example.com", wrong_password(created["password"]), ip=ip).status == 1
+    held = login(site.path, "erin@example.com", created["password"], ip=ip, debug=False)
+    assert held.status == 111, held.stderr
+    assert "throttled" in held.stderr and FALLBACK not in held.stderr, held.stderr
+    assert held.elapsed >= 0.4  # [throttle] delay, kept by the per-login program (serve never holds)
+    assert failures(site, "erin@example.com") == 3  # a throttled attempt is not counted again
+
+
+def test_no_serve_on_the_socket_falls_back_to_checking_in_process(site, tmp_path):
+    created = site.create_password("fred@example.com")
+    config = other_config(site, "nobody-listens.toml", f'socket = "{tmp_path / "absent.sock"}"')
+    result = login(config, "fred@example.com", created["password"])
+    assert result.status == 0, result.stderr
+    assert f"fast path: serve at {tmp_path / 'absent.sock'} cannot be reached" in result.stderr
+    assert f"{FALLBACK} fred@example.com in-process" in result.stderr
+    wrong = login(config, "fred@example.com", wrong_password(created["password"]))
+    assert wrong.status == 1 and FALLBACK in wrong.stderr
+    assert failures(site, "fred@example.com") == 1
+
+
+def test_serve_running_another_config_does_not_decide(site, served):
+    created = site.create_password("gina@example.com")
+    config = other_config(site, "other.toml", f'socket = "{site.run_dir / "serve.sock"}"')
+    result = login(config, "gina@example.com", created["password"])
+    assert result.status == 0, result.stderr
+    assert f"runs another configuration: serve runs {site.path}" in result.stderr and FALLBACK in result.stderr
+
+
+def test_serve_with_a_token_needs_the_token_file(site):
+    token_file = site.run_dir / "serve.token"
+    token_file.write_text("fast-path-test-token-0123456789\n")
+    os.chmod(token_file, 0o600)
+    uid, gid = dovecot_ids()
+    os.chown(token_file, uid, gid)
+    sock = site.run_dir / "token.sock"
+    config = other_config(site, "token.toml", f'socket = "{sock}"\ntoken_file = "{token_file}"')
+    config_without = other_config(site, "token-missing.toml", f'socket = "{sock}"')
+    service = Service(config, site.dir / "serve-token.log", "--workers", "1", "--token-file", str(token_file),
+                      unix_socket=sock, user="dovecot")
+    try:
+        created = site.create_password("hank@example.com")
+        with_token = login(config, "hank@example.com", created["password"])
+        assert with_token.status == 0 and ANSWERED.search(with_token.stderr), with_token.stderr
+        without = login(config_without, "hank@example.com", created["password"])
+        assert without.status == 0, without.stderr
+        assert "refused the request (HTTP 401)" in without.stderr and FALLBACK in without.stderr
+        assert "fast-path-test-token" not in with_token.stderr + without.stderr
+    finally:
+        service.stop()
+
+
+class HungServe:
+    """A Unix socket that accepts connections and never answers (a serve stuck on a dead resolver)."""
+
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_request_serve_took_but_never_answered_is_a_temporary_failure(site, tmp_path):
+    created = site.create_password("ivan@example.com")
+    hung = HungServe(tmp_path / "hung.sock")
+    try:
+        config = other_config(site, "hung.toml", f'socket = "{tmp_path / "hung.sock"}"\ntimeout = 0.5')
+        started = time.monotonic()
+        result = login(config, "ivan@example.com", created["password"], debug=False)
+        took = time.monotonic() - started
+    finally:
+        hung.close()
+    assert result.status == 111, result.stderr
+    assert "did not answer within 0.5 s ([fast_path] timeout)" in result.stderr
+    assert FALLBACK not in result.stderr and took < 30
+    assert log_rows(site, created["id"]) == []  # not checked a second time in-process
+
+
+def test_lookups_and_the_audit_chain_stay_in_process(site, served):
+    created = site.create_password("jill@example.com")
+    lookup = run_checkpassword(site.path, request_bytes("jill@example.com", ""),
+                               env=dovecot_env(ALLOWED_IP, AUTHORIZED="1"), args=("--debug",))
+    assert lookup.status == 2 and "fast path" not in lookup.stderr, lookup.stderr
+    assert created["password"]
+
+
+def test_a_fast_path_login_imports_neither_sqlite_nor_the_hash_nor_the_audit(site, served):
+    created = site.create_password("kate@example.com")
+    env = {**dovecot_env(ALLOWED_IP), "PYTHONPROFILEIMPORTTIME": "1"}
+    for _ in range(2):  # the first fills the config cache
+        result = run_checkpassword(site.path, request_bytes("kate@example.com", created["password"]), env=env)
+        assert result.status == 0, result.stderr
+    modules = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "dovecot_appauth.fast_path" in modules and "_socket" in modules  # the trace covers the fast path
+    extra = ["_sqlite3", "dovecot_appauth.store", "dovecot_appauth.hashing", "_crypt", "dovecot_appauth.audit",
+             "socket", "selectors", "functools", "collections"]
+    assert _heavy(modules, [*FORBIDDEN, *extra]) == {}
+
+
+@pytest.mark.dovecot
+def test_imap_logins_through_dovecot_take_the_fast_path(dovecot, site, served):
+    created = site.create_password("lena@example.com")
+    dovecot.reconfigure(passdb=checkpassword_passdb(site.path))
+    before = metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap")
+    mark = dovecot.log_mark()
+    ok = dovecot.imap_login("lena@example.com", created["password"], client_ip=ALLOWED_IP)
+    assert ok.ok, ok.text + dovecot.log_since(mark)
+    wrong = dovecot.imap_login("lena@example.com", wrong_password(created["password"]), client_ip=ALLOWED_IP)
+    assert not wrong.ok and "AUTHENTICATIONFAILED" in wrong.text, wrong.text
+    denied = dovecot.imap_login("lena@example.com", created["password"], client_ip=DENIED_IP)
+    assert not denied.ok and "AUTHENTICATIONFAILED" in denied.text, denied.text
+    log = dovecot.log_since(mark)
+    assert FALLBACK not in log and created["password"] not in log, log
+    assert metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap") == before + 1
+    assert log_rows(site, created["id"]) == [("imap", ALLOWED_IP)]

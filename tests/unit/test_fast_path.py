@@ -1,0 +1,137 @@
+"""fast_path.py's pure parts: the request it sends serve and how it reads serve's answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dovecot_appauth import fast_path
+from dovecot_appauth.core import LoginRequest, Mode, TempFail
+from dovecot_appauth.fast_path import Unanswered, answer_of, encode_request, parse_answer
+
+
+def _request(**kw) -> LoginRequest:
+    values = {"username": "alice@example.com", "password": "pw", "mode": Mode.VERIFY, "service": "imap",
+              "remote_ip": "198.51.100.7", "local_ip": "192.0.2.1", "remote_port": 50000, "local_port": 143}
+    values.update(kw)
+    return LoginRequest(**values)
+
+
+def _split(data: bytes) -> tuple[list[str], dict]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length:"))
+    assert length == len(body)
+    return lines, json.loads(body)
+
+
+def test_request_is_a_post_to_verify_with_every_field(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    lines, body = _split(encode_request(_request(), str(config)))
+    assert lines[0] == "POST /verify HTTP/1.1" and "Connection: close" in lines
+    assert not any(line.startswith("Authorization") for line in lines)
+    assert body == {"user": "alice@example.com", "password": "pw", "service": "imap", "remote_ip": "198.51.100.7",
+                    "local_ip": "192.0.2.1", "remote_port": 50000, "local_port": 143, "config": str(config)}
+
+
+def test_request_names_the_config_by_its_real_path(tmp_path):
+    (tmp_path / "real.toml").write_text("")
+    (tmp_path / "link.toml").symlink_to(tmp_path / "real.toml")
+    _, body = _split(encode_request(_request(), str(tmp_path / "link.toml")))
+    assert body["config"] == str(tmp_path / "real.toml")
+
+
+def test_request_without_client_sends_nulls():
+    _, body = _split(encode_request(_request(remote_ip=None, local_ip=None, remote_port=None, local_port=None), "/c"))
+    assert body["remote_ip"] is None and body["remote_port"] is None
+
+
+def test_token_goes_in_a_bearer_header():
+    lines, _ = _split(encode_request(_request(), "/c", token="s3cret-token"))
+    assert "Authorization: Bearer s3cret-token" in lines
+
+
+@given(st.text(min_size=1), st.text())
+def test_any_user_and_password_survive_the_encoding(user, password):
+    _, body = _split(encode_request(_request(username=user, password=password), "/c"))
+    assert body["user"] == user and body["password"] == password
+
+
+def _answer(status: int, body: bytes, extra: str = "") -> bytes:
+    return (f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+                           max_leaves=12)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=6))
+def test_answers_are_read_as_json_reads_them(obj):
+    body = json.dumps(obj).encode()
+    assert parse_answer(_answer(200, body)) == (200, obj)
+    assert parse_answer(_answer(200, json.dumps(obj, ensure_ascii=False).encode())) == (200, obj)
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n",  # no end of the head
+    b"SMTP 200 OK\r\n\r\n{}",
+    b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\n\r\n{}",  # no content-length
+    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}",  # cut short
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n{}",
+    _answer(200, b"[1]"), _answer(200, b"{'a': 1}"), _answer(200, b"{} {}"), _answer(200, b"NaN"),
+    _answer(200, b'{"a": NaN}'), _answer(200, b"\xff"), _answer(200, b"{" * 100000),
+])
+def test_what_is_not_an_answer_is_refused(data):
+    with pytest.raises(ValueError):
+        parse_answer(data)
+
+
+def test_serve_decisions():
+    ok = answer_of(200, {"result": "ok", "user": "Alice@example.com", "fields": {"userdb_home": "/h", "nopw": None}})
+    assert (ok.result, ok.user, ok.fields) == ("ok", "Alice@example.com", [("userdb_home", "/h"), ("nopw", None)])
+    assert answer_of(200, {"result": "fail"}).result == "fail"
+    held = answer_of(200, {"result": "tempfail", "throttled": True})
+    assert held.result == "tempfail" and held.throttled
+    assert not answer_of(200, {"result": "tempfail"}).throttled
+
+
+@pytest.mark.parametrize(("status", "said"), [
+    (401, "token_file"), (403, "token_file"), (409, "another configuration"), (503, "busy"), (413, "HTTP 413"),
+    (400, "HTTP 400"), (404, "HTTP 404"),
+])
+def test_requests_serve_did_not_take_are_checked_in_process(status, said):
+    with pytest.raises(Unanswered, match=said):
+        answer_of(status, {"result": "tempfail"})
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (500, {"result": "ok", "user": "a", "fields": {}}),  # an error page, whatever it says
+    (200, {"result": "maybe"}),
+    (200, {}),
+    (200, {"result": "ok", "fields": {}}),  # no user
+    (200, {"result": "ok", "user": "", "fields": {}}),
+    (200, {"result": "ok", "user": "a", "fields": []}),
+    (200, {"result": "ok", "user": "a", "fields": {"uid": 5}}),  # not a string
+])
+def test_an_answer_that_decides_nothing_is_a_temporary_failure(status, body):
+    with pytest.raises(TempFail):
+        answer_of(status, body)
+
+
+def test_token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("  abc-123\n")
+    assert fast_path.read_token(str(path)) == "abc-123"
+    path.write_text("\n")
+    with pytest.raises(TempFail, match="empty"):
+        fast_path.read_token(str(path))
+    with pytest.raises(TempFail, match="No such file"):
+        fast_path.read_token(str(tmp_path / "absent"))
