@@ -175,6 +175,46 @@ def read_token(path: str) -> str:
     return token
 
 
+def exchange(socket_path: str, data: bytes, timeout: float) -> tuple[int, dict]:
+    """One request and its parsed answer (for `check-config`); OSError or ValueError."""
+    from _socket import AF_UNIX, SOCK_STREAM, socket
+
+    sock = socket(AF_UNIX, SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(16384):
+            chunks.append(chunk)
+    finally:
+        sock.close()
+    return parse_answer(b"".join(chunks))
+
+
+def check(socket_path: str, config_file: str, token: str | None = None, timeout: float = 3.0) -> str | None:
+    """What keeps serve at `socket_path` from taking this config's logins, or None: for
+    `check-config`, run as the user the logins run as."""
+    head = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    try:
+        status, body = exchange(socket_path, (head + "\r\n").encode("latin-1"), timeout)
+    except OSError as e:
+        return f"cannot be reached ({e.strerror or type(e).__name__}): every login is checked in-process and says so"
+    except ValueError as e:
+        return f"is not a dovecot-appauth serve ({e})"
+    if status != 200 or body.get("ok") is not True:
+        return f"answered HTTP {status} to /health"
+    served = body.get("config")
+    if served is None:
+        return ("does not say which config it runs (a TCP serve, or one that wants a token: set [fast_path] "
+                "token_file): logins would be checked in-process")
+    if served != os.path.realpath(config_file):
+        return f"runs {served}, not this config: every login is checked in-process and says so"
+    return None
+
+
 def ask(socket_path: str, request: LoginRequest, config_file: str, *, timeout: float,
         token: str | None = None) -> Answer:
     """Send `request` to serve at `socket_path` and return its decision.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _give_to_dovecot
+from tests.conftest import _give_to_dovecot, run_cli
 from tests.e2e.test_end_to_end_serve import Service, UnixHTTPConnection
 from tests.e2e.test_imports import FORBIDDEN, _heavy
 from tests.support.common import dovecot_ids, wrong_password
@@ -291,3 +291,16 @@ def test_imap_logins_through_dovecot_take_the_fast_path(dovecot, site, served):
     assert FALLBACK not in log and created["password"] not in log, log
     assert metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap") == before + 1
     assert log_rows(site, created["id"]) == [("imap", ALLOWED_IP)]
+
+
+def test_check_config_says_whether_logins_take_the_fast_path(site, served):
+    """Checked as the service user: the socket reachable and serving this config, or not."""
+    out = run_cli(site.path, "check-config", "--service-user", "dovecot", "--no-dovecot").stdout
+    assert "serve answers for this config: logins take the fast path" in out, out
+    other = other_config(site, "check-other.toml", f'socket = "{site.run_dir / "serve.sock"}"')
+    out = run_cli(other, "check-config", "--service-user", "dovecot", "--no-dovecot").stdout
+    assert f"warning: [fast_path] socket {site.run_dir / 'serve.sock'}: as dovecot: serve runs {site.path}, " \
+           "not this config" in out, out
+    absent = other_config(site, "check-absent.toml", f'socket = "{site.run_dir / "absent.sock"}"')
+    out = run_cli(absent, "check-config", "--service-user", "dovecot", "--no-dovecot").stdout
+    assert "serve cannot be reached (No such file or directory): every login is checked in-process" in out, out

@@ -133,6 +133,17 @@ def test_verify_from_the_fast_path_names_its_config_and_the_ports(site, tmp_path
     assert rows == [("imap", ALLOWED_IP)]  # one login: the refused request was not decided
 
 
+def test_health_names_the_config_only_to_an_authenticated_caller(site):
+    def health(token: str | None) -> dict:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(f"http://127.0.0.1:{site.port}/health", headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    assert "config" not in health(None) and health(None)["ok"] is True
+    assert health(TOKEN)["config"] == site.engine.real_path  # what check-config compares
+
+
 def test_ports_are_taken_only_when_they_are_ports():
     from dovecot_appauth.serve.server import _port
 

@@ -213,6 +213,10 @@ def _files_to_check(config: Config, config_path: str) -> list[tuple[str, str, st
         out.append(("[database] dsn", os.path.abspath(dsn.path), "readwrite"))
     if config.auth.backend == "nextcloud" and config.nextcloud.ca_file:
         out.append(("[nextcloud] ca_file", config.resolve(config.nextcloud.ca_file), "read"))
+    if config.fast_path.socket:
+        if config.fast_path.token_file:
+            out.append(("[fast_path] token_file", config.resolve(config.fast_path.token_file), "read"))
+        out.append(("[fast_path] socket", config.resolve(config.fast_path.socket), "serve"))
     return out
 
 
@@ -273,6 +277,20 @@ def _check_as_current_user(config: Config, config_path: str) -> list[tuple[str, 
                 problems.append((where, path, f"{reason}: every login runs uncached"))
             for entry in _cache_entries_problems(path, os.geteuid()):
                 problems.append((where, path, f"{entry}: this user cannot use it (chown it or remove it)"))
+        elif what == "serve":
+            from ..core import TempFail
+            from ..fast_path import check, read_token
+
+            try:
+                token = read_token(config.resolve(config.fast_path.token_file)) if config.fast_path.token_file \
+                    else None
+            except TempFail:
+                continue  # the token file is reported above
+            reason = check(path, config_path, token)
+            if reason:
+                problems.append((where, path, f"serve {reason}"))
+            else:
+                problems.append((where, path, "serve answers for this config: logins take the fast path"))
     return problems
 
 
@@ -318,6 +336,9 @@ def access_problems(config: Config, config_path: str, user: ServiceUser) -> list
     problems = []
     for where, path, message in found:
         # a MaxMind file only feeds the sources (its lists then see "unknown", G6)
-        level = "warning" if where.startswith(("[audit.cache]", "[audit] log_file", "[audit.maxmind]")) else "error"
+        level = "warning" if where.startswith(("[audit.cache]", "[audit] log_file", "[audit.maxmind]",
+                                               "[fast_path]")) else "error"
+        if where == "[fast_path] socket" and message.endswith("logins take the fast path"):
+            level = "info"
         problems.append(Problem(f"{where} {path}".rstrip(), f"as {user.name}: {message}", level))
     return problems

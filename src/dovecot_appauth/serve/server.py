@@ -559,6 +559,8 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
                 mine.set()
 
     async def health(request: Request) -> JSONResponse:
+        if trusted and authorised(request):  # the fast path's callers (check-config) see which config
+            return JSONResponse({"ok": True, "pid": os.getpid(), "config": engine.real_path})
         return JSONResponse({"ok": True, "pid": os.getpid()})
 
     async def metrics_page(request: Request) -> Response:
