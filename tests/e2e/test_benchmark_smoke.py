@@ -77,7 +77,8 @@ def test_ratios_for_1_3_and_10_passwords_are_printed(quick_run):
 def test_targets_prints_every_row_of_the_issue_table(tmp_path):
     """benchmarks/targets.py at a tiny size: every row of issue 13's table is measured in
     the one run (per-login rows, cold RSS with RDAP, both Dovecot rows against the
-    reference checkpassword), with a ratio or a figure, and no login failed. The values
+    reference checkpassword), standalone and through the fast path (a login serve did not
+    take counts as an error), with a ratio or a figure, and no login failed. The values
     are not judged here (a loaded machine)."""
     from tests.support.dovecot import dovecot_available
 
@@ -94,13 +95,14 @@ def test_targets_prints_every_row_of_the_issue_table(tmp_path):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert list(rows) == ["warm", "warm-launcher", "warm-full", "cold", "rss-cold-rdap", "dovecot-noaudit",
-                          "dovecot-audit"]
+                          "dovecot-audit", "warm-fast", "warm-full-fast", "cold-fast", "rss-cold-rdap-fast",
+                          "dovecot-noaudit-fast", "dovecot-audit-fast"]
     for name, row in rows.items():
         assert row["errors"] == 0 and row["result"] in ("PASS", "MISS"), (name, row)
         assert row["value"] > 0, (name, row)
         line = next(line for line in res.stdout.splitlines() if line.startswith(name + " "))
         assert line.split()[-1] == row["result"]
-    for mode in ("reference", "noaudit", "audit"):
+    for mode in ("reference", "noaudit", "audit", "noaudit-fast", "audit-fast"):
         assert (data["dovecot"]["modes"][mode]["logins"], data["dovecot"]["modes"][mode]["errors"]) == (4, 0)
     assert "x bare" in res.stdout and "vs" in rows["dovecot-audit"]["measured"]
 
