@@ -408,7 +408,7 @@ def table(samples: dict[str, list[float]], errors: dict[str, list[str]], rss: li
     for row, r in rows.items():
         if r.get("note"):
             notes.append(f"{row}: SKIP: {r['note']}")
-    return "\n".join([*lines, "", "notes:", *(f"  {n}" for n in notes)]), rows
+    return "\n".join([*lines, "", "notes:", *(f"  {n}" for n in notes)]), {row: rows[row] for row in ROWS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
