@@ -586,8 +586,11 @@ def _worker(config_path: str, listener: Any, token: str | None, callers_trusted:
 
     engine = Engine(config_path)
     app = build_app(engine, token, callers_trusted=callers_trusted, max_requests=max_requests)
+    # proxy_headers=False: uvicorn's default takes X-Forwarded-For from a client on
+    # 127.0.0.1 as the client's address, so without a token any local process could name
+    # an exempt client (build_app's `peer`); `serve` is never behind a proxy that sets it
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS)
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=False)
     uvicorn.Server(config).run(sockets=[listener])
 
 
