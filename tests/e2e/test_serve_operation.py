@@ -221,6 +221,15 @@ def test_insecure_no_token_callers_cannot_pick_the_client_address_or_report(site
                                                              "203.0.113.70"))[1]["result"] == "ok"
         served.request("POST", "/policy?command=report", {"login": "untrusted@example.com", "remote": GOOD_IP,
                                                           "protocol": "imap", "success": True})
+        # nor through X-Forwarded-For (uvicorn's proxy headers would take it from 127.0.0.1)
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+        try:
+            conn.request("POST", "/verify", body=json.dumps(verify_body("untrusted@example.com", created["password"],
+                                                                        "192.0.2.1")),
+                         headers={"Content-Type": "application/json", "X-Forwarded-For": "203.0.113.70"})
+            assert json.loads(conn.getresponse().read())["result"] == "ok"
+        finally:
+            conn.close()
     finally:
         served.stop()
     import sqlite3

@@ -368,6 +368,23 @@ def test_emit_uses_journald_when_available(sock_dir, monkeypatch):
     assert len(sent) == 1
 
 
+def test_emit_makes_the_journald_fields_only_for_journald(sock_dir, monkeypatch):
+    # write_audit_line passes a function: without journald nobody pays for the fields
+    sent, made = [], []
+
+    def fields():
+        made.append(1)
+        return {"AUDIT_USER": "u"}
+
+    _journal_module(monkeypatch, sock_dir, lambda message, **values: sent.append((message, values)))
+    emit("x", fields, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="no"), io.StringIO())
+    assert made == [] and sent == []
+    emit("the line", fields, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="auto"),
+         io.StringIO())
+    assert made == [1] and sent == [("the line", {"PRIORITY": "6", "SYSLOG_IDENTIFIER": "mail-audit",
+                                                  "SYSLOG_FACILITY": "2", "AUDIT_USER": "u"})]
+
+
 def test_emit_journald_failure_falls_back_to_syslog(sock_dir, monkeypatch):
     def send(message, **fields):
         raise OSError("journal gone")

@@ -41,6 +41,7 @@ from .rules import SourceKind
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import IO, Any
 
     from ..config import AuditConfig
@@ -267,7 +268,7 @@ def _send_syslog(data: bytes, path: str) -> None:
         sock.send(data)
 
 
-def _send_journal(line: str, fields: dict[str, str], audit: AuditConfig) -> bool:
+def _send_journal(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit: AuditConfig) -> bool:
     """True when journald took the entry; False when the journal is not usable here."""
     if audit.journal == "no" or not os.path.exists(JOURNAL_SOCKET):
         return False
@@ -278,6 +279,8 @@ def _send_journal(line: str, fields: dict[str, str], audit: AuditConfig) -> bool
             raise
         return False
     facility = FACILITIES.get(audit.syslog_facility.lower(), FACILITIES["mail"])
+    if callable(fields):
+        fields = fields()
     journal.send(
         line,
         PRIORITY=str(SEVERITY_INFO),
@@ -288,8 +291,10 @@ def _send_journal(line: str, fields: dict[str, str], audit: AuditConfig) -> bool
     return True
 
 
-def emit(line: str, fields: dict[str, str], audit: AuditConfig, stderr: IO[str] | None = None) -> None:
+def emit(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit: AuditConfig,
+         stderr: IO[str] | None = None) -> None:
     """Send the line to journald (with the fields) or else syslog. Never raises.
+    `fields` may be a function that makes them: called only when journald takes the line.
 
     A journald failure falls back to syslog so the line is not lost; a syslog failure is
     one line on `stderr` (Dovecot puts the program's stderr into its log).

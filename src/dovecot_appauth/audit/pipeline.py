@@ -84,10 +84,11 @@ class Assessment(Value):
 
 def assess(
     *, user: str, service: str, ip: str | None, config: Config, now: float,
-    stderr: TextIO | None = None, use_cache: bool = True,
+    stderr: TextIO | None = None, use_cache: bool = True, with_line: bool = True,
 ) -> Assessment:
-    """Enrich and judge without writing the audit line (`explain` stops here)."""
-    from .line import format_line
+    """Enrich and judge without writing the audit line (`explain` stops here).
+    `with_line=False`: the audit line is left empty (`serve`'s policy `allow`, which
+    writes none, saves formatting it)."""
     from .lists import enforce_readable, load_lists
 
     audit = config.audit
@@ -105,7 +106,11 @@ def assess(
         facts = enrich(ip, config, now=now, stderr=stderr, use_cache=use_cache,
                        local=source.kind is SourceKind.LOCAL)
     verdict = evaluate(user, service, ip or "", facts, lists, audit, source)
-    line = format_line(user, service, ip or "", facts, verdict)
+    line = ""
+    if with_line:
+        from .line import format_line
+
+        line = format_line(user, service, ip or "", facts, verdict)
     result = Assessment(source=source, facts=facts, verdict=verdict, line=line)
     if on_assessment is not None:
         on_assessment(result)
@@ -202,11 +207,15 @@ def write_audit_line(result: Assessment, *, user: str, service: str, ip: str, co
     from .line import emit, journal_fields
 
     audit = config.audit
-    fields = journal_fields(user, service, ip, result.facts, result.verdict)
-    if result.alerts:
-        fields["AUDIT_ALERT"] = _kinds(result.alerts)
-        if result.alert_deny:
-            fields["AUDIT_ALERT_ACTION"] = "deny"
+
+    def fields() -> dict[str, str]:  # only when journald takes the line
+        values = journal_fields(user, service, ip, result.facts, result.verdict)
+        if result.alerts:
+            values["AUDIT_ALERT"] = _kinds(result.alerts)
+            if result.alert_deny:
+                values["AUDIT_ALERT_ACTION"] = "deny"
+        return values
+
     emit(result.line, fields, audit, stderr)
     if audit.log_file:
         path = config.resolve(audit.log_file)

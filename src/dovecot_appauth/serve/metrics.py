@@ -58,19 +58,31 @@ class Metrics:
         self.list_reloads = Counter(
             "appauth_list_reloads", "Deny/allow list files seen changed and read again", ["kind"],
             registry=registry)
+        # (metric, label values) -> the labelled child: `labels()` takes a lock and checks
+        # the values on every call; label values are bounded (server._label, fixed sources)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, kept: the same child every time."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe_assessment(self, assessment: Any) -> None:
         """An audit's source outcomes (pipeline.Assessment): outcome counts and cache hits."""
         facts = getattr(assessment, "facts", None)
         if facts is None:
             return
+        child = self.child
         for source, report in facts.sources.items():
             status = str(report.status)
-            self.enrichment.labels(source, status).inc()
+            child(self.enrichment, source, status).inc()
             if status == "cached":
-                self.cache.labels(source, "hit").inc()
+                child(self.cache, source, "hit").inc()
             elif status in ("fetched", "timeout", "failed"):
-                self.cache.labels(source, "miss").inc()
+                child(self.cache, source, "miss").inc()
 
     def render(self) -> bytes:
         if self.registry is not None:

@@ -87,6 +87,7 @@ class Engine:
         self._key: tuple[int, int] | None = None
         self._config: Config | None = None
         self._lists: dict[str, tuple[int, int, int] | None] = {}  # list file -> (mtime_ns, size, inode)
+        self._watched: tuple[Config | None, list[tuple[str, str]]] = (None, [])  # config, its (kind, list file)
         self._throttled: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # THROTTLE_MEMO_SECONDS
         keep_warm()  # lists parsed and compiled once per file version, not per request
         keep_cache_open()  # the enrichment cache's connection, per thread
@@ -117,7 +118,7 @@ class Engine:
             return None
         if self.metrics is not None:
             service = _label(_text(body.get("service"), "imap").lower())
-            self.metrics.throttled.labels(service).inc()
+            self.metrics.child(self.metrics.throttled, service).inc()
             self._count_login("verify", memo[1]["result"], service)
         return memo[1]
 
@@ -158,11 +159,13 @@ class Engine:
     def _watch_lists(self, config: Config) -> None:
         """Count the list files that changed since the last request (the list reloads of
         the metrics): one stat per configured list file."""
-        audit = config.audit
-        if not audit.enabled:
+        if not config.audit.enabled:
             return
-        for kind, path in [*audit.lists.items(), *(("allow-" + k, p) for k, p in audit.allow.items())]:
-            full = config.resolve(path)
+        if self._watched[0] is not config:  # resolved once per config, not per request
+            audit = config.audit
+            self._watched = (config, [(kind, config.resolve(path)) for kind, path in
+                                      [*audit.lists.items(), *(("allow-" + k, p) for k, p in audit.allow.items())]])
+        for kind, full in self._watched[1]:
             try:
                 st = os.stat(full)
                 signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -181,7 +184,7 @@ class Engine:
 
     def _count_login(self, endpoint: str, result: str, service: str) -> None:
         if self.metrics is not None:
-            self.metrics.logins.labels(endpoint, result, service).inc()
+            self.metrics.child(self.metrics.logins, endpoint, result, service).inc()
 
     # --- the two faces ---------------------------------------------------------------
 
@@ -240,7 +243,7 @@ class Engine:
 
     def _count_throttled(self, service: str) -> None:
         if self.metrics is not None:
-            self.metrics.throttled.labels(_label(service)).inc()
+            self.metrics.child(self.metrics.throttled, _label(service)).inc()
 
     def policy(self, command: str, body: dict[str, Any], trusted: bool = True) -> dict[str, Any]:
         """/policy. `trusted`: the caller proved it is Dovecot (the token); only then is a
@@ -273,7 +276,7 @@ class Engine:
             if not config.audit.enabled:
                 self._count_check("allow")
                 return {"status": 0, "msg": ""}
-            result = assess(user=user, service=service, ip=ip, config=config, now=now, stderr=log)
+            result = assess(user=user, service=service, ip=ip, config=config, now=now, stderr=log, with_line=False)
         finally:
             self._relay(log)
         if result.deny:
@@ -285,7 +288,7 @@ class Engine:
 
     def _count_check(self, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.policy_checks.labels(result).inc()
+            self.metrics.child(self.metrics.policy_checks, result).inc()
 
     def _audit_report(self, request: LoginRequest, config: Config, now: float, log: io.StringIO) -> None:
         """The audit line and event of a login another passdb accepted (Dovecot's report)."""
@@ -489,7 +492,7 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
             try:
                 return await handler(request)
             finally:
-                metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+                metrics.child(metrics.latency, endpoint).observe(time.monotonic() - started)
 
         return observed
 
@@ -608,8 +611,11 @@ def _worker(config_path: str, listener: Any, token: str | None, callers_trusted:
 
     engine = Engine(config_path)
     app = build_app(engine, token, callers_trusted=callers_trusted, max_requests=max_requests)
+    # proxy_headers=False: uvicorn's default takes X-Forwarded-For from a client on
+    # 127.0.0.1 as the client's address, so without a token any local process could name
+    # an exempt client (build_app's `peer`); `serve` is never behind a proxy that sets it
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS)
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=False)
     uvicorn.Server(config).run(sockets=[listener])
 
 
