@@ -263,3 +263,14 @@ def test_sqlite_store_without_functools(tmp_path, stand_in):
     # never the stand-in left behind; the real functools only when the stand-in was refused
     assert out[1] == ("functools True " if stand_in == "refused" else "functools False ")
     assert out[2] == "rows [(1,), (2,)]"
+
+
+def test_per_login_program_runs_without_cyclic_gc():
+    """entry.checkpassword turns the cyclic GC off before importing the program (and only
+    the per-login program: importing entry does not)."""
+    code = ("import gc, dovecot_appauth.entry as entry, dovecot_appauth.login as login\n"
+            "print(gc.isenabled())\n"
+            "login.main = lambda: print(gc.isenabled())\n"
+            "entry.checkpassword()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
