@@ -204,11 +204,62 @@ def _describe_sqlite_error(error: Exception, path: str) -> str:
     return f"SQLite database {path}: {text}"
 
 
+def _no_statement_cache(maxsize: int) -> Any:
+    """Stands in for `functools.lru_cache` while `_sqlite3` is imported by `_sqlite_module`:
+    `lru_cache(maxsize)(connection)` becomes the connection itself, which prepares each
+    statement it is called with (what CPython's cache calls on a miss)."""
+    return _connection_itself
+
+
+def _connection_itself(connection: Any) -> Any:
+    return connection
+
+
+# what the stand-in `functools` holds while `_sqlite3` is imported (_sqlite_module)
+_FUNCTOOLS_STAND_IN = {"lru_cache": _no_statement_cache}
+
+
+def _sqlite_module() -> Any:
+    """The `_sqlite3` C module, without `functools` and `collections` when nothing loaded them.
+
+    CPython 3.11-3.13's `_sqlite3` takes `functools.lru_cache` when it is imported, for a
+    per-connection cache of prepared statements; importing `functools` (and `collections`
+    under it) is about 10 % of a warm login's instructions (docs/PERFORMANCE.md). The
+    per-login program runs each of its statements once or twice on its one connection, so
+    it has nothing to cache: while `_sqlite3` is imported, a stand-in `functools` whose
+    `lru_cache` caches nothing is in `sys.modules`, and it is removed right after. A process
+    that has `functools` already (serve, the CLI, the tests) gets the real cache, and if
+    the stand-in does not satisfy this Python's `_sqlite3`, the plain import is done.
+    """
+    import sys
+
+    module = sys.modules.get("_sqlite3")
+    if module is not None or "functools" in sys.modules:
+        import _sqlite3
+
+        return _sqlite3
+    stand_in = type(sys)("functools")
+    stand_in.__dict__.update(_FUNCTOOLS_STAND_IN)
+    sys.modules["functools"] = stand_in
+    try:
+        import _sqlite3
+    except Exception:
+        _sqlite3 = None
+    finally:
+        if sys.modules.get("functools") is stand_in:
+            del sys.modules["functools"]
+    if _sqlite3 is None:  # this Python's _sqlite3 wants more of functools: the plain import
+        sys.modules.pop("_sqlite3", None)
+        import _sqlite3
+    return _sqlite3
+
+
 class SqliteStore:
     def __init__(self, path: str, timeout: float, shared: bool = False):
         # The C module itself: the `sqlite3` package adds only datetime adapters we never
         # use, and its dbapi2 imports datetime (~3 ms a login). Same classes, same errors.
-        import _sqlite3 as sqlite3
+        # Without functools' statement cache when nothing else loaded functools (above).
+        sqlite3 = _sqlite_module()
 
         self._errors = sqlite3.Error
         self.path = path

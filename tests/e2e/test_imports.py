@@ -43,9 +43,11 @@ FORBIDDEN = [
     "sqlite3",  # _sqlite3 directly: sqlite3.dbapi2 imports datetime
     "datetime", "json", "urllib.parse",
     # addresses and networks are integers on a login (ipnum.py; the is_global table comes
-    # from the config cache). functools and collections stay: Python 3.11's _sqlite3 imports
-    # them for its statement cache (functools.lru_cache)
+    # from the config cache)
     "ipaddress",
+    # _sqlite3 is imported without functools' statement cache (store._sqlite_module), and
+    # nothing else on a warm login needs them
+    "functools", "collections",
     # the installed program is a plain script (packaging/), not pip's entry-point wrapper,
     # which imports `re` (and with it `enum`); our closed sets are values.Choice, not enum
     "re", "enum",

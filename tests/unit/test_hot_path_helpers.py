@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +215,62 @@ def test_rdns_parse_response_refuses_bad_names(damage):
     # the same record with a good name is read
     good = b"\xc0\x0c" + struct.pack("!HHIH", 12, 1, 60, 2) + b"\xc0\x0c"
     assert parse_response(head + good, 7, qname) is not None
+
+
+# A store on a fresh `python -I -S` (as the launcher runs): the same statement twice, a
+# write in a transaction, an error; then which of functools/_sqlite3 are loaded.
+_STORE_SCRIPT = r"""
+import sys
+sys.path[:0] = {paths!r}
+from dovecot_appauth import store
+{patch}
+s = store.open_store("sqlite:///" + {db!r}, 3)
+for _ in range(2):
+    assert s.conn.execute("SELECT count(*) FROM t WHERE a = ?", (1,)).fetchone() == (1,)
+s._begin()
+s.conn.execute("INSERT INTO t (a) VALUES (?)", (2,))
+s.commit()
+try:
+    s.conn.execute("SELECT nope FROM t")
+except s._errors as e:
+    print("error", type(e).__name__, e)
+fake = getattr(sys.modules.get("functools"), "__file__", None) is None
+print("functools", "functools" in sys.modules, "stand-in" if "functools" in sys.modules and fake else "")
+print("rows", s.conn.execute("SELECT a FROM t ORDER BY a").fetchall())
+s.close()
+"""
+
+
+@pytest.mark.parametrize("stand_in", ["works", "refused"])
+def test_sqlite_store_without_functools(tmp_path, stand_in):
+    """store._sqlite_module: _sqlite3 imported without functools, and the stand-in gone after.
+    `refused`: a Python whose _sqlite3 wants more of functools gets the plain import."""
+    import sqlite3
+
+    import dovecot_appauth
+
+    db = tmp_path / "t.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (a INTEGER)")
+        conn.execute("INSERT INTO t (a) VALUES (1)")
+    conn.close()
+    src = str(Path(dovecot_appauth.__file__).parents[1])
+    patch = "store._FUNCTOOLS_STAND_IN = {}" if stand_in == "refused" else ""
+    code = _STORE_SCRIPT.format(paths=[src], db=str(db), patch=patch)
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0] == "error OperationalError no such column: nope"
+    # never the stand-in left behind; the real functools only when the stand-in was refused
+    assert out[1] == ("functools True " if stand_in == "refused" else "functools False ")
+    assert out[2] == "rows [(1,), (2,)]"
+
+
+def test_per_login_program_runs_without_cyclic_gc():
+    """entry.checkpassword turns the cyclic GC off before importing the program (and only
+    the per-login program: importing entry does not)."""
+    code = ("import gc, dovecot_appauth.entry as entry, dovecot_appauth.login as login\n"
+            "print(gc.isenabled())\n"
+            "login.main = lambda: print(gc.isenabled())\n"
+            "entry.checkpassword()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
