@@ -780,13 +780,16 @@ def _ask_serve(request: LoginRequest, config: Config, path: str, started: float)
 
 def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapping[str, str]) -> int:
     """Hand Dovecot the outcome: exec the reply helper, or write fd 4; returns the status."""
-    from .reply import exec_helper, helper_environment, write_fd4
+    from .reply import exec_helper, helper_environment, helper_reply, write_fd4, write_reply
 
     if outcome.exit_code not in (ExitCode.OK, ExitCode.LOOKUP_OK) or outcome.user is None:
         return int(outcome.exit_code)
     lookup = outcome.exit_code is ExitCode.LOOKUP_OK
     if options.reply_argv and not options.audit_chain:
-        sys.stderr.flush()
+        # what the helper would write, written here: one exec (about 2 ms) less per login
+        if write_reply(helper_reply(outcome.user, outcome.fields, os.getuid(), os.getgid())):
+            return int(outcome.exit_code)
+        sys.stderr.flush()  # fd 4 not open (a manual run): the helper, as Dovecot expects it
         exec_helper(list(options.reply_argv), helper_environment(env, outcome.user, outcome.fields, lookup=lookup))
     if not write_fd4(outcome.user, outcome.fields):
         _say(None, "fd 4 is not open: reply not written (run as Dovecot does, or add 4>&1 to see it)")

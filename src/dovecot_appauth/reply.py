@@ -1,10 +1,12 @@
 """The answer to Dovecot: fields for the reply, and how they reach fd 4.
 
-`userdb_fields` and `helper_environment` are pure. `exec_helper` replaces this process
-with Dovecot's `checkpassword-reply` (nothing of ours runs after it: the audit line is
-written before), and `write_fd4` is used when no helper was given (a manual run, or
-the audit chain, where the helper would add its own userdb_uid/gid and clobber the
-earlier passdb's).
+`userdb_fields`, `helper_environment` and `helper_reply` are pure. When Dovecot gives its
+reply helper, the program writes to fd 4 what that helper would write (`helper_reply`,
+with `write_reply`): the same reply without an exec per login. `exec_helper` replaces
+this process with the helper only when fd 4 is not open (a manual run; nothing of ours
+runs after it: the audit line is written before). `write_fd4` writes the fields alone:
+no helper given, or the audit chain, where the helper would add its own userdb_uid/gid
+and clobber the earlier passdb's.
 """
 
 from __future__ import annotations
@@ -74,6 +76,24 @@ def helper_environment(
     return env
 
 
+def helper_reply(user: str, fields: list[tuple[str, str]], uid: int, gid: int) -> list[tuple[str, str]]:
+    """What Dovecot 2.3's checkpassword-reply writes to fd 4 for `helper_environment`'s
+    variables: `user`, each field with its name lower-cased, then `userdb_uid` and
+    `userdb_gid` of the process (`uid`, `gid`) when the fields have none
+    (checkpassword-reply.c; tests/unit/test_reply.py compares the two)."""
+    reply = [("user", user)]
+    names = set()
+    for key, value in fields:
+        name = key.lower()
+        names.add(name)
+        reply.append((name, value))
+    if "userdb_uid" not in names:
+        reply.append(("userdb_uid", str(uid)))
+    if "userdb_gid" not in names:
+        reply.append(("userdb_gid", str(gid)))
+    return reply
+
+
 def exec_helper(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
         os.execve(argv[0], argv, env)  # noqa: S606 - the helper Dovecot gave us, no shell
@@ -83,7 +103,12 @@ def exec_helper(argv: list[str], env: dict[str, str]) -> NoReturn:
 
 def write_fd4(user: str, fields: list[tuple[str, str]]) -> bool:
     """Write the reply to fd 4 ourselves; False when fd 4 is not open (a manual run)."""
-    data = encode_reply([("user", user), *fields])
+    return write_reply([("user", user), *fields])
+
+
+def write_reply(reply: list[tuple[str, str]]) -> bool:
+    """Write `reply` (its first field `user`) to fd 4; False when fd 4 is not open."""
+    data = encode_reply(reply)
     try:
         view = memoryview(data)
         while view:

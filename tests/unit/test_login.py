@@ -724,6 +724,20 @@ def test_program_success_with_dovecot_helper(site):
     assert [r[0] for r in site.log()] == [site.ids["alice_1"]]
 
 
+def test_program_writes_the_helpers_reply_itself_without_running_it(site, tmp_path):
+    """With fd 4 open the helper is not run (one exec less per login): a helper that would
+    fail proves it, and the reply is the helper's (see test_reply's byte comparison)."""
+    helper = tmp_path / "helper-that-fails"
+    helper.write_text("#!/bin/sh\necho ran >&2\nexit 111\n")
+    helper.chmod(0o755)
+    run = run_program(site, _req("Alice@Example.com", ALICE_1), str(helper))
+    assert run.status == 0 and run.stderr == "", run.stderr
+    assert run.fields == [("user", "alice@example.com"), *EXPECTED_FIELDS]
+    # fd 4 not open (a manual run): the helper runs, as before
+    run = run_program(site, _req("Alice@Example.com", ALICE_1), str(helper), fd4=False)
+    assert run.status == 111 and run.stderr == "ran\n", run.stderr
+
+
 def test_program_audit_chain_needs_the_marker(site):
     """The installed program, as Dovecot runs it: APPAUTH_OK=yes is how Dovecot 2.3 passes on
     the `appauth_ok=yes` extra field of the earlier passdb."""

@@ -11,7 +11,7 @@ import pytest
 
 from dovecot_appauth.config import UserdbConfig
 from dovecot_appauth.core import decode_reply
-from dovecot_appauth.reply import expand_template, helper_environment, userdb_fields
+from dovecot_appauth.reply import expand_template, helper_environment, helper_reply, userdb_fields
 
 DOVECOT_HELPER = "/usr/lib/dovecot/checkpassword-reply"
 STANDIN = [sys.executable, "-m", "dovecot_appauth.cli.reply_standin"]
@@ -169,3 +169,23 @@ def test_write_fd4_without_fd4_returns_false():
                           timeout=30, close_fds=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+@pytest.mark.parametrize("fields", [
+    [("userdb_uid", "5000"), ("userdb_gid", "5001"), ("userdb_home", "/srv/mail/alice"), ("userdb_x", NASTY)],
+    [("userdb_mail", "maildir:~/M")],  # no uid, no gid: the helper adds its process's
+    [("userdb_gid", "7"), ("Userdb_Quota_Rule", "*:storage=1G"), ("userdb_empty", "")],  # no uid, a mixed-case name
+    [],
+], ids=["all", "no-uid-gid", "mixed-case", "none"])
+@pytest.mark.skipif(not os.access(DOVECOT_HELPER, os.X_OK), reason=f"{DOVECOT_HELPER} not installed")
+def test_the_program_writes_what_dovecots_helper_writes(fields, lookup):
+    """The per-login program writes fd 4 itself instead of exec'ing checkpassword-reply
+    (login.respond): byte for byte what the helper writes for the same fields."""
+    env = helper_environment({"ORIG_UID": str(os.getuid()), "HOME": "/root"}, "alice@example.com", fields,
+                             lookup=lookup)
+    proc, data = run_with_fd4([DOVECOT_HELPER], env)
+    assert proc.returncode == (2 if lookup else 0), proc.stderr
+    from dovecot_appauth.core import encode_reply
+
+    assert encode_reply(helper_reply("alice@example.com", fields, os.getuid(), os.getgid())) == data
