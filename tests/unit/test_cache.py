@@ -166,6 +166,52 @@ def test_IpCache_new_file_appears_ready_made(tmp_path):
         conn.close()
 
 
+def test_IpCache_first_read_makes_no_file_and_the_first_write_brings_its_rows(tmp_path):
+    """A cold login: the read finds no file (a miss, no empty file made and synced), the
+    write builds the file with its rows in it and links it into place, ready made."""
+    c = IpCache(str(tmp_path / "cache"))
+    assert c.get_many([("rdns", "ip"), ("maxmind", "ip")], NOW) == {}
+    assert stat.S_IMODE(os.stat(c.directory).st_mode) == 0o700
+    assert os.listdir(c.directory) == []
+    c.put_many([("rdns", "ip", {"ptr": "x"}, 60, True), ("maxmind", "ip", {"sig": "s"}, None, True),
+                ("rdap", "ip", {"status": "timeout", "detail": "d"}, 60, False)], NOW)
+    assert os.listdir(c.directory) == [FILE_NAME]  # no connection left open, nothing half made
+    assert stat.S_IMODE(os.stat(c.path).st_mode) == 0o600
+    conn = sqlite3.connect(c.path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+    assert c.get_many([("rdns", "ip"), ("maxmind", "ip"), ("rdap", "ip")], NOW + 1) == {
+        ("rdns", "ip"): {"ptr": "x"}, ("maxmind", "ip"): {"sig": "s"}, ("rdap", "ip"): Negative("timeout", "d", NOW)}
+    c.close()
+
+
+def test_IpCache_first_read_still_refuses_an_untrusted_directory(tmp_path):
+    d = tmp_path / "cache"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    with pytest.raises(CacheUnavailable, match="world-writable"):
+        IpCache(str(d)).get_many([("rdns", "ip")], NOW)
+    with pytest.raises(CacheUnavailable, match="world-writable"):
+        IpCache(str(d)).put_many([("rdns", "ip", {"ptr": "x"}, 60, True)], NOW)
+    assert os.listdir(d) == []
+
+
+def test_IpCache_write_after_another_login_made_the_file(tmp_path):
+    """Two cold logins: both read no file; the second to write finds the first one's file in
+    place (its own private build loses the link) and adds its rows to it."""
+    first, second = IpCache(str(tmp_path / "cache")), IpCache(str(tmp_path / "cache"))
+    assert first.get_many([("rdns", "a")], NOW) == {} and second.get_many([("rdns", "b")], NOW) == {}
+    first.put_many([("rdns", "a", {"ptr": "a"}, 60, True)], NOW)
+    second.put_many([("rdns", "b", {"ptr": "b"}, 60, True)], NOW)
+    second.close()
+    assert first.get_many([("rdns", "a"), ("rdns", "b")], NOW) == {("rdns", "a"): {"ptr": "a"},
+                                                                  ("rdns", "b"): {"ptr": "b"}}
+    first.close()
+    assert os.listdir(tmp_path / "cache") == [FILE_NAME]
+
+
 def test_IpCache_without_hard_links_renames_the_file_into_place(tmp_path, monkeypatch):
     def no_links(src, dst, **kwargs):
         raise OSError(1, "Operation not permitted")  # what a file system without hard links says

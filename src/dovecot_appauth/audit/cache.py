@@ -169,15 +169,23 @@ class IpCache:
 
     # -- connection -------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
+    def _prepare_directory(self) -> bool:
+        """Make the directory (0700) when missing and check it can be trusted; whether the
+        cache file exists. Raises CacheUnavailable (OSError and distrust alike)."""
         try:
             if not os.path.isdir(self.directory):
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
                 os.chmod(self.directory, 0o700)  # makedirs' mode is filtered by the umask
             _check_trusted(self.directory, self.path)
-            if not os.path.exists(self.path):
+            return os.path.exists(self.path)
+        except OSError as e:
+            raise CacheUnavailable(f"{self.path}: {e}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        try:
+            if not self._prepare_directory():
                 self._create_file()
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
             # a cache may lose its last writes in a power cut; it must not make logins
@@ -188,13 +196,16 @@ class IpCache:
         self._conn = conn
         return conn
 
-    def _create_file(self) -> None:
-        """Put a ready cache file (0600, WAL, table made) at `path`, atomically.
+    def _create_file(self, rows: list[tuple[Any, ...]] | None = None) -> bool:
+        """Put a ready cache file (0600, WAL, table made, `rows` in it) at `path`, atomically;
+        whether this call put it there (False: another login was first, `rows` not written).
 
         Built under a private name and hard-linked into place, so a concurrent login never
         opens a file without its table or still in rollback-journal mode: making the table
         there takes locks across several fsyncs, which on a slow disk outlast every other
-        login's busy timeout. Losing the race to another login is fine: its file is used.
+        login's busy timeout. Nobody else opens the private file, so it is built without
+        SQLite's syncs (synchronous=OFF: ~8 fsyncs) and synced once, whole, before the link.
+        Losing the race to another login is fine: its file is used.
         """
         # unique per thread too: `serve` runs logins in threads of one process
         tmp = f"{self.path}.new-{os.getpid()}-{_thread.get_ident()}"
@@ -208,14 +219,26 @@ class IpCache:
             os.fchmod(fd, 0o600)
         finally:
             os.close(fd)
+        placed = False
         try:
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
+                conn.execute("PRAGMA synchronous=OFF")  # a connection setting: not kept in the file
                 self._init_schema(conn)
+                if rows:
+                    conn.execute("BEGIN")
+                    conn.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?, ?, ?)", rows)
+                    conn.execute("COMMIT")
             finally:
                 conn.close()  # the last connection: checkpoints and removes tmp's -wal/-shm
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the whole file on disk before it has its name
+            finally:
+                os.close(fd)
             try:
                 os.link(tmp, self.path)
+                placed = True
             except FileExistsError:
                 pass  # another login was first
             except OSError:
@@ -223,11 +246,13 @@ class IpCache:
                 # which replaces a file another login made meanwhile (its rows are only lost)
                 if not os.path.exists(self.path):
                     os.replace(tmp, self.path)
+                    placed = True
         finally:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass  # renamed into place
+        return placed
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         # WAL is a property of the file: set once, when the table is made
@@ -266,6 +291,8 @@ class IpCache:
         """Every unexpired entry among `keys` in one SELECT: value dicts and Negative hits."""
         if not keys:
             return {}
+        if self._conn is None and not self._prepare_directory():
+            return {}  # no file yet: nothing cached; the first write makes it (put_many)
         where = " OR ".join(["(source = ? AND key = ?)"] * len(keys))
         params: list[Any] = [p for pair in keys for p in pair]
 
@@ -304,6 +331,15 @@ class IpCache:
              None if ttl is None else now + ttl)
             for source, key, value, ttl, ok in rows
         ]
+
+        if self._conn is None:
+            # no file yet (a cold login: the cache directory was new or emptied): build it
+            # with the rows in it, one fsync, rather than make it empty and then write
+            try:
+                if not self._prepare_directory() and self._create_file(data):
+                    return
+            except (OSError, sqlite3.Error) as e:
+                raise CacheUnavailable(f"{self.path}: {e}") from None
 
         def w(conn: sqlite3.Connection) -> None:
             with conn:
