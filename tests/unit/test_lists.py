@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dovecot_appauth.audit.lists import PARSERS, check_lists, load_file, load_lists, parse_asn, parse_list
 from dovecot_appauth.audit.patterns import regex_fullmatch, required_literal
@@ -319,6 +321,46 @@ def test_lists_import_is_cheap():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=".*\\^$+?{}[]|()-_/ ,:;!@#%&'\"=~`<>aZ09\n\t\x00\u00e9\u2028", max_size=12))
+def test_every_fast_form_pattern_compiles(pattern):
+    """parse_list skips compiling `.*literal` forms (regex_fullmatch never compiles them
+    either, for a value without a newline): each must be a valid regex, meaning the same."""
+    import re
+
+    from dovecot_appauth.audit.patterns import _fast_form
+
+    form = _fast_form(pattern)
+    if form is None:
+        return
+    compiled = re.compile(pattern)  # raises if the skip were wrong
+    lit = form[1]
+    for value in (lit, "x" + lit, lit + "y", "x" + lit + "y", ""):
+        assert regex_fullmatch(pattern, value) == (compiled.fullmatch(value) is not None), (pattern, value)
+
+
+def test_cache_rebuild_of_fast_form_lists_does_not_import_re(tmp_path):
+    """What a cold login rebuilds: regex lists of `.*literal` forms only (the shipped
+    examples) are validated without importing `re`; another form still compiles."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "rev.lst").write_text(".*\\.bad\\.example\\.net\nEXAMPLE-BAD-NET\nAS-BAD.*\n")
+    (lists / "bad.lst").write_text("ok.*\n(unclosed\n")
+    rev, bad, cache = str(lists / "rev.lst"), str(lists / "bad.lst"), str(tmp_path / "c")
+    code = (
+        "import sys, os\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[2] / 'src')!r})\n"
+        "from dovecot_appauth.audit.lists import read_file\n"
+        f"entries, problems = read_file('reverse_hostname', {rev!r}, cache_dir={cache!r})\n"
+        "assert [e.text for e in entries] == [r'.*\\.bad\\.example\\.net', 'EXAMPLE-BAD-NET', 'AS-BAD.*'], entries\n"
+        "assert problems == [] and 're' not in sys.modules\n"
+        f"entries, problems = read_file('reverse_hostname', {bad!r}, cache_dir={cache!r})\n"
+        "assert [e.text for e in entries] == ['ok.*'] and len(problems) == 1, (entries, problems)\n"
+        "assert 'bad regular expression' in problems[0].message\n"
+    )
+    subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)
 
 
 def test_load_lists_timing(tmp_path):

@@ -32,7 +32,7 @@ from .. import ipnum, private_file
 from ..config import ALLOW_KINDS, LIST_KINDS, Problem
 from ..values import Value
 from .netindex import NetworkIndex
-from .patterns import REGEX_KINDS, _compile, required_literal
+from .patterns import REGEX_KINDS, _compile, _fast_form, required_literal
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -272,7 +272,9 @@ def parse_list(
         hint = None
         try:
             shown, value, warning = parser(line)
-            if validate_regex and kind in REGEX_KINDS:
+            if validate_regex and kind in REGEX_KINDS and _fast_form(value) is None:
+                # a `.*literal` form always compiles (tests/unit/test_lists.py), and has no
+                # hint: validating it would import `re` for nothing on a cache rebuild
                 _compile(value)
                 hint = required_literal(value)
         except ValueError as e:  # _compile turns re.error into "bad regular expression: ..."
