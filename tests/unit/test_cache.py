@@ -8,8 +8,11 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dovecot_appauth.audit.cache import FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
 
@@ -276,3 +279,50 @@ def test_IpCache_concurrent_processes(tmp_path):
         assert p.returncode == 0, err
         assert out.strip() == "ok"
     assert IpCache(d).stats(1001.0)["sources"]["rdns"]["entries"] == 50
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_values, max_size=5))
+def test_cache_json_encoder_writes_what_json_dumps_writes(value):
+    from dovecot_appauth.audit.cache import _json_dumps
+
+    assert _json_dumps(value) == json.dumps(value, separators=(",", ":"))
+
+
+def test_cache_json_encoder_errors_are_json_dumps_errors():
+    from dovecot_appauth.audit.cache import _json_dumps
+
+    for bad in ({"a": {1, 2}}, {"a": object()}, {1j: 1}):
+        with pytest.raises(TypeError) as ours:
+            _json_dumps(bad)
+        with pytest.raises(TypeError) as theirs:
+            json.dumps(bad, separators=(",", ":"))
+        assert str(ours.value) == str(theirs.value)
+    circular: dict = {}
+    circular["self"] = circular
+    with pytest.raises(ValueError, match="Circular reference"):
+        _json_dumps(circular)
+
+
+def test_cache_write_imports_neither_json_nor_re(tmp_path):
+    """A cold login writes its entries without `json` (which imports `re`)."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[2] / 'src')!r})\n"
+        "from dovecot_appauth.audit.cache import IpCache\n"
+        f"c = IpCache({str(tmp_path / 'cache')!r})\n"
+        "assert c.get_many([('rdns', 'ip')], 1.0) == {}\n"
+        "v = {'ptr': 'h\\u00e9st', 'n': [1, 2.5, None, True]}\n"
+        "c.put_many([('rdns', 'ip', v, 60, True)], 1.0)\n"
+        "assert c.get_many([('rdns', 'ip')], 1.0) == {('rdns', 'ip'): v}\n"
+        "bad = {'json', 're'} & set(sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)

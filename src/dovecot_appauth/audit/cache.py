@@ -16,7 +16,7 @@ writes; a short busy timeout bounds how long any login waits. The file appears r
 lock across fsyncs that the others would wait for. Every sqlite or OS problem becomes
 `CacheUnavailable`, and the caller carries on without a cache.
 
-Stdlib only (_sqlite3, _json, os; json when writing): this module is imported on every audited login.
+Stdlib only (_sqlite3, _json, os): this module is imported on every audited login.
 """
 
 from __future__ import annotations
@@ -91,6 +91,45 @@ def _json_decoder() -> Any:
 
 
 _json_loads = _json_decoder()
+
+
+def _json_encoder() -> Any:
+    """`json.dumps(value, separators=(",", ":"))` without importing `json` (and the `re` it
+    imports) on a cold login: the C encoder `json.dumps` itself runs, from `_json`, made with
+    the arguments `json.JSONEncoder(separators=(",", ":"))` gives it. Anything it cannot
+    encode is handed to the real `json.dumps`, so errors are always its own. Without `_json`
+    (not CPython) this is `json.dumps`.
+    """
+    try:
+        from _json import encode_basestring_ascii, make_encoder
+    except ImportError:
+        def dumps(value: Any) -> str:
+            import json
+
+            return json.dumps(value, separators=(",", ":"))
+
+        return dumps
+
+    def default(o: Any) -> Any:
+        raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+    def dumps(value: Any) -> str:
+        if type(value) is dict:
+            try:
+                # markers (check_circular), default, encoder (ensure_ascii), indent,
+                # key_separator, item_separator, sort_keys, skipkeys, allow_nan
+                return "".join(make_encoder({}, default, encode_basestring_ascii, None, ":", ",",
+                                            False, False, True)(value, 0))
+            except Exception:  # noqa: S110 - json.dumps below gives the real error
+                pass
+        import json
+
+        return json.dumps(value, separators=(",", ":"))
+
+    return dumps
+
+
+_json_dumps = _json_encoder()
 
 
 class CacheUnavailable(Exception):
@@ -324,10 +363,8 @@ class IpCache:
         """Write (source, key, value, ttl, ok) rows in one transaction; ttl None: no expiry."""
         if not rows:
             return
-        import json  # writing happens after a cache miss only
-
         data = [
-            (source, key, int(ok), json.dumps(value, separators=(",", ":")), now,
+            (source, key, int(ok), _json_dumps(value), now,
              None if ttl is None else now + ttl)
             for source, key, value, ttl, ok in rows
         ]
