@@ -75,6 +75,21 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def make_private_dirs(directory: str) -> None:
+    """`os.makedirs(directory, 0o700)`, but every directory it makes is 0700, the parents
+    too: `makedirs` gives missing parents the umask's mode (Python >= 3.7), so making
+    `cache/lists` first left the enrichment cache directory 0755, or group-writable under
+    umask 002, and then untrusted on every login. Raises FileExistsError when `directory`
+    exists, as `makedirs` does."""
+    parent = os.path.dirname(directory.rstrip("/"))
+    if parent and parent != directory and not os.path.isdir(parent):
+        try:
+            make_private_dirs(parent)
+        except FileExistsError:
+            pass  # made meanwhile by another login
+    os.mkdir(directory, 0o700)
+
+
 def store(path: str, value: Any) -> bool:
     """Write `value` to `path` (0600; the directory is made 0700). Best effort: False on failure.
 
@@ -85,7 +100,7 @@ def store(path: str, value: Any) -> bool:
     try:
         data = marshal.dumps(value)
         try:
-            os.makedirs(directory, mode=0o700)
+            make_private_dirs(directory)
         except FileExistsError:
             pass
         if not _private(os.lstat(directory), stat.S_IFDIR):

@@ -175,3 +175,23 @@ def test_load_cached_ignores_a_damaged_is_global_table(conf, monkeypatch):
     assert is_globally_reachable("8.8.8.8") and not is_globally_reachable("10.0.0.1")
     assert not is_globally_reachable("::ffff:192.168.1.1") and is_globally_reachable("100.64.0.1")
     assert ipnum._table == ipnum.global_table()  # derived on first use
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_private_files_make_every_missing_directory_0700(tmp_path, umask):
+    """The list cache (cache/lists) is often the first thing made in a new [audit.cache]
+    directory: its parent must come out 0700 too, whatever the umask, or a group-writable
+    cache directory would be untrusted on every login (makedirs gives parents the umask's mode)."""
+    import stat
+
+    from dovecot_appauth import private_file
+
+    target = tmp_path / "cache" / "lists" / "deny.marshal"
+    old = os.umask(umask)
+    try:
+        assert private_file.store(str(target), {"a": 1})
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "cache", tmp_path / "cache" / "lists"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    assert private_file.load(str(target)) == {"a": 1}
