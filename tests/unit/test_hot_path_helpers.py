@@ -274,3 +274,44 @@ def test_per_login_program_runs_without_cyclic_gc():
             "entry.checkpassword()\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
+
+
+def _run_isolated(code: str, *path: str) -> str:
+    """`code` in a fresh `python -I -S` with this checkout and site-packages on its path."""
+    import subprocess
+    import sys
+
+    paths = [*path, *(p for p in sys.path if p)]
+    prelude = f"import sys; sys.path[:0] = {paths!r}\n"
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", prelude + code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_maxmind_source_loads_maxminddbs_reader_without_its_package_init():
+    """The per-login program's cold path: maxminddb's reader modules, not its __init__ (which
+    imports importlib.metadata); the bare package it used is gone, so a later `import
+    maxminddb` is the whole package, with the same classes."""
+    out = _run_isolated(
+        "from dovecot_appauth.audit.sources import maxmind\n"
+        "print('importlib.metadata' in sys.modules, 'maxminddb' in sys.modules, maxmind.MODE_MMAP)\n"
+        "import maxminddb\n"
+        "print(maxminddb.Reader is maxmind.Reader, maxminddb.InvalidDatabaseError is maxmind.InvalidDatabaseError,\n"
+        "      callable(maxminddb.open_database))\n")
+    assert out.split() == ["False", "False", str(int(__import__("maxminddb").MODE_MMAP)), "True", "True", "True"]
+    # a process that has the package already (serve, the CLI) takes it as it is
+    out = _run_isolated("import maxminddb\nfrom dovecot_appauth.audit.sources import maxmind\n"
+                        "print(maxmind.Reader is maxminddb.Reader)")
+    assert out.split() == ["True"]
+
+
+def test_maxmind_source_imports_the_package_when_its_layout_is_another(tmp_path):
+    """A maxminddb without the modules named (another version's layout): the usual import."""
+    fake = tmp_path / "maxminddb"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("Reader = 'package-reader'\nInvalidDatabaseError = ValueError\nMODE_MMAP = 7\n")
+    (fake / "decoder.py").write_text("Decoder = 'package-decoder'\n")
+    out = _run_isolated("from dovecot_appauth.audit.sources import maxmind\n"
+                        "print(maxmind.Reader, maxmind.Decoder, maxmind.MODE_MMAP)", str(tmp_path))
+    assert out.split() == ["package-reader", "package-decoder", "7"]

@@ -1,4 +1,4 @@
-"""MaxMind City and ASN lookups with the `maxminddb` reader (C extension).
+"""MaxMind City and ASN lookups with `maxminddb`'s pure-Python reader (memory-mapped).
 
 Not geoip2: it adds model classes and imports aiohttp/requests machinery we never use;
 the raw records have the same keys. Each database is optional. A configured file that is
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import maxminddb
-
 from ..cache import file_signature
 from ..facts import GeoName, MaxMindFacts
 from . import SourceUnavailable
@@ -22,6 +20,51 @@ __all__ = ["MaxMindUnavailable", "file_signature", "lookup", "lookup_detailed"]
 
 class MaxMindUnavailable(SourceUnavailable):
     """No configured MaxMind database could be read."""
+
+
+def _import_reader() -> tuple[Any, Any, Any, Any]:
+    """(Reader, Decoder, InvalidDatabaseError, MODE_MMAP) from maxminddb's own modules.
+
+    The package's `__init__` imports `importlib.metadata` for its `__version__` (with it
+    email, zipfile, csv and pathlib: about half of a cold login's time) and only re-exports
+    what its submodules define. So when nothing has loaded the package (the per-login
+    program), the submodules are imported under a bare package module (the package's own
+    path, no `__init__` run) that is dropped right after: a later `import maxminddb` runs
+    its `__init__` as usual and finds the submodules loaded. If that fails (another
+    maxminddb layout), the package is imported the usual way.
+    """
+    import sys
+
+    if "maxminddb" not in sys.modules:
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec("maxminddb")
+        if spec is not None and spec.submodule_search_locations:
+            shell = type(sys)("maxminddb")
+            shell.__path__ = list(spec.submodule_search_locations)
+            shell.__package__ = "maxminddb"
+            sys.modules["maxminddb"] = shell
+            try:
+                from maxminddb.const import MODE_MMAP
+                from maxminddb.decoder import Decoder
+                from maxminddb.errors import InvalidDatabaseError
+                from maxminddb.reader import Reader
+
+                return Reader, Decoder, InvalidDatabaseError, MODE_MMAP
+            except Exception:  # any surprise (another layout): the usual import below
+                for name in [m for m in sys.modules if m.startswith("maxminddb.")]:
+                    del sys.modules[name]
+            finally:
+                if sys.modules.get("maxminddb") is shell:
+                    del sys.modules["maxminddb"]
+    import maxminddb
+    from maxminddb.decoder import Decoder
+
+    return maxminddb.Reader, Decoder, maxminddb.InvalidDatabaseError, maxminddb.MODE_MMAP
+
+
+# MODE_MMAP: the pure-Python reader over a memory map (see _reader)
+Reader, Decoder, InvalidDatabaseError, MODE_MMAP = _import_reader()
 
 
 def _name(rec: dict[str, Any] | None, code_key: str = "iso_code") -> GeoName:
@@ -44,7 +87,7 @@ def _reader(path: str) -> Any:
     # MODE_MMAP: the pure-Python reader. maxminddb 3.2's C extension crashes the
     # process (SIGSEGV, no stderr line) on a .mmdb with one corrupt byte; this reader
     # raises InvalidDatabaseError instead, and one lookup per cache miss is cheap.
-    reader = maxminddb.open_database(path, maxminddb.MODE_MMAP)
+    reader = Reader(path, MODE_MMAP)
     _check_metadata_complete(path)
     # the replaced reader is not closed: another thread may be reading it; dropping the
     # last reference unmaps it
@@ -66,19 +109,17 @@ _METADATA_MAX_SIZE = 128 * 1024
 
 def _check_metadata_complete(path: str) -> None:
     """Raise InvalidDatabaseError when the metadata map does not end inside the file."""
-    from maxminddb.decoder import Decoder
-
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         f.seek(max(0, size - _METADATA_MAX_SIZE))
         tail = f.read()
     start = tail.rfind(_METADATA_MARKER)
     if start == -1:
-        raise maxminddb.InvalidDatabaseError("no metadata section (truncated file?)")
+        raise InvalidDatabaseError("no metadata section (truncated file?)")
     start += len(_METADATA_MARKER)
     _, end = Decoder(tail, start).decode(start)  # raises InvalidDatabaseError on bad data
     if end > len(tail):
-        raise maxminddb.InvalidDatabaseError(
+        raise InvalidDatabaseError(
             f"the metadata section is {end - len(tail)} byte(s) short: truncated file"
         )
 
@@ -86,7 +127,7 @@ def _check_metadata_complete(path: str) -> None:
 def _read(path: str, ip: str) -> dict[str, Any] | None:
     try:
         rec = _reader(path).get(ip)
-    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as e:  # ValueError: mmap of an empty file
+    except (OSError, ValueError, InvalidDatabaseError) as e:  # ValueError: mmap of an empty file
         _readers.pop(path, None)
         raise MaxMindUnavailable(f"{path}: {getattr(e, 'strerror', None) or e}") from None
     return rec if isinstance(rec, dict) else None
