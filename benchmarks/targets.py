@@ -53,6 +53,7 @@ ROWS: dict[str, tuple[str, str, str, float]] = {
     "warm-launcher": ("  the same through the -IS launcher", "<= 2.0x bare", "le", 2.0),
     "warm-full": ("warm login, MaxMind + DNS + RDAP + 13 lists, public client", "<= 2.5x bare", "le", 2.5),
     "cold": ("cold login (empty cache, local sources at once)", "<= 4x bare", "le", 4.0),
+    "cold-launcher": ("  the same through the -IS launcher", "<= 4x bare", "le", 4.0),
     "rss-cold-rdap": ("peak RSS, cold login with RDAP configured", "<= 25 MiB", "le", 25.0),
     "dovecot-noaudit": ("Dovecot 2.3 IMAP, checkpassword, no audit / reference", ">= 0.9x", "ge", 0.9),
     "dovecot-audit": ("Dovecot 2.3 IMAP, audit on, warm cache / reference", ">= 0.8x", "ge", 0.8),
@@ -202,6 +203,7 @@ def measure_logins(site: Site, reps: int, helper: list[str]) -> tuple[dict[str, 
         "warm-launcher": ([str(launcher), "--config", str(warm_cfg), *helper], None),
         "warm-full": ([program, "--config", str(full_cfg), *helper], None),
         "cold": ([program, "--config", str(cold_cfg), *helper], cold_cache),
+        "cold-launcher": ([str(launcher), "--config", str(cold_cfg), *helper], cold_cache),
         "warm-fast": ([str(launcher), "--config", str(fast["warm"]), *helper], None),
         "warm-full-fast": ([str(launcher), "--config", str(fast["full"]), *helper], None),
         "cold-fast": ([str(launcher), "--config", str(fast["warm"]), *helper], None),
@@ -366,7 +368,8 @@ def table(samples: dict[str, list[float]], errors: dict[str, list[str]], rss: li
     med = {name: bench._median(values) for name, values in samples.items()}
     bare = med["bare"]
     rows: dict[str, dict[str, Any]] = {}
-    for name in ("warm", "warm-launcher", "warm-full", "cold", "warm-fast", "warm-full-fast", "cold-fast"):
+    for name in ("warm", "warm-launcher", "warm-full", "cold", "cold-launcher", "warm-fast", "warm-full-fast",
+                 "cold-fast"):
         ratio = med[name] / bare if med[name] and bare else None
         rows[name] = {"measured": f"{med[name]:.1f} ms" if med[name] else "-", "value": ratio,
                       "shown": f"{ratio:.2f}x bare" if ratio else "-", "errors": len(errors[name])}

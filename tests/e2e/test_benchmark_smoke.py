@@ -94,7 +94,8 @@ def test_targets_prints_every_row_of_the_issue_table(tmp_path):
     assert res.returncode == 0, f"targets.py failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     data = json.loads(out.read_text())
     rows = data["rows"]
-    assert list(rows) == ["warm", "warm-launcher", "warm-full", "cold", "rss-cold-rdap", "dovecot-noaudit",
+    assert list(rows) == ["warm", "warm-launcher", "warm-full", "cold", "cold-launcher", "rss-cold-rdap",
+                          "dovecot-noaudit",
                           "dovecot-audit", "warm-fast", "warm-full-fast", "cold-fast", "rss-cold-rdap-fast",
                           "dovecot-noaudit-fast", "dovecot-audit-fast"]
     for name, row in rows.items():
