@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dovecot_appauth.audit.cache import Negative, _json_loads
 from dovecot_appauth.audit.lists import Entry
@@ -143,8 +145,6 @@ def test_rdns_lookup_ignores_garbage_retries_truncated_over_tcp_and_follows_cnam
 
 # --- the stdlib PTR exchange (sources/rdns.py) against dnspython's reading of the same bytes ---
 
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _label = st.binary(min_size=1, max_size=20)
 
@@ -294,16 +294,21 @@ def test_maxmind_source_loads_maxminddbs_reader_without_its_package_init():
     imports importlib.metadata); the bare package it used is gone, so a later `import
     maxminddb` is the whole package, with the same classes."""
     out = _run_isolated(
+        "import dovecot_appauth.entry\ndovecot_appauth.entry.in_login = True\n"
         "from dovecot_appauth.audit.sources import maxmind\n"
         "print('importlib.metadata' in sys.modules, 'maxminddb' in sys.modules, maxmind.MODE_MMAP)\n"
         "import maxminddb\n"
         "print(maxminddb.Reader is maxmind.Reader, maxminddb.InvalidDatabaseError is maxmind.InvalidDatabaseError,\n"
         "      callable(maxminddb.open_database))\n")
     assert out.split() == ["False", "False", str(int(__import__("maxminddb").MODE_MMAP)), "True", "True", "True"]
-    # a process that has the package already (serve, the CLI) takes it as it is
+    # a process that has the package already takes it as it is; one that is not the
+    # per-login program (serve, the CLI) imports the package the usual way
     out = _run_isolated("import maxminddb\nfrom dovecot_appauth.audit.sources import maxmind\n"
                         "print(maxmind.Reader is maxminddb.Reader)")
     assert out.split() == ["True"]
+    out = _run_isolated("from dovecot_appauth.audit.sources import maxmind\nimport maxminddb.file\n"
+                        "print('importlib.metadata' in sys.modules, maxmind.Reader is maxminddb.Reader)")
+    assert out.split() == ["True", "True"]
 
 
 def test_maxmind_source_imports_the_package_when_its_layout_is_another(tmp_path):
@@ -312,6 +317,51 @@ def test_maxmind_source_imports_the_package_when_its_layout_is_another(tmp_path)
     fake.mkdir()
     (fake / "__init__.py").write_text("Reader = 'package-reader'\nInvalidDatabaseError = ValueError\nMODE_MMAP = 7\n")
     (fake / "decoder.py").write_text("Decoder = 'package-decoder'\n")
-    out = _run_isolated("from dovecot_appauth.audit.sources import maxmind\n"
+    out = _run_isolated("import dovecot_appauth.entry\ndovecot_appauth.entry.in_login = True\n"
+                        "from dovecot_appauth.audit.sources import maxmind\n"
                         "print(maxmind.Reader, maxmind.Decoder, maxmind.MODE_MMAP)", str(tmp_path))
     assert out.split() == ["package-reader", "package-decoder", "7"]
+
+
+def test_maxminddb_takes_its_own_lock_fallback_and_multiprocessing_stays_importable():
+    """While maxminddb's modules load for a login, multiprocessing is blocked (its file
+    module then takes threading's lock, used only without os.pread); afterwards it imports."""
+    out = _run_isolated(
+        "import dovecot_appauth.entry\ndovecot_appauth.entry.in_login = True\n"
+        "from dovecot_appauth.audit.sources import maxmind\n"
+        "import _thread\nfile = sys.modules['maxminddb.file']\n"
+        "print('multiprocessing' in sys.modules, file.Lock is _thread.allocate_lock)\n"
+        "import multiprocessing\n"
+        "print(callable(multiprocessing.Lock))\n")
+    assert out.split() == ["False", "True", "True"]
+    out = _run_isolated("import multiprocessing\nimport dovecot_appauth.entry\n"
+                        "dovecot_appauth.entry.in_login = True\nfrom dovecot_appauth.audit.sources import maxmind\n"
+                        "print(sys.modules['maxminddb.file'].Lock == multiprocessing.Lock)")
+    assert out.split() == ["True"]  # a process that has it keeps it
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_ptr_question_is_ipaddress_reverse_pointer(address):
+    from dovecot_appauth.audit.sources.rdns import ptr_question
+
+    expected = tuple(label.encode() for label in address.reverse_pointer.split("."))
+    assert ptr_question(str(address)) == expected
+    assert ptr_question(address.exploded) == expected
+
+
+def test_ptr_question_of_a_zone_or_a_non_address_is_ipaddress_s():
+    import ipaddress
+
+    from dovecot_appauth.audit.sources.rdns import ptr_question
+
+    zoned = "fe80::1%eth0"
+    try:  # Python 3.11's reverse_pointer refuses a zone: whatever it does, we do the same
+        expected = tuple(label.encode() for label in ipaddress.ip_address(zoned).reverse_pointer.split("."))
+    except ValueError:
+        with pytest.raises(ValueError):
+            ptr_question(zoned)
+    else:
+        assert ptr_question(zoned) == expected
+    for bad in ("198.51.100.256", "01.2.3.4", "", "example.com"):
+        with pytest.raises(ValueError):
+            ptr_question(bad)

@@ -26,16 +26,17 @@ def _import_reader() -> tuple[Any, Any, Any, Any]:
     """(Reader, Decoder, InvalidDatabaseError, MODE_MMAP) from maxminddb's own modules.
 
     The package's `__init__` imports `importlib.metadata` for its `__version__` (with it
-    email, zipfile, csv and pathlib: about half of a cold login's time) and only re-exports
-    what its submodules define. So when nothing has loaded the package (the per-login
-    program), the submodules are imported under a bare package module (the package's own
-    path, no `__init__` run) that is dropped right after: a later `import maxminddb` runs
-    its `__init__` as usual and finds the submodules loaded. If that fails (another
-    maxminddb layout), the package is imported the usual way.
+    email, zipfile, csv and pathlib: about a third of a cold login's time) and only
+    re-exports what its submodules define. So in the per-login program (entry.in_login),
+    which exits after its one login, the submodules are imported under a bare package
+    module (the package's own path, no `__init__` run) that is dropped right after. If
+    that fails (another maxminddb layout), and in every other process (serve, the CLI,
+    where the import cost does not matter), the package is imported the usual way.
     """
     import sys
 
-    if "maxminddb" not in sys.modules:
+    entry = sys.modules.get("dovecot_appauth.entry")
+    if "maxminddb" not in sys.modules and getattr(entry, "in_login", False):
         from importlib.machinery import PathFinder
 
         spec = PathFinder.find_spec("maxminddb")
@@ -44,6 +45,14 @@ def _import_reader() -> tuple[Any, Any, Any, Any]:
             shell.__path__ = list(spec.submodule_search_locations)
             shell.__package__ = "maxminddb"
             sys.modules["maxminddb"] = shell
+            # maxminddb.file takes multiprocessing's Lock, or threading's when that import
+            # fails; the lock is for systems without os.pread, and the memory-mapped reader
+            # never uses that class. multiprocessing (with socket, pickle, selectors) is a
+            # quarter of the rest of a cold login: blocked (None in sys.modules makes the
+            # import fail) while these modules load, so the package's own fallback is taken
+            blocked = "multiprocessing" not in sys.modules
+            if blocked:
+                sys.modules["multiprocessing"] = None  # type: ignore[assignment]
             try:
                 from maxminddb.const import MODE_MMAP
                 from maxminddb.decoder import Decoder
@@ -57,6 +66,8 @@ def _import_reader() -> tuple[Any, Any, Any, Any]:
             finally:
                 if sys.modules.get("maxminddb") is shell:
                     del sys.modules["maxminddb"]
+                if blocked and "multiprocessing" in sys.modules and sys.modules["multiprocessing"] is None:
+                    del sys.modules["multiprocessing"]
     import maxminddb
     from maxminddb.decoder import Decoder
 

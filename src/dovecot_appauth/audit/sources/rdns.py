@@ -23,12 +23,13 @@ sources/origin_as.py's TXT queries, an opt-in source.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 import struct
 import time
+from _socket import AF_INET, AF_INET6, SOCK_DGRAM, SOCK_STREAM
+from _socket import socket as _new_socket
 
+from ... import ipnum
 from ..facts import NO_PTR
 from . import SourceUnavailable
 
@@ -68,9 +69,7 @@ def system_nameservers(path: str = RESOLV_CONF) -> list[str]:
         tokens = line.split()
         if len(tokens) < 2 or tokens[0][0] in "#;" or tokens[0] != "nameserver":
             continue
-        try:
-            ipaddress.ip_address(tokens[1].split("%", 1)[0])
-        except ValueError:
+        if ipnum.address(tokens[1].split("%", 1)[0]) is None:
             continue  # dnspython skips what is not an address, too
         servers.append(tokens[1])
     if not servers:
@@ -115,8 +114,11 @@ def _udp_exchange(wire: bytes, where: tuple[str, int], family: int, end: float,
     that server that `accept` takes (returns not None); datagrams from elsewhere and those
     it does not take are ignored. `time_left` raises when the time is up; a socket that
     times out raises `timed_out`."""
-    server = ipaddress.ip_address(where[0].split("%", 1)[0])
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+    server = ipnum.address(where[0].split("%", 1)[0])
+    if server is None:
+        raise ValueError(f"{where[0]!r} does not appear to be an IPv4 or IPv6 address")
+    sock = _new_socket(family, SOCK_DGRAM)
+    try:
         sock.settimeout(time_left(end))
         sock.sendto(wire, where)
         while True:
@@ -125,17 +127,16 @@ def _udp_exchange(wire: bytes, where: tuple[str, int], family: int, end: float,
                 data, source = sock.recvfrom(65535)
             except TimeoutError:
                 raise timed_out from None
-            try:
-                if ipaddress.ip_address(source[0].split("%", 1)[0]) != server or source[1] != where[1]:
-                    continue  # not from the server we asked
-            except ValueError:
-                continue
+            if ipnum.address(source[0].split("%", 1)[0]) != server or source[1] != where[1]:
+                continue  # not from the server we asked
             answer = accept(data)
             if answer is not None:
                 return answer
+    finally:
+        sock.close()
 
 
-def _recv_exactly(sock: socket.socket, count: int, end: float, time_left: Callable[[float], float] = _left) -> bytes:
+def _recv_exactly(sock: _new_socket, count: int, end: float, time_left: Callable[[float], float] = _left) -> bytes:
     """`count` bytes from a TCP socket before `end`; `time_left` raises when the time is up
     (dnspython's Timeout for origin_as.py, _NoTime for the PTR lookup)."""
     data = b""
@@ -164,15 +165,17 @@ def _tcp_exchange(wire: bytes, where: tuple[str, int], family: int, end: float,
                   time_left: Callable[[float], float], timed_out: type[Exception]) -> bytes:
     """One TCP exchange with `where` until `end`: two-byte length prefix each way; the
     answer's bytes. `time_left` raises when the time is up; a socket time-out raises `timed_out`."""
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.settimeout(time_left(end))
-            sock.connect(where)
-            sock.sendall(struct.pack("!H", len(wire)) + wire)
-            (length,) = struct.unpack("!H", _recv_exactly(sock, 2, end, time_left))
-            return _recv_exactly(sock, length, end, time_left)
-        except TimeoutError:
-            raise timed_out from None
+    sock = _new_socket(family, SOCK_STREAM)
+    try:
+        sock.settimeout(time_left(end))
+        sock.connect(where)
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        (length,) = struct.unpack("!H", _recv_exactly(sock, 2, end, time_left))
+        return _recv_exactly(sock, length, end, time_left)
+    except TimeoutError:
+        raise timed_out from None
+    finally:
+        sock.close()
 
 
 def _ask(request: dns.message.Message, server: str, port: int, end: float) -> dns.message.Message:
@@ -180,7 +183,7 @@ def _ask(request: dns.message.Message, server: str, port: int, end: float) -> dn
     dnspython messages: for origin_as.py (lookup() below uses the stdlib exchange)."""
     import dns.message
 
-    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    family = AF_INET6 if ":" in server else AF_INET
     where = (server, port)
     wire = request.to_wire()
     try:
@@ -227,8 +230,20 @@ def _encode_name(labels: tuple[bytes, ...]) -> bytes:
 
 
 def ptr_question(ip: str) -> tuple[bytes, ...]:
-    """The labels of the reverse name of `ip` (in-addr.arpa / ip6.arpa)."""
-    return tuple(label.encode("ascii") for label in ipaddress.ip_address(ip).reverse_pointer.split("."))
+    """The PTR name of `ip` as labels: `ipaddress`'s `reverse_pointer`, from the integer
+    (ipnum) for a plain address; an address with a zone, or what is not an address (ValueError),
+    as `ipaddress` has it."""
+    addr = None if "%" in ip else ipnum.address(ip)
+    if addr is None:
+        import ipaddress
+
+        return tuple(label.encode("ascii") for label in ipaddress.ip_address(ip).reverse_pointer.split("."))
+    version, value = addr
+    if version == 4:
+        labels = [str((value >> shift) & 0xFF).encode("ascii") for shift in (0, 8, 16, 24)]
+        return (*labels, b"in-addr", b"arpa")
+    nibbles = [b"0123456789abcdef"[(value >> (4 * n)) & 0xF:][:1] for n in range(32)]
+    return (*nibbles, b"ip6", b"arpa")
 
 
 def ptr_query(qname: tuple[bytes, ...], query_id: int) -> bytes:
@@ -397,7 +412,7 @@ def lookup(ip: str, cfg: DnsConfig, timeout: float) -> str:
     wire = ptr_query(qname, query_id)
     failures: list[str] = []
     for server in servers:
-        family = socket.AF_INET6 if ":" in server else socket.AF_INET
+        family = AF_INET6 if ":" in server else AF_INET
         where = (server, cfg.port)
         try:
             answer = _udp_ptr(wire, query_id, qname, where, family, end)
