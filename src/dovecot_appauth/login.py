@@ -760,6 +760,10 @@ def _ask_serve(request: LoginRequest, config: Config, path: str, started: float)
     where = config.resolve(settings.socket)
     try:
         token = read_token(config.resolve(settings.token_file)) if settings.token_file else None
+    except TempFail as e:  # nothing sent: the login is checked here, as serve would have
+        _say(None, f"fast path: {e}: checking the login of {request.username} in-process")
+        return None
+    try:
         answer = ask(where, request, path, timeout=settings.timeout, token=token)
     except Unanswered as e:
         _say(None, f"fast path: serve at {where} {e}: checking the login of {request.username} in-process")

@@ -209,6 +209,12 @@ def test_serve_with_a_token_needs_the_token_file(site):
         without = login(config_without, "hank@example.com", created["password"])
         assert without.status == 0, without.stderr
         assert "refused the request (HTTP 401)" in without.stderr and FALLBACK in without.stderr
+        missing = other_config(site, "token-unreadable.toml",
+                               f'socket = "{sock}"\ntoken_file = "{site.run_dir / "absent.token"}"')
+        unread = login(missing, "hank@example.com", created["password"])
+        assert unread.status == 0, unread.stderr
+        assert f"fast path: [fast_path] token_file {site.run_dir / 'absent.token'}: No such file" in unread.stderr
+        assert FALLBACK in unread.stderr
         assert "fast-path-test-token" not in with_token.stderr + without.stderr
     finally:
         service.stop()
