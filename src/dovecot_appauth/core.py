@@ -198,7 +198,8 @@ class LoginRequest(Value):
 
 
 def _port(value: str | None) -> int | None:
-    if value is None or not value.isdigit():
+    # isascii too: "¹" is a digit to str.isdigit, not to int()
+    if value is None or not (value.isascii() and value.isdigit()):
         return None
     port = int(value)
     return port if 0 < port < 65536 else None

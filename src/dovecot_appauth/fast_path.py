@@ -113,13 +113,14 @@ def parse_answer(data: bytes) -> tuple[int, dict]:
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     status_text = rest[:3]
-    if not version.startswith("HTTP/1.") or not status_text.isdigit():
+    if not version.startswith("HTTP/1.") or not (status_text.isascii() and status_text.isdigit()):
         raise ValueError("not an HTTP answer")
     length = None
     for line in lines[1:]:
         name, _, value = line.partition(":")
         if name.strip().lower() == "content-length":
-            length = int(value.strip()) if value.strip().isdigit() else -1
+            text = value.strip()
+            length = int(text) if text.isascii() and text.isdigit() else -1
         elif name.strip().lower() == "transfer-encoding":
             raise ValueError("chunked answer")  # serve's JSON answers carry a Content-Length
     if length is None or length < 0 or len(body) < length:

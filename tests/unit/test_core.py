@@ -224,7 +224,8 @@ def test_read_environment_remote_ip_fallback_and_missing():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1", 1), ("65535", 65535), ("0", None), ("65536", None), ("abc", None), ("-5", None), ("", None)],
+    [("1", 1), ("65535", 65535), ("0", None), ("65536", None), ("abc", None), ("-5", None), ("", None),
+     ("¹", None), ("١٢٣", None)],  # Unicode digits: isdigit() says yes, int() says no (or another number)
 )
 def test_read_environment_ports(value, expected):
     req = read_environment(_creds(), {"TCPREMOTEPORT": value, "TCPLOCALPORT": value})

@@ -126,7 +126,9 @@ class Engine:
         if request.remote_ip:
             now = time.monotonic()
             if len(self._throttled) >= THROTTLE_MEMO_MAX:
-                self._throttled = {k: v for k, v in self._throttled.items() if v[0] >= now}
+                # list(): a copy taken at once (under the GIL), so threads adding entries
+                # meanwhile cannot change the dict while it is walked
+                self._throttled = {k: v for k, v in list(self._throttled.items()) if v[0] >= now}
                 if len(self._throttled) >= THROTTLE_MEMO_MAX:
                     self._throttled = {}
             self._throttled[(request.username.lower(), request.remote_ip)] = (now + THROTTLE_MEMO_SECONDS, answer)
