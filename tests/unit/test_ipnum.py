@@ -239,13 +239,14 @@ def _ref_address_unmapped(ip: str):
 
 
 def _ref_in(addr, networks):
+    """[audit] ignore/local/global_networks: what the config check accepts
+    (`ip_network(strict=False)`: a prefix length, a netmask or a hostmask) is what matches."""
     for text in networks:
-        ref = _ref_parse_network(text.strip())
-        if isinstance(ref, str):
+        try:
+            network = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
             continue
-        version, net, prefix = ref[0]
-        shift = (32 if version == 4 else 128) - prefix
-        if version == addr.version and int(addr) >> shift == net >> shift:
+        if network.version == addr.version and addr in network:
             return text
     return None
 
@@ -271,7 +272,8 @@ network_text = st.one_of(
     st.tuples(any_addr.flatmap(_texts), st.just("/"), st.integers(0, 128).map(str)).map("".join),
     any_addr.flatmap(_texts),
     st.sampled_from(["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32", "::ffff:0:0/96", "0.0.0.0/0", "::/0",
-                     "fe80::1%eth0/64", "bogus", "10.0.0.0/255.0.0.0"]),
+                     "fe80::1%eth0/64", "bogus", "10.0.0.0/255.0.0.0", "198.51.100.0/0.0.0.255",
+                     "198.51.100.0/255.255.255.0"]),
 )
 networks = st.lists(network_text, max_size=4)
 client = st.one_of(address_text, st.tuples(address_text, zone).map("".join), junk)
@@ -284,6 +286,8 @@ client = st.one_of(address_text, st.tuples(address_text, zone).map("".join), jun
 @example("fe80::1%eth0", [], ["fe80::/10"], [])
 @example("100.64.1.1", [], [], [])
 @example("192.0.0.9", [], [], [])
+@example("198.51.100.7", [], [], ["198.51.100.0/255.255.255.0"])  # a netmask: global (was: never matched)
+@example("198.51.100.7", ["198.51.100.0/0.0.0.255"], [], [])  # a hostmask
 def test_classify_source_as_before(ip, ignore, local, global_):
     audit = AuditConfig(ignore_networks=tuple(ignore), local_networks={n: f"name{i}" for i, n in enumerate(local)},
                         global_networks=tuple(global_))

@@ -35,9 +35,9 @@ import math
 
 from ..ipnum import address as ip_address
 from ..ipnum import is_global, is_mapped, unmapped
+from ..ipnum import network as ip_network
 from ..ipnum import text as address_text
 from ..values import Choice, Value
-from .lists import parse_network
 from .patterns import regex_fullmatch
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
@@ -176,9 +176,12 @@ def _address(ip: str) -> tuple[int, int] | None:
 
 
 def _in_networks(addr: tuple[int, int], networks: Iterable[str]) -> str | None:
+    """The first of `networks` ([audit] ignore/local/global_networks) holding `addr`. Read
+    as the config check reads them (`ipnum.network`, i.e. `ip_network(strict=False)`: a
+    prefix length, a netmask or a hostmask), so that what check-config accepts matches."""
     for text in networks:
         try:
-            (version, net, prefix), _warning = parse_network(text.strip())
+            version, net, prefix = ip_network(text.strip())
         except ValueError:
             continue  # reported by check-config
         if _network_contains(version, net, prefix, addr):
