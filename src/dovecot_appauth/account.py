@@ -218,8 +218,11 @@ def _ask_ldap(username: str, config: Config, deadline: float) -> AccountAnswer:
         try:
             conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
             conn.set_option(ldap.OPT_REFERRALS, 0)  # a referral would go to a host nobody configured
-            # connect (OPT_NETWORK_TIMEOUT) and every answer (OPT_TIMEOUT, conn.timeout) under the deadline
-            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, left())
+            # connect (OPT_NETWORK_TIMEOUT) and every answer (OPT_TIMEOUT, conn.timeout) under the
+            # deadline; libldap gives each URI of the list the whole connect time-out, so it is
+            # shared among them (three unreachable servers took three deadlines)
+            uris = max(1, len((settings.uri or "").split()))
+            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, left() / uris)
             conn.set_option(ldap.OPT_TIMEOUT, left())
             conn.timeout = left()
             conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)

@@ -386,7 +386,8 @@ FIELDS: tuple[tuple[str, str, tuple[tuple[str, str, Any, Any, str, str], ...]], 
     )),
     ("account.ldap", "", (
         ("uri", "str", None, None,
-         "ldap://host[:port] or ldaps://host[:port]; several, space-separated, are tried in turn.",
+         "ldap://host[:port] or ldaps://host[:port]; several, space-separated, are tried in turn\n"
+         "within the one [account] timeout (each gets its share to connect).",
          '# uri = "ldaps://ldap.example.com"'),
         ("basedn", "str", None, None, "", '# basedn = "ou=users,dc=example,dc=com"'),
         ("filter", "str", "(uid=%u)", None,  # upstream's search: uid = the login name

@@ -136,6 +136,50 @@ def test_ldap_hanging_server_ends_at_the_deadline(tmp_path, slapd):
     assert elapsed < 2.0 + 1.5, elapsed
 
 
+class FullBacklog:
+    """A TCP port whose accept queue is full: the kernel drops new SYNs, so a connect hangs
+    (an LDAP server that is down behind a firewall that drops, seen from loopback)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(0)
+        self.port = self.server.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", self.port))
+            except BlockingIOError:
+                pass
+            self.fillers.append(filler)
+        time.sleep(0.1)
+
+    def close(self) -> None:
+        for sock in (*self.fillers, self.server):
+            sock.close()
+
+
+def test_several_ldap_uris_share_one_deadline(tmp_path, slapd):
+    """libldap tries each URI with the connect time-out it is given: three unreachable
+    servers must not take three deadlines."""
+    ports = [FullBacklog() for _ in range(3)]
+    try:
+        uri = " ".join(f"ldap://127.0.0.1:{p.port}" for p in ports)
+        config = ldap_config(tmp_path, slapd, cache=False, uri=uri)  # [account] timeout = 2
+        start = time.monotonic()
+        with pytest.raises(TempFail):
+            account.check_account("alice@example.com", config, now=NOW)
+        elapsed = time.monotonic() - start
+    finally:
+        for p in ports:
+            p.close()
+    assert elapsed < 2.0 + 1.0, elapsed  # was 3 x 2 s
+
+
 def test_ldap_starttls_and_ldaps_verify_the_server(tmp_path, slapd):
     ok_starttls = ldap_config(tmp_path, slapd, cache=False, starttls=True, ca_file=str(slapd.cert))
     assert account.check_account("alice@example.com", ok_starttls, now=NOW).active
