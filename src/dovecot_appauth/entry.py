@@ -13,12 +13,11 @@ dependency), Python would print a traceback and exit 1, which Dovecot reads as
 import os
 import sys
 
-in_login = False  # True in the per-login program, which exits after its one login (sources/maxmind.py)
-
 
 def checkpassword() -> None:
-    global in_login
-    in_login = True
+    import dovecot_appauth
+
+    dovecot_appauth.per_login_process = True  # sources/maxmind.py: this process ends after one login
     # No cyclic garbage collection in this short process: the collections that imports
     # trigger (gen 0/1/2 over every new class, function and code object) were ~3 % of a
     # warm login's instructions, and os._exit ends the process right after the answer.

@@ -216,7 +216,7 @@ COLD_FORBIDDEN = ["dns", "sqlalchemy", "geoip2", "ipwhois", "whoisit", "pymysql"
                   "urllib.request", "urllib.error", "http", "ssl", "_ssl",
                   "dovecot_appauth.cli.schema", "dovecot_appauth.cli.main",
                   # maxminddb's reader modules without its package __init__ (sources/maxmind.py)
-                  "importlib.metadata", "email", "zipfile", "csv", "multiprocessing"]
+                  "importlib.metadata", "email", "zipfile", "csv"]
 
 
 def test_installed_program_cold_login_imports_no_dnspython(tmp_path, dns_server, rdap_server):

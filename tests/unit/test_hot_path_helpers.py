@@ -294,7 +294,7 @@ def test_maxmind_source_loads_maxminddbs_reader_without_its_package_init():
     imports importlib.metadata); the bare package it used is gone, so a later `import
     maxminddb` is the whole package, with the same classes."""
     out = _run_isolated(
-        "import dovecot_appauth.entry\ndovecot_appauth.entry.in_login = True\n"
+        "import dovecot_appauth\ndovecot_appauth.per_login_process = True\n"
         "from dovecot_appauth.audit.sources import maxmind\n"
         "print('importlib.metadata' in sys.modules, 'maxminddb' in sys.modules, maxmind.MODE_MMAP)\n"
         "import maxminddb\n"
@@ -317,27 +317,10 @@ def test_maxmind_source_imports_the_package_when_its_layout_is_another(tmp_path)
     fake.mkdir()
     (fake / "__init__.py").write_text("Reader = 'package-reader'\nInvalidDatabaseError = ValueError\nMODE_MMAP = 7\n")
     (fake / "decoder.py").write_text("Decoder = 'package-decoder'\n")
-    out = _run_isolated("import dovecot_appauth.entry\ndovecot_appauth.entry.in_login = True\n"
+    out = _run_isolated("import dovecot_appauth\ndovecot_appauth.per_login_process = True\n"
                         "from dovecot_appauth.audit.sources import maxmind\n"
                         "print(maxmind.Reader, maxmind.Decoder, maxmind.MODE_MMAP)", str(tmp_path))
     assert out.split() == ["package-reader", "package-decoder", "7"]
-
-
-def test_maxminddb_takes_its_own_lock_fallback_and_multiprocessing_stays_importable():
-    """While maxminddb's modules load for a login, multiprocessing is blocked (its file
-    module then takes threading's lock, used only without os.pread); afterwards it imports."""
-    out = _run_isolated(
-        "import dovecot_appauth.entry\ndovecot_appauth.entry.in_login = True\n"
-        "from dovecot_appauth.audit.sources import maxmind\n"
-        "import _thread\nfile = sys.modules['maxminddb.file']\n"
-        "print('multiprocessing' in sys.modules, file.Lock is _thread.allocate_lock)\n"
-        "import multiprocessing\n"
-        "print(callable(multiprocessing.Lock))\n")
-    assert out.split() == ["False", "True", "True"]
-    out = _run_isolated("import multiprocessing\nimport dovecot_appauth.entry\n"
-                        "dovecot_appauth.entry.in_login = True\nfrom dovecot_appauth.audit.sources import maxmind\n"
-                        "print(sys.modules['maxminddb.file'].Lock == multiprocessing.Lock)")
-    assert out.split() == ["True"]  # a process that has it keeps it
 
 
 @given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))

@@ -27,7 +27,7 @@ def _import_reader() -> tuple[Any, Any, Any, Any]:
 
     The package's `__init__` imports `importlib.metadata` for its `__version__` (with it
     email, zipfile, csv and pathlib: about a third of a cold login's time) and only
-    re-exports what its submodules define. So in the per-login program (entry.in_login),
+    re-exports what its submodules define. So in the per-login program (`per_login_process`),
     which exits after its one login, the submodules are imported under a bare package
     module (the package's own path, no `__init__` run) that is dropped right after. If
     that fails (another maxminddb layout), and in every other process (serve, the CLI,
@@ -35,8 +35,9 @@ def _import_reader() -> tuple[Any, Any, Any, Any]:
     """
     import sys
 
-    entry = sys.modules.get("dovecot_appauth.entry")
-    if "maxminddb" not in sys.modules and getattr(entry, "in_login", False):
+    from ... import per_login_process
+
+    if "maxminddb" not in sys.modules and per_login_process:
         from importlib.machinery import PathFinder
 
         spec = PathFinder.find_spec("maxminddb")
@@ -45,14 +46,6 @@ def _import_reader() -> tuple[Any, Any, Any, Any]:
             shell.__path__ = list(spec.submodule_search_locations)
             shell.__package__ = "maxminddb"
             sys.modules["maxminddb"] = shell
-            # maxminddb.file takes multiprocessing's Lock, or threading's when that import
-            # fails; the lock is for systems without os.pread, and the memory-mapped reader
-            # never uses that class. multiprocessing (with socket, pickle, selectors) is a
-            # quarter of the rest of a cold login: blocked (None in sys.modules makes the
-            # import fail) while these modules load, so the package's own fallback is taken
-            blocked = "multiprocessing" not in sys.modules
-            if blocked:
-                sys.modules["multiprocessing"] = None  # type: ignore[assignment]
             try:
                 from maxminddb.const import MODE_MMAP
                 from maxminddb.decoder import Decoder
@@ -66,8 +59,6 @@ def _import_reader() -> tuple[Any, Any, Any, Any]:
             finally:
                 if sys.modules.get("maxminddb") is shell:
                     del sys.modules["maxminddb"]
-                if blocked and "multiprocessing" in sys.modules and sys.modules["multiprocessing"] is None:
-                    del sys.modules["multiprocessing"]
     import maxminddb
     from maxminddb.decoder import Decoder
 
