@@ -40,6 +40,10 @@ class Unanswered(Exception):
     """serve did not take the request: check the login in-process (the message says why)."""
 
 
+class _Untrusted(Exception):
+    """The process on the socket may not be given a password (`untrusted_peer` says why)."""
+
+
 class Answer:
     """What serve decided: `result` ok | fail | tempfail, the user and the userdb fields
     of a success, and whether a tempfail was the limiter's (the program then keeps its
@@ -176,14 +180,49 @@ def read_token(path: str) -> str:
     return token
 
 
+def peer_uid(sock: object) -> int:
+    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED:
+    the kernel's word, which that process cannot fake)."""
+    import sys
+    from _socket import SO_PEERCRED, SOL_SOCKET
+
+    data = sock.getsockopt(SOL_SOCKET, SO_PEERCRED, 12)  # type: ignore[attr-defined]  # pid, uid, gid
+    return int.from_bytes(data[4:8], sys.byteorder)
+
+
+def untrusted_peer(sock: object, socket_path: str) -> str | None:
+    """Why the process that accepted on `socket_path` may not be given a password, or None.
+
+    It must run as root or as this program's user (Dovecot runs both as `dovecot`; a
+    login tried by hand as root may ask a serve of any user), and the socket's directory
+    must belong to root or to it and be writable by nobody else: otherwise another local
+    user could have put a socket of their own there first (in /tmp, say) and collected
+    the passwords."""
+    uid = peer_uid(sock)
+    euid = os.geteuid()
+    if uid not in (0, euid) and euid != 0:
+        return f"it runs as uid {uid}, neither root nor this program's uid {euid}"
+    directory = os.path.dirname(os.path.abspath(socket_path))
+    st = os.stat(directory)
+    if st.st_uid not in (0, uid):
+        return f"its directory {directory} belongs to uid {st.st_uid}, not to root or to serve's uid {uid}"
+    if st.st_mode & 0o022:
+        return f"its directory {directory} is writable by others (mode {st.st_mode & 0o7777:04o})"
+    return None
+
+
 def exchange(socket_path: str, data: bytes, timeout: float) -> tuple[int, dict]:
-    """One request and its parsed answer (for `check-config`); OSError or ValueError."""
+    """One request and its parsed answer (for `check-config`); OSError or ValueError, and
+    _Untrusted when the peer is not trusted (`untrusted_peer`)."""
     from _socket import AF_UNIX, SOCK_STREAM, socket
 
     sock = socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(socket_path)
+        distrust = untrusted_peer(sock, socket_path)
+        if distrust:
+            raise _Untrusted(distrust)
         sock.sendall(data)
         chunks = []
         while chunk := sock.recv(16384):
@@ -201,6 +240,8 @@ def check(socket_path: str, config_file: str, token: str | None = None, timeout:
         head += f"Authorization: Bearer {token}\r\n"
     try:
         status, body = exchange(socket_path, (head + "\r\n").encode("latin-1"), timeout)
+    except _Untrusted as e:
+        return f"is not trusted: {e}: logins would be checked in-process"
     except OSError as e:
         return f"cannot be reached ({e.strerror or type(e).__name__}): every login is checked in-process and says so"
     except ValueError as e:
@@ -234,6 +275,9 @@ def ask(socket_path: str, request: LoginRequest, config_file: str, *, timeout: f
             sock.connect(socket_path)
         except OSError as e:  # ENOENT, ECONNREFUSED, EACCES, a full backlog's time-out
             raise Unanswered(f"cannot be reached ({e.strerror or type(e).__name__})") from None
+        distrust = untrusted_peer(sock, socket_path)
+        if distrust:  # before a byte of the password is sent
+            raise Unanswered(f"is not trusted: {distrust}")
         deadline = time.monotonic() + timeout
         chunks: list[bytes] = []
         size = 0

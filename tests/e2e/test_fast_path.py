@@ -310,3 +310,85 @@ def test_check_config_says_whether_logins_take_the_fast_path(site, served):
     absent = other_config(site, "check-absent.toml", f'socket = "{site.run_dir / "absent.sock"}"')
     out = run_cli(absent, "check-config", "--service-user", "dovecot", "--no-dovecot").stdout
     assert "serve cannot be reached (No such file or directory): every login is checked in-process" in out, out
+
+
+IMPOSTOR = r"""
+import os, socket, sys
+path, got = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+os.chmod(path, 0o777)
+srv.listen(8)
+srv.settimeout(20)
+print("ready", flush=True)
+try:
+    while True:
+        conn, _ = srv.accept()
+        conn.settimeout(2)
+        data = b""
+        try:
+            while chunk := conn.recv(4096):
+                data += chunk
+        except OSError:
+            pass
+        with open(got, "ab") as f:
+            f.write(data)
+        body = b'{"result":"ok","user":"nina@example.com","fields":{}}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        conn.close()
+except OSError:
+    pass
+"""
+
+
+def _impostor(directory: Path, user: str | None):
+    import subprocess
+    import sys
+
+    sock, got = directory / "serve.sock", directory / "received"
+    proc = subprocess.Popen([sys.executable, "-c", IMPOSTOR, str(sock), str(got)], stdout=subprocess.PIPE,
+                            user=user, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, sock, got
+
+
+def test_a_socket_of_another_user_gets_no_password(site, tmp_path):
+    """Someone else's process on the socket (another user's, or in a directory others can
+    write, where anyone could have put it first) is not trusted: the password is never sent
+    and the login is checked in-process."""
+    import pwd
+
+    created = site.create_password("nina@example.com")
+    nobody = pwd.getpwnam("nobody")
+    directory = site.dir / "impostor"
+    directory.mkdir()
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    proc, sock, got = _impostor(directory, "nobody")
+    try:
+        config = other_config(site, "impostor.toml", f'socket = "{sock}"')
+        result = run_checkpassword(config, request_bytes("nina@example.com", created["password"]),
+                                   env=dovecot_env(ALLOWED_IP), user="dovecot")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result.status == 0, result.stderr
+    assert f"fast path: serve at {sock} is not trusted: it runs as uid {nobody.pw_uid}, neither root nor " \
+           "this program's uid" in result.stderr and FALLBACK in result.stderr, result.stderr
+    assert not got.exists() or got.read_bytes() == b""  # nothing was sent to it
+
+    # a directory every user may write (as /tmp): even root's own process there is not
+    # trusted, someone could have made the socket first
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    proc, sock, got = _impostor(shared, None)
+    try:
+        config = other_config(site, "shared.toml", f'socket = "{sock}"')
+        result = login(config, "nina@example.com", created["password"])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result.status == 0, result.stderr
+    assert f"is not trusted: its directory {shared} is writable by others (mode 1777)" in result.stderr
+    assert not got.exists() or got.read_bytes() == b""
+    assert created["password"] not in result.stderr
