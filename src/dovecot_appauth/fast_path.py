@@ -198,12 +198,15 @@ def untrusted_peer(sock: object, socket_path: str) -> str | None:
     must belong to root or to it and be writable by nobody else: otherwise another local
     user could have put a socket of their own there first (in /tmp, say) and collected
     the passwords."""
-    uid = peer_uid(sock)
+    directory = os.path.dirname(os.path.abspath(socket_path))
+    try:
+        uid = peer_uid(sock)
+        st = os.stat(directory)
+    except OSError as e:
+        return f"cannot tell who listens there ({e.strerror or type(e).__name__})"
     euid = os.geteuid()
     if uid not in (0, euid) and euid != 0:
         return f"it runs as uid {uid}, neither root nor this program's uid {euid}"
-    directory = os.path.dirname(os.path.abspath(socket_path))
-    st = os.stat(directory)
     if st.st_uid not in (0, uid):
         return f"its directory {directory} belongs to uid {st.st_uid}, not to root or to serve's uid {uid}"
     if st.st_mode & 0o022:

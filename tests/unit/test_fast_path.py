@@ -135,3 +135,17 @@ def test_token_file(tmp_path):
         fast_path.read_token(str(path))
     with pytest.raises(TempFail, match="No such file"):
         fast_path.read_token(str(tmp_path / "absent"))
+
+
+def test_a_peer_that_cannot_be_checked_is_not_trusted(tmp_path):
+    """untrusted_peer never raises: what it cannot check is a reason not to send the password."""
+    import socket
+
+    left, right = socket.socketpair()
+    try:
+        # a socket path whose directory is gone: the check cannot stat it
+        reason = fast_path.untrusted_peer(left, str(tmp_path / "gone" / "serve.sock"))
+    finally:
+        left.close()
+        right.close()
+    assert reason is not None and reason.startswith("cannot tell who listens there")
