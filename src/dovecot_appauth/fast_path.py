@@ -18,8 +18,8 @@ A request sent but not answered within the timeout, or answered with something t
 not an answer, may have been decided already: `TempFail` (111), never a guess.
 
 `encode_request` and `parse_answer` are pure (bytes in, values out); `ask` does the I/O.
-Only the standard library's C modules are loaded (`_socket`, `_json`): no `socket`
-(its `enum`), no `json` (its `re`), no `http.client`.
+Only the standard library's C modules are loaded (`_socket`, and `_json` through
+cjson.py): no `socket` (its `enum`), no `json` (its `re`), no `http.client`.
 """
 
 from __future__ import annotations
@@ -59,54 +59,20 @@ class Answer:
         self.throttled = throttled
 
 
-def _quote(text: str) -> str:
-    from _json import encode_basestring_ascii
-
-    return encode_basestring_ascii(text)
-
-
 def encode_request(request: LoginRequest, config_file: str, token: str | None = None) -> bytes:
     """The HTTP/1.1 POST /verify that asks serve to decide `request` (one request per
     connection). `config_file`: serve answers 409 unless it runs the same file."""
-    members = [("user", request.username), ("password", request.password or ""), ("service", request.service),
-               ("remote_ip", request.remote_ip), ("local_ip", request.local_ip),
-               ("remote_port", request.remote_port), ("local_port", request.local_port),
-               ("config", os.path.realpath(config_file))]
-    body = "{" + ",".join(
-        f"{_quote(name)}:{'null' if value is None else value if type(value) is int else _quote(value)}"
-        for name, value in members) + "}"
-    data = body.encode("ascii")  # encode_basestring_ascii escaped every non-ASCII character
+    from .cjson import dumps
+
+    body = {"user": request.username, "password": request.password or "", "service": request.service,
+            "remote_ip": request.remote_ip, "local_ip": request.local_ip, "remote_port": request.remote_port,
+            "local_port": request.local_port, "config": os.path.realpath(config_file)}
+    data = dumps(body).encode("ascii")  # ASCII: every other character is escaped
     head = ("POST /verify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n")
     if token:
         head += f"Authorization: Bearer {token}\r\n"
     return head.encode("latin-1") + b"\r\n" + data
-
-
-class _Decoder:
-    """The context `_json.make_scanner` reads (json.decoder.JSONDecoder's attributes)."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-
-    @staticmethod
-    def parse_constant(name: str) -> float:
-        raise ValueError(f"{name} is not JSON")
-
-
-def _decode_json(text: str) -> object:
-    from _json import make_scanner
-
-    try:
-        value, end = make_scanner(_Decoder())(text, 0)
-    except StopIteration:
-        raise ValueError("not JSON") from None
-    if text[end:].strip():
-        raise ValueError("data after the JSON value")
-    return value
 
 
 def parse_answer(data: bytes) -> tuple[int, dict]:
@@ -129,8 +95,10 @@ def parse_answer(data: bytes) -> tuple[int, dict]:
             raise ValueError("chunked answer")  # serve's JSON answers carry a Content-Length
     if length is None or length < 0 or len(body) < length:
         raise ValueError("answer without its whole body")
+    from .cjson import loads_finite
+
     try:
-        value = _decode_json(body[:length].decode("utf-8"))
+        value = loads_finite(body[:length].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ValueError(f"answer is not JSON ({e})") from None
     if type(value) is not dict:

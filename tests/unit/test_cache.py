@@ -291,13 +291,13 @@ _json_values = st.recursive(
 @settings(max_examples=500, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), _json_values, max_size=5))
 def test_cache_json_encoder_writes_what_json_dumps_writes(value):
-    from dovecot_appauth.audit.cache import _json_dumps
+    from dovecot_appauth.cjson import dumps as _json_dumps
 
     assert _json_dumps(value) == json.dumps(value, separators=(",", ":"))
 
 
 def test_cache_json_encoder_errors_are_json_dumps_errors():
-    from dovecot_appauth.audit.cache import _json_dumps
+    from dovecot_appauth.cjson import dumps as _json_dumps
 
     for bad in ({"a": {1, 2}}, {"a": object()}, {1j: 1}):
         with pytest.raises(TypeError) as ours:

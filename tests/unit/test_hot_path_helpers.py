@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dovecot_appauth.audit.cache import Negative, _json_loads
+from dovecot_appauth.audit.cache import Negative
 from dovecot_appauth.audit.lists import Entry
 from dovecot_appauth.audit.sources import SourceUnavailable
 from dovecot_appauth.audit.sources.rdns import system_nameservers
+from dovecot_appauth.cjson import loads as _json_loads
 from dovecot_appauth.config import AuditConfig, Config, Problem
 from dovecot_appauth.core import Credentials, LoginRequest, Mode
 from dovecot_appauth.dsn import parse_dsn
@@ -42,7 +43,7 @@ def test__json_loads_raises_what_json_loads_raises(text):
 
 def test__json_loads_error_in_a_fresh_process():
     """The C scanner can only raise its error once json.decoder is imported: never a SystemError."""
-    code = ("import sys; from dovecot_appauth.audit.cache import _json_loads\n"
+    code = ("import sys; from dovecot_appauth.cjson import loads as _json_loads\n"
             "assert 'json' not in sys.modules\n"
             "assert _json_loads('{\"a\":[1]}') == {'a': [1]} and 'json' not in sys.modules\n"
             "try:\n    _json_loads('{not json')\nexcept ValueError as e:\n    print(type(e).__name__)\n")
@@ -348,3 +349,40 @@ def test_ptr_question_of_a_zone_or_a_non_address_is_ipaddress_s():
     for bad in ("198.51.100.256", "01.2.3.4", "", "example.com"):
         with pytest.raises(ValueError):
             ptr_question(bad)
+
+
+def _finite_reference(text: str):
+    def refuse(name: str) -> float:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("text", [t for t in JSON_CASES if "NaN" not in t])
+def test_loads_finite_is_json_loads(text):
+    from dovecot_appauth.cjson import loads_finite
+
+    assert repr(loads_finite(text)) == repr(_finite_reference(text))
+
+
+@pytest.mark.parametrize("text", [*JSON_BAD, '{"a":NaN}', "Infinity", '[1,-Infinity]'])
+def test_loads_finite_raises_what_json_loads_raises(text):
+    from dovecot_appauth.cjson import loads_finite
+
+    with pytest.raises(ValueError) as ours:
+        loads_finite(text)
+    with pytest.raises(ValueError) as theirs:
+        _finite_reference(text)
+    assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+
+
+def test_fast_path_answer_that_is_not_json_in_a_fresh_process():
+    """What the per-login program meets: serve's answer parsed before `json` was ever
+    imported. A malformed body is a ValueError (the fast path's temporary failure), never
+    the C scanner's SystemError."""
+    code = ("import sys; from dovecot_appauth.fast_path import parse_answer\n"
+            "assert 'json' not in sys.modules\n"
+            "try:\n    parse_answer(b'HTTP/1.1 200 OK\\r\\ncontent-length: 9\\r\\n\\r\\n{not json')\n"
+            "except ValueError as e:\n    print(type(e).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ValueError"

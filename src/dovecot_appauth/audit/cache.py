@@ -16,7 +16,7 @@ writes; a short busy timeout bounds how long any login waits. The file appears r
 lock across fsyncs that the others would wait for. Every sqlite or OS problem becomes
 `CacheUnavailable`, and the caller carries on without a cache.
 
-Stdlib only (_sqlite3, _json, os): this module is imported on every audited login.
+Stdlib only (_sqlite3, os, and _json through cjson.py): this module is imported on every audited login.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from __future__ import annotations
 import _sqlite3 as sqlite3
 import _thread
 import os
+
+from ..cjson import dumps as json_dumps
+from ..cjson import loads as json_loads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -46,90 +49,6 @@ CREATE TABLE IF NOT EXISTS entry (
     PRIMARY KEY (source, key)
 ) WITHOUT ROWID;
 """
-
-
-def _json_decoder() -> Any:
-    """A `json.loads` that does not import the `json` package on a warm login.
-
-    `json` imports `re` and compiles five patterns at import (~2 ms a login); decoding
-    our compact values needs none of that: the C scanner `json.loads` itself runs is in
-    `_json`. The context holds exactly the options `json.JSONDecoder()` passes it by
-    default. Anything but a clean parse of the whole text (malformed JSON, whose error
-    the C scanner can only raise once `json.decoder` is imported; trailing data) is
-    handed to the real `json.loads`, so results and errors are always its own. Without
-    `_json` (not CPython) this is `json.loads`.
-    """
-    try:
-        from _json import make_scanner
-    except ImportError:
-        from json import loads
-
-        return loads
-
-    class _Defaults:  # the attributes the C scanner reads from json.JSONDecoder()
-        strict = True
-        object_hook = None
-        object_pairs_hook = None
-        parse_float = float
-        parse_int = int
-        parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
-
-    scan = make_scanner(_Defaults())
-
-    def loads(text: str) -> Any:
-        try:
-            value, end = scan(text, 0)
-            if end == len(text):
-                return value
-        except Exception:  # noqa: S110 - json.loads below gives the real error
-            pass
-        import json
-
-        return json.loads(text)
-
-    return loads
-
-
-_json_loads = _json_decoder()
-
-
-def _json_encoder() -> Any:
-    """`json.dumps(value, separators=(",", ":"))` without importing `json` (and the `re` it
-    imports) on a cold login: the C encoder `json.dumps` itself runs, from `_json`, made with
-    the arguments `json.JSONEncoder(separators=(",", ":"))` gives it. Anything it cannot
-    encode is handed to the real `json.dumps`, so errors are always its own. Without `_json`
-    (not CPython) this is `json.dumps`.
-    """
-    try:
-        from _json import encode_basestring_ascii, make_encoder
-    except ImportError:
-        def dumps(value: Any) -> str:
-            import json
-
-            return json.dumps(value, separators=(",", ":"))
-
-        return dumps
-
-    def default(o: Any) -> Any:
-        raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
-
-    def dumps(value: Any) -> str:
-        if type(value) is dict:
-            try:
-                # markers (check_circular), default, encoder (ensure_ascii), indent,
-                # key_separator, item_separator, sort_keys, skipkeys, allow_nan
-                return "".join(make_encoder({}, default, encode_basestring_ascii, None, ":", ",",
-                                            False, False, True)(value, 0))
-            except Exception:  # noqa: S110 - json.dumps below gives the real error
-                pass
-        import json
-
-        return json.dumps(value, separators=(",", ":"))
-
-    return dumps
-
-
-_json_dumps = _json_encoder()
 
 
 class CacheUnavailable(Exception):
@@ -343,7 +262,7 @@ class IpCache:
             ).fetchall()
             out: dict[tuple[str, str], dict | Negative] = {}
             for source, key, ok, value, stored in rows:
-                data = _json_loads(value)
+                data = json_loads(value)
                 if not isinstance(data, dict):
                     raise ValueError(f"entry {source}/{key} is not a JSON object")
                 out[(source, key)] = data if ok else Negative(
@@ -364,7 +283,7 @@ class IpCache:
         if not rows:
             return
         data = [
-            (source, key, int(ok), _json_dumps(value), now,
+            (source, key, int(ok), json_dumps(value), now,
              None if ttl is None else now + ttl)
             for source, key, value, ttl, ok in rows
         ]
