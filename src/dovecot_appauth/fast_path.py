@@ -30,6 +30,8 @@ from .core import TempFail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .core import LoginRequest
 
 CONNECT_TIMEOUT = 1.0  # seconds: a listening serve accepts at once; past this it is stuck
@@ -182,9 +184,9 @@ def untrusted_peer(sock: object, socket_path: str) -> str | None:
     return None
 
 
-def exchange(socket_path: str, data: bytes, timeout: float) -> tuple[int, dict]:
-    """One request and its parsed answer (for `check-config`); OSError or ValueError, and
-    _Untrusted when the peer is not trusted (`untrusted_peer`)."""
+def _connect(socket_path: str, timeout: float) -> Any:
+    """A connected socket to the process on `socket_path`, once `untrusted_peer` found no
+    reason not to talk to it. OSError when it cannot be reached; _Untrusted."""
     from _socket import AF_UNIX, SOCK_STREAM, socket
 
     sock = socket(AF_UNIX, SOCK_STREAM)
@@ -192,15 +194,47 @@ def exchange(socket_path: str, data: bytes, timeout: float) -> tuple[int, dict]:
         sock.settimeout(timeout)
         sock.connect(socket_path)
         distrust = untrusted_peer(sock, socket_path)
-        if distrust:
+        if distrust:  # before a byte is sent
             raise _Untrusted(distrust)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _receive(sock: Any, deadline: float) -> bytes:
+    """Everything until the other end closes, by `deadline` (monotonic): TimeoutError when
+    late, ValueError past MAX_ANSWER bytes, OSError when the connection breaks."""
+    import time
+
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
+        chunk = sock.recv(16384)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise ValueError(f"more than {MAX_ANSWER} bytes")
+
+
+def exchange(socket_path: str, data: bytes, timeout: float) -> tuple[int, dict]:
+    """One request and its parsed answer (for `check-config`); OSError or ValueError, and
+    _Untrusted when the peer is not trusted (`untrusted_peer`)."""
+    import time
+
+    sock = _connect(socket_path, timeout)
+    try:
         sock.sendall(data)
-        chunks = []
-        while chunk := sock.recv(16384):
-            chunks.append(chunk)
+        answer = _receive(sock, time.monotonic() + timeout)
     finally:
         sock.close()
-    return parse_answer(b"".join(chunks))
+    return parse_answer(answer)
 
 
 def check(socket_path: str, config_file: str, token: str | None = None, timeout: float = 3.0) -> str | None:
@@ -236,48 +270,33 @@ def ask(socket_path: str, request: LoginRequest, config_file: str, *, timeout: f
     TempFail: the request went out and no answer came back within `timeout` seconds.
     """
     import time
-    from _socket import AF_UNIX, SOCK_STREAM, socket
 
     data = encode_request(request, config_file, token)
-    sock = socket(AF_UNIX, SOCK_STREAM)
     try:
-        sock.settimeout(CONNECT_TIMEOUT)
-        try:
-            sock.connect(socket_path)
-        except OSError as e:  # ENOENT, ECONNREFUSED, EACCES, a full backlog's time-out
-            raise Unanswered(f"cannot be reached ({e.strerror or type(e).__name__})") from None
-        distrust = untrusted_peer(sock, socket_path)
-        if distrust:  # before a byte of the password is sent
-            raise Unanswered(f"is not trusted: {distrust}")
+        sock = _connect(socket_path, CONNECT_TIMEOUT)
+    except _Untrusted as e:
+        raise Unanswered(f"is not trusted: {e}") from None
+    except OSError as e:  # ENOENT, ECONNREFUSED, EACCES, a full backlog's time-out
+        raise Unanswered(f"cannot be reached ({e.strerror or type(e).__name__})") from None
+    try:
         deadline = time.monotonic() + timeout
-        chunks: list[bytes] = []
-        size = 0
         try:
             sock.settimeout(timeout)
             sock.sendall(data)
         except OSError as e:  # serve closed the connection before it had the whole request
             raise Unanswered(f"did not take the request ({e.strerror or type(e).__name__})") from None
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                sock.settimeout(left)
-                chunk = sock.recv(16384)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_ANSWER:
-                    raise TempFail(f"answered more than {MAX_ANSWER} bytes: temporary failure")
+            answer = _receive(sock, deadline)
         except TimeoutError:
             raise TempFail(f"did not answer within {timeout:g} s ([fast_path] timeout): temporary failure") from None
         except OSError as e:  # after the whole request went out: serve may have decided it
             raise TempFail(f"connection lost ({e.strerror or type(e).__name__}): temporary failure") from None
+        except ValueError:
+            raise TempFail(f"answered more than {MAX_ANSWER} bytes: temporary failure") from None
     finally:
         sock.close()
     try:
-        status, body = parse_answer(b"".join(chunks))
+        status, body = parse_answer(answer)
     except ValueError as e:
         raise TempFail(f"answered something that is not an answer ({e}): temporary failure") from None
     return answer_of(status, body)
