@@ -44,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench  # run.py: spawning, config, CLI set-up, the IMAP load driver
+from tests.support.serve import Service  # serve as a subprocess (the tests' own)
 
 REFERENCE = Path(__file__).resolve().parent / "reference_checkpassword.py"
 DEFAULT_JSON = bench.ROOT / "benchmarks" / "results" / "targets.json"
@@ -75,48 +76,6 @@ MODES = {
     "audit-fast": "dovecot-appauth, audit on, warm cache, fast path (serve --unix-socket)",
 }
 SERVE_WORKERS = 2  # serve processes of a fast-path row's serve (the machine's 2 cores)
-
-
-class ServeProcess:
-    """`dovecot-appauth --config CONFIG serve --unix-socket SOCKET` (the real command), as
-    `user` when given (Dovecot runs the per-login program as dovecot: the socket is 0660)."""
-
-    def __init__(self, config: Path, sock: Path, log: Path, *, user: str | None = None, workers: int = 1):
-        self.sock = sock
-        self.log = open(log, "ab")
-        self.proc = subprocess.Popen([str(bench.CLI), "--config", str(config), "serve", "--unix-socket", str(sock),
-                                      "--workers", str(workers)], stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=self.log, start_new_session=True, user=user)
-        deadline = time.monotonic() + 30
-        while not self.healthy():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"serve did not start: {log.read_text()[-500:]}")
-            time.sleep(0.1)
-
-    def healthy(self) -> bool:
-        import socket
-
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                conn.settimeout(2)
-                conn.connect(str(self.sock))
-                conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                return conn.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
 
 
 def with_fast_path(config: Path, name: str, sock: Path) -> Path:
@@ -195,7 +154,7 @@ def measure_logins(site: Site, reps: int, helper: list[str]) -> tuple[dict[str, 
     for name, cfg in (("warm", warm_cfg), ("full", full_cfg)):
         sock = run_dir / f"{name}.sock"
         fast[name] = with_fast_path(cfg, f"{name}-fast.toml", sock)
-        served = ServeProcess(fast[name], sock, site.workdir / f"serve-{name}.log")
+        served = Service(fast[name], site.workdir / f"serve-{name}.log", "--workers", "1", unix_socket=sock)
         site.cleanup.append(served.stop)
     scenarios: dict[str, tuple[list[str], Any]] = {
         "bare": ([bench.PYTHON, "-c", "pass"], None),
@@ -306,7 +265,7 @@ def measure_dovecot(site: Site, args: argparse.Namespace) -> dict[str, Any]:
         sock = run_dir / f"{mode}.sock"
         fast_cfgs[mode] = with_fast_path(cfg, f"dovecot-{mode}.toml", sock)
         log = basedir / f"serve-{mode}.log"
-        served = ServeProcess(fast_cfgs[mode], sock, log, user="dovecot", workers=SERVE_WORKERS)
+        served = Service(fast_cfgs[mode], log, "--workers", str(SERVE_WORKERS), unix_socket=sock, user="dovecot")
         site.cleanup.append(served.stop)
     passdbs = {
         "reference": checkpassword_passdb(None, str(REFERENCE), str(hashes), program=bench.PYTHON),

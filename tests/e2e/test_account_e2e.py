@@ -100,7 +100,7 @@ def test_dovecot_directory_down_is_a_temporary_failure(dovecot_factory, appauth_
 
 def test_serve_verify_through_the_gate(gate_site, slapd):
     pytest.importorskip("starlette")
-    from tests.e2e.test_end_to_end_serve import Service
+    from tests.support.serve import Service
 
     token = secrets.token_hex(24)  # serve on TCP runs with a token, as Dovecot calls it
     token_file = gate_site.dir / "serve.token"

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _give_to_dovecot, run_cli
-from tests.e2e.test_end_to_end_serve import Service, UnixHTTPConnection
 from tests.e2e.test_imports import FORBIDDEN, _heavy
 from tests.support.common import dovecot_ids, wrong_password
 from tests.support.dovecot import checkpassword_passdb
 from tests.support.hardening import dovecot_env, request_bytes, run_checkpassword
+from tests.support.serve import Service, UnixHTTPConnection
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")

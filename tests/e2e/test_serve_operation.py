@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _give_to_dovecot, run_cli
-from tests.e2e.test_end_to_end_serve import LUA_MODULE, LUA_SCRIPT, Service
+from tests.e2e.test_end_to_end_serve import LUA_MODULE, LUA_SCRIPT
 from tests.support.localservers import BlackHoleDns
+from tests.support.serve import Service
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
