@@ -28,6 +28,7 @@ import socket
 import time
 
 from .core import TempFail
+from .private_file import make_private_dirs
 
 KEY_BYTES = 32
 USER_AGENT = "dovecot-appauth"
@@ -201,7 +202,7 @@ def load_key(cache_dir: str) -> bytes | None:
 
 def _create_key(cache_dir: str, path: str) -> bytes | None:
     try:
-        _private_dirs(cache_dir)
+        make_private_dirs(cache_dir)
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -219,16 +220,6 @@ def _create_key(cache_dir: str, path: str) -> bytes | None:
     return load_key(cache_dir)
 
 
-def _private_dirs(directory: str) -> None:
-    """`directory` and any missing parent (the [audit.cache] path itself) made 0700."""
-    from .private_file import make_private_dirs
-
-    try:
-        make_private_dirs(directory)
-    except FileExistsError:
-        pass
-
-
 def _fresh(entry: str, now: float, seconds: float) -> bool:
     try:
         st = os.lstat(entry)
@@ -240,7 +231,7 @@ def _fresh(entry: str, now: float, seconds: float) -> bool:
 def _touch(entry: str, now: float, seconds: float) -> None:
     directory = os.path.dirname(entry)
     try:
-        _private_dirs(directory)
+        make_private_dirs(directory)
         fd = os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         os.close(fd)
         os.utime(entry, (now, now))

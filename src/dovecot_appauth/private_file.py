@@ -76,18 +76,17 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def make_private_dirs(directory: str) -> None:
-    """`os.makedirs(directory, 0o700)`, but every directory it makes is 0700, the parents
-    too: `makedirs` gives missing parents the umask's mode (Python >= 3.7), so making
-    `cache/lists` first left the enrichment cache directory 0755, or group-writable under
-    umask 002, and then untrusted on every login. Raises FileExistsError when `directory`
-    exists, as `makedirs` does."""
+    """`os.makedirs(directory, 0o700, exist_ok=True)`, but every directory it makes is 0700,
+    the parents too: `makedirs` gives missing parents the umask's mode (Python >= 3.7), so
+    making `cache/lists` first left the enrichment cache directory 0755, or group-writable
+    under umask 002, and then untrusted on every login."""
     parent = os.path.dirname(directory.rstrip("/"))
     if parent and parent != directory and not os.path.isdir(parent):
-        try:
-            make_private_dirs(parent)
-        except FileExistsError:
-            pass  # made meanwhile by another login
-    os.mkdir(directory, 0o700)
+        make_private_dirs(parent)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass  # there already, or made meanwhile by another login
 
 
 def store(path: str, value: Any) -> bool:
@@ -99,10 +98,7 @@ def store(path: str, value: Any) -> bool:
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         data = marshal.dumps(value)
-        try:
-            make_private_dirs(directory)
-        except FileExistsError:
-            pass
+        make_private_dirs(directory)
         if not _private(os.lstat(directory), stat.S_IFDIR):
             return False
         # O_TRUNC, not O_EXCL: the directory is ours alone, and a stale file of a crashed
