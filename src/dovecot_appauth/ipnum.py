@@ -41,7 +41,7 @@ def address(text: str) -> tuple[int, int] | None:
     """
     if "%" in text:
         text, _, zone = text.partition("%")
-        if not zone or "%" in zone:
+        if not zone or "%" in zone or "/" in zone:  # IPv6Address refuses a "/" anywhere
             return None
     elif ":" not in text:  # no IPv6 text lacks a colon
         value = parse_ipv4(text)
