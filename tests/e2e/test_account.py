@@ -177,7 +177,7 @@ def test_several_ldap_uris_share_one_deadline(tmp_path, slapd):
     finally:
         for p in ports:
             p.close()
-    assert elapsed < 2.0 + 1.0, elapsed  # was 3 x 2 s
+    assert elapsed < 2.0 + 2.5, elapsed  # was 3 x 2 s
 
 
 def test_ldap_starttls_and_ldaps_verify_the_server(tmp_path, slapd):

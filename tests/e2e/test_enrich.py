@@ -87,27 +87,28 @@ def test_enrich_black_hole_dns_times_out_within_deadline(audit_config, blackhole
     cfg = audit_config(dns=blackhole_dns.dns_config(timeout=5.0), deadline=0.5)
     start = time.monotonic()
     f = enrich("203.0.113.66", cfg, now=NOW)
-    assert time.monotonic() - start < 0.5 + 0.3
+    assert time.monotonic() - start < 0.5 + 1.5  # not the 5 s DNS timeout
     assert statuses(f) == {"rdns": S.TIMEOUT, "maxmind": S.FETCHED, "rdap": S.FETCHED}
     assert f.rdns is None  # unknown, not "<>"
-    assert 400 < f.sources["rdns"].elapsed_ms < 800
+    assert 400 < f.sources["rdns"].elapsed_ms < 2500
 
 
 def test_enrich_slow_rdap_times_out_at_deadline(audit_config, rdap_server):
     cfg = audit_config(rdap=rdap_server.rdap_config("slow", timeout=3.0), deadline=0.5)
     start = time.monotonic()
     f = enrich("203.0.113.66", cfg, now=NOW)
-    assert time.monotonic() - start < 0.5 + 0.3
+    assert time.monotonic() - start < 0.5 + 1.5  # not the 3 s RDAP timeout
     assert statuses(f) == {"rdns": S.FETCHED, "maxmind": S.FETCHED, "rdap": S.TIMEOUT}
     assert f.whois is None
 
 
-def test_enrich_rdap_timeout_is_negative_cached(audit_config, rdap_server, tmp_path):
-    cfg = audit_config(rdap=rdap_server.rdap_config("slow", timeout=0.3), deadline=1.0, negative_ttl=60)
+def test_enrich_rdap_timeout_is_negative_cached(audit_config, fresh_rdap_server, tmp_path):
+    cfg = audit_config(rdap=fresh_rdap_server.rdap_config("slow", timeout=0.3), deadline=1.0, negative_ttl=60)
     assert statuses(enrich("203.0.113.66", cfg, now=NOW))["rdap"] is S.TIMEOUT
-    start = time.monotonic()
+    asked = len(fresh_rdap_server.requests)
+    assert asked >= 1
     f = enrich("203.0.113.66", cfg, now=NOW + 1)
-    assert time.monotonic() - start < 0.2  # nothing waited for the slow server again
+    assert len(fresh_rdap_server.requests) == asked  # the slow server was not asked (nor waited for) again
     assert f.sources["rdap"].status is S.TIMEOUT and f.sources["rdap"].detail.startswith("cached: ")
     hit = IpCache(str(tmp_path / "cache")).get("rdap", "203.0.113.66", NOW + 1)
     assert isinstance(hit, Negative) and hit.status == "timeout"
@@ -119,7 +120,7 @@ def test_enrich_429_fails_fast_and_is_negative_cached(tmp_path, fresh_rdap_serve
                       deadline=5.0)
     start = time.monotonic()
     f = enrich("203.0.113.66", cfg, now=NOW)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 3  # not the 5 s deadline, nor Retry-After: 120
     assert f.sources["rdap"].status is S.FAILED and "429" in f.sources["rdap"].detail
     asked = len(fresh_rdap_server.requests)
     f = enrich("203.0.113.66", cfg, now=NOW + 299)

@@ -389,7 +389,7 @@ def test_rdap_slow_drip_respects_the_lookup_timeout():
         except (TimeoutError, rdap.RdapError):
             pass
         elapsed = time.monotonic() - start
-    assert elapsed < DEADLINE + 0.5, elapsed
+    assert elapsed < DEADLINE + 1.5, elapsed  # the drip would last 3 s
 
 
 def test_broken_sources_are_cached_as_failures(site):

@@ -59,14 +59,14 @@ def test_verify_slow_server_is_a_temporary_failure_within_the_timeout(nc):
     start = time.monotonic()
     with pytest.raises(TempFail, match="no answer"):
         nextcloud.verify(ALICE, ALICE_PW, None, settings(nc.url("/slow/"), timeout=0.5), None)
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 3  # the server answers after 5 s
 
 
 def test_verify_dripping_server_cannot_extend_the_deadline(nc):
     start = time.monotonic()
     with pytest.raises(TempFail, match="no answer"):
         nextcloud.verify(ALICE, ALICE_PW, None, settings(nc.url("/drip/"), timeout=0.7), None)
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 3  # the drip lasts 5.4 s
 
 
 def test_verify_connection_refused_and_not_http():

@@ -67,9 +67,13 @@ def test_sightings_from_both_drivers():
 
 def test_notify_is_detached_and_gets_json(tmp_path):
     out = tmp_path / "notified.json"
-    start = time.monotonic()
-    assert notify(f"sleep 0.5; cat > {out}", {"user": "alice@example.com", "alert": ["new-country"]})
-    assert time.monotonic() - start < 0.4  # the login does not wait for the command
+    go = tmp_path / "go"
+    # the command cannot finish before `go` exists: notify returning first shows the
+    # login does not wait for it
+    command = f"while [ ! -e {go} ]; do sleep 0.05; done; cat > {out}"
+    assert notify(command, {"user": "alice@example.com", "alert": ["new-country"]})
+    assert not out.exists()
+    go.touch()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not (out.exists() and out.read_text().endswith("\n")):
         time.sleep(0.05)

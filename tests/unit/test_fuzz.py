@@ -430,7 +430,7 @@ def test_dns_garbage_answers(dns_responder, mode, payload, ancount, flags, copie
     except (TimeoutError, rdns.RdnsError, SourceUnavailable):
         name = None
     elapsed = time.monotonic() - start
-    assert elapsed < DNS_TIMEOUT + 0.5, elapsed
+    assert elapsed < DNS_TIMEOUT + 1.5, elapsed  # slack for a loaded machine; a retry loop would be far longer
     if name is not None:
         assert (isinstance(name, str) and not name.endswith(".")) or name == "."
         assert not any(ord(c) < 0x20 for c in name)
@@ -497,7 +497,7 @@ def test_rdap_garbage_login_contained(rdap_responder, reply, bootstrap):
     start = time.monotonic()
     err = io.StringIO()
     f = enrich("198.51.100.7", config, now=time.time(), stderr=err)
-    assert time.monotonic() - start < RDAP_TIMEOUT + 0.5
+    assert time.monotonic() - start < RDAP_TIMEOUT + 1.5
     assert err.getvalue().count("\n") <= 1
     report = f.sources["rdap"]
     assert str(report.status) in ("fetched", "failed", "timeout")
@@ -520,7 +520,7 @@ def test_rdap_garbage_documented_errors(rdap_responder, reply, bootstrap):
         pass
     else:
         _check_whois(w)
-    assert time.monotonic() - start < RDAP_TIMEOUT + 0.5
+    assert time.monotonic() - start < RDAP_TIMEOUT + 1.5
 
 
 # --- MaxMind files ---------------------------------------------------------------------------

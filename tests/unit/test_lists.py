@@ -6,7 +6,6 @@ import marshal
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -363,19 +362,24 @@ def test_cache_rebuild_of_fast_form_lists_does_not_import_re(tmp_path):
     subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)
 
 
-def test_load_lists_timing(tmp_path):
-    """A realistic list set stays cheap (generous bound: CI machines are slow)."""
+def test_load_lists_from_the_cache_equal_a_fresh_parse(tmp_path):
+    """A realistic list set read back from the parsed-form cache gives the entries a fresh
+    parse gives (the per-login cost of that read is measured in benchmarks/, not here)."""
     ips = "".join(f"{i % 223 + 1}.{i // 223 % 256}.{i % 256}.0/24  provider {i}\n" for i in range(2000))
     rx = "".join(
         f".*\\.host{i}\\.example\\.net\n(mail|smtp)[0-9]+\\.p{i}\\.example\\.com\n" for i in range(100)
     )
     config = make_config(tmp_path, {"ip_networks.lst": ips, "reverse_hostname.lst": rx})
     load_lists(config)  # fills the cache
-    start = time.perf_counter()
-    lists = load_lists(config)
-    elapsed = time.perf_counter() - start
-    assert len(lists.deny["ip_networks"]) == 2000 and len(lists.deny["reverse_hostname"]) == 200
-    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+    assert len(list((tmp_path / "cache" / "lists").iterdir())) == 2
+    cached = load_lists(config)
+    fresh = load_lists(config, use_cache=False)
+    for kind in ("ip_networks", "reverse_hostname"):
+        assert [(e.line, e.text, e.value) for e in cached.deny[kind]] == [
+            (e.line, e.text, e.value) for e in fresh.deny[kind]
+        ], kind
+    assert len(cached.deny["ip_networks"]) == 2000 and len(cached.deny["reverse_hostname"]) == 200
+    assert cached.problems == fresh.problems == []
 
 
 # --- kept warm (serve): parsed once, again when a file changes -------------------------------
