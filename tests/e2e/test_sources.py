@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+import signal
 import time
+from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from dovecot_appauth.audit.facts import NO_PTR, GeoName, WhoisFacts
 from dovecot_appauth.audit.sources import SourceUnavailable, maxmind, rdap, rdns
 from dovecot_appauth.config import DnsConfig, RdapConfig
+from tests.support.common import missing_dependency
+from tests.support.localservers import ASN_MMDB, CITY_MMDB
 
 # the local-server fixtures; conftest.py registers the same plugin (a plugin loads once)
 
@@ -155,6 +163,104 @@ def test_maxmind_reader_of_a_broken_file_is_dropped(mmdb_paths, tmp_path):
     with pytest.raises(maxmind.MaxMindUnavailable):
         maxmind.lookup("198.51.100.7", str(path), None)
     assert str(path) not in maxmind._readers
+
+
+# --- the per-login program's reader: maxminddb's C extension in a forked child ---------------
+
+@contextlib.contextmanager
+def per_login_process(on: bool = True):
+    """What entry.checkpassword sets: maxmind.py then asks the C extension in a child."""
+    import dovecot_appauth
+
+    before = dovecot_appauth.per_login_process
+    dovecot_appauth.per_login_process = on
+    try:
+        yield
+    finally:
+        dovecot_appauth.per_login_process = before
+
+
+def _outcome(ip: str, city: str | None, asn: str | None, *, child: bool) -> tuple:
+    with per_login_process(child):
+        try:
+            return maxmind.lookup_detailed(ip, city, asn)
+        except maxmind.MaxMindUnavailable as e:
+            return ("unavailable", str(e))
+
+
+IN_TEST_DATABASES = ["192.0.2.10", "192.0.2.200", "198.51.100.7", "203.0.113.66", "100.64.1.2", "2001:db8::25",
+                     "2001:db8:8000::1", "::ffff:198.51.100.7", "10.1.2.3"]
+
+
+@settings(max_examples=120, deadline=None)
+@given(ip=st.one_of(st.sampled_from(IN_TEST_DATABASES), st.ip_addresses(v=4).map(str),
+                    st.ip_addresses(v=6).map(str)))
+@example(ip="198.51.100.7")
+def test_per_login_child_answers_as_the_pure_reader(ip):
+    """The C extension in a forked child gives the facts (and problems) the pure-Python
+    reader gives, for addresses in the test databases and any other."""
+    if maxmind._extension() is None:
+        missing_dependency("maxminddb's C extension is not built here")
+    for city, asn in ((CITY_MMDB, ASN_MMDB), (CITY_MMDB, None), (None, ASN_MMDB)):
+        assert _outcome(ip, city, asn, child=True) == _outcome(ip, city, asn, child=False), (ip, city, asn)
+
+
+def test_per_login_child_reports_files_as_the_pure_reader(tmp_path, mmdb_paths):
+    garbage = tmp_path / "garbage.mmdb"
+    garbage.write_bytes(b"not a maxmind database" * 10)
+    empty = tmp_path / "empty.mmdb"
+    empty.write_bytes(b"")
+    missing = str(tmp_path / "missing.mmdb")
+    files = (missing, str(garbage), str(empty))
+
+    def shape(outcome: tuple) -> tuple:
+        # the facts, and the files each problem names (the two readers word some errors differently)
+        def named(text: str) -> list[str]:
+            return [f for f in files if f in text]
+        if outcome[0] == "unavailable":
+            return "unavailable", named(outcome[1])
+        return outcome[0], [named(p) for p in outcome[1]]
+
+    for city, asn in ((missing, mmdb_paths[1]), (mmdb_paths[0], str(garbage)), (str(empty), None),
+                      (missing, str(garbage))):
+        child = _outcome("203.0.113.66", city, asn, child=True)
+        assert shape(child) == shape(_outcome("203.0.113.66", city, asn, child=False)), (city, asn, child)
+
+
+def test_per_login_child_crash_falls_back_to_the_pure_reader(tmp_path):
+    """One corrupt byte crashes maxminddb 3.2's C extension (SIGSEGV): only the child dies;
+    the lookup is made again with the pure-Python reader, and the crash is reported."""
+    data = bytearray(Path(CITY_MMDB).read_bytes())
+    data[1251] = 0xC2  # found by fuzzing (docs/SECURITY.md)
+    city = tmp_path / "city.mmdb"
+    city.write_bytes(bytes(data))
+    facts, problems = _outcome("198.51.100.7", str(city), ASN_MMDB, child=True)
+    assert (facts, problems[1:]) == _outcome("198.51.100.7", str(city), ASN_MMDB, child=False)
+    assert problems[0].startswith(f"{city}: maxminddb's C reader died of signal {signal.SIGSEGV.value} "), problems
+
+
+def test_per_login_child_is_killed_at_the_timeout(tmp_path):
+    """A FIFO in place of the .mmdb: the child blocks opening it; at the timeout it is
+    killed (nothing holds the FIFO open any more) and the source times out."""
+    import threading
+
+    fifo = tmp_path / "city.mmdb"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # if the timeout did not work: end the child's wait so the test fails, not hangs
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    watchdog = threading.Timer(20, unblock)
+    watchdog.start()
+    try:
+        with per_login_process(), pytest.raises(TimeoutError):
+            maxmind.lookup_detailed("198.51.100.7", str(fifo), None, timeout=0.5)
+        with pytest.raises(OSError) as no_reader:
+            os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        assert no_reader.value.errno == errno.ENXIO  # no process has it open (or is opening it) for reading
+    finally:
+        watchdog.cancel()
 
 
 def test_maxmind_test_databases_read_like_geoip2(mmdb_paths):

@@ -312,6 +312,21 @@ def test_maxmind_source_loads_maxminddbs_reader_without_its_package_init():
     assert out.split() == ["True", "True"]
 
 
+def test_per_login_maxmind_lookup_imports_only_the_c_extension():
+    """The per-login program's lookup: maxminddb's C extension (for a forked child), not the
+    pure-Python reader's modules and what they import."""
+    from tests.support.localservers import ASN_MMDB, CITY_MMDB
+
+    out = _run_isolated(
+        "import dovecot_appauth\ndovecot_appauth.per_login_process = True\n"
+        "from dovecot_appauth.audit.sources import maxmind\n"
+        f"facts, problems = maxmind.lookup_detailed('198.51.100.7', {str(CITY_MMDB)!r}, {str(ASN_MMDB)!r})\n"
+        "print(facts.country.code, facts.asn, len(problems))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('maxminddb'))))\n"
+        "print(*(m in sys.modules for m in ('typing', 'dataclasses', 'multiprocessing', 'importlib.metadata')))\n")
+    assert out.splitlines() == ["DE 64501 0", "maxminddb.errors maxminddb.extension", "False False False False"]
+
+
 def test_maxmind_source_imports_the_package_when_its_layout_is_another(tmp_path):
     """A maxminddb without the modules named (another version's layout): the usual import."""
     fake = tmp_path / "maxminddb"

@@ -340,7 +340,7 @@ def _run_sources(
         if name == "origin_as":
             return module.lookup(ip, audit.dns, min(audit.origin_as.timeout, left)), ""
         if name == "maxmind":
-            facts, problems = module.lookup_detailed(ip, city, asn_db)
+            facts, problems = module.lookup_detailed(ip, city, asn_db, timeout=left)
             return facts, "; ".join(problems)
         facts = module.lookup(ip, audit.rdap, min(audit.rdap.timeout, left),
                               asn_hint=asn_hint, bootstrap=bootstrap)

@@ -44,11 +44,14 @@ import json
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable
-from typing import Any
 
 from ...config import RdapConfig
 from ..facts import WhoisFacts
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 MAX_BYTES = 1 << 20  # an RDAP answer is a few kB; never read an unbounded body
 USER_AGENT = "dovecot-appauth (RDAP)"
