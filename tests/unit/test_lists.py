@@ -531,3 +531,47 @@ def test_a_damaged_network_index_in_the_cache_means_parse_the_file(tmp_path):
     file.write_bytes(marshal.dumps(data))
     again, _ = read_file("ip_networks", str(path), cache_dir=str(cache))
     assert not isinstance(again, IndexedNetworks) and again == parsed
+
+
+# re warns (FutureWarning) about patterns a later Python may read differently; such a
+# warning printed at login is two lines with our source line in Dovecot's log, every time.
+FUTURE_WARNING_PATTERN = r"mail[[]x.*\.future\.example\.org"
+
+
+def test_regex_future_warning_is_a_check_config_warning_never_printed(tmp_path):
+    import re
+    import warnings
+
+    re.purge()  # re's own cache would hide the warning of a pattern compiled before
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        entries, problems = parse_list("reverse_hostname", FUTURE_WARNING_PATTERN + "\n", "rev.lst")
+    assert escaped == []
+    assert [e.text for e in entries] == [FUTURE_WARNING_PATTERN]  # kept: today's meaning is clear
+    assert [(p.where, p.level) for p in problems] == [("rev.lst:1", "warning")]
+    assert "Possible nested set at position 5" in problems[0].message and "FutureWarning" in problems[0].message
+
+
+def test_regex_future_warning_stays_off_a_logins_stderr(tmp_path):
+    """A fresh process (re's cache empty) fills the list cache and matches with the pattern,
+    in the per-login way and in serve's compiled form: nothing on stderr."""
+    config_dir = tmp_path / "site"
+    config_dir.mkdir()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tests.unit.test_lists import FUTURE_WARNING_PATTERN, make_config\n"
+        "from dovecot_appauth.audit.lists import load_lists\n"
+        "from dovecot_appauth.audit.matchers import RegexSet\n"
+        "from dovecot_appauth.audit.patterns import regex_fullmatch\n"
+        f"config = make_config(Path({str(config_dir)!r}), {{'reverse_hostname.lst': FUTURE_WARNING_PATTERN + '\\n'}})\n"
+        "for _ in range(2):\n"
+        "    lists = load_lists(config)\n"
+        "    entry = lists.deny['reverse_hostname'][0]\n"
+        "    assert regex_fullmatch(entry.value, 'mail[x1.future.example.org', entry.hint)\n"
+        "    assert [p.level for p in lists.problems] == ['warning'], lists.problems\n"
+        "assert RegexSet([entry.value]).may_match('mail[x2.future.example.org')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                          cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

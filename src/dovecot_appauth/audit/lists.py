@@ -270,18 +270,23 @@ def parse_list(
             # of these kinds can contain "#". A pattern keeps it, as upstream's re did.
             line = line.split("#", 1)[0].rstrip()
         hint = None
+        future: list[str] = []
         try:
             shown, value, warning = parser(line)
             if validate_regex and kind in REGEX_KINDS and _fast_form(value) is None:
                 # a `.*literal` form always compiles (tests/unit/test_lists.py), and has no
                 # hint: validating it would import `re` for nothing on a cache rebuild
-                _compile(value)
+                _compile(value, future)
                 hint = required_literal(value)
         except ValueError as e:  # _compile turns re.error into "bad regular expression: ..."
             problems.append(Problem(f"{filename}:{number}", f"{kind}: {e}; line skipped"))
             continue
         if warning:
             problems.append(Problem(f"{filename}:{number}", f"{kind}: {warning}", "warning"))
+        for message in future:
+            problems.append(Problem(f"{filename}:{number}", f"{kind}: {message} (Python's FutureWarning: a later "
+                                    "Python may read this pattern differently; escape the '[' or the doubled "
+                                    "character to keep today's meaning)", "warning"))
         entries.append(Entry(filename, number, shown, value, hint))
     return entries, problems
 

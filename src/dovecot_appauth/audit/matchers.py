@@ -33,7 +33,7 @@ import math
 from bisect import bisect_left, bisect_right
 
 from .netindex import NetworkIndex
-from .patterns import REGEX_KINDS, _compile, _fast_form, regex_fullmatch
+from .patterns import REGEX_KINDS, _compile, _fast_form, quiet_re, regex_fullmatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -136,9 +136,10 @@ def _joinable(pattern: str) -> bool:
     from re import _constants, _parser  # type: ignore[attr-defined]
 
     try:
-        _compile(pattern)
-        re.compile(f"(?:{pattern})")
-        parsed = _parser.parse(pattern)
+        with quiet_re():
+            _compile(pattern)
+            re.compile(f"(?:{pattern})")
+            parsed = _parser.parse(pattern)
     except Exception:  # a pattern that does not compile never matches; keep it out
         return False
     if parsed.state.flags & ~re.UNICODE.value or parsed.state.groupdict:

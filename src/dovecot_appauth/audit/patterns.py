@@ -8,6 +8,8 @@ keeps), so neither imports the other at module level. On the per-login path: std
 
 from __future__ import annotations
 
+import _thread
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 
 if TYPE_CHECKING:
@@ -25,17 +27,55 @@ _compiled: dict[str, re.Pattern[str] | None] = {}
 _SIMPLE_ESCAPES = frozenset(".-_/ ,:;!@#%&'\"=~`<>")
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    """Compile and remember `pattern`; a bad one raises ValueError("bad regular expression: ...")."""
+class quiet_re:  # lower case: used like contextlib's managers, `with quiet_re() as caught:`
+    """Compile or parse patterns inside: re's FutureWarnings are caught, never printed.
+
+    A login must not write them to Dovecot's log (two lines, with our source line, on every
+    login that compiled such a pattern); `check-config` reports them from `caught`.
+    catch_warnings swaps process-wide state, so these blocks take turns (serve has threads);
+    the lock is re-entrant, as `_compile` runs inside other such blocks.
+    """
+
+    _lock = _thread.RLock()
+
+    def __enter__(self) -> list:
+        import warnings
+
+        self._lock.acquire()
+        try:
+            self._catch = warnings.catch_warnings(record=True)
+            caught = self._catch.__enter__()
+            warnings.simplefilter("always")
+        except BaseException:
+            self._lock.release()
+            raise
+        return caught
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._catch.__exit__(*exc)
+        finally:
+            self._lock.release()
+
+
+def _compile(pattern: str, warnings_out: list[str] | None = None) -> re.Pattern[str]:
+    """Compile and remember `pattern`; a bad one raises ValueError("bad regular expression: ...").
+
+    re's FutureWarnings ("Possible nested set at position 5": a later Python may read the
+    pattern differently) go to `warnings_out` when given, and nowhere otherwise.
+    """
     import re
 
-    try:
-        compiled = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"bad regular expression: {e}") from None
-    except (OverflowError, RecursionError, MemoryError) as e:
-        # a huge repeat count or deep nesting: re raises these instead of re.error
-        raise ValueError(f"regular expression too large ({type(e).__name__})") from None
+    with quiet_re() as caught:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"bad regular expression: {e}") from None
+        except (OverflowError, RecursionError, MemoryError) as e:
+            # a huge repeat count or deep nesting: re raises these instead of re.error
+            raise ValueError(f"regular expression too large ({type(e).__name__})") from None
+    if warnings_out is not None:
+        warnings_out.extend(str(w.message) for w in caught)
     _compiled[pattern] = compiled
     return compiled
 
@@ -83,7 +123,8 @@ def required_literal(pattern: str) -> str | None:
         import re
         from re import _constants, _parser  # type: ignore[attr-defined]
 
-        parsed = _parser.parse(pattern)
+        with quiet_re():
+            parsed = _parser.parse(pattern)
         if parsed.state.flags & re.IGNORECASE:
             return None
         best, run = "", []
