@@ -71,6 +71,8 @@ def test_IpCache_modes_are_umask_proof(tmp_path, umask):
         c.put("rdns", "ip", {"ptr": "x"}, 60, NOW)
         c.get("rdns", "ip", NOW)
         assert stat.S_IMODE(os.stat(c.directory).st_mode) == 0o700
+        # the missing parent too: os.makedirs made it with the umask's mode (0777 under umask 0)
+        assert stat.S_IMODE(os.stat(tmp_path / "sub").st_mode) == 0o700
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(c.path + suffix):
                 assert stat.S_IMODE(os.stat(c.path + suffix).st_mode) == 0o600, suffix

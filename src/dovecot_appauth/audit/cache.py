@@ -30,6 +30,7 @@ import os
 
 from ..cjson import dumps as json_dumps
 from ..cjson import loads as json_loads
+from ..private_file import make_private_dirs
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -132,8 +133,7 @@ class IpCache:
         cache file exists. Raises CacheUnavailable (OSError and distrust alike)."""
         try:
             if not os.path.isdir(self.directory):
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
-                os.chmod(self.directory, 0o700)  # makedirs' mode is filtered by the umask
+                make_private_dirs(self.directory)  # missing parents 0700 too, whatever the umask
             _check_trusted(self.directory, self.path)
             return os.path.exists(self.path)
         except OSError as e:
