@@ -37,15 +37,11 @@ Not on the per-login path: nothing imports this module but the `serve` command.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import time
 from typing import Any
-
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from ..config import Config, ConfigError, load
 from ..core import LoginRequest, Mode, TempFail
@@ -384,25 +380,70 @@ class Busy(Exception):
     """max_requests are in work already."""
 
 
-async def _read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+class Disconnected(Exception):
+    """The client went away before its request body was read: nothing to answer."""
+
+
+class Call:
+    """What the hot endpoints (POST /verify, /policy) use of an HTTP request, read from its
+    ASGI scope: its Authorization and Content-Length headers (the first of each, as
+    Starlette's `Request.headers.get` takes), the query string, the peer address and the
+    body as it arrives. No Starlette Request per request: see `build_app`."""
+
+    __slots__ = ("authorization", "content_length", "peer", "query", "receive")
+
+    def __init__(self, scope: dict[str, Any], receive: Any):
+        authorization = content_length = None
+        for name, value in scope["headers"]:  # the server gives the names in lower case
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value
+            elif name == b"content-length" and content_length is None:
+                content_length = value
+        self.authorization: str = authorization.decode("latin-1") if authorization is not None else ""
+        self.content_length: bytes | None = content_length
+        self.query: bytes = scope.get("query_string", b"")
+        client = scope.get("client")
+        self.peer: str | None = client[0] if client else None
+        self.receive = receive
+
+    def param(self, name: str, default: str) -> str:
+        """A query parameter (the last one of that name, as Starlette's `query_params.get`)."""
+        if not self.query:
+            return default
+        from urllib.parse import parse_qsl
+
+        found = default
+        for key, value in parse_qsl(self.query.decode("latin-1"), keep_blank_values=True):
+            if key == name:
+                found = value
+        return found
+
+
+async def _read_body(call: Call, limit: int = MAX_BODY) -> bytes:
     """The request body, read as it arrives and abandoned past `limit` bytes (BodyTooLarge):
-    a 10 MiB body costs the service no more memory than a 64 KiB one."""
-    declared = request.headers.get("content-length")
+    a 10 MiB body costs the service no more memory than a 64 KiB one. Disconnected when the
+    client leaves before its end."""
+    declared = call.content_length
+    # bytes.isdigit: ASCII digits only (str.isdigit takes "²", which int() refuses)
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await call.receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _json(body: bytes) -> dict[str, Any] | None:
-    import json
-
     try:
         # surrogateescape: a client's password need not be UTF-8 (Dovecot passes its bytes
         # on); such a password is a wrong one (verify), not a malformed request
@@ -412,8 +453,22 @@ def _json(body: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+# Starlette's JSONResponse.render (json.dumps with these options), its encoder made once:
+# dumps builds one per call when given options
+_encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+async def _send_json(send: Any, content: dict[str, Any], status: int = 200) -> None:
+    """`content` as Starlette's JSONResponse sends it: the same status, headers and bytes."""
+    body = _encode_json(content).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode("latin-1")), _JSON_TYPE]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool | None = None,
-              max_requests: int = DEFAULT_MAX_REQUESTS, metrics: Any = None) -> Starlette:
+              max_requests: int = DEFAULT_MAX_REQUESTS, metrics: Any = None) -> Any:
     """The ASGI app. With `token`, requests need `Authorization: Bearer TOKEN` or Basic
     with TOKEN as password (Dovecot's auth_policy_server_api_header can send either).
 
@@ -426,8 +481,19 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
 
     `max_requests`: requests in work at once (running on one of THREADS threads or
     waiting for one); one more is answered at once with a temporary failure (503)
-    instead of waiting in a queue past Dovecot's timeout."""
+    instead of waiting in a queue past Dovecot's timeout.
+
+    The hot endpoints, POST /verify, /policy and /, are answered by plain ASGI code (`Call`,
+    `_send_json`), not through Starlette's middleware, routing, Request and Response
+    objects, which cost a policy `allow` more CPU than the engine's own work (see
+    docs/PERFORMANCE.md). Their answers are the same (status, headers, JSON bytes).
+    Everything else (GET /health, /metrics, 404, 405, the redirect of a trailing slash)
+    is Starlette's, as before."""
     import anyio
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
 
     from ..audit import pipeline
     from .metrics import CONTENT_TYPE, Metrics
@@ -442,14 +508,15 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
     # of one client's requests waits for that answer without a thread or a place among the
     # max_requests, instead of filling them before the first throttled answer is known
     in_engine: dict[tuple[str, str], Any] = {}
+    expected = token.encode() if token is not None else b""
 
-    def authorised(request: Request) -> bool:
+    def authorised(header: str) -> bool:
+        """`header`: the request's Authorization header ("" without one)."""
         if token is None:
             return True
         import base64
         import hmac
 
-        header = request.headers.get("authorization", "")
         given = ""
         if header.startswith("Bearer "):
             given = header[7:]
@@ -458,10 +525,7 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
                 given = base64.b64decode(header[6:]).decode().partition(":")[2]
             except ValueError:
                 given = ""
-        return hmac.compare_digest(given.encode(), token.encode())
-
-    def peer(request: Request) -> str | None:
-        return request.client.host if request.client else None
+        return hmac.compare_digest(given.encode(), expected)
 
     async def in_thread(endpoint: str, func: Any, *args: Any) -> Any:
         """`func(*args)` on one of the engine's threads; Busy when max_requests are in work."""
@@ -481,62 +545,47 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         finally:
             in_work -= 1
 
-    async def body_of(request: Request) -> dict[str, Any] | JSONResponse | None:
+    async def policy(call: Call) -> tuple[int, dict[str, Any]]:
+        if not authorised(call.authorization):
+            return 401, {"status": 0, "msg": "unauthorised"}
         try:
-            return _json(await _read_body(request))
+            body = _json(await _read_body(call))
         except BodyTooLarge:
-            return JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
-
-    def timed(endpoint: str, handler: Any) -> Any:
-        """`handler`, its time observed in the latency histogram under `endpoint`."""
-        async def observed(request: Request) -> Response:
-            started = time.monotonic()
-            try:
-                return await handler(request)
-            finally:
-                metrics.child(metrics.latency, endpoint).observe(time.monotonic() - started)
-
-        return observed
-
-    async def _policy(request: Request) -> Response:
-        if not authorised(request):
-            return JSONResponse({"status": 0, "msg": "unauthorised"}, status_code=401)
-        body = await body_of(request)
-        if isinstance(body, JSONResponse):
-            return body
-        command = request.query_params.get("command", "allow")
+            return 413, {"error": f"request body over {MAX_BODY} bytes"}
+        command = call.param("command", "allow")
         if body is None or command not in ("allow", "report"):
-            return JSONResponse({"status": 0, "msg": "bad request"}, status_code=400)
+            return 400, {"status": 0, "msg": "bad request"}
         if not trusted:
-            body = {**body, "remote": peer(request)}
+            body = {**body, "remote": call.peer}
         # Dovecot: auth_policy_reject_on_fail decides what an error means
         try:
-            return JSONResponse(await in_thread("policy", engine.policy, command, body, trusted))
+            return 200, await in_thread("policy", engine.policy, command, body, trusted)
         except Busy:
-            return JSONResponse({"status": 0, "msg": "busy"}, status_code=503)
+            return 503, {"status": 0, "msg": "busy"}
         except TempFail as e:
             engine.say(str(e))
             if command == "allow":
                 metrics.policy_checks.labels("tempfail").inc()
-            return JSONResponse({"status": 0, "msg": "temporary failure"}, status_code=503)
+            return 503, {"status": 0, "msg": "temporary failure"}
 
-    async def _verify(request: Request) -> Response:
-        if not authorised(request):
-            return JSONResponse({"result": "tempfail"}, status_code=401)
-        body = await body_of(request)
-        if isinstance(body, JSONResponse):
-            return body
+    async def verify(call: Call) -> tuple[int, dict[str, Any]]:
+        if not authorised(call.authorization):
+            return 401, {"result": "tempfail"}
+        try:
+            body = _json(await _read_body(call))
+        except BodyTooLarge:
+            return 413, {"error": f"request body over {MAX_BODY} bytes"}
         if body is None:
-            return JSONResponse({"result": "fail", "reason": "bad request"}, status_code=400)
+            return 400, {"result": "fail", "reason": "bad request"}
         if not trusted:
-            body = {**body, "remote_ip": peer(request), "local_ip": None}
+            body = {**body, "remote_ip": call.peer, "local_ip": None}
         elif not engine.same_config(body.get("config")):
             # the per-login fast path names its config: a serve running another one (other
             # lists, another database) must not decide its logins; it checks them itself
-            return JSONResponse({"result": "tempfail", "reason": f"serve runs {engine.path}"}, status_code=409)
+            return 409, {"result": "tempfail", "reason": f"serve runs {engine.path}"}
         answer = engine.throttled_answer(body)
         if answer is not None:
-            return JSONResponse(answer)
+            return 200, answer
         key = engine.client_key(body)
         pending = in_engine.get(key) if key is not None else None
         if pending is not None:
@@ -547,40 +596,63 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
                 await pending.wait()
             answer = engine.throttled_answer(body)
             if answer is not None:
-                return JSONResponse(answer)
+                return 200, answer
         mine = None
         if key is not None and key not in in_engine:
             mine = in_engine[key] = anyio.Event()
         try:
-            return JSONResponse(await in_thread("verify", engine.verify, body))
+            return 200, await in_thread("verify", engine.verify, body)
         except Busy:
-            return JSONResponse({"result": "tempfail", "reason": "busy"}, status_code=503)
+            return 503, {"result": "tempfail", "reason": "busy"}
         except TempFail as e:
             engine.say(str(e))
-            return JSONResponse({"result": "tempfail"})
+            return 200, {"result": "tempfail"}
         finally:
             if mine is not None:
                 del in_engine[key]
                 mine.set()
 
     async def health(request: Request) -> JSONResponse:
-        if trusted and authorised(request):  # the fast path's callers (check-config) see which config
+        # the fast path's callers (check-config) see which config
+        if trusted and authorised(request.headers.get("authorization", "")):
             return JSONResponse({"ok": True, "pid": os.getpid(), "config": engine.real_path})
         return JSONResponse({"ok": True, "pid": os.getpid()})
 
     async def metrics_page(request: Request) -> Response:
-        if not authorised(request):
+        if not authorised(request.headers.get("authorization", "")):
             return Response("unauthorised\n", status_code=401, media_type="text/plain")
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    policy, verify = timed("policy", _policy), timed("verify", _verify)
-    return Starlette(routes=[
-        Route("/policy", policy, methods=["POST"]),
-        Route("/", policy, methods=["POST"]),  # auth_policy_server_url = http://127.0.0.1:PORT/
-        Route("/verify", verify, methods=["POST"]),
+    async def never(request: Request) -> Response:
+        raise AssertionError("app() answers POST /verify and /policy before Starlette")
+
+    rest = Starlette(routes=[
+        # the hot routes too, for Starlette's answer to another method (405, Allow: POST)
+        Route("/policy", never, methods=["POST"]),
+        Route("/", never, methods=["POST"]),  # auth_policy_server_url = http://127.0.0.1:PORT/
+        Route("/verify", never, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_page, methods=["GET"]),
     ])
+    latency = {endpoint: metrics.child(metrics.latency, endpoint) for endpoint in ("policy", "verify")}
+    hot = {"/verify": ("verify", verify), "/policy": ("policy", policy), "/": ("policy", policy)}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        found = hot.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if found is None:
+            await rest(scope, receive, send)
+            return
+        endpoint, handler = found
+        started = time.monotonic()
+        try:  # its time observed in the latency histogram, whatever the answer
+            status, content = await handler(Call(scope, receive))
+            await _send_json(send, content, status)
+        except Disconnected:
+            pass  # nobody left to answer
+        finally:
+            latency[endpoint].observe(time.monotonic() - started)
+
+    return app
 
 
 def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: str | None = None,
