@@ -7,8 +7,8 @@ Starts the real `dovecot-appauth serve --workers 1 --port PORT --token-file FILE
 benchmark site of `serve_throughput.py` (SQLite, audit on with the test MaxMind files,
 reverse DNS on tests/support/localservers.LocalDns, the example lists, one user with one app
 password), warms it, then sends `--requests` sequential requests of each kind over one
-keep-alive connection, as Dovecot's HTTP client does, and reads the worker's utime+stime
-(/proc/PID/stat) before and after each batch:
+keep-alive connection, as Dovecot's HTTP client does, and reads the worker's CPU-time clock
+(its scheduler time in ns; utime+stime where that clock is missing) before and after each batch:
 
 - `verify`: a right app password (`POST /verify`, the Lua script's body), the same client
   every time, warm enrichment cache;
@@ -48,7 +48,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads, live and ended), in seconds."""
+    """The CPU time of a process (all its threads, live and ended), in seconds: its CPU-time
+    clock (Linux: clock id (~pid << 3) | 2, the scheduler's ns count), else utime + stime.
+    utime/stime are sampled at each clock tick (100 Hz): a batch of 1,500 `allow` requests
+    is ~75 ticks, so their figure moved by ±10 % from sampling alone."""
+    try:
+        return time.clock_gettime((~pid << 3) | 2)
+    except OSError:
+        pass
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
