@@ -489,7 +489,9 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
     docs/PERFORMANCE.md). Their answers are the same (status, headers, JSON bytes).
     Everything else (GET /health, /metrics, 404, 405, the redirect of a trailing slash)
     is Starlette's, as before."""
-    import anyio
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -503,7 +505,7 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
     engine.metrics = metrics
     pipeline.on_assessment = metrics.observe_assessment
     in_work = 0
-    threads: list[Any] = []  # the thread limiter, made inside the event loop
+    threads: list[Any] = []  # the engine's threads (an executor), made at the first request
     # (user, client) -> the event set when its request in the engine is answered: a flood
     # of one client's requests waits for that answer without a thread or a place among the
     # max_requests, instead of filling them before the first throttled answer is known
@@ -528,22 +530,41 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         return hmac.compare_digest(given.encode(), expected)
 
     async def in_thread(endpoint: str, func: Any, *args: Any) -> Any:
-        """`func(*args)` on one of the engine's threads; Busy when max_requests are in work."""
+        """`func(*args)` on one of the engine's threads; Busy when max_requests are in work.
+
+        A plain ThreadPoolExecutor (its queue in arrival order): anyio's to_thread with a
+        CapacityLimiter, which this replaced, cost about 30 µs more CPU per request for
+        its cancel scopes and backend look-ups."""
         nonlocal in_work
         if in_work >= max_requests:
             metrics.busy.labels(endpoint).inc()
             raise Busy
         if not threads:
-            threads.append(anyio.CapacityLimiter(min(max_requests, THREADS)))
+            threads.append(ThreadPoolExecutor(min(max_requests, THREADS), thread_name_prefix="appauth-engine"))
         in_work += 1
+        held = False
+        future = threads[0].submit(func, *args)
         try:
-            return await anyio.to_thread.run_sync(func, *args, limiter=threads[0])
+            return await asyncio.wrap_future(future)
         except TempFail:
+            raise
+        except asyncio.CancelledError:
+            if not future.done():
+                # the thread cannot be stopped: its place stays taken until it ends, so the
+                # bound holds (to_thread waited for it instead, with the same effect)
+                held = True
+                loop = asyncio.get_running_loop()
+                future.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
             raise
         except Exception as e:  # a bug: a temporary failure and one line, never a traceback
             raise TempFail(f"internal error in {endpoint}: {type(e).__name__}") from None
         finally:
-            in_work -= 1
+            if not held:
+                in_work -= 1
+
+    def release() -> None:
+        nonlocal in_work
+        in_work -= 1
 
     async def policy(call: Call) -> tuple[int, dict[str, Any]]:
         if not authorised(call.authorization):
@@ -592,14 +613,16 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
             # the same (user, client) is in the engine now: if the limiter refuses it, this
             # one gets that answer from memory; if not (another password may be right),
             # it goes on, after at most SAME_CLIENT_WAIT seconds
-            with anyio.move_on_after(SAME_CLIENT_WAIT):
-                await pending.wait()
+            try:
+                await asyncio.wait_for(pending.wait(), SAME_CLIENT_WAIT)
+            except TimeoutError:
+                pass
             answer = engine.throttled_answer(body)
             if answer is not None:
                 return 200, answer
         mine = None
         if key is not None and key not in in_engine:
-            mine = in_engine[key] = anyio.Event()
+            mine = in_engine[key] = asyncio.Event()
         try:
             return 200, await in_thread("verify", engine.verify, body)
         except Busy:
