@@ -82,7 +82,8 @@ def clean(value: object, extra: frozenset[str] = frozenset(), limit: int = MAX_V
     text = str(value)
     if len(text) > limit:
         text = text[:limit] + "..."
-    if text.isprintable() and "\\" not in text and not (extra and any(c in extra for c in text)):
+    # isdisjoint: one C loop over the text (a generator with `any` cost a login ~2 µs per field)
+    if text.isprintable() and "\\" not in text and extra.isdisjoint(text):
         return text
     escape = _escape_char
     return "".join(escape(c) if _is_control(c) or c in extra or not c.isprintable() else c for c in text)
