@@ -482,3 +482,141 @@ def test_an_internal_error_is_a_tempfail_without_traceback(site):
     assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD}) == (200, {"result": "tempfail"})
     assert "internal error in verify: KeyError" in site.log.getvalue()
     assert "Traceback" not in site.log.getvalue()
+
+
+def _raw(served: Served, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body bytes): the exact HTTP answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_hot_endpoints_answer_byte_for_byte_as_starlettes_json_response(site):
+    """POST /verify and /policy skip Starlette's objects: the answers keep JSONResponse's
+    form (compact JSON, Content-Length, Content-Type) and the other methods and paths keep
+    Starlette's answers."""
+    status, headers, body = _raw(site, "POST", "/verify", json.dumps(
+        {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}).encode())
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert body == b'{"result":"ok","user":"alice@example.com","fields":{"userdb_uid":"5000",' \
+                   b'"userdb_home":"/srv/alice@example.com"}}'
+    assert headers["content-length"] == str(len(body))
+    policy = json.dumps({"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}).encode()
+    for path in ("/policy?command=allow", "/?command=allow", "/policy", "/policy?command=report&command=allow"):
+        assert _raw(site, "POST", path, policy)[::2] == (200, b'{"status":-1,"msg":"Authentication failed"}'), path
+    assert _raw(site, "POST", "/policy?command=nothing", policy)[::2] == (400, b'{"status":0,"msg":"bad request"}')
+    assert _raw(site, "POST", "/verify", b"{}", {"Authorization": "Bearer wrong"})[::2] == \
+        (401, b'{"result":"tempfail"}')
+    status, headers, _ = _raw(site, "GET", "/verify")
+    assert status == 405 and headers["allow"] == "POST"
+    assert _raw(site, "POST", "/nowhere", b"{}")[0] == 404
+
+
+def _asgi_call(path: str, body: bytes, token: str = TOKEN) -> tuple[dict, list]:
+    """An ASGI scope for a POST with `body`, and the list its answer's messages go to."""
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "client": ("127.0.0.1", 5),
+             "headers": [(b"authorization", f"Bearer {token}".encode()),
+                         (b"content-length", str(len(body)).encode())]}
+    return scope, []
+
+
+def test_a_cancelled_request_keeps_its_place_until_its_thread_ends(tmp_path):
+    """A request whose task is cancelled (uvicorn's shutdown after its grace period) while
+    the engine runs it on a thread: the thread cannot be stopped, so its place among
+    max_requests stays taken until the thread ends; the next request is busy (503) until
+    then, and gets in after."""
+    import asyncio
+
+    path, _ = _site(tmp_path)
+    engine = Engine(str(path), stderr=io.StringIO())
+    release = threading.Event()
+    entered = threading.Event()
+    real_verify = engine.verify
+
+    def held(body):
+        entered.set()
+        release.wait(10)
+        return real_verify(body)
+
+    engine.verify = held
+    app = build_app(engine, TOKEN, max_requests=1)
+    body = json.dumps({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}).encode()
+
+    async def request(sent: list) -> None:
+        scope, _ = _asgi_call("/verify", body)
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    async def scenario() -> tuple[list, list, list]:
+        first: list = []
+        task = asyncio.create_task(request(first))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        second: list = []
+        await request(second)  # the cancelled one's thread still runs: no place
+        release.set()
+        for _ in range(500):  # its place comes back when its thread ends
+            third: list = []
+            await request(third)
+            if third[0]["status"] != 503:
+                break
+            await asyncio.sleep(0.01)
+        return first, second, third
+
+    try:
+        first, second, third = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert first == []
+    assert second[0]["status"] == 503 and second[1]["body"] == b'{"result":"tempfail","reason":"busy"}'
+    assert third[0]["status"] == 200 and json.loads(third[1]["body"])["result"] == "ok"
+
+
+def test_a_client_gone_before_its_body_arrived_is_not_answered(tmp_path):
+    """http.disconnect while the body is read: nothing is sent, nothing is decided. And a
+    Content-Length that is not ASCII digits ("\u00b2", which str.isdigit takes and int()
+    refuses) is a 413 before any read, never an internal error."""
+    import asyncio
+
+    path, db = _site(tmp_path)
+    app = build_app(Engine(str(path), stderr=io.StringIO()), TOKEN)
+
+    def answer(scope: dict, messages: list) -> list:
+        sent: list = []
+
+        async def receive() -> dict:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(app(scope, receive, send))
+        return sent
+
+    body = json.dumps({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}).encode()
+    scope, _ = _asgi_call("/verify", body)
+    assert answer(scope, [{"type": "http.request", "body": body[:10], "more_body": True}]) == []
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM log").fetchone() == (0,)
+    scope["headers"] = [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-length", "\u00b2".encode("latin-1"))]
+    sent = answer(scope, [{"type": "http.request", "body": body, "more_body": False}])
+    assert sent[0]["status"] == 413 and sqlite3.connect(db).execute("SELECT count(*) FROM log").fetchone() == (0,)
+    scope, _ = _asgi_call("/verify", body)  # the same request, whole: decided
+    sent = answer(scope, [{"type": "http.request", "body": body, "more_body": False}])
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"])["result"] == "ok"

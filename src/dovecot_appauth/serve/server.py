@@ -554,7 +554,14 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
                 # bound holds (to_thread waited for it instead, with the same effect)
                 held = True
                 loop = asyncio.get_running_loop()
-                future.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+
+                def release_later(_: Any) -> None:  # on the engine's thread, when it ends
+                    try:
+                        loop.call_soon_threadsafe(release)
+                    except RuntimeError:
+                        pass  # the loop is closed: nothing is left to bound
+
+                future.add_done_callback(release_later)
             raise
         except Exception as e:  # a bug: a temporary failure and one line, never a traceback
             raise TempFail(f"internal error in {endpoint}: {type(e).__name__}") from None
