@@ -151,6 +151,20 @@ def test_ports_are_taken_only_when_they_are_ports():
         [1, 65535, None, None, None, None, None, None, None]
 
 
+def test_client_addresses_are_read_the_same_when_kept():
+    """`_ip` keeps the addresses it read (a /verify reads its client's three times): the
+    second reading of each value is the first's, and a JSON value that is not a string
+    (a list, a dict: not hashable, so never kept) is no address, not an internal error."""
+    from dovecot_appauth.serve.server import _ip
+
+    values = ["198.51.100.7", "2001:DB8:0::1", "::ffff:198.51.100.7", "198.51.100.7:143", "1.2.3.4/24",
+              "", " 198.51.100.7", None, 5, ["198.51.100.7"], {"ip": "198.51.100.7"}]
+    first = [_ip(v) for v in values]
+    assert first == ["198.51.100.7", "2001:db8::1", "::ffff:c633:6407", None, None, None, None, None, None,
+                     None, None]
+    assert [_ip(v) for v in values] == first
+
+
 def test_verify_bad_requests(site):
     assert site.post("/verify", b"not json")[0] == 400
     assert site.post("/verify", {"user": 1, "password": None})[1]["result"] == "fail"

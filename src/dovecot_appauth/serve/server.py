@@ -36,6 +36,7 @@ Not on the per-login path: nothing imports this module but the `serve` command.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -337,12 +338,21 @@ def _text(value: Any, default: str) -> str:
 
 
 def _ip(value: Any) -> str | None:
-    import ipaddress
-
     if not isinstance(value, str) or not value:
         return None
+    return _normal_ip(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normal_ip(text: str) -> str | None:
+    """`text` as an IP address in its normal form, else None. Kept for the last 4,096
+    addresses: a /verify parses its client's address three times (the throttle memo on the
+    event loop, the engine, the request), and Dovecot's clients come back; a caller that
+    sends other strings every time costs what it did before, never more memory."""
+    import ipaddress
+
     try:
-        return str(ipaddress.ip_address(value))
+        return str(ipaddress.ip_address(text))
     except ValueError:
         return None
 
