@@ -1,4 +1,4 @@
-"""`dovecot-appauth serve`: the login engine as a long-running HTTP service (Starlette on uvicorn).
+"""`dovecot-appauth serve`: the login engine as a long-running HTTP service (ASGI on uvicorn).
 
 Two faces of the same engine (login.decide, pipeline.assess/audit_login):
 
@@ -21,9 +21,10 @@ when the file changes), the parsed lists with their compiled matchers (`lists.ke
 read again when a file's stat changes), the database connections (`pool.py`), one
 enrichment cache connection per thread (`enrich.keep_cache_open`) and the MaxMind
 readers (`sources/maxmind.py`, reopened when a .mmdb file changes). The engine is
-synchronous (SQL, DNS), so each request runs on a thread of its own, at most
+synchronous (SQL, DNS), so each request runs on one of THREADS threads, at most
 `max_requests` at once per process; one more is answered 503 at once. `GET /metrics`:
-Prometheus text (metrics.py).
+Prometheus text (metrics.py). The two endpoints Dovecot calls per login are plain ASGI
+code (`build_app`'s `app`, `Call`); the others are a Starlette app.
 
 Processes: `serve` listens, then forks `workers` processes that share the listening
 socket (Supervisor), each with its own engine (pool, caches), so hashing and the audit
