@@ -496,8 +496,8 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
 
     The hot endpoints, POST /verify, /policy and /, are answered by plain ASGI code (`Call`,
     `_send_json`), not through Starlette's middleware, routing, Request and Response
-    objects, which cost a policy `allow` more CPU than the engine's own work (see
-    docs/PERFORMANCE.md). Their answers are the same (status, headers, JSON bytes).
+    objects, which cost about 0.1 ms of CPU per request, half a policy `allow`'s engine
+    work (docs/PERFORMANCE.md). Their answers are the same (status, headers, JSON bytes).
     Everything else (GET /health, /metrics, 404, 405, the redirect of a trailing slash)
     is Starlette's, as before."""
     import asyncio
