@@ -459,6 +459,17 @@ def test_maxmind_corrupt_byte_does_not_crash_the_login(site):
     site.write(**audit_sections(site, city=str(city)))
     run = site.login("a")
     assert run.status == 0, (run.status, run.stderr)
+    assert run.stderr == ""  # the crashed child wrote nothing to Dovecot's log
+    # the login read it with the pure reader after the C extension's child died; check-config says so
+    res = run_cli(site.path, "check-config", check=False)
+    assert f"warning: [audit] source maxmind: city database: {city}: maxminddb's C reader died of signal " \
+        in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_maxmind_intact_file_is_no_check_config_warning(site):
+    site.write(**audit_sections(site, city=str(MMDB / "AppAuth-Test-City.mmdb")))
+    res = run_cli(site.path, "check-config", check=False)
+    assert "source maxmind" not in res.stdout + res.stderr, res.stdout + res.stderr
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the program as user dovecot")

@@ -412,6 +412,11 @@ def check_sources(config: Config) -> dict[str, str | None]:
                     paths = (config.resolve(p), None) if label == "city" else (None, config.resolve(p))
                     try:
                         module.lookup("192.0.2.1", *paths)
+                        # the per-login program reads with the C extension (a damaged file
+                        # can crash it, in its child): say so here, where an admin looks
+                        crash = module.check_per_login_reader(config.resolve(p))
+                        if crash:
+                            problems[name] = f"{label} database: {crash}"
                     except Exception as e:  # reported, not raised
                         problems[name] = f"{label} database: {e}"
     return problems

@@ -283,6 +283,20 @@ def _lookup_in_child(ip: str, paths: list[str], timeout: float) -> tuple[list[tu
     return None, f"{where}: maxminddb's C reader {how} (a damaged file?): read with the pure-Python reader"
 
 
+def check_per_login_reader(path: str, ip: str = "192.0.2.1", timeout: float = _CHILD_TIMEOUT) -> str | None:
+    """For `check-config`: what the per-login program's reader (the C extension, in a forked
+    child) says of `path`, None when it reads it; also None when there is no extension
+    (the per-login program then uses the pure reader, which check_sources tries)."""
+    try:
+        answers, problem = _lookup_in_child(ip, [path], timeout)
+    except TimeoutError as e:
+        return str(e)
+    if answers is None:
+        return problem or None
+    found, value = answers[0]
+    return None if found else value
+
+
 def lookup_detailed(ip: str, city_path: str | None, asn_path: str | None, *,
                     timeout: float | None = None) -> tuple[MaxMindFacts, list[str]]:
     """The facts from every readable database plus one problem line per unreadable one.
