@@ -263,6 +263,40 @@ def test_per_login_child_is_killed_at_the_timeout(tmp_path):
         watchdog.cancel()
 
 
+def test_per_login_child_holds_none_of_the_logins_descriptors():
+    """Dovecot reads the reply pipe until every copy is closed: the child keeps only its
+    result pipe, with 0-2 on /dev/null, and an alarm that ends it on its own."""
+    import json as json_module
+
+    login_pipe = os.pipe()  # stands for the login's fd 3/4 and Dovecot's stdout/stderr pipes
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            keep = maxmind._child_alone(write_end, 5.0)
+            import _signal
+
+            fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+            state = {"keep": keep, "fds": fds, "std": [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)],
+                     "alarm": _signal.alarm(0)}
+            os.write(keep, json_module.dumps(state).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        state = json_module.loads(f.read())
+    _, status = os.waitpid(pid, 0)
+    for fd in login_pipe:
+        os.close(fd)
+    assert status == 0
+    # 0-2, the result pipe, and the descriptor listdir had open while it listed
+    assert state["keep"] == write_end and {0, 1, 2, write_end} <= set(state["fds"]), state
+    assert len(set(state["fds"]) - {0, 1, 2, write_end}) == 1, state  # login_pipe is gone
+    assert state["std"] == ["/dev/null"] * 3 and 5 <= state["alarm"] <= 7, state
+
+
 def test_maxmind_test_databases_read_like_geoip2(mmdb_paths):
     # the record layout geoip2's City/ASN models expect, read with the raw reader
     import maxminddb

@@ -219,6 +219,35 @@ def _child_lookups(extension: Any, ip: str, paths: list[str], out: int) -> None:
         data = data[os.write(out, data):]
 
 
+def _child_alone(keep: int, timeout: float) -> int:
+    """In the child, first: hold none of the login's descriptors and end on its own.
+
+    Dovecot reads the reply pipe (fd 4) until every copy is closed: a child still holding
+    it after the login exits would hold the login. So every descriptor but the result
+    pipe is closed and 0-2 point at /dev/null (nothing from the child reaches Dovecot's
+    log, a crash dump say: the parent reports). The alarm ends a child the parent could no
+    longer kill (SIGALRM's default action; Python installs no handler for it). Returns the
+    result pipe's descriptor (moved above 2 when the login was started without one of 0-2).
+    """
+    import _signal
+    import sys
+
+    if keep < 3:
+        import fcntl
+
+        keep = fcntl.fcntl(keep, fcntl.F_DUPFD, 3)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != null:
+            os.dup2(null, fd)
+    os.closerange(3, keep)  # /dev/null's own descriptor too, when it is above 2
+    os.closerange(keep + 1, 1 << 20)
+    if "faulthandler" in sys.modules:  # enabled by a test runner, on its own copy of fd 2
+        sys.modules["faulthandler"].disable()
+    _signal.alarm(int(timeout) + 2)
+    return keep
+
+
 def _lookup_in_child(ip: str, paths: list[str], timeout: float) -> tuple[list[tuple[bool, Any]] | None, str]:
     """Each file's (True, record) or (False, problem) from the C extension in a forked child.
 
@@ -243,15 +272,7 @@ def _lookup_in_child(ip: str, paths: list[str], timeout: float) -> tuple[list[tu
     if pid == 0:  # the child: only the extension, then _exit (no atexit, no buffers of the parent)
         code = 1
         try:
-            os.close(read_end)
-            # nothing from the child reaches Dovecot's log (a crash dump, say): the parent reports
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 2)
-            import sys
-
-            if "faulthandler" in sys.modules:  # enabled by a test runner, on its own copy of fd 2
-                sys.modules["faulthandler"].disable()
-            _child_lookups(extension, ip, paths, write_end)
+            _child_lookups(extension, ip, paths, _child_alone(write_end, timeout))
             code = 0
         finally:
             os._exit(code)
