@@ -733,7 +733,10 @@ def _debug_passwords(username: str, rows: list[PasswordRow], now: float) -> None
 
 
 def _debug_audit(result: Assessment) -> None:
+    # with each source's detail (a file it could not read, a reader that crashed): what an
+    # admin testing a login by hand needs, and never a secret (addresses, files, errors)
     sources = ", ".join(f"{name} {report.status.value} {report.elapsed_ms:.1f} ms"
+                        + (f" ({report.detail})" if report.detail else "")
                         for name, report in (result.facts.sources.items() if result.facts else ()))
     _debug(f"audit: source {result.source.kind.value}, verdict {result.verdict.outcome.value}"
            f"{' (refused)' if result.deny else ''}: {result.reason}" + (f"; {sources}" if sources else ""))

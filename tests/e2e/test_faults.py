@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -460,6 +461,12 @@ def test_maxmind_corrupt_byte_does_not_crash_the_login(site):
     run = site.login("a")
     assert run.status == 0, (run.status, run.stderr)
     assert run.stderr == ""  # the crashed child wrote nothing to Dovecot's log
+    # --debug (an admin testing by hand) names the crash; the pure reader's facts were used
+    shutil.rmtree(site.cache, ignore_errors=True)
+    run = site.login("a", args=("--debug",))
+    assert run.status == 0, (run.status, run.stderr)
+    assert "maxmind fetched" in run.stderr and f"({city}: maxminddb's C reader died of signal " in run.stderr, \
+        run.stderr
     # the login read it with the pure reader after the C extension's child died; check-config says so
     res = run_cli(site.path, "check-config", check=False)
     assert f"warning: [audit] source maxmind: city database: {city}: maxminddb's C reader died of signal " \
