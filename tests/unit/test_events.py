@@ -68,9 +68,9 @@ def test_sightings_from_both_drivers():
 def test_notify_is_detached_and_gets_json(tmp_path):
     out = tmp_path / "notified.json"
     go = tmp_path / "go"
-    # the command cannot finish before `go` exists: notify returning first shows the
-    # login does not wait for it
-    command = f"while [ ! -e {go} ]; do sleep 0.05; done; cat > {out}"
+    # the command cannot finish before `go` exists (or 20 s have passed, so that a failed
+    # test leaves no process behind): notify returning first shows the login does not wait
+    command = f"for i in $(seq 400); do [ -e {go} ] && break; sleep 0.05; done; cat > {out}"
     assert notify(command, {"user": "alice@example.com", "alert": ["new-country"]})
     assert not out.exists()
     go.touch()
