@@ -409,12 +409,13 @@ def check_sources(config: Config) -> dict[str, str | None]:
         if name == "maxmind":
             for label, p in (("city", audit.maxmind.city), ("asn", audit.maxmind.asn)):
                 if p:
-                    paths = (config.resolve(p), None) if label == "city" else (None, config.resolve(p))
+                    path = config.resolve(p)
+                    paths = (path, None) if label == "city" else (None, path)
                     try:
                         module.lookup("192.0.2.1", *paths)
                         # the per-login program reads with the C extension (a damaged file
                         # can crash it, in its child): say so here, where an admin looks
-                        crash = module.check_per_login_reader(config.resolve(p))
+                        crash = module.check_per_login_reader(path)
                         if crash:
                             problems[name] = f"{label} database: {crash}"
                     except Exception as e:  # reported, not raised
