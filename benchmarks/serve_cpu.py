@@ -2,6 +2,7 @@
 """CPU that one `serve` worker spends per request, by kind (issue 12 item 6): what load hardly distorts.
 
     /opt/dovecot-appauth-test/venv/bin/python benchmarks/serve_cpu.py [--requests 2000] [--repeat 3] [--src OLD/src]
+        [--clients N]
 
 Starts the real `dovecot-appauth serve --workers 1 --port PORT --token-file FILE` on the
 benchmark site of `serve_throughput.py` (SQLite, audit on with the test MaxMind files,
@@ -16,11 +17,15 @@ keep-alive connection, as Dovecot's HTTP client does, and reads the worker's CPU
 - `report`: `POST /policy?command=report` of a successful login (audit line + event row).
 
 Printed: CPU µs per request per kind (the median of `--repeat` batches, kinds interleaved),
-and the same for a `GET /health` (the HTTP floor: uvicorn, Starlette, no engine). Every
-answer is checked. `--src DIR` (repeatable) runs one more `serve` per DIR with
-PYTHONPATH=DIR (e.g. an unpacked `git archive OLD src`), measured in the same rounds as
-the installed one: an A/B comparison, as the machine's load moves CPU time per request
-by 10-20 % (a busy sibling hyperthread, caches). Needs the `serve` extra; root is not
+and the same for a `GET /health` (the HTTP floor: uvicorn, Starlette, no engine), with the
+context switches of the worker's threads per request. `--clients N` sends over N
+keep-alive connections at once (Dovecot's auth workers do, under load): each release of
+the GIL (a system call, an SQLite statement) is then a chance for a thread switch, which
+costs CPU that a sequential batch does not show. Every answer is checked. `--src DIR`
+(repeatable) runs one more `serve` per DIR with PYTHONPATH=DIR (e.g. an unpacked `git
+archive OLD src`), measured in the same rounds as the installed one: an A/B comparison, as
+the machine's load moves CPU time per request by 10-20 % (a busy sibling hyperthread,
+caches). Needs the `serve` extra; root is not
 needed. See benchmarks/README.md.
 """
 
@@ -103,6 +108,43 @@ def requests(password: str) -> dict[str, tuple[str, str, bytes | None, object]]:
     }
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of all of a process's threads so far."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except OSError:  # a thread that just ended
+            pass
+    return total
+
+
+def run_batch(clients: list[Client], spec: tuple[str, str, bytes | None, object], n: int) -> None:
+    """`n` requests of one kind: sequential on one connection, or spread over several at once."""
+    if len(clients) == 1:
+        batch(clients[0], spec, n)
+        return
+    import threading
+
+    failures: list[BaseException] = []
+
+    def one(client: Client, count: int) -> None:
+        try:
+            batch(client, spec, count)
+        except BaseException as e:  # re-raised below, in the main thread
+            failures.append(e)
+
+    share = -(-n // len(clients))
+    threads = [threading.Thread(target=one, args=(c, share)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+
+
 def batch(client: Client, spec: tuple[str, str, bytes | None, object], n: int) -> None:
     method, path, body, expected = spec
     client.conn.close()  # reconnects: uvicorn drops a connection idle for 5 s (another target's batch)
@@ -117,7 +159,7 @@ class Target:
     """One `serve --workers 1` (the installed code, or PYTHONPATH=src) and a connection to it."""
 
     def __init__(self, name: str, src: str | None, config: Path, token: str, token_file: Path, workdir: Path,
-                 extra: list[str]):
+                 extra: list[str], clients: int = 1):
         import socket
 
         self.name = name
@@ -139,6 +181,7 @@ class Target:
             try:
                 self.client = Client(port, token)
                 self.client.call("GET", "/health")
+                self.clients = [self.client, *(Client(port, token) for _ in range(clients - 1))]
                 return
             except OSError:
                 if time.monotonic() > deadline:
@@ -159,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src", action="append", default=[], metavar="DIR",
                    help="also measure a serve run with PYTHONPATH=DIR (repeatable)")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG", help="one more serve argument")
+    p.add_argument("--clients", type=int, default=1, metavar="N",
+                   help="N keep-alive connections sending at once (default 1: one after another)")
     args = p.parse_args(argv)
+    if args.clients < 1:
+        p.error("--clients: at least 1")
     from tests.support.localservers import LocalDns
 
     workdir = Path(tempfile.mkdtemp(prefix="appauth-serve-cpu-", dir=bench.shared_tmp()))
@@ -178,29 +225,35 @@ def main(argv: list[str] | None = None) -> int:
         token_file.write_text(token + "\n")
         os.chmod(token_file, 0o600)
         for name, src in [("installed", None), *((src, src) for src in args.src)]:
-            targets.append(Target(name, src, config, token, token_file, workdir, args.serve_arg))
+            targets.append(Target(name, src, config, token, token_file, workdir, args.serve_arg, args.clients))
         specs = requests(password)
         kinds = [k for k in args.kinds.split(",") if k]
         for target in targets:  # warm: caches, pool, lists, code paths
             for kind in kinds:
-                batch(target.client, specs[kind], 100)
+                run_batch(target.clients, specs[kind], 100)
         samples: dict[tuple[str, str], list[float]] = {(t.name, k): [] for t in targets for k in kinds}
+        switches: dict[tuple[str, str], list[float]] = {(t.name, k): [] for t in targets for k in kinds}
         for _ in range(args.repeat):
             for kind in kinds:
                 for target in targets:
-                    before = cpu_seconds(target.worker)
-                    batch(target.client, specs[kind], args.requests)
+                    before, switched = cpu_seconds(target.worker), context_switches(target.worker)
+                    run_batch(target.clients, specs[kind], args.requests)
                     used = cpu_seconds(target.worker) - before
                     samples[(target.name, kind)].append(used / args.requests * 1e6)
+                    switches[(target.name, kind)].append(
+                        (context_switches(target.worker) - switched) / args.requests)
         load = os.getloadavg()[0]
-        print(f"serve worker CPU per request ({args.requests} x {args.repeat}, one keep-alive connection; "
-              f"load {load:.2f} on {os.cpu_count()} cores)")
+        how = ("one keep-alive connection" if args.clients == 1 else
+               f"{args.clients} keep-alive connections at once")
+        print(f"serve worker CPU per request ({args.requests} x {args.repeat}, {how}; "
+              f"load {load:.2f} on {os.cpu_count()} cores); context switches of its threads per request")
         for target in targets:
             print(f"{target.name}:")
             for kind in kinds:
                 values = samples[(target.name, kind)]
                 shown = ", ".join(f"{v:.0f}" for v in values)
-                print(f"  {kind:<7} {statistics.median(values):>7.0f} µs   ({shown})")
+                print(f"  {kind:<7} {statistics.median(values):>7.0f} µs   ({shown})   "
+                      f"{statistics.median(switches[(target.name, kind)]):>5.1f} switches")
     finally:
         for target in targets:
             target.stop()

@@ -161,3 +161,38 @@ def mariadb_config(appauth_config_factory, mariadb_database) -> AppauthConfig:
 
 __all__ = ["CHECKPASSWORD", "CLI", "DOVECOT_USER", "AppauthConfig", "run_cli", "shared_tempdir_base",
            "write_appauth_config"]
+
+
+class FileClock:
+    """The clock of `serve`'s file change checks (filestat.py), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float | None = None) -> None:
+        """Past the check interval by default: the next check stats the files again."""
+        from dovecot_appauth import filestat
+
+        self.now += filestat.interval() if seconds is None else seconds
+
+
+@pytest.fixture(autouse=True)
+def _file_checks_reset(monkeypatch):
+    """An in-process `serve` Engine sets the file check interval for the whole process:
+    each test starts with it off and a clock of its own (`file_clock`)."""
+    from dovecot_appauth import filestat
+
+    clock = FileClock()
+    monkeypatch.setattr(filestat, "_clock", clock)
+    filestat.set_interval(0)
+    yield clock
+    filestat.set_interval(0)
+
+
+@pytest.fixture
+def file_clock(_file_checks_reset) -> FileClock:
+    """Advance it past the interval after changing a file an in-process Engine watches."""
+    return _file_checks_reset

@@ -422,7 +422,15 @@ class SqliteStore:
 
     def usable(self) -> bool:
         """Still the database at `path` (not replaced since it was opened)? For pooled stores."""
-        return self._identity is None or self._identity == _file_identity(self.path)
+        if self._identity is None:
+            return True
+        from .filestat import stat  # serve only: its stat at most once per interval
+
+        try:
+            st = stat(self.path)
+        except OSError:
+            return False
+        return self._identity == (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         self.finish()

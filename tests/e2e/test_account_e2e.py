@@ -106,7 +106,9 @@ def test_serve_verify_through_the_gate(gate_site, slapd):
     token_file = gate_site.dir / "serve.token"
     token_file.write_text(token + "\n")
     os.chmod(token_file, 0o600)
-    served = Service(gate_site.path, gate_site.dir / "serve.log", "--token-file", str(token_file))
+    # every request sees the config as the test just wrote it (the interval: test_serve_operation.py)
+    served = Service(gate_site.path, gate_site.dir / "serve.log", "--token-file", str(token_file),
+                     "--file-check-interval", "0")
     try:
         def verify(user: str) -> dict:
             status, answer = served.request("POST", "/verify", {"user": f"{user}@example.com",

@@ -144,6 +144,12 @@ def test_serve_throughput_runs_every_set_up_through_dovecot(tmp_path):
     for mode in data["modes"].values():
         assert (mode["logins"], mode["errors"], mode["rounds"]) == (4, 0, 1), mode
     assert all(ratio > 0 for ratio in data["ratios"].values()), data["ratios"]
+    assert all(len(ratios) == 1 and ratios[0] > 0 for ratios in data["round_ratios"].values()), data
+    # CPU per login: serve works only in the serve set-ups, Dovecot's auth hashes in the others
+    cpu = {mode: m["cpu_ms"] for mode, m in data["modes"].items()}
+    assert all(c["machine"] > 0 for c in cpu.values()), cpu
+    assert cpu["lua"]["serve"] > 0 and cpu["policy"]["serve"] > 0 and cpu["native"]["Dovecot auth"] > 0, cpu
+    assert "CPU ms per login" in res.stdout and "by round: median" in res.stdout
     assert "--token-file" in res.stderr  # the serve command line, from serve_options()
 
 

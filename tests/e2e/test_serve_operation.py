@@ -187,6 +187,13 @@ def test_serve_refuses_tcp_without_a_token(site):
         assert result.returncode != 0 and "--insecure-no-token" in result.stderr, result.stderr
 
 
+def test_serve_refuses_a_file_check_interval_out_of_range(site):
+    for value in ("-1", "nan", "3601"):
+        result = run_cli(site.path, "serve", "--port", "1", "--token-file", str(site.token_file),
+                         "--file-check-interval", value, check=False, timeout=30)
+        assert result.returncode != 0 and "--file-check-interval" in result.stderr, result.stderr
+
+
 def test_serve_refuses_a_token_file_everyone_can_read(site, tmp_path):
     loose = tmp_path / "token"
     loose.write_text("some-secret-value\n")
@@ -406,6 +413,7 @@ def test_metrics_need_the_token_and_add_up_over_workers(live_dns_site):
         time.sleep(0.01)
         (cfg.dir / "ip.deny.lst").write_text("203.0.113.64/26\n203.0.113.128/26\n")
         cfg.path.write_text(cfg.path.read_text() + "# changed\n")
+        time.sleep(1.1)  # serve looks at its files once per --file-check-interval (default 1 s)
         for _ in range(10):  # the workers see the changed list on their next requests
             served.request("POST", "/verify", verify_body("metrics@example.com", WRONG, "198.51.100.98"),
                            token=cfg.token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -214,7 +215,7 @@ def test_verify_database_down_is_tempfail(site):
         site.db.parent.chmod(0o700)
 
 
-def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site, monkeypatch):
+def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site, monkeypatch, file_clock):
     from dovecot_appauth.audit import lists as lists_module
 
     read: list[str] = []  # file reads: its on-disk parsed form, or its text parsed
@@ -228,14 +229,28 @@ def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site
     monkeypatch.setattr(lists_module, "_read_cache", counting(lists_module._read_cache))
     monkeypatch.setattr(lists_module, "parse_list", counting(lists_module.parse_list))
     monkeypatch.setattr(lists_module, "RACY_NS", 0)  # the list was written just now
+    stats: list[str] = []  # every file the process stat'ed
+    real_stat = os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", counting_stat)
     req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
     assert site.post("/policy?command=allow", req)[1]["status"] == -1
     assert read == ["_read_cache", "parse_list"]  # no parsed form on disk yet: parsed
+    looked_at = len(stats)
     for _ in range(3):
         assert site.post("/policy?command=allow", req)[1]["status"] == -1
-    assert len(read) == 2  # kept in memory: a stat, no read
+    assert len(read) == 2  # kept in memory: no read
+    assert len(stats) == looked_at  # and within the file check interval not even a stat
     (site.dir / "ip.deny.lst").write_text("192.0.2.0/24\n")
-    assert site.post("/policy?command=allow", req)[1]["status"] == 0  # the change applies at once
+    # within the file check interval the file is not looked at again (no stat, no read)
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert len(read) == 2
+    file_clock.advance()  # the interval is over: the change applies on the next request
+    assert site.post("/policy?command=allow", req)[1]["status"] == 0
     assert read[2:] == ["_read_cache", "parse_list"]
 
 
@@ -273,13 +288,16 @@ def test_token_is_required_when_configured(tmp_path):
         served.close()
 
 
-def test_engine_reloads_the_config_on_change(tmp_path):
+def test_engine_reloads_the_config_on_change(tmp_path, file_clock):
     path, _ = _site(tmp_path)
     engine = Engine(str(path), stderr=io.StringIO())
     assert engine.config().audit.enabled
     path.write_text(path.read_text().replace("enabled = true", "enabled = false", 1) + "\n")
+    assert engine.config().audit.enabled  # not looked at again within the file check interval
+    file_clock.advance()
     assert not engine.config().audit.enabled
     path.write_text("[database\n")
+    file_clock.advance()
     assert not engine.config().audit.enabled  # a broken edit keeps the previous config
     assert "not reloaded" in engine.stderr.getvalue()
 
@@ -385,12 +403,13 @@ def test_serve_answers_a_throttled_client_at_once_and_then_from_memory(tmp_path,
     assert engine.throttled_answer(body) is None
 
 
-def test_an_unreadable_allow_list_skipped_by_the_limiter_is_said_in_the_service_log(tmp_path, capfd):
+def test_an_unreadable_allow_list_skipped_by_the_limiter_is_said_in_the_service_log(tmp_path, capfd, file_clock):
     # the limiter's exemption check reads the allow list itself; its "going on without it"
     # line went to the process's stderr, past the service's log (and its prefix)
     path, engine = _throttled_site(tmp_path, delay=0)
     text = path.read_text().replace("[audit]\n", '[audit]\nunreadable_list = "skip"\n', 1)
     path.write_text(text + '\n[audit.allow]\nip_networks = "missing.allow.lst"\n')
+    file_clock.advance()
     assert engine.verify({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}) == \
         {"result": "tempfail", "throttled": True}  # the list that could exempt the client is not there
     assert "allow list ip_networks" in engine.stderr.getvalue()

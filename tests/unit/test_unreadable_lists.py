@@ -152,7 +152,7 @@ def test_assess_of_serve_and_explain_refuses_a_missing_list(tmp_path):
     assert not assess(user=USER, service="imap", ip="127.0.0.1", config=config, now=time.time()).deny
 
 
-def test_serve_verify_and_policy_fail_closed(site):
+def test_serve_verify_and_policy_fail_closed(site, file_clock):
     """`serve` (Dovecot 2.4's Lua passdb and auth policy) runs the same decide/assess."""
     pytest.importorskip("starlette")
     import io
@@ -166,6 +166,7 @@ def test_serve_verify_and_policy_fail_closed(site):
     body = {"user": USER, "password": site.pw("a"), "service": "imap", "remote_ip": DENIED_IP}
     assert engine.verify(body)["result"] == "fail"
     damage(deny_file, "moved")
+    file_clock.advance()  # serve looks at its files once per --file-check-interval
     assert engine.verify(body) == {"result": "tempfail"}
     with pytest.raises(TempFail, match="deny list ip_networks"):
         engine.policy("allow", {"login": USER, "remote": DENIED_IP, "protocol": "imap"})

@@ -34,6 +34,7 @@ from ..private_file import make_private_dirs
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 FILE_NAME = "cache.sqlite"
@@ -84,13 +85,14 @@ class Negative(tuple):
         return f"Negative(status={self[0]!r}, detail={self[1]!r}, stored={self[2]!r})"
 
 
-def file_signature(path: str) -> str:
+def file_signature(path: str, stat: Callable[[str], os.stat_result] = os.stat) -> str:
     """`mtime_ns-size` of a file, so entries derived from it expire when it changes.
 
     Here rather than in sources/maxmind.py because the warm path must check it without
-    importing the source module. Raises OSError when the file cannot be stat'ed.
+    importing the source module. Raises OSError when the file cannot be stat'ed. `stat`:
+    serve passes filestat.stat.
     """
-    st = os.stat(path)
+    st = stat(path)
     return f"{st.st_mtime_ns}-{st.st_size}"
 
 

@@ -96,10 +96,12 @@ def keep_cache_open(on: bool = True) -> None:
 def _kept_cache(directory: str) -> IpCache:
     import os  # serve only: no new module-level import on the login path
 
+    from ..filestat import stat  # at most once per interval (serve --file-check-interval)
+
     kept: dict[str, tuple[int, tuple[int, int] | None, IpCache]] = _kept_caches.__dict__.setdefault("caches", {})
     pid = os.getpid()
     try:
-        st = os.stat(os.path.join(directory, FILE_NAME))
+        st = stat(os.path.join(directory, FILE_NAME))
         identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except OSError:
         identity = None  # made by the first query: kept from the next request on
@@ -117,6 +119,10 @@ def _signature(path: str | None) -> str:
     if not path:
         return "-"
     try:
+        if _kept_caches is not None:  # serve: at most once per interval
+            from ..filestat import stat
+
+            return file_signature(path, stat)
         return file_signature(path)
     except OSError:
         return "missing"  # when the file appears its signature differs, so it is read then

@@ -496,8 +496,10 @@ def load_kept(kind: str, path: str, *, cache_dir: str | None = None,
     if kept is None:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)
         return entries if isinstance(entries, tuple) else tuple(entries), problems  # keep an index
+    from ..filestat import stat  # serve: a stat per file and interval, not per request
+
     try:
-        st = os.stat(path)
+        st = stat(path)
     except OSError:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)  # raises, saying why
         return tuple(entries), problems

@@ -66,6 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"--workers {args.workers}: at least 1")
     if args.max_requests < 1:
         raise CliError(f"--max-requests {args.max_requests}: at least 1")
+    if not 0 <= args.file_check_interval <= 3600:  # also refuses nan
+        raise CliError(f"--file-check-interval {args.file_check_interval}: from 0 to 3600 seconds")
     if args.insecure_no_token:
         import sys
 
@@ -73,7 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "remote are replaced by the caller's own address and reports are not audited", file=sys.stderr)
     try:
         return serve(config_path(args.config), host=args.host, port=args.port, uds=args.unix_socket, token=token,
-                     socket_mode=mode, workers=args.workers, max_requests=args.max_requests)
+                     socket_mode=mode, workers=args.workers, max_requests=args.max_requests,
+                     file_check_interval=args.file_check_interval)
     except OSError as e:
         raise CliError(f"cannot listen: {e}") from None
 
@@ -144,6 +147,9 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--max-requests", type=int, default=64, metavar="N",
                    help="requests in work at once per worker; more are answered 503 (temporary failure) "
                         "at once instead of waiting past Dovecot's timeout (default 64)")
+    p.add_argument("--file-check-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="look at the config, list and cache files for changes at most this often; a "
+                        "change takes effect within this time (default 1; 0: on every request)")
 
     p = command("serve-token", cmd_serve_token,
                 "write a new random secret for serve --token-file, readable only by its owner (and group)",

@@ -20,7 +20,8 @@ Kept warm between requests: the interpreter and imports, the parsed config (relo
 when the file changes), the parsed lists with their compiled matchers (`lists.keep_warm`:
 read again when a file's stat changes), the database connections (`pool.py`), one
 enrichment cache connection per thread (`enrich.keep_cache_open`) and the MaxMind
-readers (`sources/maxmind.py`, reopened when a .mmdb file changes). The engine is
+readers (`sources/maxmind.py`, reopened when a .mmdb file changes). Each file is stat'ed
+at most once per `file_check_interval` (default 1 s, filestat.py), not per request. The engine is
 synchronous (SQL, DNS), so each request runs on one of THREADS threads, at most
 `max_requests` at once per process; one more is answered 503 at once. `GET /metrics`:
 Prometheus text (metrics.py). The two endpoints Dovecot calls per login are plain ASGI
@@ -45,8 +46,10 @@ import sys
 import time
 from typing import Any
 
+from .. import filestat
 from ..config import Config, ConfigError, load
 from ..core import LoginRequest, Mode, TempFail
+from ..filestat import DEFAULT_INTERVAL as DEFAULT_FILE_CHECK_INTERVAL
 from .pool import StorePool
 
 MAX_BODY = 64 * 1024
@@ -73,7 +76,7 @@ class Engine:
     gets the current config and a pooled store. `metrics` (metrics.Metrics, set by
     build_app) counts what the requests found."""
 
-    def __init__(self, path: str, stderr: Any = None):
+    def __init__(self, path: str, stderr: Any = None, file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL):
         from ..audit.enrich import keep_cache_open
         from ..audit.lists import keep_warm
 
@@ -89,6 +92,9 @@ class Engine:
         self._throttled: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # THROTTLE_MEMO_SECONDS
         keep_warm()  # lists parsed and compiled once per file version, not per request
         keep_cache_open()  # the enrichment cache's connection, per thread
+        # every change check (config, lists, caches, database file): a stat per file and
+        # interval, not per request (filestat.py says why)
+        filestat.set_interval(file_check_interval)
 
     def same_config(self, named: Any) -> bool:
         """True unless the caller named a config file (the fast path does) other than this one."""
@@ -133,7 +139,7 @@ class Engine:
         return answer
 
     def config(self) -> Config:
-        st = os.stat(self.path)
+        st = filestat.stat(self.path)
         key = (st.st_mtime_ns, st.st_size)
         if key != self._key or self._config is None:
             first = self._config is None
@@ -157,8 +163,9 @@ class Engine:
             self.metrics.config_reloads.labels(result).inc()
 
     def _watch_lists(self, config: Config) -> None:
-        """Count the list files that changed since the last request (the list reloads of
-        the metrics): one stat per configured list file."""
+        """Count the list files that changed since they were last looked at (the list reloads
+        of the metrics): one stat per configured list file and file check interval, shared
+        with the lists' own (filestat)."""
         if not config.audit.enabled:
             return
         if self._watched[0] is not config:  # resolved once per config, not per request
@@ -167,7 +174,7 @@ class Engine:
                                       [*audit.lists.items(), *(("allow-" + k, p) for k, p in audit.allow.items())]])
         for kind, full in self._watched[1]:
             try:
-                st = os.stat(full)
+                st = filestat.stat(full)
                 signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
             except OSError:
                 signature = None
@@ -698,12 +705,15 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
 
 def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: str | None = None,
           token: str | None = None, socket_mode: int = 0o660, workers: int = 1,
-          max_requests: int = DEFAULT_MAX_REQUESTS, callers_trusted: bool | None = None) -> int:
+          max_requests: int = DEFAULT_MAX_REQUESTS, callers_trusted: bool | None = None,
+          file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL) -> int:
     """Listen, then run `workers` processes that share the listening socket (each with
     its own event loop, database pool and caches: hashing and the audit use every core).
     This process supervises them: a worker that dies is replaced; SIGTERM or SIGINT is
     passed on to every worker, which finishes the requests in flight (up to
-    GRACEFUL_SECONDS) and exits. Returns the exit status. Raises OSError (cannot listen)."""
+    GRACEFUL_SECONDS) and exits. `file_check_interval`: how long a stat of the config, a list
+    or a cache file is reused (filestat.py). Returns the exit status. Raises OSError (cannot
+    listen)."""
     Engine(config_path).config()  # a broken config fails at start, not at the first login
     if uds:
         listener = unix_listener(uds, socket_mode)
@@ -715,16 +725,16 @@ def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: s
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family, backlog=2048)
     supervisor = Supervisor(listener, lambda: _worker(config_path, listener, token, callers_trusted,
-                                                      max_requests), workers)
+                                                      max_requests, file_check_interval), workers)
     return supervisor.run()
 
 
 def _worker(config_path: str, listener: Any, token: str | None, callers_trusted: bool | None,
-            max_requests: int) -> None:
+            max_requests: int, file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL) -> None:
     """One worker process: its own engine (pool, caches) on the shared socket."""
     import uvicorn
 
-    engine = Engine(config_path)
+    engine = Engine(config_path, file_check_interval=file_check_interval)
     app = build_app(engine, token, callers_trusted=callers_trusted, max_requests=max_requests)
     # proxy_headers=False: uvicorn's default takes X-Forwarded-For from a client on
     # 127.0.0.1 as the client's address, so without a token any local process could name
