@@ -196,3 +196,20 @@ def _file_checks_reset(monkeypatch):
 def file_clock(_file_checks_reset) -> FileClock:
     """Advance it past the interval after changing a file an in-process Engine watches."""
     return _file_checks_reset
+
+
+@pytest.fixture(autouse=True)
+def _notify_commands_reaped():
+    """The notify commands a test started in this process (audit/events.py keeps them
+    unwaited, as a login does) are waited for after it: none is left running, or unreaped,
+    when the session ends."""
+    yield
+    from dovecot_appauth.audit import events
+
+    for child in list(events._running):
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    events._running.clear()
