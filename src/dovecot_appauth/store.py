@@ -20,6 +20,7 @@ from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Protocol
 
     from .audit.events import EventRow
@@ -426,20 +427,16 @@ class SqliteStore:
             return True
         from .filestat import stat  # serve only: its stat at most once per interval
 
-        try:
-            st = stat(self.path)
-        except OSError:
-            return False
-        return self._identity == (st.st_dev, st.st_ino)
+        return self._identity == _file_identity(self.path, stat)
 
     def close(self) -> None:
         self.finish()
         self.conn.close()
 
 
-def _file_identity(path: str) -> tuple[int, int] | None:
+def _file_identity(path: str, stat: Callable[[str], os.stat_result] = os.stat) -> tuple[int, int] | None:
     try:
-        st = os.stat(path)
+        st = stat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino)

@@ -110,6 +110,32 @@ def test_pool_reopens_a_replaced_sqlite_file(appauth_config_factory):
         pool.close()
 
 
+def test_pool_sees_a_replaced_sqlite_file_within_the_file_check_interval(appauth_config_factory, file_clock):
+    """In serve (filestat's interval on) the file is looked at once per interval: a restore
+    applies after it, not on the very next request, and never later."""
+    from dovecot_appauth import filestat
+
+    filestat.set_interval(1.0)
+    old = appauth_config_factory()
+    old.create_password("alice@example.com")
+    restored = appauth_config_factory()
+    bob = restored.create_password("bob@example.com")
+    config = load(str(old.path))
+    pool = StorePool()
+    try:
+        for _ in range(2):  # the second reuses the store: its file is looked at (and the look kept)
+            assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.FAIL
+        staged = old.db_path.with_name("restore.sqlite")
+        shutil.copy(restored.db_path, staged)
+        os.replace(staged, old.db_path)
+        assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.FAIL  # within the interval
+        file_clock.advance()
+        assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.OK
+        assert pool.opened == 2
+    finally:
+        pool.close()
+
+
 def test_pool_empties_when_the_dsn_changes(appauth_config_factory):
     first, second = appauth_config_factory(), appauth_config_factory()
     pool = StorePool()
