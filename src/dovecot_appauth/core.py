@@ -15,7 +15,7 @@ from .values import Choice, IntChoice, Value
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import TextIO
+    from typing import Any, TextIO
 
 # db-checkpassword.c: CHECKPASSWORD_MAX_REQUEST_LEN
 MAX_REQUEST_LEN = 512
@@ -75,6 +75,43 @@ class ListsUnreadable(TempFail):
     """A configured deny or allow list cannot be read, so the login cannot be judged
     (`[audit] unreadable_list = "tempfail"`). A temporary failure, except under
     --audit-chain, which refuses instead: Dovecot's example maps 111 to return-ok there."""
+
+
+class WouldWait(Exception):
+    """`serve` runs a request on its event loop first (serve/server.py, "on the loop"):
+    raised there when the request needs something that can wait (a lookup the
+    enrichment cache does not answer, a lock another process holds, a slow hash), so it
+    is run again from the start on one of the engine's threads. Raised only before the
+    request did anything that shows: its database writes are in a transaction that is
+    rolled back, and no audit line has been written. Never raised on a thread or in the
+    per-login program (`must_not_wait`)."""
+
+
+# The thread ident of serve's event loop while it runs a request itself; None otherwise
+# (always, in the per-login program).
+_loop_thread: int | None = None
+
+
+def must_not_wait() -> bool:
+    """True while serve's event loop runs a request: whatever could wait raises WouldWait."""
+    if _loop_thread is None:
+        return False
+    import _thread  # built in: nothing to load
+
+    return _thread.get_ident() == _loop_thread
+
+
+def run_on_loop(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """`func(*args, **kwargs)` as a request on serve's event loop: `must_not_wait()` is true
+    on this thread meanwhile."""
+    import _thread
+
+    global _loop_thread
+    _loop_thread = _thread.get_ident()
+    try:
+        return func(*args, **kwargs)
+    finally:
+        _loop_thread = None
 
 
 class Misuse(AppAuthError):

@@ -26,6 +26,8 @@ from .core import (
     Misuse,
     Mode,
     TempFail,
+    WouldWait,
+    must_not_wait,
     parse_request,
     read_environment,
 )
@@ -190,6 +192,9 @@ def _decide_and_commit(request: LoginRequest, config: Config, store: Store, *, n
     checked; refusing over a row would lock the user out)."""
     try:
         return _decide(request, config, store, now=now, stderr=stderr, hold=hold)
+    except WouldWait:
+        store.rollback()  # serve runs it again on a thread: nothing of it is kept
+        raise
     finally:
         try:
             store.commit()
@@ -524,7 +529,12 @@ def _alert_leaked_password(store: Store, config: Config, request: LoginRequest, 
                            stderr: TextIO) -> None:
     """The right password of a revoked or expired app password: it has leaked. An audit
     event with alert `leaked-password`, and with [alerts] on, a log line and the notify
-    command, as for a new-country alert. The login is refused all the same."""
+    command, as for a new-country alert. The login is refused all the same.
+
+    On serve's event loop, WouldWait: its lookups, the notify command and the enrichment
+    cache's write run on a thread (the failure row written before is rolled back)."""
+    if must_not_wait():
+        raise WouldWait("a leaked password's alert")
     from .audit.events import LEAKED_ALERT
     from .policy import utc_text
 
@@ -617,6 +627,8 @@ def _check_password(password: str | None, rows: list[PasswordRow], active: list[
     """
     from . import hashing
 
+    if must_not_wait():
+        _no_slow_hash_on_loop(rows, config)
     revoked = None
     unverifiable: list[tuple[PasswordRow, str]] = []
     checks = 0
@@ -645,6 +657,32 @@ def _check_password(password: str | None, rows: list[PasswordRow], active: list[
     hashing.dummy_verify(password or "", config.auth.hash_scheme, rounds=config.auth.sha512_rounds,
                          count=config.auth.hash_checks - checks)
     return None, revoked, unverifiable
+
+
+# The hashes serve's event loop computes itself: libcrypt's SHA-crypt takes about 2 ms at
+# the default rounds and holds the GIL, so on an engine thread it would hold the loop as long.
+# A check that may need more than _LOOP_MAX_HASHES of them (the default [auth] hash_checks:
+# a wrong password's padding) goes to a thread, where the loop gets the GIL back between two.
+_LOOP_SCHEMES = frozenset(("sha512-crypt", "sha256-crypt"))
+_LOOP_MAX_HASHES = 10
+
+
+def _no_slow_hash_on_loop(rows: list[PasswordRow], config: Config) -> None:
+    """WouldWait when this check needs bcrypt or argon2id (tens of milliseconds, and their
+    libraries let other threads run meanwhile) or more than _LOOP_MAX_HASHES SHA-crypt
+    hashes: serve runs it on a thread."""
+    from . import hashing
+
+    if max(len(rows), config.auth.hash_checks) > _LOOP_MAX_HASHES:
+        raise WouldWait(f"{len(rows)} app passwords to check")
+    schemes = {config.auth.hash_scheme}
+    for row in rows:
+        try:
+            schemes.add(hashing.scheme_of(row.hash))
+        except hashing.UnsupportedHash:
+            continue  # reported by the check itself
+    if not schemes <= _LOOP_SCHEMES:
+        raise WouldWait("a bcrypt or argon2id hash")
 
 
 # --audit-chain checks no password, so it must know that an earlier passdb did. Dovecot 2.3

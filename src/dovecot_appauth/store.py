@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-from .core import TempFail
+from .core import TempFail, WouldWait
 from .dsn import DsnError, parse_dsn
 from .values import Value
 
@@ -86,6 +86,10 @@ if TYPE_CHECKING:  # a Protocol only for the type checker: `typing` costs a logi
         def record_known_client(self, username: str, client: str, now: float) -> None: ...
 
         def commit(self) -> None: ...
+
+        def claim_writes(self) -> None: ...
+
+        def rollback(self) -> None: ...
 
         def finish(self) -> None: ...
 
@@ -268,6 +272,10 @@ class SqliteStore:
         # Set when a write waited the whole timeout for the lock: the request's other writes
         # fail at once, so a locked database costs one timeout in all, not one per row.
         self._locked: str | None = None
+        # serve's event loop (server.py): a lock another connection holds is WouldWait, not
+        # a wait (the loop's store has a busy timeout of 0), and the write transaction is
+        # claimed before the request's first visible effect (claim_writes)
+        self.inline = False
         try:
             # mode=rw: never create an empty database where the real one is missing
             self.conn = sqlite3.connect(
@@ -302,12 +310,19 @@ class SqliteStore:
                 rows = self.conn.execute(_SELECT_PASSWORDS.format(p="?", collate=" COLLATE NOCASE"),
                                          (username,)).fetchall()
         except self._errors as e:
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._read_error(e) from None
         return [_password_row(r) for r in rows]
 
-    def _write_error(self, error: Exception) -> TempFail:
+    def _read_error(self, error: Exception) -> Exception:
+        if self.inline and _is_lock_timeout(error):
+            return WouldWait(f"SQLite database {self.path} is locked")
+        return TempFail(_describe_sqlite_error(error, self.path))
+
+    def _write_error(self, error: Exception) -> Exception:
         message = _describe_sqlite_error(error, self.path)
         if _is_lock_timeout(error):
+            if self.inline:
+                return WouldWait(f"SQLite database {self.path} is locked")
             self._locked = message
         return TempFail(message)
 
@@ -320,15 +335,38 @@ class SqliteStore:
         try:
             return self.conn.execute(query, {"user": username}).fetchmany(2)
         except self._errors as e:
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._read_error(e) from None
 
     def _begin(self) -> None:
         """Open the request's write transaction unless it is open: the audit event, the
         `log` row and whatever the request writes after them commit together, in `commit()`
         (one commit, one WAL append per login). BEGIN is deferred: the write lock is taken
         by the first write, which comes after the enrichment, never before it."""
-        if not self.conn.in_transaction:
+        if self.inline:
+            self.claim_writes()
+        elif not self.conn.in_transaction:
             self.conn.execute("BEGIN")
+
+    def claim_writes(self) -> None:
+        """On serve's event loop (`inline`): open the request's write transaction with the
+        write lock now, or raise WouldWait when another connection holds it (no wait: the
+        busy timeout is 0). Called before the first thing of a request that shows (the
+        audit line, a row), so that its rerun on a thread repeats nothing. Elsewhere a
+        no-op: there the transaction opens with the first write (`_begin`)."""
+        if not self.inline or self.conn.in_transaction:
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except self._errors as e:
+            raise self._write_error(e) from None
+
+    def rollback(self) -> None:
+        """Undo the request's uncommitted writes (a request serve runs again on a thread)."""
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except self._errors:
+                pass
 
     def record_event(self, row: EventRow) -> None:
         from .audit.events import INSERT_EVENT
@@ -347,7 +385,7 @@ class SqliteStore:
             return self.conn.execute(SELECT_HISTORY.format(p="?", collate=" COLLATE NOCASE"),
                                      (username, utc_timestamp(since))).fetchall()
         except self._errors as e:
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._read_error(e) from None
 
     def failure_counts(self, username: str, ip: str, since: float) -> tuple[int, int, int]:
         """Failed logins since `since`: (this user from this IP, this IP, this user)."""
@@ -358,7 +396,7 @@ class SqliteStore:
             if "no such table: auth_failures" in str(e):  # an old database: no throttling until upgrade-db
                 self.upgrade_note = UPGRADE_NOTE
                 return (0, 0, 0)
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._read_error(e) from None
         return (int(row[0]), int(row[1]), int(row[2]))
 
     def record_failure(self, username: str, ip: str | None, service: str, now: float) -> None:
@@ -366,7 +404,9 @@ class SqliteStore:
         try:
             # a transaction of its own (autocommit) unless one is open: a refusal for a
             # leaked password evaluates the sources after this row, and must not hold the
-            # write lock meanwhile
+            # write lock meanwhile. On serve's loop, in the request's transaction (which a
+            # leaked password rolls back: login._alert_leaked_password)
+            self.claim_writes()
             self.conn.execute(_INSERT_FAILURE.format(p="?"), (utc_timestamp(now), username, ip, service))
         except self._errors as e:
             raise self._write_error(e) from None
@@ -377,14 +417,14 @@ class SqliteStore:
             row = self.conn.execute(_SELECT_KNOWN.format(p="?", collate=" COLLATE NOCASE"),
                                     (username, client, utc_timestamp(since))).fetchone()
         except self._errors as e:
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise self._read_error(e) from None
         return row is not None
 
     def record_known_client(self, username: str, client: str, now: float) -> None:
         try:
             self.conn.execute(_UPSERT_KNOWN_SQLITE, (username, client, utc_timestamp(now),
                                                      utc_timestamp(now - KNOWN_CLIENT_REFRESH)))
-        except self._errors as e:
+        except self._errors as e:  # after the audit line: never WouldWait
             raise TempFail(_describe_sqlite_error(e, self.path)) from None
 
     def record_login(self, record: LoginRecord, *, now: float, dedup_window: float) -> bool:
@@ -410,7 +450,7 @@ class SqliteStore:
                 self.conn.execute("ROLLBACK")
             except self._errors:
                 pass
-            raise TempFail(_describe_sqlite_error(e, self.path)) from None
+            raise TempFail(_describe_sqlite_error(e, self.path)) from None  # never WouldWait
 
     def finish(self) -> None:
         """End the request: commit what is pending, forget what it learnt of the schema."""
@@ -610,6 +650,12 @@ class MysqlStore:
     def commit(self) -> None:
         """Nothing to do: each statement is a transaction of its own (autocommit), so that
         `_run` can retry the one InnoDB picked as a deadlock victim."""
+
+    def claim_writes(self) -> None:
+        """Nothing to do: serve never runs a MariaDB request on its event loop."""
+
+    def rollback(self) -> None:
+        """Nothing to undo (autocommit)."""
 
     def finish(self) -> None:
         """End the request (autocommit: nothing pending); forget what it learnt of the schema."""

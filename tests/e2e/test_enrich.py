@@ -302,9 +302,9 @@ def test_kept_cache_connection_is_reused_per_thread_and_reopened_when_the_file_g
     opened: list[int] = []
 
     class CountingCache(IpCache):
-        def __init__(self, directory: str):
+        def __init__(self, directory: str, **options):
             opened.append(threading.get_ident())
-            super().__init__(directory)
+            super().__init__(directory, **options)
 
     monkeypatch.setattr(enrich_module, "IpCache", CountingCache)
     cfg = audit_config()

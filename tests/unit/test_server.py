@@ -22,6 +22,7 @@ from dovecot_appauth import hashing  # noqa: E402
 from dovecot_appauth.audit.enrich import keep_cache_open  # noqa: E402
 from dovecot_appauth.audit.lists import keep_warm  # noqa: E402
 from dovecot_appauth.cli import schema  # noqa: E402
+from dovecot_appauth.core import WouldWait  # noqa: E402
 from dovecot_appauth.serve.server import Engine, build_app  # noqa: E402
 from tests.support.common import wrong_password  # noqa: E402
 
@@ -201,7 +202,19 @@ def test_requests_share_one_database_connection(site):
     assert site.post("/verify", {"user": "alice@example.com", "password": "nope"})[1] == {"result": "fail"}
     report = {"login": "alice@example.com", "remote": ALLOWED_IP, "protocol": "imap", "success": True}
     assert site.post("/?command=report", report)[0] == 200
-    assert site.engine.pool.opened == 1
+    # nothing to look up and no lock held elsewhere: every request ran on the event loop,
+    # with the loop's one store; none needed an engine thread's
+    assert (site.engine.loop_pool.opened, site.engine.pool.opened) == (1, 0)
+
+
+def test_threads_only_runs_every_request_on_an_engine_thread(site):
+    site.engine.threads_only = True  # serve --threads-only
+    for ip in ("198.51.100.7", "198.51.100.8"):
+        assert site.post("/verify", {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ip})[1][
+            "result"] == "ok"
+    report = {"login": "alice@example.com", "remote": ALLOWED_IP, "protocol": "imap", "success": True}
+    assert site.post("/?command=report", report)[0] == 200
+    assert (site.engine.loop_pool.opened, site.engine.pool.opened) == (0, 1)
 
 
 def test_verify_database_down_is_tempfail(site):
@@ -447,7 +460,13 @@ def test_more_requests_than_max_requests_are_answered_503_at_once(tmp_path):
     engine = Engine(str(path), stderr=io.StringIO())
     release = threading.Event()
     real_verify = engine.verify
-    engine.verify = lambda body: release.wait(30) and real_verify(body)  # holds its one place
+
+    def held(body, on_loop=False):  # needs to wait (as for a dead resolver): on a thread, its one place
+        if on_loop:
+            raise WouldWait("held")
+        return release.wait(30) and real_verify(body)
+
+    engine.verify = held
     served = Served(build_app(engine, TOKEN, max_requests=1), TOKEN)
     try:
         body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
@@ -479,10 +498,12 @@ def test_one_clients_flood_waits_for_its_answer_instead_of_filling_max_requests(
     release = threading.Event()
     real_verify = engine.verify
 
-    def held_for_mallory(body):
+    def held_for_mallory(body, on_loop=False):
         if body["user"] == "mallory@example.com":
+            if on_loop:
+                raise WouldWait("held")  # to a thread, where it waits
             release.wait(30)
-        return real_verify(body)
+        return real_verify(body, on_loop=on_loop)
 
     engine.verify = held_for_mallory
     served = Served(build_app(engine, TOKEN, max_requests=2), TOKEN)
@@ -508,7 +529,7 @@ def test_one_clients_flood_waits_for_its_answer_instead_of_filling_max_requests(
 
 
 def test_an_internal_error_is_a_tempfail_without_traceback(site):
-    def broken(body):
+    def broken(body, on_loop=False):
         raise KeyError("a bug")
 
     site.engine.verify = broken
@@ -573,7 +594,9 @@ def test_a_cancelled_request_keeps_its_place_until_its_thread_ends(tmp_path):
     entered = threading.Event()
     real_verify = engine.verify
 
-    def held(body):
+    def held(body, on_loop=False):
+        if on_loop:
+            raise WouldWait("held")
         entered.set()
         release.wait(10)
         return real_verify(body)

@@ -123,9 +123,10 @@ def _check_trusted(directory: str, path: str) -> None:
 class IpCache:
     """The cache file in `directory`; created on first use. Not shared between threads."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         self.directory = directory
         self.path = os.path.join(directory, FILE_NAME)
+        self.busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
 
     # -- connection -------------------------------------------------------------------
@@ -147,7 +148,7 @@ class IpCache:
         try:
             if not self._prepare_directory():
                 self._create_file()
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None)
             # a cache may lose its last writes in a power cut; it must not make logins
             # queue behind each other's fsync (WAL + NORMAL syncs only at checkpoints)
             conn.execute("PRAGMA synchronous=NORMAL")

@@ -22,8 +22,8 @@ from __future__ import annotations
 import time
 
 from .. import ipnum
-from ..core import say
-from .cache import FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
+from ..core import WouldWait, must_not_wait, say
+from .cache import BUSY_TIMEOUT_MS, FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
 from .facts import (
     IpFacts,
     MaxMindFacts,
@@ -110,7 +110,9 @@ def _kept_cache(directory: str) -> IpCache:
         return known[2]
     if known is not None and known[0] == pid:
         known[2].close()  # the file was replaced or removed; never a parent's connection
-    cache = IpCache(directory)
+    # serve's event loop never waits for another connection's lock (WouldWait instead:
+    # without the cache, every source misses)
+    cache = IpCache(directory, busy_timeout_ms=0 if must_not_wait() else BUSY_TIMEOUT_MS)
     kept[directory] = (pid, identity, cache)
     return cache
 
@@ -225,6 +227,9 @@ def enrich(
         # the usual warm login in that order: MaxMind (cached) has the AS, nothing to ask
         misses.remove("origin_as")
         reports["origin_as"] = SourceReport(SourceStatus.SKIPPED, read_ms, _MM_KNOWS)
+    if misses and must_not_wait():
+        # serve's event loop answers from the cache only: a lookup waits up to the deadline
+        raise WouldWait(f"enrichment of {ip}: {', '.join(misses)} not cached")
     if misses:
         bootstrap = {kind: cached[(BOOTSTRAP_SOURCE, key)] for kind, key in boot_keys.items()
                      if isinstance(cached.get((BOOTSTRAP_SOURCE, key)), dict)}

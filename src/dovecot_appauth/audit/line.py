@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..core import WouldWait, must_not_wait
 from .facts import NO_PTR
 from .rules import SourceKind
 
@@ -251,8 +252,11 @@ def syslog_datagram(line: str, audit: AuditConfig, now: float, pid: int) -> byte
 def _send_syslog(data: bytes, path: str) -> None:
     import socket  # only when logging: keeps the module's import cheap
 
+    on_loop = must_not_wait()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(1.0)  # a stuck syslog daemon must not hold the login
+        # a stuck syslog daemon must not hold the login; on serve's event loop, nothing
+        # may wait: a full socket buffer sends the request to a thread (WouldWait)
+        sock.settimeout(0.0 if on_loop else 1.0)
         try:
             sock.connect(path)
         except OSError as e:
@@ -260,13 +264,18 @@ def _send_syslog(data: bytes, path: str) -> None:
 
             if e.errno != errno.EPROTOTYPE:
                 raise
+            if on_loop:
+                raise WouldWait("syslog on a stream socket") from None
             # a stream socket (some syslog daemons): glibc frames the message with a NUL
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
                 stream.settimeout(1.0)
                 stream.connect(path)
                 stream.sendall(data + b"\0")
             return
-        sock.send(data)
+        try:
+            sock.send(data)
+        except BlockingIOError:
+            raise WouldWait("syslog's socket is full") from None
 
 
 def _send_journal(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit: AuditConfig) -> bool:
@@ -294,7 +303,8 @@ def _send_journal(line: str, fields: dict[str, str] | Callable[[], dict[str, str
 
 def emit(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit: AuditConfig,
          stderr: IO[str] | None = None) -> None:
-    """Send the line to journald (with the fields) or else syslog. Never raises.
+    """Send the line to journald (with the fields) or else syslog. Never raises, but for
+    WouldWait on serve's event loop when syslog's socket is full (nothing was sent).
     `fields` may be a function that makes them: called only when journald takes the line.
 
     A journald failure falls back to syslog so the line is not lost; a syslog failure is
@@ -303,12 +313,16 @@ def emit(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit
     try:
         if _send_journal(line, fields, audit):
             return
+    except WouldWait:
+        raise
     except Exception as e:  # the audit line must never fail a login
         _warn(stderr, f"journald: {type(e).__name__}: {e}; using syslog")
     if not audit.syslog_socket:  # syslog switched off (log_file only)
         return
     try:
         _send_syslog(syslog_datagram(line, audit, time.time(), os.getpid()), audit.syslog_socket)
+    except WouldWait:
+        raise  # nothing was sent: serve runs the request again on a thread
     except Exception as e:
         _warn(stderr, f"syslog {audit.syslog_socket}: {type(e).__name__}: {e}; audit line not logged")
 

@@ -129,6 +129,11 @@ def audit_login(
               and store.upgrade_note is None)
     if record and config.alerts.enabled and not result.deny and result.facts is not None:
         result = _check_alerts(result, store, config, user=user, now=now, stderr=stderr)  # type: ignore[arg-type]
+    if store is not None:
+        try:  # serve's event loop: the write lock before the line, or WouldWait (store.py)
+            store.claim_writes()
+        except TempFail:
+            pass  # said by the write that fails below
     if result.verdict.log:
         write_audit_line(result, user=user, service=request.service, ip=request.remote_ip or "",
                          config=config, stderr=stderr)

@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return serve(config_path(args.config), host=args.host, port=args.port, uds=args.unix_socket, token=token,
                      socket_mode=mode, workers=args.workers, max_requests=args.max_requests,
-                     file_check_interval=args.file_check_interval)
+                     file_check_interval=args.file_check_interval, threads_only=args.threads_only)
     except OSError as e:
         raise CliError(f"cannot listen: {e}") from None
 
@@ -150,6 +150,9 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--file-check-interval", type=float, default=1.0, metavar="SECONDS",
                    help="look at the config, list and cache files for changes at most this often; a "
                         "change takes effect within this time (default 1; 0: on every request)")
+    p.add_argument("--threads-only", action="store_true",
+                   help="run every request on an engine thread; by default a request that needs no "
+                        "lookup, no lock and no slow hash is answered on the event loop itself (faster)")
 
     p = command("serve-token", cmd_serve_token,
                 "write a new random secret for serve --token-file, readable only by its owner (and group)",

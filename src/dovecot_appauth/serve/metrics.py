@@ -46,6 +46,10 @@ class Metrics:
         self.busy = Counter(
             "appauth_busy_rejections", "Requests answered 503 at once: --max-requests already in work",
             ["endpoint"], registry=registry)
+        self.to_thread = Counter(
+            "appauth_requests_to_thread", "Requests tried on the event loop that needed something that "
+            "can wait (a lookup, a lock, a slow hash) and ran on an engine thread", ["endpoint"],
+            registry=registry)
         self.enrichment = Counter(
             "appauth_enrichment", "Enrichment source outcomes (cached, fetched, timeout, failed, ...)",
             ["source", "status"], registry=registry)

@@ -19,10 +19,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from ..core import TempFail, WouldWait
 from ..store import open_store
 
 if TYPE_CHECKING:
     from ..store import Store
+
+
+class DatabaseUnreachable(TempFail):
+    """The event loop's store (timeout 0) could not be opened: its request goes to a thread,
+    which waits for the database as long as the config allows, and says why it failed."""
 
 
 class StorePool:
@@ -42,6 +48,9 @@ class StorePool:
         try:
             yield store
             healthy = True
+        except WouldWait:
+            healthy = True  # the request goes to a thread; its writes were rolled back
+            raise
         finally:
             self.release(store, healthy)
 
@@ -50,7 +59,12 @@ class StorePool:
         key = (dsn, timeout)
         store = self._take(key)
         if store is None:
-            store = open_store(dsn, timeout, shared=True)
+            try:
+                store = open_store(dsn, timeout, shared=True)
+            except TempFail as e:
+                if timeout == 0:  # the event loop's: never waited
+                    raise DatabaseUnreachable(str(e)) from None
+                raise
             with self._lock:
                 self.opened += 1
         with self._lock:

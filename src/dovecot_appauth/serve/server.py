@@ -48,9 +48,9 @@ from typing import Any
 
 from .. import filestat
 from ..config import Config, ConfigError, load
-from ..core import LoginRequest, Mode, TempFail
+from ..core import LoginRequest, Mode, TempFail, WouldWait, must_not_wait, run_on_loop
 from ..filestat import DEFAULT_INTERVAL as DEFAULT_FILE_CHECK_INTERVAL
-from .pool import StorePool
+from .pool import DatabaseUnreachable, StorePool
 
 MAX_BODY = 64 * 1024
 # Threads per worker process that run the engine; requests in work beyond these wait for
@@ -84,6 +84,10 @@ class Engine:
         self.real_path = os.path.realpath(path)
         self.stderr = stderr or sys.stderr
         self.pool = StorePool(max_idle=THREADS)  # one per thread: never a store opened per request
+        # the event loop's own store (run_on_loop): SQLite with a busy timeout of 0
+        self.loop_pool = StorePool(max_idle=1)
+        self.threads_only = False  # serve --threads-only: no request runs on the event loop
+        self._on_loop: tuple[Config | None, bool] = (None, False)  # config -> may_run_on_loop
         self.metrics: Any = None
         self._key: tuple[int, int] | None = None
         self._config: Config | None = None
@@ -182,6 +186,29 @@ class Engine:
                 self.metrics.list_reloads.labels(kind).inc()
             self._lists[full] = signature
 
+    def may_run_on_loop(self, config: Config) -> bool:
+        """Can a request under `config` be tried on the event loop (run_on_loop)? Not with
+        what always waits on the network or a process: MariaDB, Nextcloud, the account
+        gate, an alert's notify command."""
+        if self._on_loop[0] is not config:
+            from ..dsn import DsnError, parse_dsn
+
+            try:
+                sqlite = parse_dsn(config.database.dsn).dialect == "sqlite"
+            except DsnError:
+                sqlite = False
+            allowed = (sqlite and not self.threads_only and config.auth.backend == "sql"
+                       and not config.account.backend and not config.alerts.notify_command)
+            self._on_loop = (config, allowed)
+        return self._on_loop[1]
+
+    def _store_for(self, config: Config, on_loop: bool) -> tuple[StorePool, float]:
+        """The pool and timeout of this request's store: on the event loop, its own store,
+        which never waits for a lock (WouldWait instead, store.py)."""
+        if on_loop:
+            return self.loop_pool, 0.0
+        return self.pool, config.database.connect_timeout
+
     def say(self, message: str) -> None:
         try:
             self.stderr.write(f"dovecot-appauth serve: {' '.join(message.split())}\n")
@@ -195,11 +222,12 @@ class Engine:
 
     # --- the two faces ---------------------------------------------------------------
 
-    def verify(self, body: dict[str, Any]) -> dict[str, Any]:
+    def verify(self, body: dict[str, Any], on_loop: bool = False) -> dict[str, Any]:
         """/verify. A throttled client is answered at once (`hold_throttled=False`): the
         per-login program's `[throttle] delay` would hold a thread here and, through the
         Lua passdb (blocking=yes), one of Dovecot's auth workers; Dovecot's own failure
-        delay slows that client instead."""
+        delay slows that client instead. `on_loop`: called by run_on_loop (WouldWait: run
+        it again on a thread)."""
         from ..core import ExitCode
         from ..login import decide
 
@@ -224,10 +252,16 @@ class Engine:
                                local_ip=_ip(body.get("local_ip")), remote_port=_port(body.get("remote_port")),
                                local_port=_port(body.get("local_port")))
         config = self.config()
-        log = io.StringIO()
+        if on_loop and not self.may_run_on_loop(config):
+            raise WouldWait("not with this config")
+        log = io.StringIO()  # said when the request is answered (not when it is run again)
+        pool, timeout = self._store_for(config, on_loop)
         try:
-            with self.pool.store(config.database.dsn, config.database.connect_timeout) as store:
+            with pool.store(config.database.dsn, timeout) as store:
+                store.inline = on_loop  # type: ignore[union-attr]
                 outcome = decide(request, config, now=time.time(), stderr=log, store=store, hold_throttled=False)
+        except DatabaseUnreachable:
+            raise WouldWait("the database") from None  # a thread waits for it, and says why
         except TempFail as e:
             self._relay(log)
             self.say(str(e))
@@ -252,12 +286,15 @@ class Engine:
         if self.metrics is not None:
             self.metrics.child(self.metrics.throttled, _label(service)).inc()
 
-    def policy(self, command: str, body: dict[str, Any], trusted: bool = True) -> dict[str, Any]:
+    def policy(self, command: str, body: dict[str, Any], trusted: bool = True, on_loop: bool = False) -> dict[str, Any]:
         """/policy. `trusted`: the caller proved it is Dovecot (the token); only then is a
-        report audited (an untrusted one could feed fake places to the alert history)."""
+        report audited (an untrusted one could feed fake places to the alert history).
+        `on_loop`: as for verify."""
         from ..audit.pipeline import assess
 
         config = self.config()
+        if on_loop and not self.may_run_on_loop(config):
+            raise WouldWait("not with this config")
         user = _text(body.get("login"), "")
         service = _text(body.get("protocol"), "imap").lower()
         try:
@@ -272,20 +309,25 @@ class Engine:
             return {"status": 0, "msg": ""}
         now = time.time()
         log = io.StringIO()
+        again = False  # WouldWait: the messages are said by the run on a thread
         try:
             if command == "report":
                 success = _true(body.get("success")) and not _true(body.get("policy_reject"))
-                self._count_login("policy_report", "ok" if success else "fail", _label(service))
                 if success and config.audit.enabled and trusted:
                     self._audit_report(LoginRequest(user, None, Mode.VERIFY, service, remote_ip=ip), config,
-                                       now, log)
+                                       now, log, on_loop)
+                self._count_login("policy_report", "ok" if success else "fail", _label(service))
                 return {"status": 0, "msg": ""}
             if not config.audit.enabled:
                 self._count_check("allow")
                 return {"status": 0, "msg": ""}
             result = assess(user=user, service=service, ip=ip, config=config, now=now, stderr=log, with_line=False)
+        except WouldWait:
+            again = True
+            raise
         finally:
-            self._relay(log)
+            if not again:
+                self._relay(log)
         if result.deny:
             self.say(result.denial(user, ip))
             self._count_check("deny")
@@ -297,23 +339,33 @@ class Engine:
         if self.metrics is not None:
             self.metrics.child(self.metrics.policy_checks, result).inc()
 
-    def _audit_report(self, request: LoginRequest, config: Config, now: float, log: io.StringIO) -> None:
+    def _audit_report(self, request: LoginRequest, config: Config, now: float, log: io.StringIO,
+                      on_loop: bool = False) -> None:
         """The audit line and event of a login another passdb accepted (Dovecot's report)."""
         from ..audit.pipeline import audit_login
 
         store = None
+        pool, timeout = self._store_for(config, on_loop)
         if config.audit.record_events:
             try:
-                store = self.pool.acquire(config.database.dsn, config.database.connect_timeout)
+                store = pool.acquire(config.database.dsn, timeout)
+                store.inline = on_loop  # type: ignore[union-attr]
+            except DatabaseUnreachable:
+                raise WouldWait("the database") from None  # a thread waits for it, and says why
             except TempFail as e:  # the audit line is still written
                 log.write(f"audit event not recorded: {e}\n")
         healthy = False
         try:
             audit_login(request, config, user=request.username, now=now, pwid=None, stderr=log, store=store)
             healthy = True
+        except WouldWait:
+            if store is not None:
+                store.rollback()  # run again on a thread: nothing of this run is kept
+            healthy = True
+            raise
         finally:
             if store is not None:
-                self.pool.release(store, healthy)  # finish() commits the audit_events row
+                pool.release(store, healthy)  # finish() commits the audit_events row
 
     def _relay(self, log: io.StringIO) -> None:
         for line in log.getvalue().splitlines():
@@ -521,7 +573,17 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
     trusted = token is not None if callers_trusted is None else callers_trusted
     metrics = metrics or Metrics()
     engine.metrics = metrics
-    pipeline.on_assessment = metrics.observe_assessment
+    # An assessment made on the event loop is counted once its request is answered there:
+    # one that goes to a thread after all (WouldWait) is counted by the thread's run
+    loop_assessments: list[Any] = []
+
+    def observe(result: Any) -> None:
+        if must_not_wait():
+            loop_assessments.append(result)
+        else:
+            metrics.observe_assessment(result)
+
+    pipeline.on_assessment = observe
     in_work = 0
     threads: list[Any] = []  # the engine's threads (an executor), made at the first request
     # (user, client) -> the event set when its request in the engine is answered: a flood
@@ -591,6 +653,31 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         nonlocal in_work
         in_work -= 1
 
+    def on_loop(endpoint: str, func: Any, *args: Any) -> Any:
+        """`func(*args, on_loop=True)` right here, on the event loop, without the hop to an
+        engine thread and back (about half of a request's CPU besides the hash, more under
+        concurrent requests: docs/PERFORMANCE.md). None when it needs something that can
+        wait (WouldWait, before anything of it showed): then it goes to a thread."""
+        if not engine.may_run_on_loop(engine.config()):
+            return None  # MariaDB and the like: always a thread, not counted as sent there
+        loop_assessments.clear()
+        again = False
+        try:
+            return run_on_loop(func, *args, on_loop=True)
+        except WouldWait:
+            again = True
+            metrics.child(metrics.to_thread, endpoint).inc()
+            return None
+        except TempFail:
+            raise
+        except Exception as e:  # a bug: as in_thread, a temporary failure and one line
+            raise TempFail(f"internal error in {endpoint}: {type(e).__name__}") from None
+        finally:
+            found, loop_assessments[:] = list(loop_assessments), []
+            if not again:  # else the thread's run counts them
+                for result in found:
+                    metrics.observe_assessment(result)
+
     async def policy(call: Call) -> tuple[int, dict[str, Any]]:
         if not authorised(call.authorization):
             return 401, {"status": 0, "msg": "unauthorised"}
@@ -605,7 +692,10 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
             body = {**body, "remote": call.peer}
         # Dovecot: auth_policy_reject_on_fail decides what an error means
         try:
-            return 200, await in_thread("policy", engine.policy, command, body, trusted)
+            answer = on_loop("policy", engine.policy, command, body, trusted)
+            if answer is None:
+                answer = await in_thread("policy", engine.policy, command, body, trusted)
+            return 200, answer
         except Busy:
             return 503, {"status": 0, "msg": "busy"}
         except TempFail as e:
@@ -649,7 +739,10 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         if key is not None and key not in in_engine:
             mine = in_engine[key] = asyncio.Event()
         try:
-            return 200, await in_thread("verify", engine.verify, body)
+            answer = on_loop("verify", engine.verify, body)
+            if answer is None:
+                answer = await in_thread("verify", engine.verify, body)
+            return 200, answer
         except Busy:
             return 503, {"result": "tempfail", "reason": "busy"}
         except TempFail as e:
@@ -706,13 +799,14 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
 def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: str | None = None,
           token: str | None = None, socket_mode: int = 0o660, workers: int = 1,
           max_requests: int = DEFAULT_MAX_REQUESTS, callers_trusted: bool | None = None,
-          file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL) -> int:
+          file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL, threads_only: bool = False) -> int:
     """Listen, then run `workers` processes that share the listening socket (each with
     its own event loop, database pool and caches: hashing and the audit use every core).
     This process supervises them: a worker that dies is replaced; SIGTERM or SIGINT is
     passed on to every worker, which finishes the requests in flight (up to
     GRACEFUL_SECONDS) and exits. `file_check_interval`: how long a stat of the config, a list
-    or a cache file is reused (filestat.py). Returns the exit status. Raises OSError (cannot
+    or a cache file is reused (filestat.py). `threads_only`: never run a request on the
+    event loop (Engine.may_run_on_loop). Returns the exit status. Raises OSError (cannot
     listen)."""
     Engine(config_path).config()  # a broken config fails at start, not at the first login
     if uds:
@@ -725,16 +819,18 @@ def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: s
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family, backlog=2048)
     supervisor = Supervisor(listener, lambda: _worker(config_path, listener, token, callers_trusted,
-                                                      max_requests, file_check_interval), workers)
+                                                      max_requests, file_check_interval, threads_only), workers)
     return supervisor.run()
 
 
 def _worker(config_path: str, listener: Any, token: str | None, callers_trusted: bool | None,
-            max_requests: int, file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL) -> None:
+            max_requests: int, file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL,
+            threads_only: bool = False) -> None:
     """One worker process: its own engine (pool, caches) on the shared socket."""
     import uvicorn
 
     engine = Engine(config_path, file_check_interval=file_check_interval)
+    engine.threads_only = threads_only
     app = build_app(engine, token, callers_trusted=callers_trusted, max_requests=max_requests)
     # proxy_headers=False: uvicorn's default takes X-Forwarded-For from a client on
     # 127.0.0.1 as the client's address, so without a token any local process could name
