@@ -276,6 +276,7 @@ class SqliteStore:
         # a wait (the loop's store has a busy timeout of 0), and the write transaction is
         # claimed before the request's first visible effect (claim_writes)
         self.inline = False
+        self._wal: bool | None = None  # in_wal(), once known
         try:
             # mode=rw: never create an empty database where the real one is missing
             self.conn = sqlite3.connect(
@@ -359,6 +360,18 @@ class SqliteStore:
             self.conn.execute("BEGIN IMMEDIATE")
         except self._errors as e:
             raise self._write_error(e) from None
+
+    def in_wal(self) -> bool:
+        """Is the database in WAL mode (init-db makes it so)? Only then can serve's event loop
+        write to it: in the older rollback-journal mode a commit waits for the readers, and
+        the loop's connection cannot wait. Asked once per connection."""
+        if self._wal is None:
+            try:
+                mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+            except self._errors:
+                return False  # not now; asked again next time
+            self._wal = str(mode).lower() == "wal"
+        return self._wal
 
     def rollback(self) -> None:
         """Undo the request's uncommitted writes (a request serve runs again on a thread)."""

@@ -167,6 +167,20 @@ def test_a_report_with_the_write_lock_held_elsewhere_is_audited_once_on_a_thread
         "appauth_logins_total", {"endpoint": "policy_report", "result": "ok", "service": "imap"}) == 1
 
 
+def test_a_database_in_rollback_journal_mode_is_written_on_a_thread(served):
+    # there a commit waits for the readers, which the loop's connection cannot do: the
+    # request goes to a thread before any work (no hash spent on the loop)
+    with sqlite3.connect(served.db) as conn:
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    assert served.post("/verify", {"user": "alice@example.com", "password": PASSWORD,
+                                   "remote_ip": ALLOWED_IP})[1]["result"] == "ok"
+    report = {"login": "alice@example.com", "remote": OTHER_IP, "protocol": "imap", "success": True}
+    assert served.post("/?command=report", report)[0] == 200
+    assert (_to_thread(served, "verify"), _to_thread(served, "policy")) == (1, 1)
+    assert (_count(served, "log"), _count(served, "audit_events")) == (1, 2)
+    assert len(_audit_lines(served)) == 2
+
+
 def test_a_bcrypt_password_is_checked_on_a_thread(served):
     pytest.importorskip("bcrypt")
     engine = schema.make_engine(f"sqlite:///{served.db}")

@@ -22,7 +22,11 @@ read again when a file's stat changes), the database connections (`pool.py`), on
 enrichment cache connection per thread (`enrich.keep_cache_open`) and the MaxMind
 readers (`sources/maxmind.py`, reopened when a .mmdb file changes). Each file is stat'ed
 at most once per `file_check_interval` (default 1 s, filestat.py), not per request. The engine is
-synchronous (SQL, DNS), so each request runs on one of THREADS threads, at most
+synchronous (SQL, DNS). A request is first tried on the event loop itself (`on_loop` in
+build_app, core.run_on_loop): a warm one needs nothing that can wait and is answered
+there, without the hop to a thread and back. At the first thing that can wait (a lookup
+the enrichment cache lacks, a lock held elsewhere, a slow hash: core.WouldWait, raised
+before anything of it shows) it runs again on one of THREADS threads, at most
 `max_requests` at once per process; one more is answered 503 at once. `GET /metrics`:
 Prometheus text (metrics.py). The two endpoints Dovecot calls per login are plain ASGI
 code (`build_app`'s `app`, `Call`); the others are a Starlette app.
@@ -258,6 +262,8 @@ class Engine:
         pool, timeout = self._store_for(config, on_loop)
         try:
             with pool.store(config.database.dsn, timeout) as store:
+                if on_loop and not store.in_wal():  # type: ignore[union-attr]
+                    raise WouldWait("SQLite database not in WAL mode")  # before any work
                 store.inline = on_loop  # type: ignore[union-attr]
                 outcome = decide(request, config, now=time.time(), stderr=log, store=store, hold_throttled=False)
         except DatabaseUnreachable:
@@ -350,6 +356,9 @@ class Engine:
             try:
                 store = pool.acquire(config.database.dsn, timeout)
                 store.inline = on_loop  # type: ignore[union-attr]
+                if on_loop and not store.in_wal():  # type: ignore[union-attr]
+                    pool.release(store)
+                    raise WouldWait("SQLite database not in WAL mode")
             except DatabaseUnreachable:
                 raise WouldWait("the database") from None  # a thread waits for it, and says why
             except TempFail as e:  # the audit line is still written
