@@ -91,19 +91,29 @@ def test_pool_drops_a_store_whose_request_failed(sqlite_config):
         pool.close()
 
 
-def test_pool_reopens_a_replaced_sqlite_file(appauth_config_factory):
+def _two_databases(appauth_config_factory):
+    """(the config of a database with alice, bob's password in another one, a function that
+    restores the other database over the first's path, as an admin's restore would: a
+    rename)."""
     old = appauth_config_factory()
     old.create_password("alice@example.com")
     restored = appauth_config_factory()
     bob = restored.create_password("bob@example.com")
-    config = load(str(old.path))
-    pool = StorePool()
-    try:
-        assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.FAIL
-        # an admin restores another database over the path (a rename, as a restore would)
+
+    def restore() -> None:
         staged = old.db_path.with_name("restore.sqlite")
         shutil.copy(restored.db_path, staged)
         os.replace(staged, old.db_path)
+
+    return load(str(old.path)), bob, restore
+
+
+def test_pool_reopens_a_replaced_sqlite_file(appauth_config_factory):
+    config, bob, restore = _two_databases(appauth_config_factory)
+    pool = StorePool()
+    try:
+        assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.FAIL
+        restore()
         assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.OK
         assert pool.opened == 2
     finally:
@@ -116,18 +126,12 @@ def test_pool_sees_a_replaced_sqlite_file_within_the_file_check_interval(appauth
     from dovecot_appauth import filestat
 
     filestat.set_interval(1.0)
-    old = appauth_config_factory()
-    old.create_password("alice@example.com")
-    restored = appauth_config_factory()
-    bob = restored.create_password("bob@example.com")
-    config = load(str(old.path))
+    config, bob, restore = _two_databases(appauth_config_factory)
     pool = StorePool()
     try:
         for _ in range(2):  # the second reuses the store: its file is looked at (and the look kept)
             assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.FAIL
-        staged = old.db_path.with_name("restore.sqlite")
-        shutil.copy(restored.db_path, staged)
-        os.replace(staged, old.db_path)
+        restore()
         assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.FAIL  # within the interval
         file_clock.advance()
         assert verify(pool, config, "bob@example.com", bob["password"]) is ExitCode.OK

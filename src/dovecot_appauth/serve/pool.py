@@ -26,14 +26,16 @@ if TYPE_CHECKING:
     from ..store import Store
 
 
-class DatabaseUnreachable(TempFail):
-    """The event loop's store (timeout 0) could not be opened: its request goes to a thread,
-    which waits for the database as long as the config allows, and says why it failed."""
-
-
 class StorePool:
-    def __init__(self, max_idle: int = 8):
+    """`on_loop`: the pool of serve's event loop (server.py, run_on_loop). Its stores never
+    wait: opened with a busy timeout of 0 and `inline` (store.py: a lock held elsewhere is
+    WouldWait). A store it cannot open, or an SQLite database not in WAL mode, raises
+    WouldWait: the request goes to a thread, which waits for the database as long as the
+    config allows and says why it failed."""
+
+    def __init__(self, max_idle: int = 8, *, on_loop: bool = False):
         self.max_idle = max_idle
+        self.on_loop = on_loop
         self.opened = 0  # stores opened so far (tests read it)
         self._lock = threading.Lock()
         self._key: tuple[str, float] | None = None
@@ -55,20 +57,29 @@ class StorePool:
             self.release(store, healthy)
 
     def acquire(self, dsn: str, timeout: float) -> Store:
-        """An idle store for this DSN, or a new one (TempFail when it cannot connect)."""
+        """An idle store for this DSN, or a new one (TempFail when it cannot connect;
+        WouldWait on the loop's pool, see the class)."""
+        if self.on_loop:
+            timeout = 0.0
         key = (dsn, timeout)
         store = self._take(key)
         if store is None:
             try:
                 store = open_store(dsn, timeout, shared=True)
             except TempFail as e:
-                if timeout == 0:  # the event loop's: never waited
-                    raise DatabaseUnreachable(str(e)) from None
+                if self.on_loop:
+                    raise WouldWait(f"the database: {e}") from None
                 raise
+            if self.on_loop:
+                store.inline = True  # type: ignore[union-attr]
             with self._lock:
                 self.opened += 1
         with self._lock:
             self._lent[id(store)] = key
+        if self.on_loop and not store.in_wal():  # type: ignore[union-attr]
+            # a rollback-journal commit waits for the readers: before any of the request's work
+            self.release(store)
+            raise WouldWait("SQLite database not in WAL mode")
         return store
 
     def release(self, store: Store, healthy: bool = True) -> None:

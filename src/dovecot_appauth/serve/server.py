@@ -54,7 +54,7 @@ from .. import filestat
 from ..config import Config, ConfigError, load
 from ..core import LoginRequest, Mode, TempFail, WouldWait, must_not_wait, run_on_loop
 from ..filestat import DEFAULT_INTERVAL as DEFAULT_FILE_CHECK_INTERVAL
-from .pool import DatabaseUnreachable, StorePool
+from .pool import StorePool
 
 MAX_BODY = 64 * 1024
 # Threads per worker process that run the engine; requests in work beyond these wait for
@@ -89,7 +89,7 @@ class Engine:
         self.stderr = stderr or sys.stderr
         self.pool = StorePool(max_idle=THREADS)  # one per thread: never a store opened per request
         # the event loop's own store (run_on_loop): SQLite with a busy timeout of 0
-        self.loop_pool = StorePool(max_idle=1)
+        self.loop_pool = StorePool(max_idle=1, on_loop=True)
         self.threads_only = False  # serve --threads-only: no request runs on the event loop
         self._on_loop: tuple[Config | None, bool] = (None, False)  # config -> may_run_on_loop
         self.metrics: Any = None
@@ -206,12 +206,10 @@ class Engine:
             self._on_loop = (config, allowed)
         return self._on_loop[1]
 
-    def _store_for(self, config: Config, on_loop: bool) -> tuple[StorePool, float]:
-        """The pool and timeout of this request's store: on the event loop, its own store,
-        which never waits for a lock (WouldWait instead, store.py)."""
-        if on_loop:
-            return self.loop_pool, 0.0
-        return self.pool, config.database.connect_timeout
+    def loop_allowed(self) -> bool:
+        """may_run_on_loop for the config last loaded (loaded now if none was): a request
+        on the loop loads the config itself and raises WouldWait if it changed so."""
+        return self.may_run_on_loop(self._config or self.config())
 
     def say(self, message: str) -> None:
         try:
@@ -259,15 +257,10 @@ class Engine:
         if on_loop and not self.may_run_on_loop(config):
             raise WouldWait("not with this config")
         log = io.StringIO()  # said when the request is answered (not when it is run again)
-        pool, timeout = self._store_for(config, on_loop)
+        pool = self.loop_pool if on_loop else self.pool  # the loop's never waits (WouldWait)
         try:
-            with pool.store(config.database.dsn, timeout) as store:
-                if on_loop and not store.in_wal():  # type: ignore[union-attr]
-                    raise WouldWait("SQLite database not in WAL mode")  # before any work
-                store.inline = on_loop  # type: ignore[union-attr]
+            with pool.store(config.database.dsn, config.database.connect_timeout) as store:
                 outcome = decide(request, config, now=time.time(), stderr=log, store=store, hold_throttled=False)
-        except DatabaseUnreachable:
-            raise WouldWait("the database") from None  # a thread waits for it, and says why
         except TempFail as e:
             self._relay(log)
             self.say(str(e))
@@ -351,16 +344,10 @@ class Engine:
         from ..audit.pipeline import audit_login
 
         store = None
-        pool, timeout = self._store_for(config, on_loop)
+        pool = self.loop_pool if on_loop else self.pool  # the loop's never waits (WouldWait)
         if config.audit.record_events:
             try:
-                store = pool.acquire(config.database.dsn, timeout)
-                store.inline = on_loop  # type: ignore[union-attr]
-                if on_loop and not store.in_wal():  # type: ignore[union-attr]
-                    pool.release(store)
-                    raise WouldWait("SQLite database not in WAL mode")
-            except DatabaseUnreachable:
-                raise WouldWait("the database") from None  # a thread waits for it, and says why
+                store = pool.acquire(config.database.dsn, config.database.connect_timeout)
             except TempFail as e:  # the audit line is still written
                 log.write(f"audit event not recorded: {e}\n")
         healthy = False
@@ -667,7 +654,7 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         engine thread and back (about half of a request's CPU besides the hash, more under
         concurrent requests: docs/PERFORMANCE.md). None when it needs something that can
         wait (WouldWait, before anything of it showed): then it goes to a thread."""
-        if not engine.may_run_on_loop(engine.config()):
+        if not engine.loop_allowed():
             return None  # MariaDB and the like: always a thread, not counted as sent there
         loop_assessments.clear()
         again = False
