@@ -146,6 +146,53 @@ def test_a_write_lock_held_elsewhere_sends_the_login_to_a_thread_that_waits_for_
     assert (_count(served, "log"), _count(served, "audit_events")) == (logged + 1, events + 1)
 
 
+def _locked_exclusively(path) -> sqlite3.Connection:
+    """A connection that keeps even readers out of the SQLite file at `path` (WAL readers
+    otherwise never wait), until it is closed."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_an_enrichment_cache_the_loop_cannot_read_is_said_once_not_skipped(tmp_path):
+    path, _db = _site(tmp_path)
+    site = _serve(path, f'\n[audit.maxmind]\ncity = "{MMDB_DIR}/AppAuth-Test-City.mmdb"\n')
+    site.dir = tmp_path
+    body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": OTHER_IP}
+    try:
+        assert site.post("/verify", body)[1]["result"] == "ok"  # the cache file exists now
+        holder = _locked_exclusively(tmp_path / "cache" / "cache.sqlite")
+        try:
+            assert site.post("/verify", body)[1]["result"] == "ok"
+        finally:
+            holder.close()
+        # the loop could not read it: the request went to a thread, which waited its busy
+        # timeout and ran without the cache, saying so once (the loop's try said nothing)
+        assert _to_thread(site, "verify") == 2
+        assert site.log.getvalue().count("enrichment cache bypassed") == 1
+        assert len(_audit_lines(site)) == 2
+    finally:
+        site.close()
+        keep_warm(False)
+        keep_cache_open(False)
+
+
+def test_a_database_the_loop_cannot_read_fails_closed_on_a_thread_and_says_so_once(served):
+    body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+    holder = _locked_exclusively(served.db)  # before serve opens it (its connections share it)
+    try:
+        # the thread waits [database] connect_timeout (3 s) for the lock, then: a temporary
+        # failure, never a login without the password check and the limiter
+        assert served.post("/verify", body)[1] == {"result": "tempfail"}
+    finally:
+        holder.close()
+    assert _to_thread(served, "verify") == 1
+    assert [line for line in served.log.getvalue().splitlines() if "locked" in line] == [
+        f"dovecot-appauth serve: SQLite database {served.db} is locked (database is locked)"]
+    assert served.post("/verify", body)[1]["result"] == "ok"  # and on the loop again
+
+
 def test_a_report_with_the_write_lock_held_elsewhere_is_audited_once_on_a_thread(served):
     report = {"login": "alice@example.com", "remote": OTHER_IP, "protocol": "imap", "success": True}
     holder = sqlite3.connect(served.db, isolation_level=None)
