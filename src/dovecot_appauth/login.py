@@ -180,8 +180,15 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
         try:
             return _decide_and_commit(request, config, own, now=now, stderr=stderr, hold=hold_throttled)
         finally:
-            own.close()
+            own.close(exiting=_exits_after_login())
     return _decide_and_commit(request, config, store, now=now, stderr=stderr, hold=hold_throttled)
+
+
+def _exits_after_login() -> bool:
+    """Is this the per-login program, which exits right after the answer (store.close_for_exit)?"""
+    import dovecot_appauth
+
+    return dovecot_appauth.per_login_process
 
 
 def _decide_and_commit(request: LoginRequest, config: Config, store: Store, *, now: float,
@@ -369,9 +376,11 @@ def _check_source(store: Store, config: Config, request: LoginRequest, now: floa
                   stderr: TextIO | None = None, hold: bool = True) -> Outcome | None:
     """Refusals that depend on where the client is, checked before any password work:
     `disallow_passwords_from` (e.g. the webmail host), then the brute-force limiter."""
-    from .policy import in_networks
+    blocked_by = None
+    if config.auth.disallow_passwords_from:  # policy.py is not imported without it
+        from .policy import in_networks
 
-    blocked_by = in_networks(request.remote_ip, config.auth.disallow_passwords_from)
+        blocked_by = in_networks(request.remote_ip, config.auth.disallow_passwords_from)
     if blocked_by:
         return _fail(
             f"user {request.username}: app passwords are not accepted from {request.remote_ip} "
@@ -733,7 +742,7 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
         return _fail(f"user {request.username}: --audit-chain refused the login: {e}")
     finally:
         if store is not None:
-            store.close()
+            store.close(exiting=_exits_after_login())
     if _debugging:
         _debug_audit(result)
     if result.deny:
@@ -847,6 +856,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     env = os.environ
     try:
+        from .reply import hold_fd4
+
+        hold_fd4()
         options = parse_args(args)
         if options.show_help:
             sys.stdout.write(HELP)

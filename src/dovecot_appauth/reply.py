@@ -101,6 +101,25 @@ def exec_helper(argv: list[str], env: dict[str, str]) -> NoReturn:
         raise TempFail(f"cannot run reply helper {argv[0]}: {e.strerror}") from None
 
 
+def hold_fd4() -> None:
+    """Call first thing: when fd 4 is not open (a manual run), put /dev/null there, read-only
+    and close-on-exec, so that no file the login opens becomes fd 4.
+
+    The per-login program may leave its database connection open to the exit
+    (store.close_for_exit); a database opened while fd 4 is free would get fd 4, and the
+    reply would be written into it. Held this way, a write to fd 4 fails with EBADF, as
+    on a closed descriptor (`write_reply` says False), and the reply helper, run in that
+    case, finds fd 4 closed, as before.
+    """
+    try:
+        os.fstat(4)
+    except OSError:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if fd != 4:  # fd 3 was free as well: it got /dev/null, which moves to 4
+            os.dup2(fd, 4, inheritable=False)
+            os.close(fd)
+
+
 def write_fd4(user: str, fields: list[tuple[str, str]]) -> bool:
     """Write the reply to fd 4 ourselves; False when fd 4 is not open (a manual run)."""
     return write_reply([("user", user), *fields])

@@ -328,3 +328,22 @@ def test_cache_write_imports_neither_json_nor_re(tmp_path):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)
+
+
+def test_IpCache_close_for_exit_leaves_a_short_wal_and_the_rows(tmp_path):
+    """`close(exiting=True)` (the per-login program, store.close_for_exit): the connection is
+    left to the exit, so the -wal and -shm stay for the next login instead of being
+    checkpointed and removed; a plain close, the last one, removes them. Both keep the rows."""
+    first = IpCache(str(tmp_path))
+    first.put("rdns", "192.0.2.1", {"ptr": "a.example"}, None, 1000.0)
+    first.close()
+    wal = tmp_path / (FILE_NAME + "-wal")
+    assert not wal.exists()
+    second = IpCache(str(tmp_path))
+    second.put("rdns", "192.0.2.2", {"ptr": "b.example"}, None, 1000.0)
+    second.close(exiting=True)
+    assert wal.exists()
+    third = IpCache(str(tmp_path))
+    assert third.get("rdns", "192.0.2.2", 1001.0) == {"ptr": "b.example"}
+    assert third.get("rdns", "192.0.2.1", 1001.0) == {"ptr": "a.example"}
+    third.close()

@@ -738,6 +738,55 @@ def test_program_writes_the_helpers_reply_itself_without_running_it(site, tmp_pa
     assert run.status == 111 and run.stderr == "ran\n", run.stderr
 
 
+def test_manual_run_without_fd4_never_writes_the_reply_into_a_file_it_opened(site):
+    """Run by hand without fd 4, the first file the login opens would get descriptor 4,
+    and the database stays open to the exit (store.close_for_exit): the reply must not be
+    written into it (reply.hold_fd4)."""
+    run = run_program(site, _req("Alice@Example.com", ALICE_1), fd4=False)  # no helper: write_fd4
+    assert run.status == 0, run.stderr
+    assert "fd 4 is not open" in run.stderr
+    files = sorted(site.dir.glob("appauth.sqlite*"))
+    assert Path(f"{site.db}-wal") in files  # the connection was left to the exit
+    for path in files:
+        assert b"quota_rule=" not in path.read_bytes(), f"the reply was written into {path.name}"
+    conn = sqlite3.connect(site.db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    assert [r[0] for r in site.log()] == [site.ids["alice_1"]]
+
+
+def _grow_wal(db: Path, size: int) -> None:
+    """Append `size` bytes to the WAL of `db` from a process that exits without closing."""
+    code = ("import os, sqlite3, sys\n"
+            "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "conn.execute('CREATE TABLE IF NOT EXISTS padding (x BLOB)')\n"
+            "conn.execute('INSERT INTO padding VALUES (zeroblob(?))', (int(sys.argv[2]),))\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, str(db), str(size)], check=True, timeout=60)
+
+
+def test_program_leaves_a_short_wal_to_the_next_login_and_closes_a_long_one(site):
+    """store.close_for_exit: the per-login program leaves its connection open to the exit
+    while the WAL is short (no checkpoint, no -wal/-shm to make again per login), and
+    closes it once the WAL has grown past WAL_KEEP_BYTES, which, as the last connection,
+    copies the WAL into the file and removes it; nothing committed is lost either way."""
+    from dovecot_appauth.store import WAL_KEEP_BYTES
+
+    wal = Path(f"{site.db}-wal")
+    assert not wal.exists()
+    assert run_program(site, _req("alice@example.com", ALICE_1)).status == 0
+    assert run_program(site, _req("alice@example.com", ALICE_2), env={"TCPREMOTEIP": "198.51.100.8"}).status == 0
+    short = wal.stat().st_size
+    assert 0 < short < WAL_KEEP_BYTES
+    _grow_wal(site.db, WAL_KEEP_BYTES)
+    assert wal.stat().st_size > WAL_KEEP_BYTES
+    assert run_program(site, _req("alice@example.com", ALICE_1), env={"TCPREMOTEIP": "198.51.100.9"}).status == 0
+    assert not wal.exists()  # checkpointed and removed: the next login starts a new WAL
+    assert [r[0] for r in site.log()] == [site.ids["alice_1"], site.ids["alice_2"], site.ids["alice_1"]]
+
+
 def test_program_audit_chain_needs_the_marker(site):
     """The installed program, as Dovecot runs it: APPAUTH_OK=yes is how Dovecot 2.3 passes on
     the `appauth_ok=yes` extra field of the earlier passdb."""

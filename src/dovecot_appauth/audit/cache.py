@@ -238,10 +238,17 @@ class IpCache:
             self.close()
             raise CacheUnavailable(f"{self.path}: {e}") from None
 
-    def close(self) -> None:
+    def close(self, exiting: bool = False) -> None:
+        """`exiting`: this process ends right after; the connection may be left to the
+        exit, as the per-login program does with the database (store.close_for_exit)."""
         if self._conn is not None:
             try:
-                self._conn.close()
+                if exiting:
+                    from ..store import close_for_exit
+
+                    close_for_exit(self._conn, self.path)
+                else:
+                    self._conn.close()
             except sqlite3.Error:
                 pass
             self._conn = None

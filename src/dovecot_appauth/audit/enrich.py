@@ -267,7 +267,9 @@ def enrich(
             except CacheUnavailable as e:
                 say(stderr, f"enrichment cache not updated: {e}")
     if cache is not None and _kept_caches is None:
-        cache.close()
+        from .. import per_login_process
+
+        cache.close(exiting=per_login_process)
     if "origin_as" in values and _maxmind_asn(values.get("maxmind")) is not None and \
             audit.origin_as.order == "maxmind-first":
         # a cached origin AS from before the ASN database knew the address: MaxMind's wins
