@@ -757,6 +757,25 @@ def test_manual_run_without_fd4_never_writes_the_reply_into_a_file_it_opened(sit
     assert [r[0] for r in site.log()] == [site.ids["alice_1"]]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a login as root, then as user dovecot")
+def test_a_wal_left_by_a_login_run_as_root_is_the_service_users(site):
+    """An admin tests a login by hand as root (README); its connection is left open to the
+    exit, so the -wal and -shm stay. SQLite gives them the database file's owner and mode,
+    so the next login, as Dovecot runs it (user dovecot), still writes its rows."""
+    from tests.support.common import dovecot_ids
+
+    uid, gid = dovecot_ids()
+    os.chown(site.dir, uid, gid)  # the database's directory is the service user's (README)
+    os.chown(site.db, uid, gid)
+    assert run_program(site, _req("alice@example.com", ALICE_1)).status == 0  # as root
+    for suffix in ("-wal", "-shm"):
+        st = os.stat(f"{site.db}{suffix}")
+        assert (st.st_uid, st.st_gid) == (uid, gid), suffix
+    run = run_program(site, _req("alice@example.com", ALICE_2), env={"TCPREMOTEIP": "198.51.100.8"}, user="dovecot")
+    assert run.status == 0 and run.stderr == "", run.stderr
+    assert [r[0] for r in site.log()] == [site.ids["alice_1"], site.ids["alice_2"]]
+
+
 def _grow_wal(db: Path, size: int) -> None:
     """Append `size` bytes to the WAL of `db` from a process that exits without closing."""
     code = ("import os, sqlite3, sys\n"

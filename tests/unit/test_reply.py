@@ -120,6 +120,33 @@ def _helpers():
     return params
 
 
+_HOLD_FD4 = """
+import fcntl, os
+from dovecot_appauth.reply import hold_fd4, write_fd4
+hold_fd4()
+fd = os.open(os.devnull, os.O_RDONLY)  # a file opened after it never becomes fd 4
+print(fd != 4, bool(fcntl.fcntl(4, fcntl.F_GETFD) & fcntl.FD_CLOEXEC), write_fd4("alice", []))
+"""
+
+
+def test_hold_fd4_keeps_a_closed_fd4_closed_for_writes_and_for_the_helper():
+    """fd 4 not open (a manual run): held by /dev/null, read-only and close-on-exec, so no
+    file of the login lands there, a write fails as on a closed fd, and an exec'd helper
+    finds it closed (login.py holds it first thing)."""
+    proc = subprocess.run([sys.executable, "-c", _HOLD_FD4], capture_output=True, text=True, timeout=30,
+                          close_fds=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "False"]
+
+
+def test_hold_fd4_leaves_an_open_fd4_alone():
+    proc, data = run_with_fd4([sys.executable, "-c", _HOLD_FD4])
+    assert proc.returncode == 0, proc.stderr
+    # the reply went to Dovecot's pipe; fd 4 is the caller's, not close-on-exec
+    assert proc.stdout.decode().split() == ["True", "False", "True"]
+    assert decode_reply(data) == [("user", "alice")]
+
+
 @pytest.mark.parametrize("helper", _helpers())
 @pytest.mark.parametrize("lookup", [False, True])
 def test_helper_round_trip_of_fields(helper, lookup):
