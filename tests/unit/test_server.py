@@ -22,7 +22,7 @@ from dovecot_appauth import hashing  # noqa: E402
 from dovecot_appauth.audit.enrich import keep_cache_open  # noqa: E402
 from dovecot_appauth.audit.lists import keep_warm  # noqa: E402
 from dovecot_appauth.cli import schema  # noqa: E402
-from dovecot_appauth.core import WouldWait  # noqa: E402
+from dovecot_appauth.core import WouldWait, must_not_wait  # noqa: E402
 from dovecot_appauth.serve.server import Engine, build_app  # noqa: E402
 from tests.support.common import wrong_password  # noqa: E402
 
@@ -461,8 +461,8 @@ def test_more_requests_than_max_requests_are_answered_503_at_once(tmp_path):
     release = threading.Event()
     real_verify = engine.verify
 
-    def held(body, on_loop=False):  # needs to wait (as for a dead resolver): on a thread, its one place
-        if on_loop:
+    def held(body):  # needs to wait (as for a dead resolver): on a thread, its one place
+        if must_not_wait():
             raise WouldWait("held")
         return release.wait(30) and real_verify(body)
 
@@ -498,12 +498,12 @@ def test_one_clients_flood_waits_for_its_answer_instead_of_filling_max_requests(
     release = threading.Event()
     real_verify = engine.verify
 
-    def held_for_mallory(body, on_loop=False):
+    def held_for_mallory(body):
         if body["user"] == "mallory@example.com":
-            if on_loop:
+            if must_not_wait():
                 raise WouldWait("held")  # to a thread, where it waits
             release.wait(30)
-        return real_verify(body, on_loop=on_loop)
+        return real_verify(body)
 
     engine.verify = held_for_mallory
     served = Served(build_app(engine, TOKEN, max_requests=2), TOKEN)
@@ -529,7 +529,7 @@ def test_one_clients_flood_waits_for_its_answer_instead_of_filling_max_requests(
 
 
 def test_an_internal_error_is_a_tempfail_without_traceback(site):
-    def broken(body, on_loop=False):
+    def broken(body):
         raise KeyError("a bug")
 
     site.engine.verify = broken
@@ -594,8 +594,8 @@ def test_a_cancelled_request_keeps_its_place_until_its_thread_ends(tmp_path):
     entered = threading.Event()
     real_verify = engine.verify
 
-    def held(body, on_loop=False):
-        if on_loop:
+    def held(body):
+        if must_not_wait():
             raise WouldWait("held")
         entered.set()
         release.wait(10)

@@ -224,12 +224,12 @@ class Engine:
 
     # --- the two faces ---------------------------------------------------------------
 
-    def verify(self, body: dict[str, Any], on_loop: bool = False) -> dict[str, Any]:
+    def verify(self, body: dict[str, Any]) -> dict[str, Any]:
         """/verify. A throttled client is answered at once (`hold_throttled=False`): the
         per-login program's `[throttle] delay` would hold a thread here and, through the
         Lua passdb (blocking=yes), one of Dovecot's auth workers; Dovecot's own failure
-        delay slows that client instead. `on_loop`: called by run_on_loop (WouldWait: run
-        it again on a thread)."""
+        delay slows that client instead. Under run_on_loop it may raise WouldWait (run it
+        again on a thread)."""
         from ..core import ExitCode
         from ..login import decide
 
@@ -254,10 +254,8 @@ class Engine:
                                local_ip=_ip(body.get("local_ip")), remote_port=_port(body.get("remote_port")),
                                local_port=_port(body.get("local_port")))
         config = self.config()
-        if on_loop and not self.may_run_on_loop(config):
-            raise WouldWait("not with this config")
+        pool = self._pool_for(config)
         log = io.StringIO()  # said when the request is answered (not when it is run again)
-        pool = self.loop_pool if on_loop else self.pool  # the loop's never waits (WouldWait)
         try:
             with pool.store(config.database.dsn, config.database.connect_timeout) as store:
                 outcome = decide(request, config, now=time.time(), stderr=log, store=store, hold_throttled=False)
@@ -285,15 +283,14 @@ class Engine:
         if self.metrics is not None:
             self.metrics.child(self.metrics.throttled, _label(service)).inc()
 
-    def policy(self, command: str, body: dict[str, Any], trusted: bool = True, on_loop: bool = False) -> dict[str, Any]:
+    def policy(self, command: str, body: dict[str, Any], trusted: bool = True) -> dict[str, Any]:
         """/policy. `trusted`: the caller proved it is Dovecot (the token); only then is a
         report audited (an untrusted one could feed fake places to the alert history).
-        `on_loop`: as for verify."""
+        WouldWait under run_on_loop, as for verify."""
         from ..audit.pipeline import assess
 
         config = self.config()
-        if on_loop and not self.may_run_on_loop(config):
-            raise WouldWait("not with this config")
+        pool = self._pool_for(config)
         user = _text(body.get("login"), "")
         service = _text(body.get("protocol"), "imap").lower()
         try:
@@ -314,7 +311,7 @@ class Engine:
                 success = _true(body.get("success")) and not _true(body.get("policy_reject"))
                 if success and config.audit.enabled and trusted:
                     self._audit_report(LoginRequest(user, None, Mode.VERIFY, service, remote_ip=ip), config,
-                                       now, log, on_loop)
+                                       now, log, pool)
                 self._count_login("policy_report", "ok" if success else "fail", _label(service))
                 return {"status": 0, "msg": ""}
             if not config.audit.enabled:
@@ -339,12 +336,11 @@ class Engine:
             self.metrics.child(self.metrics.policy_checks, result).inc()
 
     def _audit_report(self, request: LoginRequest, config: Config, now: float, log: io.StringIO,
-                      on_loop: bool = False) -> None:
+                      pool: StorePool) -> None:
         """The audit line and event of a login another passdb accepted (Dovecot's report)."""
         from ..audit.pipeline import audit_login
 
         store = None
-        pool = self.loop_pool if on_loop else self.pool  # the loop's never waits (WouldWait)
         if config.audit.record_events:
             try:
                 store = pool.acquire(config.database.dsn, config.database.connect_timeout)
@@ -362,6 +358,16 @@ class Engine:
         finally:
             if store is not None:
                 pool.release(store, healthy)  # finish() commits the audit_events row
+
+    def _pool_for(self, config: Config) -> StorePool:
+        """The request's store pool: on the event loop (run_on_loop) the loop's own, whose
+        stores never wait, and WouldWait at once when `config` may not run there; on a
+        thread the threads' pool."""
+        if not must_not_wait():
+            return self.pool
+        if not self.may_run_on_loop(config):
+            raise WouldWait("not with this config")
+        return self.loop_pool
 
     def _relay(self, log: io.StringIO) -> None:
         for line in log.getvalue().splitlines():
@@ -650,7 +656,7 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         in_work -= 1
 
     def on_loop(endpoint: str, func: Any, *args: Any) -> Any:
-        """`func(*args, on_loop=True)` right here, on the event loop, without the hop to an
+        """`func(*args)` right here, on the event loop (run_on_loop), without the hop to an
         engine thread and back (about half of a request's CPU besides the hash, more under
         concurrent requests: docs/PERFORMANCE.md). None when it needs something that can
         wait (WouldWait, before anything of it showed): then it goes to a thread."""
@@ -659,7 +665,7 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         loop_assessments.clear()
         again = False
         try:
-            return run_on_loop(func, *args, on_loop=True)
+            return run_on_loop(func, *args)
         except WouldWait:
             again = True
             metrics.child(metrics.to_thread, endpoint).inc()
