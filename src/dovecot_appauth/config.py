@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 
+from .config_cache import CONFIG_ENV, DEFAULT_CONFIG_PATH, cache_key
 from .values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-DEFAULT_CONFIG_PATH = "/etc/dovecot-appauth/config.toml"
-CONFIG_ENV = "DOVECOT_APPAUTH_CONFIG"
 
 class Problem(Value):
     """One configuration problem, located as precisely as we can."""
@@ -992,25 +991,18 @@ def load(path: str) -> Config:
 # /tmp is sticky, so only the owner can replace that directory, and private_file.py
 # reads it only when it is owned by this user and writable by nobody else. Someone
 # else's directory, a symlink, a stale or a damaged file all mean: parse the TOML.
-
-# 2: the is_global table (ipnum.global_table) is stored with the TOML, and the key names the
-# interpreter whose `ipaddress` it was derived from
-CONFIG_CACHE_FORMAT = 2
-CONFIG_CACHE_ROOT = "/tmp"  # noqa: S108 - a private per-uid directory, checked by private_file.py
+# (The file's name and key: config_cache.py.)
 
 
 def config_cache_file(path: str) -> str:
-    from .private_file import name_hash
+    """The cache file of the config at `path` (config_cache.py)."""
+    from . import config_cache
 
-    directory = os.path.join(CONFIG_CACHE_ROOT, f"dovecot-appauth-{os.geteuid()}")
-    return os.path.join(directory, f"config-{name_hash(os.path.abspath(path))}.marshal")
+    return config_cache.config_cache_file(os.path.abspath(path))
 
 
 def _cache_key(path: str, st: os.stat_result) -> tuple[int | str, ...]:
-    import sys  # built in: no import cost
-
-    return (CONFIG_CACHE_FORMAT, sys.version, os.path.abspath(path), st.st_dev, st.st_ino, st.st_size,
-            st.st_mtime_ns, st.st_ctime_ns)
+    return cache_key(os.path.abspath(path), st)
 
 
 def load_cached(path: str) -> Config:
@@ -1019,7 +1011,9 @@ def load_cached(path: str) -> Config:
 
     The cache also holds `ipnum.global_table()`, the standard library's is_global as integer
     intervals, derived from `ipaddress` when the file is written and handed to `ipnum` on
-    a hit, so a warm login classifies addresses without importing `ipaddress`."""
+    a hit, so a warm login classifies addresses without importing `ipaddress`; and the
+    fast path's record (`fast_path.record`), which lets a login be handed to serve
+    without importing this module."""
     from . import ipnum, private_file
 
     try:
@@ -1029,7 +1023,7 @@ def load_cached(path: str) -> Config:
     file = config_cache_file(path)
     key = _cache_key(path, st)
     cached = private_file.load(file)
-    if type(cached) is tuple and len(cached) == 3 and cached[0] == key and type(cached[1]) is dict:
+    if type(cached) is tuple and len(cached) == 4 and cached[0] == key and type(cached[1]) is dict:
         if cached[2] is not None:
             ipnum.use_global_table(cached[2])  # a damaged table is ignored: derived on first use
         return parse(cached[1], path)
@@ -1041,9 +1035,17 @@ def load_cached(path: str) -> Config:
     table = ipnum.global_table() if unchanged else None  # None: derivation failed, ipaddress answers
     if table is not None:
         ipnum.use_global_table(table)  # this login need not derive it again
-    if unchanged and private_file.store(file, (key, data, table)):  # a file changed while read is not cached
-        _prune_config_cache(os.path.dirname(file), keep=file)
-    return parse(data, path)
+    config = None
+    try:
+        config = parse(data, path)
+    finally:  # a config with errors is cached too: the next login reports them without tomllib
+        if unchanged:
+            from .fast_path import record
+
+            fast = record(config) if config is not None else None
+            if private_file.store(file, (key, data, table, fast)):  # a file changed while read is not cached
+                _prune_config_cache(os.path.dirname(file), keep=file)
+    return config
 
 
 CONFIG_CACHE_MAX_AGE = 86400.0  # seconds

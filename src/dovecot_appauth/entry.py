@@ -10,8 +10,13 @@ dependency), Python would print a traceback and exit 1, which Dovecot reads as
 `... entry launcher` prints the same launcher.
 """
 
-import os
+import posix  # the C module behind os, loaded at start-up: the fast path never imports os (~1 ms)
 import sys
+
+
+def _cannot_load(e: BaseException) -> None:
+    posix.write(2, f"dovecot-appauth: internal error: cannot load the program ({type(e).__name__})\n".encode())
+    posix._exit(111)
 
 
 def checkpassword() -> None:
@@ -25,12 +30,24 @@ def checkpassword() -> None:
     import gc
 
     gc.disable()
+    # A config with [fast_path] socket: serve decides the login, and this process loads
+    # little more than the interpreter (fast_path.login_via_serve); anything else, and
+    # every login serve did not take, is login.main's.
+    try:
+        from .fast_path import login_via_serve
+    except BaseException as e:
+        _cannot_load(e)
+    handover = login_via_serve(sys.argv[1:])
+    if type(handover) is int:
+        posix._exit(handover)
     try:
         from .login import main
     except BaseException as e:
-        os.write(2, f"dovecot-appauth: internal error: cannot load the program ({type(e).__name__})\n".encode())
-        os._exit(111)
-    main()
+        _cannot_load(e)
+    if handover is None:
+        main()
+    else:
+        main(handover=handover)
 
 
 _LAUNCHER = '''#!{python} -IS
@@ -64,6 +81,7 @@ def launcher_script(target: str = "FILE") -> str:
     `python -I -S` has anyway.
     """
     import ast
+    import os
     import subprocess
 
     bare = subprocess.run([sys.executable, "-I", "-S", "-c", "import sys; print(repr(sys.path))"],
@@ -81,6 +99,7 @@ def install_launcher(target: str) -> str:
     recipe linked /usr/local/bin to the venv's script) is replaced, never written through,
     so the venv's own script stays pip's and pip never rewrites the launcher.
     """
+    import os
     import subprocess
     import tempfile
 

@@ -4,8 +4,14 @@ With `[fast_path] socket` set, the per-login program sends the request it read f
 and the environment to `serve --unix-socket` (POST /verify) and answers Dovecot with what
 serve decided: the same engine (`login.decide`, with serve's warm config, lists, MaxMind
 readers, database connection and enrichment cache) does the password check, the policy,
-the audit and the rows. The program then needs neither SQLite nor the hash code nor the
-audit modules, so a login costs little more than the interpreter's start.
+the audit and the rows.
+
+`login_via_serve` is that whole login, run by `entry.checkpassword` before anything else:
+it needs neither `os`, nor config.py (the config cache holds the record it needs, written
+by `config.load_cached`: `record`), nor login.py, nor SQLite, the hash or the audit, so a
+login costs little more than the interpreter's start (docs/PERFORMANCE.md). Whatever it
+does not handle goes to `login.main` unchanged: an option other than `--config`, a config
+whose cache is not current, a lookup, and every request serve did not take.
 
 Two outcomes of asking:
 - an answer that says what serve decided (`ok`, `fail`, `tempfail`): that is the
@@ -17,21 +23,23 @@ Two outcomes of asking:
 A request sent but not answered within the timeout, or answered with something that is
 not an answer, may have been decided already: `TempFail` (111), never a guess.
 
-`encode_request` and `parse_answer` are pure (bytes in, values out); `ask` does the I/O.
-Only the standard library's C modules are loaded (`_socket`, and `_json` through
-cjson.py): no `socket` (its `enum`), no `json` (its `re`), no `http.client`.
+`request_body`, `encode_request` and `parse_answer` are pure (values in, bytes out, and
+back); `ask` does the I/O. Only the standard library's C modules are loaded (`posix`,
+`_socket`, and `_json` through cjson.py): no `os`, no `socket` (its `enum`), no `json`
+(its `re`), no `http.client`.
 """
 
 from __future__ import annotations
 
-import os
+import posix
 
-from .core import TempFail
+from .core import ExitCode, TempFail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .config import Config
     from .core import LoginRequest
 
 CONNECT_TIMEOUT = 1.0  # seconds: a listening serve accepts at once; past this it is stuck
@@ -61,14 +69,33 @@ class Answer:
         self.throttled = throttled
 
 
-def encode_request(request: LoginRequest, config_file: str, token: str | None = None) -> bytes:
-    """The HTTP/1.1 POST /verify that asks serve to decide `request` (one request per
-    connection). `config_file`: serve answers 409 unless it runs the same file."""
+def record(config: Config) -> tuple[str, str | None, float, float, str] | None:
+    """What `login_via_serve` needs of a config, kept in the config cache by
+    `config.load_cached`: the socket, the token file (absolute paths), the timeout, the
+    `[throttle] delay`, and the config's real path (serve's check that it runs this
+    config). None without `[fast_path] socket`."""
+    import os
+
+    settings = config.fast_path
+    if not settings.socket or not config.path:
+        return None
+    token_file = os.path.abspath(config.resolve(settings.token_file)) if settings.token_file else None
+    return (os.path.abspath(config.resolve(settings.socket)), token_file, float(settings.timeout),
+            float(config.throttle.delay), os.path.realpath(config.path))
+
+
+def request_body(request: LoginRequest, config_real: str) -> dict[str, Any]:
+    """The JSON object of POST /verify for `request`; `config_real`: the real path of the
+    config file (serve answers 409 unless it runs the same file)."""
+    return {"user": request.username, "password": request.password or "", "service": request.service,
+            "remote_ip": request.remote_ip, "local_ip": request.local_ip, "remote_port": request.remote_port,
+            "local_port": request.local_port, "config": config_real}
+
+
+def encode_request(body: dict[str, Any], token: str | None = None) -> bytes:
+    """The HTTP/1.1 POST /verify of `body` (`request_body`), one request per connection."""
     from .cjson import dumps
 
-    body = {"user": request.username, "password": request.password or "", "service": request.service,
-            "remote_ip": request.remote_ip, "local_ip": request.local_ip, "remote_port": request.remote_port,
-            "local_port": request.local_port, "config": os.path.realpath(config_file)}
     data = dumps(body).encode("ascii")  # ASCII: every other character is escaped
     head = ("POST /verify HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n")
@@ -168,13 +195,15 @@ def untrusted_peer(sock: object, socket_path: str) -> str | None:
     must belong to root or to it and be writable by nobody else: otherwise another local
     user could have put a socket of their own there first (in /tmp, say) and collected
     the passwords."""
-    directory = os.path.dirname(os.path.abspath(socket_path))
+    from .private_file import directory_of
+
+    directory = directory_of(socket_path)
     try:
         uid = peer_uid(sock)
-        st = os.stat(directory)
+        st = posix.stat(directory)
     except OSError as e:
         return f"cannot tell who listens there ({e.strerror or type(e).__name__})"
-    euid = os.geteuid()
+    euid = posix.geteuid()
     if uid not in (0, euid) and euid != 0:
         return f"it runs as uid {uid}, neither root nor this program's uid {euid}"
     if st.st_uid not in (0, uid):
@@ -257,21 +286,21 @@ def check(socket_path: str, config_file: str, token: str | None = None, timeout:
     if served is None:
         return ("does not say which config it runs (a TCP serve, or one that wants a token: set [fast_path] "
                 "token_file): logins would be checked in-process")
+    import os
+
     if served != os.path.realpath(config_file):
         return f"runs {served}, not this config: every login is checked in-process and says so"
     return None
 
 
-def ask(socket_path: str, request: LoginRequest, config_file: str, *, timeout: float,
-        token: str | None = None) -> Answer:
-    """Send `request` to serve at `socket_path` and return its decision.
+def ask(socket_path: str, data: bytes, *, timeout: float) -> Answer:
+    """Send `data` (`encode_request`) to serve at `socket_path` and return its decision.
 
     Unanswered: nothing listens there (or it refused the request unseen): check in-process.
     TempFail: the request went out and no answer came back within `timeout` seconds.
     """
     import time
 
-    data = encode_request(request, config_file, token)
     try:
         sock = _connect(socket_path, CONNECT_TIMEOUT)
     except _Untrusted as e:
@@ -300,3 +329,136 @@ def ask(socket_path: str, request: LoginRequest, config_file: str, *, timeout: f
     except ValueError as e:
         raise TempFail(f"answered something that is not an answer ({e}): temporary failure") from None
     return answer_of(status, body)
+
+
+def unanswered_line(where: str, reason: Unanswered, username: str) -> str:
+    """The line a login says when serve did not take it (then it is checked in-process)."""
+    return f"fast path: serve at {where} {reason}: checking the login of {username} in-process"
+
+
+def refusal(answer: Answer, where: str, username: str, delay: float) -> tuple[int, str | None]:
+    """The exit status and the line of serve's `fail` or `tempfail`. A throttled client
+    waits `delay` ([throttle] delay) first, as in-process: it slows a guessing client, and
+    serve itself never holds a request."""
+    if answer.result == "fail":
+        return int(ExitCode.FAIL), None  # serve logged why (its journal), as for any login it decides
+    if answer.throttled and delay > 0:
+        import time
+
+        time.sleep(delay)
+    return int(ExitCode.TEMPFAIL), (f"user {username}: temporary failure decided by serve at {where}"
+                                    f"{' (throttled)' if answer.throttled else ''}: its log says why")
+
+
+class Handover:
+    """A login `login_via_serve` leaves to `login.main`: the request it read from fd 3, and
+    the line to say when serve did not take it (None: main runs as without the fast path
+    having looked, asking serve itself where it would)."""
+
+    __slots__ = ("data", "said")
+
+    def __init__(self, data: bytes, said: str | None = None):
+        self.data = data
+        self.said = said
+
+
+def _environment() -> dict[str, str]:
+    """`os.environ` without `os`: posix.environ's bytes decoded as os.fsdecode does."""
+    import sys
+
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    return {key.decode(encoding, errors): value.decode(encoding, errors) for key, value in posix.environ.items()}
+
+
+def _plain_arguments(argv: list[str], env: dict[str, str]) -> tuple[str, list[str]] | None:
+    """(config path, reply helper's argv) of `[--config FILE] HELPER...`; None for any other
+    option (--debug, --audit-chain, --help, --), which login.main handles."""
+    from .config_cache import CONFIG_ENV, DEFAULT_CONFIG_PATH
+
+    args = list(argv)
+    config = None
+    if args[:1] == ["--config"] and len(args) >= 2:
+        config, args = args[1], args[2:]
+    elif args and args[0].startswith("--config="):
+        config, args = args[0].split("=", 1)[1], args[1:]
+    if args and args[0].startswith("-"):
+        return None
+    return (config or env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH), args
+
+
+def _cached_record(config_file: str) -> tuple[str, str | None, float, float, str] | None:
+    """`record` of the config at `config_file` from the config cache, when the cache is
+    current (config_cache.py): else None, and login.main reads the config."""
+    from . import private_file
+    from .config_cache import cache_key, config_cache_file
+
+    if not config_file.startswith("/"):
+        return None  # the cache is named by the absolute path: login.main makes it one
+    try:
+        st = posix.stat(config_file)
+    except OSError:
+        return None
+    cached = private_file.load(config_cache_file(config_file))
+    if type(cached) is not tuple or len(cached) != 4 or cached[0] != cache_key(config_file, st):
+        return None
+    fast = cached[3]
+    if type(fast) is not tuple or len(fast) != 5:
+        return None
+    return fast
+
+
+def login_via_serve(argv: list[str]) -> int | Handover | None:
+    """One login of the per-login program decided by serve, without `os`, config.py or
+    login.py (see the module's docstring): the exit status when serve decided it; a
+    Handover when fd 3 was read but the login is login.main's; None when this is no fast
+    path login (nothing read). Never raises."""
+    try:
+        env = _environment()
+        plain = _plain_arguments(argv, env)
+        fast = _cached_record(plain[0]) if plain else None
+    except Exception:  # nothing read yet: login.main does it all and says what is wrong
+        return None
+    if plain is None or fast is None:
+        return None
+    from .core import Misuse, Mode, parse_request, read_environment, say
+    from .reply import hold_fd4, read_fd3, send
+
+    where, token_file, timeout, delay, config_real = fast
+    try:
+        hold_fd4()
+        data = read_fd3("")
+    except Misuse:
+        return None  # fd 3 is not open: login.main says how to run the program
+    except Exception:  # read again by login.main, which reports it
+        return None
+    try:
+        request = read_environment(parse_request(data), env)
+        if request.mode is not Mode.VERIFY or request.password is None:
+            return Handover(data)
+        token = read_token(token_file) if token_file else None
+        sent = encode_request(request_body(request, config_real), token)
+    except Exception:  # a misuse, a token that cannot be read: login.main says so
+        return Handover(data)
+    try:
+        answer = ask(where, sent, timeout=timeout)
+    except Unanswered as e:
+        return Handover(data, unanswered_line(where, e, request.username))
+    except TempFail as e:
+        say(None, f"fast path: serve at {where} {e}")
+        return int(ExitCode.TEMPFAIL)
+    except Exception as e:  # the request may have been decided: never a guess
+        say(None, f"fast path: serve at {where}: internal error ({type(e).__name__}): temporary failure")
+        return int(ExitCode.TEMPFAIL)
+    if answer.result != "ok":
+        status, line = refusal(answer, where, request.username, delay)
+        if line:
+            say(None, line)
+        return status
+    try:
+        problem = send(answer.user, answer.fields, plain[1], env)
+    except TempFail as e:
+        say(None, str(e))
+        return int(ExitCode.TEMPFAIL)
+    if problem:
+        say(None, problem)
+    return int(ExitCode.OK)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .audit.pipeline import Assessment
     from .config import Config
     from .core import LoginRequest
+    from .fast_path import Handover
     from .store import PasswordRow, Store
 
 PROG = "dovecot-appauth"
@@ -122,26 +123,6 @@ def parse_args(argv: list[str]) -> Options:
         else:
             raise Misuse(f"unknown option {arg}; {USAGE}")
     return Options(config=config, audit_chain=audit_chain, reply_argv=tuple(args), debug=debug)
-
-
-def read_fd3() -> bytes:
-    """Read the request from fd 3 up to EOF (a byte more than allowed, to see oversize)."""
-    from .core import MAX_REQUEST_LEN
-
-    chunks = []
-    total = 0
-    try:
-        while total <= MAX_REQUEST_LEN:
-            chunk = os.read(3, MAX_REQUEST_LEN + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-    except OSError as e:
-        if e.errno == 9:  # EBADF: run by hand without 3<
-            raise Misuse(USAGE) from None
-        raise TempFail(f"cannot read the request from fd 3: {e.strerror}") from None
-    return b"".join(chunks)
 
 
 def _fail(message: str | None = None) -> Outcome:
@@ -804,7 +785,7 @@ def _ask_serve(request: LoginRequest, config: Config, path: str, started: float)
     """The login as decided by the serve on `[fast_path] socket` (fast_path.py), or None when
     serve did not take it: then it is checked in-process, after one line saying why.
     Raises TempFail when serve took the request and gave no answer."""
-    from .fast_path import Unanswered, ask, read_token
+    from .fast_path import Unanswered, ask, encode_request, read_token, refusal, request_body, unanswered_line
 
     settings = config.fast_path
     where = config.resolve(settings.socket)
@@ -814,9 +795,10 @@ def _ask_serve(request: LoginRequest, config: Config, path: str, started: float)
         _say(None, f"fast path: {e}: checking the login of {request.username} in-process")
         return None
     try:
-        answer = ask(where, request, path, timeout=settings.timeout, token=token)
+        answer = ask(where, encode_request(request_body(request, os.path.realpath(path)), token),
+                     timeout=settings.timeout)
     except Unanswered as e:
-        _say(None, f"fast path: serve at {where} {e}: checking the login of {request.username} in-process")
+        _say(None, unanswered_line(where, e, request.username))
         return None
     except TempFail as e:
         raise TempFail(f"fast path: serve at {where} {e}") from None
@@ -824,39 +806,34 @@ def _ask_serve(request: LoginRequest, config: Config, path: str, started: float)
         _debug(f"fast path: serve at {where} answered {answer.result!r} after {_ms_since(started)}")
     if answer.result == "ok":
         return Outcome(ExitCode.OK, user=answer.user, fields=answer.fields)
-    if answer.result == "fail":
-        return _fail()  # serve logged why (its journal), as for any login it decides
-    if answer.throttled and config.throttle.delay > 0:
-        time.sleep(config.throttle.delay)  # as in-process: slows a guessing client; serve never holds
-    return Outcome(ExitCode.TEMPFAIL, message=f"user {request.username}: temporary failure decided by serve at "
-                                              f"{where}{' (throttled)' if answer.throttled else ''}: its log says why")
+    status, message = refusal(answer, where, request.username, config.throttle.delay)
+    return Outcome(ExitCode(status), message=message)
 
 
 def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapping[str, str]) -> int:
-    """Hand Dovecot the outcome: exec the reply helper, or write fd 4; returns the status."""
-    from .reply import exec_helper, helper_environment, helper_reply, write_fd4, write_reply
+    """Hand Dovecot the outcome (reply.send); returns the status."""
+    from .reply import send
 
     if outcome.exit_code not in (ExitCode.OK, ExitCode.LOOKUP_OK) or outcome.user is None:
         return int(outcome.exit_code)
-    lookup = outcome.exit_code is ExitCode.LOOKUP_OK
-    if options.reply_argv and not options.audit_chain:
-        # what the helper would write, written here: one exec (about 2 ms) less per login
-        if write_reply(helper_reply(outcome.user, outcome.fields, os.getuid(), os.getgid())):
-            return int(outcome.exit_code)
-        sys.stderr.flush()  # fd 4 not open (a manual run): the helper, as Dovecot expects it
-        exec_helper(list(options.reply_argv), helper_environment(env, outcome.user, outcome.fields, lookup=lookup))
-    if not write_fd4(outcome.user, outcome.fields):
-        _say(None, "fd 4 is not open: reply not written (run as Dovecot does, or add 4>&1 to see it)")
+    # under --audit-chain the fields go alone: the helper would add its own userdb_uid/gid
+    # and clobber the earlier passdb's
+    problem = send(outcome.user, outcome.fields, () if options.audit_chain else options.reply_argv, env,
+                   lookup=outcome.exit_code is ExitCode.LOOKUP_OK)
+    if problem:
+        _say(None, problem)
     return int(outcome.exit_code)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, handover: Handover | None = None) -> None:
+    """The per-login program. `handover`: a login fast_path.login_via_serve read from fd 3
+    and left to this function (with the line to say when serve did not take it)."""
     global _debugging
     started = time.monotonic()
     args = sys.argv[1:] if argv is None else argv
     env = os.environ
     try:
-        from .reply import hold_fd4
+        from .reply import hold_fd4, read_fd3
 
         hold_fd4()
         options = parse_args(args)
@@ -864,7 +841,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.write(HELP)
             sys.exit(0)
         _debugging = options.debug
-        credentials = parse_request(read_fd3())
+        credentials = parse_request(handover.data if handover is not None else read_fd3(USAGE))
         request = read_environment(credentials, env)
         if _debugging:
             _debug_request(request)
@@ -879,7 +856,10 @@ def main(argv: list[str] | None = None) -> None:
         outcome = None
         if config.fast_path.socket and request.mode is Mode.VERIFY and not options.audit_chain \
                 and request.password is not None:
-            outcome = _ask_serve(request, config, path, started)
+            if handover is not None and handover.said is not None:
+                _say(None, handover.said)  # asked already: serve did not take it
+            else:
+                outcome = _ask_serve(request, config, path, started)
         if outcome is None:
             outcome = decide(request, config, now=time.time(), audit_chain=options.audit_chain)
         if outcome.message:

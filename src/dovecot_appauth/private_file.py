@@ -9,14 +9,16 @@ in a directory of the same kind. Anything else reads as "no cache", and the call
 parses the original file. Writers replace a file atomically, so concurrent logins see
 the old version or the new one.
 
-Stdlib only (os, stat, marshal), all loaded at interpreter start-up.
+Reading uses only modules the interpreter has loaded at start-up (`posix`, the C module
+behind `os`; `_stat`; `marshal`): the fast path reads the config cache without `os`
+(config_cache.py). Writing, on a cache miss, imports `os`.
 """
 
 from __future__ import annotations
 
 import marshal
-import os
-import stat
+import posix
+from _stat import S_IFDIR, S_IFMT, S_IFREG
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -33,27 +35,33 @@ def name_hash(text: str) -> str:
     return f"{h:016x}"
 
 
-def _private(st: os.stat_result, kind: int) -> bool:
-    """Of the file type `kind`, owned by this user, and writable by nobody else."""
-    return stat.S_IFMT(st.st_mode) == kind and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+def _private(st: Any, kind: int) -> bool:
+    """Of the file type `kind`, owned by this user, and writable by nobody else (`st`: a stat)."""
+    return S_IFMT(st.st_mode) == kind and st.st_uid == posix.geteuid() and not st.st_mode & 0o022
+
+
+def directory_of(path: str) -> str:
+    """`os.path.dirname(path) or "."`, without `os`."""
+    head, slash, _ = path.rpartition("/")
+    return (head.rstrip("/") or "/") if slash else "."
 
 
 def load(path: str) -> Any:
     """The marshalled value in `path`, or None when it is missing, not private or damaged."""
     try:
-        if not _private(os.lstat(os.path.dirname(path) or "."), stat.S_IFDIR):
+        if not _private(posix.lstat(directory_of(path)), S_IFDIR):
             return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        if not _private(st, stat.S_IFREG) or st.st_size > MAX_BYTES:
+        st = posix.fstat(fd)
+        if not _private(st, S_IFREG) or st.st_size > MAX_BYTES:
             return None
         chunks = []
         left = st.st_size + 1  # one byte more: a file that grew is read whole, then rejected below
         while left > 0:
-            chunk = os.read(fd, left)
+            chunk = posix.read(fd, left)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -65,14 +73,14 @@ def load(path: str) -> Any:
     except Exception:  # unreadable, truncated, not marshal data: no cache
         return None
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
     """All of `data` to `fd` (os.write may take only part of it)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[posix.write(fd, view):]
 
 
 def make_private_dirs(directory: str) -> None:
@@ -80,6 +88,8 @@ def make_private_dirs(directory: str) -> None:
     the parents too: `makedirs` gives missing parents the umask's mode (Python >= 3.7), so
     making `cache/lists` first left the enrichment cache directory 0755, or group-writable
     under umask 002, and then untrusted on every login."""
+    import os
+
     parent = os.path.dirname(directory.rstrip("/"))
     if parent and parent != directory and not os.path.isdir(parent):
         make_private_dirs(parent)
@@ -94,12 +104,14 @@ def store(path: str, value: Any) -> bool:
 
     A value marshal cannot store (a TOML datetime, say) is not cached.
     """
+    import os
+
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         data = marshal.dumps(value)
         make_private_dirs(directory)
-        if not _private(os.lstat(directory), stat.S_IFDIR):
+        if not _private(os.lstat(directory), S_IFDIR):
             return False
         # O_TRUNC, not O_EXCL: the directory is ours alone, and a stale file of a crashed
         # login with the same pid must not block the cache

@@ -6,14 +6,17 @@ with `write_reply`): the same reply without an exec per login. `exec_helper` rep
 this process with the helper only when fd 4 is not open (a manual run; nothing of ours
 runs after it: the audit line is written before). `write_fd4` writes the fields alone:
 no helper given, or the audit chain, where the helper would add its own userdb_uid/gid
-and clobber the earlier passdb's.
+and clobber the earlier passdb's. `read_fd3` reads the request Dovecot writes to fd 3.
+
+File descriptors are handled with `posix`, the C module behind `os`, loaded at start-up:
+the fast path (fast_path.login_via_serve) answers a login without importing `os` (~1 ms).
 """
 
 from __future__ import annotations
 
-import os
+import posix
 
-from .core import TempFail, encode_reply
+from .core import MAX_REQUEST_LEN, Misuse, TempFail, encode_reply
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -96,9 +99,28 @@ def helper_reply(user: str, fields: list[tuple[str, str]], uid: int, gid: int) -
 
 def exec_helper(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
-        os.execve(argv[0], argv, env)  # noqa: S606 - the helper Dovecot gave us, no shell
+        posix.execve(argv[0], argv, env)  # the helper Dovecot gave us, no shell
     except OSError as e:
         raise TempFail(f"cannot run reply helper {argv[0]}: {e.strerror}") from None
+
+
+def send(user: str, fields: list[tuple[str, str | None]], helper_argv: list[str] | tuple[str, ...],
+         env: Mapping[str, str], *, lookup: bool = False) -> str | None:
+    """Hand Dovecot a success for `user`: with a reply helper (`helper_argv`), what it would
+    write, written to fd 4 here (one exec, about 2 ms, less per login), or the helper
+    exec'd when fd 4 is not open (a manual run); without one, the fields alone to fd 4.
+    Returns the line to say when nothing could be written; TempFail when the helper
+    cannot be run."""
+    if helper_argv:
+        if write_reply(helper_reply(user, fields, posix.getuid(), posix.getgid())):
+            return None
+        import sys
+
+        sys.stderr.flush()  # fd 4 not open (a manual run): the helper, as Dovecot expects it
+        exec_helper(list(helper_argv), helper_environment(env, user, fields, lookup=lookup))
+    if not write_fd4(user, fields):
+        return "fd 4 is not open: reply not written (run as Dovecot does, or add 4>&1 to see it)"
+    return None
 
 
 def hold_fd4() -> None:
@@ -112,12 +134,12 @@ def hold_fd4() -> None:
     case, finds fd 4 closed, as before.
     """
     try:
-        os.fstat(4)
+        posix.fstat(4)
     except OSError:
-        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        fd = posix.open("/dev/null", posix.O_RDONLY | posix.O_CLOEXEC)
         if fd != 4:  # fd 3 was free as well: it got /dev/null, which moves to 4
-            os.dup2(fd, 4, inheritable=False)
-            os.close(fd)
+            posix.dup2(fd, 4, inheritable=False)
+            posix.close(fd)
 
 
 def write_fd4(user: str, fields: list[tuple[str, str]]) -> bool:
@@ -131,10 +153,29 @@ def write_reply(reply: list[tuple[str, str]]) -> bool:
     try:
         view = memoryview(data)
         while view:
-            written = os.write(4, view)
+            written = posix.write(4, view)
             view = view[written:]
     except OSError as e:
         if e.errno == 9:  # EBADF: not run by Dovecot and no 4> redirection
             return False
         raise TempFail(f"cannot write the reply to fd 4: {e.strerror}") from None
     return True
+
+
+def read_fd3(usage: str) -> bytes:
+    """Read the request from fd 3 up to EOF (a byte more than allowed, to see oversize).
+    Misuse(`usage`) when fd 3 is not open (run by hand without 3<)."""
+    chunks = []
+    total = 0
+    try:
+        while total <= MAX_REQUEST_LEN:
+            chunk = posix.read(3, MAX_REQUEST_LEN + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as e:
+        if e.errno == 9:  # EBADF
+            raise Misuse(usage) from None
+        raise TempFail(f"cannot read the request from fd 3: {e.strerror}") from None
+    return b"".join(chunks)

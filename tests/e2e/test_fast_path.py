@@ -89,9 +89,26 @@ def other_config(site, name: str, fast_path: str) -> Path:
     return path
 
 
-def login(config: Path, user: str, password: str, ip: str = ALLOWED_IP, debug: bool = True):
+def login(config: Path, user: str, password: str, ip: str = ALLOWED_IP, debug: bool = True,
+          helper: tuple[str, ...] = (), **kw):
+    """One login; with --debug it takes login.main's fast path (which says what serve answered),
+    without it fast_path.login_via_serve's, as Dovecot runs it. `helper`: the reply helper's argv."""
     return run_checkpassword(config, request_bytes(user, password), env=dovecot_env(ip),
-                             args=("--debug",) if debug else ())
+                             args=(("--debug",) if debug else ()) + helper, **kw)
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory) -> Path:
+    """The -IS launcher the README's install writes (python -m dovecot_appauth.entry install)."""
+    import subprocess
+
+    from tests.support.hardening import PROGRAM
+
+    python = PROGRAM.parent / "python"
+    target = tmp_path_factory.mktemp("bin") / "dovecot-appauth-checkpassword"
+    subprocess.run([str(python), "-m", "dovecot_appauth.entry", "install", str(target)], check=True,
+                   capture_output=True, timeout=120)
+    return target
 
 
 def failures(site, user: str) -> int:
@@ -125,21 +142,33 @@ def metric(served, name: str, **labels: str) -> float:
                if line.startswith(name + "{") and sorted(line[line.index("{") + 1:line.index("}")].split(",")) == want)
 
 
-def test_a_login_is_decided_by_serve_with_the_same_reply_as_in_process(site, served):
-    created = site.create_password("alice@example.com")
+@pytest.mark.parametrize("debug", [True, False], ids=["login.main", "login_via_serve"])
+def test_a_login_is_decided_by_serve_with_the_same_reply_as_in_process(site, served, debug):
+    user = f"alice-{int(debug)}@example.com"
+    created = site.create_password(user)
     before = metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap")
-    fast = login(site.path, "alice@example.com", created["password"])
+    fast = login(site.path, user, created["password"], debug=debug)
     assert fast.status == 0, fast.stderr
-    assert ANSWERED.search(fast.stderr) and FALLBACK not in fast.stderr, fast.stderr
+    assert FALLBACK not in fast.stderr, fast.stderr
+    if debug:
+        assert ANSWERED.search(fast.stderr), fast.stderr
+    else:
+        assert fast.stderr == "", fast.stderr  # serve decided it: nothing to say
     assert metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap") == before + 1
     # serve recorded the login (its `log` row, the audit line with the client's address)
     assert log_rows(site, created["id"]) == [("imap", ALLOWED_IP)]
     assert f"ip={ALLOWED_IP}" in (site.dir / "audit.log").read_text()
     # the reply Dovecot gets is the one the in-process path gives for the same login
     plain = other_config(site, "no-fast-path.toml", "")
-    slow = login(plain, "alice@example.com", created["password"])
+    slow = login(plain, user, created["password"])
     assert slow.status == 0 and "fast path" not in slow.stderr, slow.stderr
-    assert fast.reply == slow.reply and fast.reply.startswith(b"user=alice@example.com\t")
+    assert fast.reply == slow.reply and fast.reply.startswith(f"user={user}\t".encode())
+    # and with Dovecot's reply helper given: what checkpassword-reply would write, both ways
+    helper = ("/usr/lib/dovecot/checkpassword-reply",)
+    with_helper = [login(config, user, created["password"], debug=debug, helper=helper)
+                   for config in (site.path, plain)]
+    assert with_helper[0].status == with_helper[1].status == 0, with_helper[0].stderr + with_helper[1].stderr
+    assert with_helper[0].reply == with_helper[1].reply and b"\tuserdb_uid=" in with_helper[0].reply
     assert created["password"] not in fast.stderr + (site.dir / "serve.log").read_text()
 
 
@@ -171,16 +200,21 @@ def test_a_throttled_client_gets_a_temporary_failure_after_the_delay(site, serve
     assert failures(site, "erin@example.com") == 3  # a throttled attempt is not counted again
 
 
-def test_no_serve_on_the_socket_falls_back_to_checking_in_process(site, tmp_path):
-    created = site.create_password("fred@example.com")
-    config = other_config(site, "nobody-listens.toml", f'socket = "{tmp_path / "absent.sock"}"')
-    result = login(config, "fred@example.com", created["password"])
-    assert result.status == 0, result.stderr
-    assert f"fast path: serve at {tmp_path / 'absent.sock'} cannot be reached" in result.stderr
-    assert f"{FALLBACK} fred@example.com in-process" in result.stderr
-    wrong = login(config, "fred@example.com", wrong_password(created["password"]))
+@pytest.mark.parametrize("debug", [True, False], ids=["login.main", "login_via_serve"])
+def test_no_serve_on_the_socket_falls_back_to_checking_in_process(site, tmp_path, debug):
+    user = f"fred-{int(debug)}@example.com"
+    created = site.create_password(user)
+    config = other_config(site, f"nobody-listens-{int(debug)}.toml", f'socket = "{tmp_path / "absent.sock"}"')
+    for _ in range(2):  # the first login of a config fills its cache: the second is the one Dovecot sees
+        result = login(config, user, created["password"], debug=debug)
+        assert result.status == 0, result.stderr
+        said = [line for line in result.stderr.splitlines() if "fast path" in line]
+        # said once, whichever path asked serve
+        assert said == [f"dovecot-appauth: fast path: serve at {tmp_path / 'absent.sock'} cannot be reached "
+                        f"(No such file or directory): {FALLBACK} {user} in-process"], result.stderr
+    wrong = login(config, user, wrong_password(created["password"]), debug=debug)
     assert wrong.status == 1 and FALLBACK in wrong.stderr
-    assert failures(site, "fred@example.com") == 1
+    assert failures(site, user) == 1
 
 
 def test_serve_running_another_config_does_not_decide(site, served):
@@ -279,6 +313,36 @@ def test_a_fast_path_login_imports_neither_sqlite_nor_the_hash_nor_the_audit(sit
     extra = ["_sqlite3", "dovecot_appauth.store", "dovecot_appauth.hashing", "_crypt", "dovecot_appauth.audit",
              "socket", "selectors", "functools", "collections"]
     assert _heavy(modules, [*FORBIDDEN, *extra]) == {}
+
+
+def test_through_the_launcher_a_fast_path_login_loads_neither_os_nor_the_config_module(site, served, launcher):
+    """As Dovecot runs it (the -IS launcher, no --debug): fast_path.login_via_serve answers
+    from the config cache's record, so neither `os` (~1 ms) nor config.py and login.py
+    (their classes and the config's parsing) are loaded; the same login with --debug, or
+    with a config that has no current cache, is login.main's."""
+    import sys
+
+    created = site.create_password("kate-is@example.com")
+    before = metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap")
+    python = launcher.read_text().splitlines()[0].removeprefix("#!").split()[0]
+    traced = (python, "-I", "-S", "-X", "importtime", str(launcher))  # what the #! line runs, traced
+
+    def modules_of(run) -> list[str]:
+        assert run.status == 0, run.stderr
+        return [line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")]
+
+    assert "os" not in sys.builtin_module_names  # so a trace that lacks it means it was not loaded
+    for _ in range(2):  # the first may fill the config cache
+        modules = modules_of(login(site.path, "kate-is@example.com", created["password"], debug=False,
+                                   program=traced))
+    assert "dovecot_appauth.fast_path" in modules and "_socket" in modules
+    assert _heavy(modules, ["os", "dovecot_appauth.config", "dovecot_appauth.login", "_sqlite3",
+                            "dovecot_appauth.store", "dovecot_appauth.hashing", "dovecot_appauth.audit"]) == {}
+    # the trace would see them: with --debug the same login is login.main's
+    debug = modules_of(login(site.path, "kate-is@example.com", created["password"], debug=True, program=traced))
+    assert "os" in debug and "dovecot_appauth.config" in debug and "dovecot_appauth.login" in debug
+    assert metric(served, "appauth_logins_total", endpoint="verify", result="ok", service="imap") == before + 3
+    assert log_rows(site, created["id"]) == [("imap", ALLOWED_IP)]  # serve decided all three
 
 
 @pytest.mark.dovecot

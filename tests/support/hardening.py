@@ -74,9 +74,11 @@ def _high(fd: int) -> int:
 
 
 def run_checkpassword(config: str | os.PathLike | None, request: bytes | None, *, env: dict[str, str] | None = None,
-                      args: tuple[str, ...] = (), user: str | None = None, timeout: float = 60) -> Run:
-    """One login through the installed program. ``request=None``: fd 3 closed."""
-    argv = [str(PROGRAM)] + (["--config", str(config)] if config is not None else []) + list(args)
+                      args: tuple[str, ...] = (), user: str | None = None, timeout: float = 60,
+                      program: tuple[str, ...] = (str(PROGRAM),)) -> Run:
+    """One login through the installed program (or `program`, e.g. an interpreter with options
+    and the -IS launcher). ``request=None``: fd 3 closed."""
+    argv = [*program] + (["--config", str(config)] if config is not None else []) + list(args)
     environment = dovecot_env() if env is None else env
     req_r = req_w = rep_r = rep_w = -1
     try:

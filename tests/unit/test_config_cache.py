@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from dovecot_appauth import config as cfgmod
-from dovecot_appauth import ipnum, private_file
+from dovecot_appauth import config_cache, ipnum, private_file
 from dovecot_appauth.config import ConfigError, config_cache_file, load, load_cached
 
 GOOD = '[database]\ndsn = "sqlite:////tmp/x.sqlite"\n\n[audit]\ndeadline = 0.7\nunknown_key = 1\n'
@@ -19,7 +18,7 @@ GOOD = '[database]\ndsn = "sqlite:////tmp/x.sqlite"\n\n[audit]\ndeadline = 0.7\n
 def cache_root(tmp_path, monkeypatch):
     root = tmp_path / "tmp"
     root.mkdir()
-    monkeypatch.setattr(cfgmod, "CONFIG_CACHE_ROOT", str(root))
+    monkeypatch.setattr(config_cache, "CONFIG_CACHE_ROOT", str(root))
     return root
 
 
@@ -43,8 +42,9 @@ def test_load_cached_is_load_and_fills_a_private_cache(conf, cache_root):
     assert os.path.dirname(os.path.dirname(file)) == str(cache_root)
     assert oct(os.stat(file).st_mode & 0o777) == "0o600"
     assert oct(os.stat(os.path.dirname(file)).st_mode & 0o777) == "0o700"
-    key, data, table = _cached(conf)
+    key, data, table, fast = _cached(conf)
     assert data["audit"]["deadline"] == 0.7 and key[2] == str(conf)
+    assert fast is None  # no [fast_path] socket: nothing for fast_path.login_via_serve
     assert key[1] == sys.version  # another interpreter's ipaddress may judge addresses otherwise
     assert table == ipnum.global_table()  # the is_global table a warm login uses (ipnum.py)
     assert load_cached(str(conf)) == first
@@ -52,9 +52,9 @@ def test_load_cached_is_load_and_fills_a_private_cache(conf, cache_root):
 
 def test_load_cached_uses_the_cache(conf):
     load_cached(str(conf))
-    key, data, table = _cached(conf)
+    key, data, table, fast = _cached(conf)
     data["audit"]["deadline"] = 0.9  # same key: the cache is believed
-    private_file.store(config_cache_file(str(conf)), (key, data, table))
+    private_file.store(config_cache_file(str(conf)), (key, data, table, fast))
     assert load_cached(str(conf)).audit.deadline == 0.9
 
 
@@ -97,20 +97,20 @@ def test_load_cached_errors_match_load(tmp_path):
 
 def test_load_cached_ignores_a_cache_others_can_write(conf):
     load_cached(str(conf))
-    key, data, table = _cached(conf)
+    key, data, table, fast = _cached(conf)
     data["audit"]["deadline"] = 0.9
     file = config_cache_file(str(conf))
-    private_file.store(file, (key, data, table))
+    private_file.store(file, (key, data, table, fast))
     os.chmod(file, 0o620)  # group-writable: someone else could have written it
     assert load_cached(str(conf)).audit.deadline == 0.7
 
 
 def test_load_cached_ignores_a_symlink_and_damage(conf, tmp_path):
     load_cached(str(conf))
-    key, data, table = _cached(conf)
+    key, data, table, fast = _cached(conf)
     data["audit"]["deadline"] = 0.9
     elsewhere = tmp_path / "elsewhere.marshal"
-    elsewhere.write_bytes(marshal.dumps((key, data, table)))
+    elsewhere.write_bytes(marshal.dumps((key, data, table, fast)))
     file = config_cache_file(str(conf))
     os.unlink(file)
     os.symlink(elsewhere, file)
@@ -126,10 +126,10 @@ def test_load_cached_ignores_a_symlink_and_damage(conf, tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the directory to another user")
 def test_load_cached_ignores_a_directory_of_another_user(conf):
     load_cached(str(conf))
-    key, data, table = _cached(conf)
+    key, data, table, fast = _cached(conf)
     data["audit"]["deadline"] = 0.9
     file = config_cache_file(str(conf))
-    private_file.store(file, (key, data, table))
+    private_file.store(file, (key, data, table, fast))
     os.chown(os.path.dirname(file), 65534, 65534)
     assert load_cached(str(conf)).audit.deadline == 0.7
 
@@ -167,8 +167,8 @@ def test_load_cached_ignores_a_damaged_is_global_table(conf, monkeypatch):
     from dovecot_appauth.audit.rules import is_globally_reachable
 
     load_cached(str(conf))
-    key, data, _table = _cached(conf)
-    private_file.store(config_cache_file(str(conf)), (key, data, {4: ((5,), (True,)), 6: "garbage"}))
+    key, data, _table, fast = _cached(conf)
+    private_file.store(config_cache_file(str(conf)), (key, data, {4: ((5,), (True,)), 6: "garbage"}, fast))
     monkeypatch.setattr(ipnum, "_table", None)
     assert load_cached(str(conf)).audit.deadline == 0.7
     assert ipnum._table is None  # not taken

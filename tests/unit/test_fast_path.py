@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dovecot_appauth import fast_path
 from dovecot_appauth.core import LoginRequest, Mode, TempFail
-from dovecot_appauth.fast_path import Unanswered, answer_of, encode_request, parse_answer
+from dovecot_appauth.fast_path import Unanswered, answer_of, encode_request, parse_answer, request_body
 
 
 def _request(**kw) -> LoginRequest:
@@ -18,6 +18,10 @@ def _request(**kw) -> LoginRequest:
               "remote_ip": "198.51.100.7", "local_ip": "192.0.2.1", "remote_port": 50000, "local_port": 143}
     values.update(kw)
     return LoginRequest(**values)
+
+
+def _encode(request: LoginRequest, config_real: str, token: str | None = None) -> bytes:
+    return encode_request(request_body(request, config_real), token)
 
 
 def _split(data: bytes) -> tuple[list[str], dict]:
@@ -31,33 +35,39 @@ def _split(data: bytes) -> tuple[list[str], dict]:
 def test_request_is_a_post_to_verify_with_every_field(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text("")
-    lines, body = _split(encode_request(_request(), str(config)))
+    lines, body = _split(_encode(_request(), str(config)))
     assert lines[0] == "POST /verify HTTP/1.1" and "Connection: close" in lines
     assert not any(line.startswith("Authorization") for line in lines)
     assert body == {"user": "alice@example.com", "password": "pw", "service": "imap", "remote_ip": "198.51.100.7",
                     "local_ip": "192.0.2.1", "remote_port": 50000, "local_port": 143, "config": str(config)}
 
 
-def test_request_names_the_config_by_its_real_path(tmp_path):
+def test_the_fast_path_record_names_the_config_by_its_real_path(tmp_path):
+    """serve compares the config it runs with the one named: by real path (fast_path.record)."""
+    from dovecot_appauth.config import parse
+
     (tmp_path / "real.toml").write_text("")
     (tmp_path / "link.toml").symlink_to(tmp_path / "real.toml")
-    _, body = _split(encode_request(_request(), str(tmp_path / "link.toml")))
-    assert body["config"] == str(tmp_path / "real.toml")
+    config = parse({"fast_path": {"socket": "run/serve.sock", "token_file": "serve.token", "timeout": 3},
+                    "throttle": {"delay": 0.5}}, str(tmp_path / "link.toml"))
+    assert fast_path.record(config) == (str(tmp_path / "run" / "serve.sock"), str(tmp_path / "serve.token"), 3.0,
+                                        0.5, str(tmp_path / "real.toml"))
+    assert fast_path.record(parse({}, str(tmp_path / "link.toml"))) is None  # no [fast_path] socket
 
 
 def test_request_without_client_sends_nulls():
-    _, body = _split(encode_request(_request(remote_ip=None, local_ip=None, remote_port=None, local_port=None), "/c"))
+    _, body = _split(_encode(_request(remote_ip=None, local_ip=None, remote_port=None, local_port=None), "/c"))
     assert body["remote_ip"] is None and body["remote_port"] is None
 
 
 def test_token_goes_in_a_bearer_header():
-    lines, _ = _split(encode_request(_request(), "/c", token="s3cret-token"))
+    lines, _ = _split(_encode(_request(), "/c", token="s3cret-token"))
     assert "Authorization: Bearer s3cret-token" in lines
 
 
 @given(st.text(min_size=1), st.text())
 def test_any_user_and_password_survive_the_encoding(user, password):
-    _, body = _split(encode_request(_request(username=user, password=password), "/c"))
+    _, body = _split(_encode(_request(username=user, password=password), "/c"))
     assert body["user"] == user and body["password"] == password
 
 
