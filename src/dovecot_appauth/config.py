@@ -12,13 +12,15 @@ This module reads only the TOML file: list files are `lists.py`'s job.
 
 from __future__ import annotations
 
-import os
+import posix
 
+from . import paths
 from .config_cache import CONFIG_ENV, DEFAULT_CONFIG_PATH, cache_key
 from .values import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import os
     from typing import Any
 
 
@@ -644,16 +646,16 @@ class Config(Value):
 
     def resolve(self, path: str) -> str:
         """A path from the config, relative to the config file's directory."""
-        if os.path.isabs(path) or not self.path:
+        if path.startswith("/") or not self.path:
             return path
-        return os.path.join(os.path.dirname(os.path.abspath(self.path)), path)
+        return paths.join(paths.dirname(paths.absolute(self.path)), path)
 
 
 def config_path(explicit: str | None = None, env: dict[str, str] | None = None) -> str:
     """`--config` wins, then DOVECOT_APPAUTH_CONFIG, then the default path."""
     if explicit:
         return explicit
-    environ = os.environ if env is None else env
+    environ = paths.environment() if env is None else env
     return environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
@@ -896,7 +898,7 @@ def _userdb_extra(r: _Reader, extra: dict[str, str]) -> dict[str, str]:
 
 def parse(data: dict[str, Any], path: str | None = None) -> Config:
     """Build a `Config` from parsed TOML. Raises ConfigError on any error-level problem."""
-    name = os.path.basename(path) if path else "config"
+    name = paths.basename(path) if path else "config"
     problems: list[Problem] = []
     top = _Reader(data, f"{name}:", problems)
     sections = {section.replace(".", "_"): _read_section(_Reader(top.table(section), f"{name}: [{section}]", problems),
@@ -962,7 +964,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError([Problem(path, "config file not found")]) from None
     except PermissionError:
-        raise ConfigError([Problem(path, f"config file not readable by uid {os.getuid()}")]) from None
+        raise ConfigError([Problem(path, f"config file not readable by uid {posix.getuid()}")]) from None
     except OSError as e:
         raise ConfigError([Problem(path, f"cannot read config file: {e.strerror}")]) from None
     except tomllib.TOMLDecodeError as e:
@@ -998,11 +1000,11 @@ def config_cache_file(path: str) -> str:
     """The cache file of the config at `path` (config_cache.py)."""
     from . import config_cache
 
-    return config_cache.config_cache_file(os.path.abspath(path))
+    return config_cache.config_cache_file(paths.absolute(path))
 
 
 def _cache_key(path: str, st: os.stat_result) -> tuple[int | str, ...]:
-    return cache_key(os.path.abspath(path), st)
+    return cache_key(paths.absolute(path), st)
 
 
 def load_cached(path: str) -> Config:
@@ -1017,7 +1019,7 @@ def load_cached(path: str) -> Config:
     from . import ipnum, private_file
 
     try:
-        st = os.stat(path)
+        st = posix.stat(path)
     except OSError:
         return load(path)  # reports the problem exactly as always
     file = config_cache_file(path)
@@ -1029,7 +1031,7 @@ def load_cached(path: str) -> Config:
         return parse(cached[1], path)
     data = _read_toml(path)
     try:
-        unchanged = _cache_key(path, os.stat(path)) == key
+        unchanged = _cache_key(path, posix.stat(path)) == key
     except OSError:
         unchanged = False
     table = ipnum.global_table() if unchanged else None  # None: derivation failed, ipaddress answers
@@ -1044,7 +1046,7 @@ def load_cached(path: str) -> Config:
 
             fast = record(config) if config is not None else None
             if private_file.store(file, (key, data, table, fast)):  # a file changed while read is not cached
-                _prune_config_cache(os.path.dirname(file), keep=file)
+                _prune_config_cache(paths.dirname(file), keep=file)
     return config
 
 
@@ -1057,6 +1059,7 @@ def _prune_config_cache(directory: str, keep: str) -> None:
     One config means one file; test runs and `--config` experiments would otherwise
     leave one per config path. A config still in use just gets its file written again.
     """
+    import os
     import time
 
     old = time.time() - CONFIG_CACHE_MAX_AGE

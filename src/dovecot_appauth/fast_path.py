@@ -195,9 +195,9 @@ def untrusted_peer(sock: object, socket_path: str) -> str | None:
     must belong to root or to it and be writable by nobody else: otherwise another local
     user could have put a socket of their own there first (in /tmp, say) and collected
     the passwords."""
-    from .private_file import directory_of
+    from .paths import dirname
 
-    directory = directory_of(socket_path)
+    directory = dirname(socket_path) or "."
     try:
         uid = peer_uid(sock)
         st = posix.stat(directory)
@@ -362,14 +362,6 @@ class Handover:
         self.said = said
 
 
-def _environment() -> dict[str, str]:
-    """`os.environ` without `os`: posix.environ's bytes decoded as os.fsdecode does."""
-    import sys
-
-    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    return {key.decode(encoding, errors): value.decode(encoding, errors) for key, value in posix.environ.items()}
-
-
 def _plain_arguments(argv: list[str], env: dict[str, str]) -> tuple[str, list[str]] | None:
     """(config path, reply helper's argv) of `[--config FILE] HELPER...`; None for any other
     option (--debug, --audit-chain, --help, --), which login.main handles."""
@@ -412,8 +404,10 @@ def login_via_serve(argv: list[str]) -> int | Handover | None:
     login.py (see the module's docstring): the exit status when serve decided it; a
     Handover when fd 3 was read but the login is login.main's; None when this is no fast
     path login (nothing read). Never raises."""
+    from .paths import environment
+
     try:
-        env = _environment()
+        env = environment()
         plain = _plain_arguments(argv, env)
         fast = _cached_record(plain[0]) if plain else None
     except Exception:  # nothing read yet: login.main does it all and says what is wrong

@@ -14,10 +14,11 @@ Imports at module level are the ones every login needs; keep it that way (see
 
 from __future__ import annotations
 
-import os
+import posix
 import sys
 import time
 
+from . import paths
 from .config import ConfigError, config_path, load_cached
 from .core import (
     AppAuthError,
@@ -777,8 +778,14 @@ def _debug_internal_error(error: BaseException) -> None:
 
     frames = traceback.extract_tb(error.__traceback__)
     ours = [f for f in frames if "dovecot_appauth" in f.filename] or frames
-    where = f"{os.path.basename(ours[-1].filename)}:{ours[-1].lineno} in {ours[-1].name}" if ours else "?"
+    where = f"{paths.basename(ours[-1].filename)}:{ours[-1].lineno} in {ours[-1].name}" if ours else "?"
     _debug(f"internal error {type(error).__name__} at {where}")
+
+
+def _real_path(path: str) -> str:
+    import os  # asked from here only where login_via_serve did not ask (--debug, a changed config)
+
+    return os.path.realpath(path)
 
 
 def _ask_serve(request: LoginRequest, config: Config, path: str, started: float) -> Outcome | None:
@@ -795,7 +802,7 @@ def _ask_serve(request: LoginRequest, config: Config, path: str, started: float)
         _say(None, f"fast path: {e}: checking the login of {request.username} in-process")
         return None
     try:
-        answer = ask(where, encode_request(request_body(request, os.path.realpath(path)), token),
+        answer = ask(where, encode_request(request_body(request, _real_path(path)), token),
                      timeout=settings.timeout)
     except Unanswered as e:
         _say(None, unanswered_line(where, e, request.username))
@@ -831,7 +838,7 @@ def main(argv: list[str] | None = None, *, handover: Handover | None = None) -> 
     global _debugging
     started = time.monotonic()
     args = sys.argv[1:] if argv is None else argv
-    env = os.environ
+    env = paths.environment()
     try:
         from .reply import hold_fd4, read_fd3
 
@@ -881,4 +888,4 @@ def main(argv: list[str] | None = None, *, handover: Handover | None = None) -> 
     sys.stdout.flush()
     # Skip interpreter teardown: nothing is left to clean up, and it costs milliseconds
     # on every login (daemon enrichment threads may still be waiting on the network).
-    os._exit(status)
+    posix._exit(status)

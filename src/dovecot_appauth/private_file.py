@@ -20,6 +20,8 @@ import marshal
 import posix
 from _stat import S_IFDIR, S_IFMT, S_IFREG
 
+from .paths import dirname
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
     from typing import Any
@@ -40,16 +42,10 @@ def _private(st: Any, kind: int) -> bool:
     return S_IFMT(st.st_mode) == kind and st.st_uid == posix.geteuid() and not st.st_mode & 0o022
 
 
-def directory_of(path: str) -> str:
-    """`os.path.dirname(path) or "."`, without `os`."""
-    head, slash, _ = path.rpartition("/")
-    return (head.rstrip("/") or "/") if slash else "."
-
-
 def load(path: str) -> Any:
     """The marshalled value in `path`, or None when it is missing, not private or damaged."""
     try:
-        if not _private(posix.lstat(directory_of(path)), S_IFDIR):
+        if not _private(posix.lstat(dirname(path) or "."), S_IFDIR):
             return None
         fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
     except OSError:

@@ -11,7 +11,7 @@ never a password or hash: a broken database must never look like a wrong passwor
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
 from .core import TempFail, WouldWait
@@ -20,6 +20,7 @@ from .values import Value
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable
     from typing import Any, Protocol
 
@@ -288,7 +289,7 @@ def close_for_exit(conn: Any, path: str) -> None:
     or OS crash can lose the last commits, never corrupt the file.
     """
     try:
-        size = os.stat(path + "-wal").st_size
+        size = posix.stat(path + "-wal").st_size
     except OSError:
         size = WAL_KEEP_BYTES  # no WAL (a rollback-journal file) or cannot tell: close
     if size >= WAL_KEEP_BYTES:
@@ -532,7 +533,7 @@ class SqliteStore:
             self.conn.close()
 
 
-def _file_identity(path: str, stat: Callable[[str], os.stat_result] = os.stat) -> tuple[int, int] | None:
+def _file_identity(path: str, stat: Callable[[str], os.stat_result] = posix.stat) -> tuple[int, int] | None:
     try:
         st = stat(path)
     except OSError:

@@ -182,6 +182,33 @@ def test_installed_program_warm_audit_imports_nothing_heavy(audit_config):
     assert len(log) == 2 and "as_org=<Example Telecom GmbH>" in log[1]  # the cached MaxMind facts were used
 
 
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory) -> Path:
+    """The -IS launcher the README's install writes (python -m dovecot_appauth.entry install)."""
+    target = tmp_path_factory.mktemp("bin") / "dovecot-appauth-checkpassword"
+    subprocess.run([sys.executable, "-m", "dovecot_appauth.entry", "install", str(target)], check=True,
+                   capture_output=True, timeout=120)
+    return target
+
+
+@pytest.mark.parametrize("audit", [False, True], ids=["audit-off", "audit-on"])
+def test_through_the_launcher_a_warm_login_does_not_import_os(tmp_path, launcher, audit):
+    """As installed (`#!python -IS`, no `site`), nothing a warm login runs imports `os`
+    (~1 ms: it loads `_collections_abc`, `posixpath` and `stat`): the login's modules use
+    `posix` and paths.py. `python -I -S` itself does not load `os`, so the trace sees it."""
+    path = _write_site(tmp_path, audit=audit)
+    try:
+        argv = [sys.executable, "-I", "-S", "-X", "importtime", str(launcher), "--config", str(path)]
+        modules = _warm_modules(argv, {})
+    finally:
+        _forget_config_cache(path)
+    assert ("dovecot_appauth.audit.pipeline" in modules) is audit
+    assert _heavy(modules, [*FORBIDDEN_WITHOUT_GATE, "os", "posixpath", "_collections_abc", "stat"]) == {}
+    bare = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c", "import os"], capture_output=True,
+                          text=True, check=True).stderr
+    assert any(line.endswith("| os") for line in bare.splitlines())  # the trace would show it
+
+
 def test_guard_sees_a_heavy_import(audit_config):
     """The guard is not vacuous: the same harness reports a module the login did import."""
     code = "import dataclasses, tomllib; from dovecot_appauth.entry import checkpassword; checkpassword()"

@@ -26,14 +26,16 @@ from __future__ import annotations
 # still catch these errors.
 import _sqlite3 as sqlite3
 import _thread
-import os
+import posix
 
+from .. import paths
 from ..cjson import dumps as json_dumps
 from ..cjson import loads as json_loads
 from ..private_file import make_private_dirs
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable
     from typing import Any
 
@@ -85,7 +87,7 @@ class Negative(tuple):
         return f"Negative(status={self[0]!r}, detail={self[1]!r}, stored={self[2]!r})"
 
 
-def file_signature(path: str, stat: Callable[[str], os.stat_result] = os.stat) -> str:
+def file_signature(path: str, stat: Callable[[str], os.stat_result] = posix.stat) -> str:
     """`mtime_ns-size` of a file, so entries derived from it expire when it changes.
 
     Here rather than in sources/maxmind.py because the warm path must check it without
@@ -105,14 +107,14 @@ def _check_trusted(directory: str, path: str) -> None:
     checked by `check-config`: the service user or root). Otherwise the login runs
     uncached, with one line saying why (enrich.py).
     """
-    st = os.stat(directory)
+    st = posix.stat(directory)
     if (st.st_mode & 0o170000) != 0o040000:
         raise CacheUnavailable(f"{directory} is not a directory")
     if st.st_mode & 0o022:
         raise CacheUnavailable(f"directory {directory} is group- or world-writable (mode {st.st_mode & 0o7777:04o}), "
                                "so its entries could be forged: not trusted; chmod 0700")
     try:
-        fst = os.lstat(path)
+        fst = posix.lstat(path)
     except FileNotFoundError:
         return
     if fst.st_mode & 0o022:
@@ -125,7 +127,7 @@ class IpCache:
 
     def __init__(self, directory: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS):
         self.directory = directory
-        self.path = os.path.join(directory, FILE_NAME)
+        self.path = paths.join(directory, FILE_NAME)
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
 
@@ -135,10 +137,10 @@ class IpCache:
         """Make the directory (0700) when missing and check it can be trusted; whether the
         cache file exists. Raises CacheUnavailable (OSError and distrust alike)."""
         try:
-            if not os.path.isdir(self.directory):
+            if not paths.isdir(self.directory):
                 make_private_dirs(self.directory)  # missing parents 0700 too, whatever the umask
             _check_trusted(self.directory, self.path)
-            return os.path.exists(self.path)
+            return paths.exists(self.path)
         except OSError as e:
             raise CacheUnavailable(f"{self.path}: {e}") from None
 
@@ -169,17 +171,17 @@ class IpCache:
         Losing the race to another login is fine: its file is used.
         """
         # unique per thread too: `serve` runs logins in threads of one process
-        tmp = f"{self.path}.new-{os.getpid()}-{_thread.get_ident()}"
+        tmp = f"{self.path}.new-{posix.getpid()}-{_thread.get_ident()}"
         try:
-            os.unlink(tmp)  # left by a killed process that had our pid
+            posix.unlink(tmp)  # left by a killed process that had our pid
         except FileNotFoundError:
             pass
         # our own mode: sqlite3.connect would create 0644 & ~umask
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = posix.open(tmp, posix.O_CREAT | posix.O_EXCL | posix.O_WRONLY, 0o600)
         try:
-            os.fchmod(fd, 0o600)
+            posix.fchmod(fd, 0o600)
         finally:
-            os.close(fd)
+            posix.close(fd)
         placed = False
         try:
             conn = sqlite3.connect(tmp, isolation_level=None)
@@ -192,25 +194,25 @@ class IpCache:
                     conn.execute("COMMIT")
             finally:
                 conn.close()  # the last connection: checkpoints and removes tmp's -wal/-shm
-            fd = os.open(tmp, os.O_RDONLY)
+            fd = posix.open(tmp, posix.O_RDONLY)
             try:
-                os.fsync(fd)  # the whole file on disk before it has its name
+                posix.fsync(fd)  # the whole file on disk before it has its name
             finally:
-                os.close(fd)
+                posix.close(fd)
             try:
-                os.link(tmp, self.path)
+                posix.link(tmp, self.path)
                 placed = True
             except FileExistsError:
                 pass  # another login was first
             except OSError:
                 # no hard links on this file system (some FUSE and network ones): a rename,
                 # which replaces a file another login made meanwhile (its rows are only lost)
-                if not os.path.exists(self.path):
-                    os.replace(tmp, self.path)
+                if not paths.exists(self.path):
+                    posix.replace(tmp, self.path)
                     placed = True
         finally:
             try:
-                os.unlink(tmp)
+                posix.unlink(tmp)
             except FileNotFoundError:
                 pass  # renamed into place
         return placed
@@ -355,7 +357,7 @@ class IpCache:
         total = 0
         for suffix in ("", "-wal", "-shm"):
             try:
-                total += os.path.getsize(self.path + suffix)
+                total += posix.stat(self.path + suffix).st_size
             except OSError:
                 pass
         return total
@@ -373,12 +375,12 @@ class IpCache:
                 count = -1
             self.close()
             try:  # files a killed login left half made (see _create_file)
-                leftovers = [n for n in os.listdir(self.directory) if n.startswith(FILE_NAME + ".new-")]
+                leftovers = [n for n in posix.listdir(self.directory) if n.startswith(FILE_NAME + ".new-")]
             except OSError:
                 leftovers = []
             for suffix in ("", "-wal", "-shm", *(n[len(FILE_NAME):] for n in leftovers)):
                 try:
-                    os.unlink(self.path + suffix)
+                    posix.unlink(self.path + suffix)
                 except FileNotFoundError:
                     pass
                 except OSError as e:

@@ -13,7 +13,7 @@ and subprocess only when an alert is to be sent.
 
 from __future__ import annotations
 
-import os
+import posix
 
 from ..values import Value
 
@@ -174,7 +174,7 @@ def notify(command: str | tuple[str, ...], payload: dict[str, Any], stderr: Text
     The command gets its own session, /dev/null for stdout/stderr and no other descriptor
     of ours (Dovecot waits for the login's pipes to close), so neither the login nor
     Dovecot waits for it. It is started by `subprocess` (vfork + exec in C), never by
-    os.fork(): the login has enrichment threads by then, and a forked copy of a threaded
+    posix.fork(): the login has enrichment threads by then, and a forked copy of a threaded
     Python may deadlock on a lock another thread held. A string command runs through
     /bin/sh -c; a list runs as is. False (with one line on `stderr`) when it cannot start.
     """
@@ -183,14 +183,14 @@ def notify(command: str | tuple[str, ...], payload: dict[str, Any], stderr: Text
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     data = encode_payload(payload)
     try:
-        read_end, write_end = os.pipe()
+        read_end, write_end = posix.pipe()
     except OSError as e:
         _warn(stderr, f"notify_command: {e.strerror}")
         return False
     try:
-        os.write(write_end, data)
+        posix.write(write_end, data)
     finally:
-        os.close(write_end)
+        posix.close(write_end)
     # Not waited for: the per-login process exits at once (init reaps the command); a
     # long-running `serve` reaps the finished ones here, at the next alert.
     _running[:] = [child for child in _running if child.poll() is None]
@@ -201,7 +201,7 @@ def notify(command: str | tuple[str, ...], payload: dict[str, Any], stderr: Text
         _warn(stderr, f"notify_command: cannot start {argv[0]}: {getattr(e, 'strerror', None) or e}")
         return False
     finally:
-        os.close(read_end)
+        posix.close(read_end)
     return True
 
 

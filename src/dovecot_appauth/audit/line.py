@@ -33,9 +33,10 @@ in bare fields also space, `,`, `<`, `>` and `=`. Each value is capped at
 
 from __future__ import annotations
 
-import os
+import posix
 import time
 
+from .. import paths
 from ..core import WouldWait, must_not_wait
 from .facts import NO_PTR
 from .rules import SourceKind
@@ -280,7 +281,7 @@ def _send_syslog(data: bytes, path: str) -> None:
 
 def _send_journal(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit: AuditConfig) -> bool:
     """True when journald took the entry; False when the journal is not usable here."""
-    if audit.journal == "no" or not os.path.exists(JOURNAL_SOCKET):
+    if audit.journal == "no" or not paths.exists(JOURNAL_SOCKET):
         return False
     try:
         from systemd import journal  # optional dependency (python3-systemd), imported on use
@@ -320,7 +321,7 @@ def emit(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit
     if not audit.syslog_socket:  # syslog switched off (log_file only)
         return
     try:
-        _send_syslog(syslog_datagram(line, audit, time.time(), os.getpid()), audit.syslog_socket)
+        _send_syslog(syslog_datagram(line, audit, time.time(), posix.getpid()), audit.syslog_socket)
     except WouldWait:
         raise  # nothing was sent: serve runs the request again on a thread
     except Exception as e:

@@ -25,10 +25,10 @@ Theory of operation:
 
 from __future__ import annotations
 
-import os
-import stat
+import posix
+from _stat import S_ISDIR, S_ISREG
 
-from .. import ipnum, private_file
+from .. import ipnum, paths, private_file
 from ..config import ALLOW_KINDS, LIST_KINDS, Problem
 from ..values import Value
 from .netindex import NetworkIndex
@@ -36,6 +36,7 @@ from .patterns import REGEX_KINDS, _compile, _fast_form, required_literal
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
+    import os
     from typing import Any, TextIO
 
     from ..config import Config
@@ -300,7 +301,7 @@ def parse_list(
 
 
 def _cache_file(cache_dir: str, kind: str, path: str) -> str:
-    return os.path.join(cache_dir, f"{kind}-{private_file.name_hash(path)}.marshal")
+    return paths.join(cache_dir, f"{kind}-{private_file.name_hash(path)}.marshal")
 
 
 def _read_cache(
@@ -369,10 +370,10 @@ def _unreadable_reason(error: OSError) -> str:
         import pwd  # only on this error path
 
         try:
-            name = pwd.getpwuid(os.geteuid()).pw_name
+            name = pwd.getpwuid(posix.geteuid()).pw_name
         except KeyError:
             name = "?"
-        return f"not readable by uid {os.geteuid()} ({name})"
+        return f"not readable by uid {posix.geteuid()} ({name})"
     return f"cannot read: {error.strerror or type(error).__name__}"
 
 
@@ -386,13 +387,13 @@ def read_file(
     regular file is a list.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
     except OSError as e:
         raise ListUnreadable(kind, path, _unreadable_reason(e), role) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        st = posix.fstat(fd)
+        if not S_ISREG(st.st_mode):
+            what = "a directory" if S_ISDIR(st.st_mode) else "not a regular file"
             raise ListUnreadable(kind, path, what, role)
         if cache_dir is not None:
             cached = _read_cache(cache_dir, kind, path, st)
@@ -401,13 +402,13 @@ def read_file(
         if st.st_size > MAX_LIST_BYTES:
             raise ListUnreadable(kind, path, f"larger than {MAX_LIST_BYTES} bytes", role)
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        while chunk := posix.read(fd, 1 << 20):
             chunks.append(chunk)
         raw = b"".join(chunks)
     except OSError as e:
         raise ListUnreadable(kind, path, _unreadable_reason(e), role) from None
     finally:
-        os.close(fd)
+        posix.close(fd)
     text = raw.decode("utf-8", "replace")
     # the cached form must hold only patterns that compile, so a cache fill validates
     entries, problems = parse_list(kind, text, path, validate_regex=validate_regex or cache_dir is not None)
@@ -451,7 +452,7 @@ def _cache_dir(config: Config) -> str | None:
     cache = config.audit.cache
     if not cache.enabled:
         return None
-    return os.path.join(config.resolve(cache.path), "lists")
+    return paths.join(config.resolve(cache.path), "lists")
 
 
 def _parse_inline(kind: str, values: tuple[str, ...], where: str) -> tuple[list[Entry], list[Problem]]:

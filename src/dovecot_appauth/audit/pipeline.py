@@ -11,7 +11,7 @@ places, alerts.py), writes the login's `audit_events` row and starts the notify 
 
 from __future__ import annotations
 
-import os
+import posix
 
 from ..core import TempFail
 from ..core import say as _say
@@ -225,11 +225,11 @@ def write_audit_line(result: Assessment, *, user: str, service: str, ip: str, co
     if audit.log_file:
         path = config.resolve(audit.log_file)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT, 0o640)
             try:
-                os.write(fd, (result.line + "\n").encode("utf-8", "replace"))
+                posix.write(fd, (result.line + "\n").encode("utf-8", "replace"))
             finally:
-                os.close(fd)
+                posix.close(fd)
         except OSError as e:
             from .line import _warn
 
