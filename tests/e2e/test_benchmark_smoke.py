@@ -99,7 +99,10 @@ def test_targets_prints_every_row_of_the_issue_table(tmp_path):
                           "dovecot-audit", "warm-fast", "warm-full-fast", "cold-fast", "rss-cold-rdap-fast",
                           "dovecot-noaudit-fast", "dovecot-audit-fast"]
     for name, row in rows.items():
-        assert row["errors"] == 0 and row["result"] in ("PASS", "MISS"), (name, row)
+        # shown for comparison, not judged: the venv script's rows (the install's program is the
+        # launcher) and the standalone throughput (the fast path carries that target)
+        shown = name in ("warm", "cold", "dovecot-noaudit", "dovecot-audit")
+        assert row["errors"] == 0 and row["result"] in (("INFO",) if shown else ("PASS", "MISS")), (name, row)
         assert row["value"] > 0, (name, row)
         line = next(line for line in res.stdout.splitlines() if line.startswith(name + " "))
         assert line.split()[-1] == row["result"]
