@@ -420,11 +420,15 @@ def login_via_serve(argv: list[str]) -> int | Handover | None:
     where, token_file, timeout, delay, config_real = fast
     try:
         hold_fd4()
+    except Exception:  # nothing read yet: login.main does it again and says what is wrong
+        return None
+    try:
         data = read_fd3("")
     except Misuse:
         return None  # fd 3 is not open: login.main says how to run the program
-    except Exception:  # read again by login.main, which reports it
-        return None
+    except TempFail as e:  # as login.main would: part of the request may have been read
+        say(None, str(e))
+        return int(ExitCode.TEMPFAIL)
     try:
         request = read_environment(parse_request(data), env)
         if request.mode is not Mode.VERIFY or request.password is None:
