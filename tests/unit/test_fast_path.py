@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import given
@@ -159,3 +160,49 @@ def test_a_peer_that_cannot_be_checked_is_not_trusted(tmp_path):
         left.close()
         right.close()
     assert reason is not None and reason.startswith("cannot tell who listens there")
+
+
+# fast_path.login_via_serve takes only what Dovecot runs: the plain argv and a current cache
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    (["--config", "/etc/a.toml", "/usr/lib/dovecot/checkpassword-reply"], {},
+     ("/etc/a.toml", ["/usr/lib/dovecot/checkpassword-reply"])),
+    (["--config=/etc/a.toml"], {}, ("/etc/a.toml", [])),
+    ([], {"DOVECOT_APPAUTH_CONFIG": "/etc/b.toml"}, ("/etc/b.toml", [])),
+    (["/helper"], {}, ("/etc/dovecot-appauth/config.toml", ["/helper"])),
+    (["--debug", "/helper"], {}, None),
+    (["--config", "/etc/a.toml", "--audit-chain", "/helper"], {}, None),
+    (["--help"], {}, None),
+    (["--", "/helper"], {}, None),
+])
+def test_only_the_plain_command_line_is_taken_without_login_main(argv, env, expected):
+    assert fast_path._plain_arguments(argv, env) == expected
+
+
+def test_the_record_is_read_only_from_a_current_cache(tmp_path, monkeypatch):
+    """login_via_serve believes the config cache's record only while the config file is
+    the one it was made from (config_cache.cache_key); anything else is login.main's."""
+    from dovecot_appauth import config_cache, private_file
+    from dovecot_appauth.config import config_cache_file, load, load_cached
+
+    monkeypatch.setattr(config_cache, "CONFIG_CACHE_ROOT", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[fast_path]\nsocket = "{tmp_path / "serve.sock"}"\ntimeout = 2\n')
+    assert fast_path._cached_record(str(conf)) is None  # no cache yet
+    load_cached(str(conf))  # what the first login (login.main) does
+    record = fast_path._cached_record(str(conf))
+    assert record == (str(tmp_path / "serve.sock"), None, 2.0, load(str(conf)).throttle.delay,
+                      os.path.realpath(conf))
+    assert fast_path._cached_record("config.toml") is None  # relative: login.main makes it absolute
+    cached = private_file.load(config_cache_file(str(conf)))
+    private_file.store(config_cache_file(str(conf)), cached[:3])  # a cache of the format before
+    assert fast_path._cached_record(str(conf)) is None
+    load_cached(str(conf))
+    conf.write_text(conf.read_text() + "# edited\n")  # the file changed: the cache is stale
+    assert fast_path._cached_record(str(conf)) is None
+    load_cached(str(conf))
+    assert fast_path._cached_record(str(conf)) == record
+    conf.write_text("")  # no [fast_path] socket: no record
+    load_cached(str(conf))
+    assert fast_path._cached_record(str(conf)) is None
