@@ -44,10 +44,7 @@ def checkpassword() -> None:
         from .login import main
     except BaseException as e:
         _cannot_load(e)
-    if handover is None:
-        main()
-    else:
-        main(handover=handover)
+    main(handover=handover)
 
 
 _LAUNCHER = '''#!{python} -IS

@@ -162,15 +162,10 @@ def decide(request: LoginRequest, config: Config, *, now: float, audit_chain: bo
         try:
             return _decide_and_commit(request, config, own, now=now, stderr=stderr, hold=hold_throttled)
         finally:
-            own.close(exiting=_exits_after_login())
+            from . import per_login_process  # read now: entry.checkpassword sets it
+
+            own.close(exiting=per_login_process)  # store.close_for_exit
     return _decide_and_commit(request, config, store, now=now, stderr=stderr, hold=hold_throttled)
-
-
-def _exits_after_login() -> bool:
-    """Is this the per-login program, which exits right after the answer (store.close_for_exit)?"""
-    import dovecot_appauth
-
-    return dovecot_appauth.per_login_process
 
 
 def _decide_and_commit(request: LoginRequest, config: Config, store: Store, *, now: float,
@@ -724,7 +719,9 @@ def _decide_audit_chain(request: LoginRequest, config: Config, *, now: float, st
         return _fail(f"user {request.username}: --audit-chain refused the login: {e}")
     finally:
         if store is not None:
-            store.close(exiting=_exits_after_login())
+            from . import per_login_process
+
+            store.close(exiting=per_login_process)
     if _debugging:
         _debug_audit(result)
     if result.deny:
