@@ -1007,7 +1007,7 @@ def _cache_key(path: str, st: os.stat_result) -> tuple[int | str, ...]:
     return cache_key(paths.absolute(path), st)
 
 
-def load_cached(path: str) -> Config:
+def load_cached(path: str, cached: tuple | None = None) -> Config:
     """`load`, for the per-login program: the parsed TOML comes from the config cache when
     the file is unchanged (see above). Same Config, same problems, same errors.
 
@@ -1015,7 +1015,8 @@ def load_cached(path: str) -> Config:
     intervals, derived from `ipaddress` when the file is written and handed to `ipnum` on
     a hit, so a warm login classifies addresses without importing `ipaddress`; and the
     fast path's record (`fast_path.record`), which lets a login be handed to serve
-    without importing this module."""
+    without importing this module. `cached`: the cache file's content as already read in
+    this process (entry.checkpassword), checked here against the file's key as if read now."""
     from . import ipnum, private_file
 
     try:
@@ -1024,7 +1025,8 @@ def load_cached(path: str) -> Config:
         return load(path)  # reports the problem exactly as always
     file = config_cache_file(path)
     key = _cache_key(path, st)
-    cached = private_file.load(file)
+    if cached is None:
+        cached = private_file.load(file)
     if type(cached) is tuple and len(cached) == 4 and cached[0] == key and type(cached[1]) is dict:
         if cached[2] is not None:
             ipnum.use_global_table(cached[2])  # a damaged table is ignored: derived on first use

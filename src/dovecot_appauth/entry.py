@@ -30,22 +30,35 @@ def checkpassword() -> None:
     import gc
 
     gc.disable()
-    # A config with [fast_path] socket: serve decides the login, and this process loads
-    # little more than the interpreter (fast_path.login_via_serve); anything else, and
-    # every login serve did not take, is login.main's.
+    # The config cache is read once, here: with the fast path's record (a config with
+    # [fast_path] socket) serve decides the login, and this process loads little more than
+    # the interpreter (fast_path.login_via_serve); anything else, and every login serve did
+    # not take, is login.main's, with the cache as read here.
     try:
-        from .fast_path import login_via_serve
+        from .config_cache import plain_config_path, read_current
+        from .paths import environment
     except BaseException as e:
         _cannot_load(e)
-    handover = login_via_serve(sys.argv[1:])
-    if type(handover) is int:
-        posix._exit(handover)
+    try:
+        env = environment()
+        plain = plain_config_path(sys.argv[1:], env)
+        cached = read_current(plain[0]) if plain else None
+    except Exception:  # login.main does it all again and says what is wrong
+        plain = cached = None
+    handover = None
+    if plain is not None and cached is not None and cached[3] is not None:
+        try:
+            from .fast_path import login_via_serve
+        except BaseException as e:
+            _cannot_load(e)
+        handover = login_via_serve(cached[3], plain[1], env)
+        if type(handover) is int:
+            posix._exit(handover)
     try:
         from .login import main
     except BaseException as e:
         _cannot_load(e)
-    main(handover=handover)
-
+    main(handover=handover, cached=cached)
 
 _LAUNCHER = '''#!{python} -IS
 # dovecot-appauth-checkpassword for {prefix}, written by

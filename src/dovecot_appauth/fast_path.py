@@ -6,12 +6,14 @@ serve decided: the same engine (`login.decide`, with serve's warm config, lists,
 readers, database connection and enrichment cache) does the password check, the policy,
 the audit and the rows.
 
-`login_via_serve` is that whole login, run by `entry.checkpassword` before anything else:
-it needs neither `os`, nor config.py (the config cache holds the record it needs, written
-by `config.load_cached`: `record`), nor login.py, nor SQLite, the hash or the audit, so a
-login costs little more than the interpreter's start (docs/PERFORMANCE.md). Whatever it
-does not handle goes to `login.main` unchanged: an option other than `--config`, a config
-whose cache is not current, a lookup, and every request serve did not take.
+`login_via_serve` is that whole login, run by `entry.checkpassword` when the config cache
+has the fast path's record (`record`, written by `config.load_cached`, read by entry.py
+with config_cache.read_current). It needs neither `os`, nor config.py, nor login.py, nor
+SQLite, the hash or the audit, so a login costs little more than the interpreter's start
+(docs/PERFORMANCE.md); a config without `[fast_path]` does not import this module at all.
+Whatever it does not handle goes to `login.main` unchanged: an option other than
+`--config`, a config whose cache is not current, a lookup, and every request serve did
+not take.
 
 Two outcomes of asking:
 - an answer that says what serve decided (`ok`, `fail`, `tempfail`): that is the
@@ -362,62 +364,19 @@ class Handover:
         self.said = said
 
 
-def _plain_arguments(argv: list[str], env: dict[str, str]) -> tuple[str, list[str]] | None:
-    """(config path, reply helper's argv) of `[--config FILE] HELPER...`; None for any other
-    option (--debug, --audit-chain, --help, --), which login.main handles."""
-    from .config_cache import CONFIG_ENV, DEFAULT_CONFIG_PATH
-
-    args = list(argv)
-    config = None
-    if args[:1] == ["--config"] and len(args) >= 2:
-        config, args = args[1], args[2:]
-    elif args and args[0].startswith("--config="):
-        config, args = args[0].split("=", 1)[1], args[1:]
-    if args and args[0].startswith("-"):
-        return None
-    return (config or env.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH), args
-
-
-def _cached_record(config_file: str) -> tuple[str, str | None, float, float, str] | None:
-    """`record` of the config at `config_file` from the config cache, when the cache is
-    current (config_cache.py): else None, and login.main reads the config."""
-    from . import private_file
-    from .config_cache import cache_key, config_cache_file
-
-    if not config_file.startswith("/"):
-        return None  # the cache is named by the absolute path: login.main makes it one
-    try:
-        st = posix.stat(config_file)
-    except OSError:
-        return None
-    cached = private_file.load(config_cache_file(config_file))
-    if type(cached) is not tuple or len(cached) != 4 or cached[0] != cache_key(config_file, st):
-        return None
-    fast = cached[3]
-    if type(fast) is not tuple or len(fast) != 5:
-        return None
-    return fast
-
-
-def login_via_serve(argv: list[str]) -> int | Handover | None:
+def login_via_serve(record: Any, helper_argv: list[str], env: dict[str, str]) -> int | Handover | None:
     """One login of the per-login program decided by serve, without `os`, config.py or
-    login.py (see the module's docstring): the exit status when serve decided it; a
-    Handover when fd 3 was read but the login is login.main's; None when this is no fast
-    path login (nothing read). Never raises."""
-    from .paths import environment
-
-    try:
-        env = environment()
-        plain = _plain_arguments(argv, env)
-        fast = _cached_record(plain[0]) if plain else None
-    except Exception:  # nothing read yet: login.main does it all and says what is wrong
-        return None
-    if plain is None or fast is None:
+    login.py (see the module's docstring). `record`: the config cache's `record` of the
+    config (config_cache.read_current, by entry.checkpassword), `helper_argv` and `env`
+    the reply helper's command line and the environment. Returns the exit status when
+    serve decided the login; a Handover when fd 3 was read but the login is login.main's;
+    None when nothing was read. Never raises."""
+    if type(record) is not tuple or len(record) != 5:
         return None
     from .core import Misuse, Mode, parse_request, read_environment, say
     from .reply import hold_fd4, read_fd3, send
 
-    where, token_file, timeout, delay, config_real = fast
+    where, token_file, timeout, delay, config_real = record
     try:
         hold_fd4()
     except Exception:  # nothing read yet: login.main does it again and says what is wrong
@@ -453,7 +412,7 @@ def login_via_serve(argv: list[str]) -> int | Handover | None:
             say(None, line)
         return status
     try:
-        problem = send(answer.user, answer.fields, plain[1], env)
+        problem = send(answer.user, answer.fields, helper_argv, env)
     except TempFail as e:
         say(None, str(e))
         return int(ExitCode.TEMPFAIL)

@@ -829,9 +829,11 @@ def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapp
     return int(outcome.exit_code)
 
 
-def main(argv: list[str] | None = None, *, handover: Handover | None = None) -> None:
+def main(argv: list[str] | None = None, *, handover: Handover | None = None, cached: tuple | None = None) -> None:
     """The per-login program. `handover`: a login fast_path.login_via_serve read from fd 3
-    and left to this function (with the line to say when serve did not take it)."""
+    and left to this function (with the line to say when serve did not take it);
+    `cached`: the config cache as entry.checkpassword read it (config_cache.read_current),
+    not read again by load_cached."""
     global _debugging
     started = time.monotonic()
     args = sys.argv[1:] if argv is None else argv
@@ -852,7 +854,7 @@ def main(argv: list[str] | None = None, *, handover: Handover | None = None) -> 
         path = config_path(options.config, dict(env))
         try:
             # the parsed TOML is cached per login user (config.py); validated as always
-            config = load_cached(path)
+            config = load_cached(path, cached)
         except ConfigError as e:
             raise TempFail(f"configuration: {e}") from None
         if _debugging:

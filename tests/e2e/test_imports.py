@@ -195,7 +195,8 @@ def launcher(tmp_path_factory) -> Path:
 def test_through_the_launcher_a_warm_login_does_not_import_os(tmp_path, launcher, audit):
     """As installed (`#!python -IS`, no `site`), nothing a warm login runs imports `os`
     (~1 ms: it loads `_collections_abc`, `posixpath` and `stat`): the login's modules use
-    `posix` and paths.py. `python -I -S` itself does not load `os`, so the trace sees it."""
+    `posix` and paths.py. `python -I -S` itself does not load `os`, so the trace sees it.
+    Nor does a login without `[fast_path]` load the fast path's module."""
     path = _write_site(tmp_path, audit=audit)
     try:
         argv = [sys.executable, "-I", "-S", "-X", "importtime", str(launcher), "--config", str(path)]
@@ -204,6 +205,7 @@ def test_through_the_launcher_a_warm_login_does_not_import_os(tmp_path, launcher
         _forget_config_cache(path)
     assert ("dovecot_appauth.audit.pipeline" in modules) is audit
     assert _heavy(modules, [*FORBIDDEN_WITHOUT_GATE, "os", "posixpath", "_collections_abc", "stat"]) == {}
+    assert "dovecot_appauth.fast_path" not in modules  # no [fast_path]: entry.py does not load it
     bare = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", "-c", "import os"], capture_output=True,
                           text=True, check=True).stderr
     assert any(line.endswith("| os") for line in bare.splitlines())  # the trace would show it

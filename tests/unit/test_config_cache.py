@@ -195,3 +195,16 @@ def test_private_files_make_every_missing_directory_0700(tmp_path, umask):
     for directory in (tmp_path / "cache", tmp_path / "cache" / "lists"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     assert private_file.load(str(target)) == {"a": 1}
+
+
+def test_load_cached_checks_a_cache_read_before_as_if_read_now(conf):
+    """entry.checkpassword reads the cache once and hands it to login.main: load_cached
+    believes it only under the file's current key, as a cache it reads itself."""
+    load_cached(str(conf))
+    read_before = _cached(conf)
+    key, data, table, fast = read_before
+    changed = dict(data, audit={**data["audit"], "deadline": 0.9})
+    assert load_cached(str(conf), (key, changed, table, fast)).audit.deadline == 0.9  # believed: same key
+    conf.write_text(GOOD.replace("0.7", "0.8"))  # the file changed after the cache was read
+    assert load_cached(str(conf), read_before).audit.deadline == 0.8
+    assert _cached(conf)[1]["audit"]["deadline"] == 0.8  # and the cache written again

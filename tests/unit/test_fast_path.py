@@ -162,7 +162,8 @@ def test_a_peer_that_cannot_be_checked_is_not_trusted(tmp_path):
     assert reason is not None and reason.startswith("cannot tell who listens there")
 
 
-# fast_path.login_via_serve takes only what Dovecot runs: the plain argv and a current cache
+# fast_path.login_via_serve is run (entry.checkpassword) only for what Dovecot runs: the plain
+# command line and a current config cache (config_cache.py)
 
 @pytest.mark.parametrize(("argv", "env", "expected"), [
     (["--config", "/etc/a.toml", "/usr/lib/dovecot/checkpassword-reply"], {},
@@ -176,33 +177,39 @@ def test_a_peer_that_cannot_be_checked_is_not_trusted(tmp_path):
     (["--", "/helper"], {}, None),
 ])
 def test_only_the_plain_command_line_is_taken_without_login_main(argv, env, expected):
-    assert fast_path._plain_arguments(argv, env) == expected
+    from dovecot_appauth.config_cache import plain_config_path
+
+    assert plain_config_path(argv, env) == expected
 
 
 def test_the_record_is_read_only_from_a_current_cache(tmp_path, monkeypatch):
-    """login_via_serve believes the config cache's record only while the config file is
-    the one it was made from (config_cache.cache_key); anything else is login.main's."""
+    """The fast path's record is believed only while the config file is the one the cache
+    was made from (config_cache.cache_key); anything else is login.main's."""
     from dovecot_appauth import config_cache, private_file
     from dovecot_appauth.config import config_cache_file, load, load_cached
+
+    def record(path) -> tuple | None:
+        cached = config_cache.read_current(str(path))
+        return None if cached is None else cached[3]
 
     monkeypatch.setattr(config_cache, "CONFIG_CACHE_ROOT", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     conf = tmp_path / "config.toml"
     conf.write_text(f'[fast_path]\nsocket = "{tmp_path / "serve.sock"}"\ntimeout = 2\n')
-    assert fast_path._cached_record(str(conf)) is None  # no cache yet
+    assert config_cache.read_current(str(conf)) is None  # no cache yet
     load_cached(str(conf))  # what the first login (login.main) does
-    record = fast_path._cached_record(str(conf))
-    assert record == (str(tmp_path / "serve.sock"), None, 2.0, load(str(conf)).throttle.delay,
-                      os.path.realpath(conf))
-    assert fast_path._cached_record("config.toml") is None  # relative: login.main makes it absolute
+    made = record(conf)
+    assert made == (str(tmp_path / "serve.sock"), None, 2.0, load(str(conf)).throttle.delay,
+                    os.path.realpath(conf))
+    assert config_cache.read_current("config.toml") is None  # relative: login.main makes it absolute
     cached = private_file.load(config_cache_file(str(conf)))
     private_file.store(config_cache_file(str(conf)), cached[:3])  # a cache of the format before
-    assert fast_path._cached_record(str(conf)) is None
+    assert config_cache.read_current(str(conf)) is None
     load_cached(str(conf))
     conf.write_text(conf.read_text() + "# edited\n")  # the file changed: the cache is stale
-    assert fast_path._cached_record(str(conf)) is None
+    assert record(conf) is None
     load_cached(str(conf))
-    assert fast_path._cached_record(str(conf)) == record
+    assert record(conf) == made
     conf.write_text("")  # no [fast_path] socket: no record
     load_cached(str(conf))
-    assert fast_path._cached_record(str(conf)) is None
+    assert record(conf) is None
