@@ -21,9 +21,11 @@ elsewhere hits all of them alike. `--clients` threads log in `--logins / --clien
 each (connect, ID x-originating-ip, LOGIN, SELECT INBOX, LOGOUT). Printed: logins/s per
 set-up (all rounds' logins over all rounds' wall time) and the two ratios, Lua/native and
 policy+passwd-file/passwd-file (targets >= 0.9x), with the median and range of the same
-ratio round by round; and the CPU each login cost (median of the rounds): the machine's in
-all (/proc/stat: Dovecot, serve and the IMAP clients), Dovecot's `auth` processes' and
-serve's, so a gap between set-ups can be traced to a process. Errors must be 0: the exit
+ratio round by round and its 90 % interval (the bootstrap over the rounds), which the
+verdict follows (PASS, MISS, or UNDECIDED when it spans the target); and the CPU each
+login cost (median of the rounds): the machine's in all (/proc/stat: Dovecot, serve and
+the IMAP clients), Dovecot's `auth` processes' and serve's, so a gap between set-ups can
+be traced to a process. Errors must be 0: the exit
 status is 1 otherwise. Needs root, Dovecot 2.3 with dovecot-auth-lua, and the `serve` extra.
 """
 
@@ -47,6 +49,10 @@ import run as bench  # (benchmarks/run.py: config, CLI set-up, the IMAP load dri
 
 DEFAULT_JSON = bench.ROOT / "benchmarks" / "results" / "serve-throughput.json"
 TARGET_RATIO = 0.9
+# The ratios' 90 % interval: rounds resampled with replacement this many times (a fixed
+# seed, so the same rounds always give the same interval)
+RESAMPLES = 2000
+CONFIDENCE = 0.90
 # name -> what it is; the order of the first round
 MODES = {
     "native": "passwd-file passdb, the same SHA512-CRYPT hash",
@@ -222,9 +228,11 @@ def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[bench.ImapLoad]] = {m: [] for m in modes}
     cpu: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     round_rates: list[dict[str, float]] = []  # each round's logins/s by set-up
+    round_loads: list[dict[str, tuple[int, float]]] = []  # each round's (logins, seconds) by set-up
     warm_failures: dict[str, str] = {}
     for r in range(args.rounds):
         round_rates.append({})
+        round_loads.append({})
         order = modes[r % len(modes):] + modes[:r % len(modes)]
         for mode in order:
             site.configure(mode)
@@ -239,6 +247,7 @@ def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:
                 cpu[mode].append(cpu_per_login(before, cpu_snapshot(), len(load.latencies_ms)))
             runs[mode].append(load)
             round_rates[-1][mode] = load.rate
+            round_loads[-1][mode] = (len(load.latencies_ms), load.wall_s)
             bench.log(f"round {r + 1} {mode}: {load.describe()}")
     out: dict[str, Any] = {}
     for mode, loads in runs.items():
@@ -262,7 +271,49 @@ def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:
     return {"clients": args.clients, "logins_per_client": per_client, "rounds": args.rounds, "modes": out,
             "ratios": {f"{a}/{b}": (out[a]["logins_per_s"] / out[b]["logins_per_s"]
                                     if out[b]["logins_per_s"] else None) for a, b, _ in RATIOS},
-            "round_ratios": per_round}
+            "round_ratios": per_round,
+            "intervals": {f"{a}/{b}": ratio_interval(round_loads, a, b) for a, b, _ in RATIOS}}
+
+
+def pooled_ratio(rounds: list[dict[str, tuple[int, float]]], a: str, b: str) -> float | None:
+    """Set-up a's logins/s over set-up b's, each over all of `rounds` (logins over seconds)."""
+    def rate(mode: str) -> float:
+        seconds = sum(r[mode][1] for r in rounds)
+        return sum(r[mode][0] for r in rounds) / seconds if seconds else 0.0
+    rate_b = rate(b)
+    return rate(a) / rate_b if rate_b else None
+
+
+def ratio_interval(round_loads: list[dict[str, tuple[int, float]]], a: str, b: str,
+                   resamples: int = RESAMPLES, confidence: float = CONFIDENCE) -> list[float] | None:
+    """The `confidence` interval of a/b's ratio, by the bootstrap over rounds: the rounds
+    where both ran, drawn with replacement, the pooled ratio of each draw, and its
+    percentiles. Load from elsewhere moves a single round's ratio by +-0.15 on a 2-core VM,
+    so the ratio of one run is a sample: the interval says how far it can be trusted.
+    None with fewer than 3 such rounds."""
+    import random
+
+    both = [r for r in round_loads if a in r and b in r and r[a][0] and r[b][0]]
+    if len(both) < 3:
+        return None
+    draw = random.Random(12).choices
+    ratios = sorted(v for v in (pooled_ratio(draw(both, k=len(both)), a, b) for _ in range(resamples))
+                    if v is not None)
+    tail = (1 - confidence) / 2
+    return [ratios[int(tail * (len(ratios) - 1))], ratios[int((1 - tail) * (len(ratios) - 1))]]
+
+
+def verdict(ratio: float | None, interval: list[float] | None, target: float = TARGET_RATIO) -> str:
+    """PASS or MISS when the interval is on one side of the target (or, without one, the
+    ratio); UNDECIDED when the interval spans it: more rounds, or a quieter machine, decide."""
+    if ratio is None:
+        return "-"
+    low, high = interval if interval else (ratio, ratio)
+    if low >= target:
+        return "PASS"
+    if high < target:
+        return "MISS"
+    return "UNDECIDED"
 
 
 def render(result: dict[str, Any], note: str) -> str:
@@ -284,12 +335,14 @@ def render(result: dict[str, Any], note: str) -> str:
     lines.append("")
     for a, b, label in RATIOS:
         ratio = result["ratios"][f"{a}/{b}"]
-        verdict = "-" if ratio is None else ("PASS" if ratio >= TARGET_RATIO else "MISS")
+        interval = result.get("intervals", {}).get(f"{a}/{b}")
         shown = "-" if ratio is None else f"{ratio:.2f}x"
+        if interval:
+            shown += f", {CONFIDENCE:.0%} interval {interval[0]:.2f}-{interval[1]:.2f}x"
         rounds = result.get("round_ratios", {}).get(f"{a}/{b}") or []
         spread = (f"; by round: median {bench._median(rounds):.2f}x, {min(rounds):.2f}-{max(rounds):.2f}x"
                   if rounds else "")
-        lines.append(f"ratio {label}: {shown} (target >= {TARGET_RATIO}x) {verdict}{spread}")
+        lines.append(f"ratio {label}: {shown} (target >= {TARGET_RATIO}x) {verdict(ratio, interval)}{spread}")
     for mode, m in result["modes"].items():
         if m["first_error"]:
             lines.append(f"{mode}: first error: {m['first_error'][:200]}")

@@ -150,12 +150,45 @@ def test_serve_throughput_runs_every_set_up_through_dovecot(tmp_path):
         assert (mode["logins"], mode["errors"], mode["rounds"]) == (40, 0, 1), mode
     assert all(ratio > 0 for ratio in data["ratios"].values()), data["ratios"]
     assert all(len(ratios) == 1 and ratios[0] > 0 for ratios in data["round_ratios"].values()), data
+    # one round: no interval, the ratio alone decides
+    assert data["intervals"] == {"lua/native": None, "policy/native": None}, data["intervals"]
     # CPU per login: serve works only in the serve set-ups, Dovecot's auth hashes in the others
     cpu = {mode: m["cpu_ms"] for mode, m in data["modes"].items()}
     assert all(c["machine"] > 0 for c in cpu.values()), cpu
     assert cpu["lua"]["serve"] > 0 and cpu["policy"]["serve"] > 0 and cpu["native"]["Dovecot auth"] > 0, cpu
     assert "CPU ms per login" in res.stdout and "by round: median" in res.stdout
     assert "--token-file" in res.stderr  # the serve command line, from serve_options()
+
+
+def test_serve_throughput_verdict_follows_the_interval():
+    """serve_throughput.py judges a ratio by its bootstrap interval over the rounds: PASS
+    or MISS only when the whole interval is on one side of the target."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import serve_throughput as st
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def rounds(*ratios: float) -> list[dict[str, tuple[int, float]]]:
+        # 100 logins each; b takes 1 s, a takes 1/ratio s: a/b's rate ratio is `ratio`
+        return [{"a": (100, 1 / r), "b": (100, 1.0)} for r in ratios]
+
+    steady = rounds(0.95, 0.95, 0.95, 0.95)
+    assert st.pooled_ratio(steady, "a", "b") == pytest.approx(0.95)
+    assert st.ratio_interval(steady, "a", "b") == pytest.approx([0.95, 0.95])
+    assert st.verdict(0.95, st.ratio_interval(steady, "a", "b")) == "PASS"
+    low = rounds(0.85, 0.86, 0.84, 0.85)
+    assert st.verdict(st.pooled_ratio(low, "a", "b"), st.ratio_interval(low, "a", "b")) == "MISS"
+    noisy = rounds(0.75, 1.05, 0.8, 1.0, 0.78, 1.02)
+    interval = st.ratio_interval(noisy, "a", "b")
+    assert interval[0] < st.TARGET_RATIO <= interval[1]
+    assert st.verdict(st.pooled_ratio(noisy, "a", "b"), interval) == "UNDECIDED"
+    # the same rounds give the same interval (a fixed seed); too few rounds give none
+    assert st.ratio_interval(noisy, "a", "b") == interval
+    assert st.ratio_interval(rounds(0.95, 0.95), "a", "b") is None
+    assert st.verdict(0.95, None) == "PASS" and st.verdict(0.85, None) == "MISS"
+    # a round where one set-up did not run is left out of the interval
+    assert st.ratio_interval([*steady, {"b": (100, 1.0)}], "a", "b") == pytest.approx([0.95, 0.95])
 
 
 def test_importtime_parser():
