@@ -25,19 +25,41 @@ _interval = 0.0  # off until serve sets it
 _clock = time.monotonic  # tests replace it
 # path -> (when it was stat'ed, its stat result, or the (errno, strerror) of the OSError)
 _seen: dict[str, tuple[float, os.stat_result | tuple[int, str]]] = {}
+_generation = 0  # set_interval makes a new one: what was built on older stats is not reused
 
 
 def set_interval(seconds: float) -> None:
     """Reuse a path's stat for `seconds` from now on (0: never); forgets what was seen."""
-    global _interval
+    global _interval, _generation
     if seconds < 0:
         raise ValueError("the interval cannot be negative")
     _interval = seconds
+    _generation += 1
     _seen.clear()
 
 
 def interval() -> float:
     return _interval
+
+
+def now() -> float:
+    """This module's clock (monotonic seconds): the one `reused_until` is on."""
+    return _clock()
+
+
+def generation() -> int:
+    """Changes with every `set_interval`: what was built on the stats seen before is stale."""
+    return _generation
+
+
+def reused_until(path: str) -> float:
+    """Until when (`now()`) `stat(path)` answers with the result it last gave: 0.0 when
+    it would stat again now (no interval, or nothing seen for the path). What is built
+    only on such answers stays true until the earliest of them (the same `generation()`)."""
+    seen = _seen.get(path)
+    if _interval <= 0 or seen is None:
+        return 0.0
+    return seen[0] + _interval
 
 
 def stat(path: str) -> os.stat_result:

@@ -87,3 +87,22 @@ def test_the_memory_is_bounded(tmp_path, monkeypatch):
         p.write_text("")
         filestat.stat(str(p))
         assert len(filestat._seen) <= 3
+
+
+def test_reused_until_says_when_a_path_is_looked_at_again(tmp_path, counted, file_clock):
+    f = str(tmp_path / "f")
+    open(f, "w").close()
+    assert filestat.reused_until(f) == 0.0  # off: every call stats
+    filestat.set_interval(1.0)
+    generation = filestat.generation()
+    assert filestat.reused_until(f) == 0.0  # nothing seen yet
+    filestat.stat(f)
+    assert filestat.reused_until(f) == file_clock.now + 1.0 and filestat.now() == file_clock.now
+    file_clock.advance(0.5)
+    filestat.stat(f)  # the same answer: its time stays
+    assert filestat.reused_until(f) == file_clock.now + 0.5 and len(counted) == 1
+    file_clock.advance(0.5)
+    filestat.stat(f)
+    assert filestat.reused_until(f) == file_clock.now + 1.0 and len(counted) == 2
+    filestat.set_interval(1.0)
+    assert filestat.generation() != generation and filestat.reused_until(f) == 0.0

@@ -483,6 +483,93 @@ def test_kept_inline_user_lists_are_parsed_once(tmp_path, warm):
     assert second.user_allow["alice"]["ip_networks"].networks is not None
 
 
+def _rewrite(path: Path, text: str) -> None:
+    """New content and an mtime of its own, 10 s back: a change the stat signature shows
+    (not one within RACY_NS: `warm` sets it to 0, and a future mtime would be racy)."""
+    mtime = path.stat().st_mtime_ns - 10 * 10**9
+    path.write_text(text)
+    os.utime(path, ns=(mtime, mtime))
+
+
+def test_warm_lists_are_handed_out_again_while_their_stats_are_reused(tmp_path, warm, file_clock):
+    """serve (--file-check-interval 1): the same Lists while every file's stat is reused;
+    a change shows when the stat is taken again, as without the reuse, never later."""
+    from dovecot_appauth import filestat
+
+    filestat.set_interval(1.0)
+    config = make_config(tmp_path, {"ip_networks.lst": "192.0.2.0/24\n", "as_numbers.lst": "AS64500\n"},
+                         cache=False)
+    first = load_lists(config)
+    assert load_lists(config) is first
+    _rewrite(tmp_path / "ip_networks.lst", "198.51.100.0/24\n")
+    file_clock.advance(0.999)
+    assert load_lists(config) is first  # the stat from 1 ms ago still stands
+    file_clock.advance(0.001)
+    changed = load_lists(config)
+    assert [e.text for e in changed.deny["ip_networks"]] == ["198.51.100.0/24"]
+    assert load_lists(config) is changed
+    # a reloaded config (a new Config object) builds its own
+    again = make_config(tmp_path, {}, cache=False)
+    assert load_lists(again) is not changed and load_lists(again).deny == {}
+    # set_interval forgets the stats: nothing built on them is handed out again
+    filestat.set_interval(1.0)
+    assert load_lists(config) is not changed
+
+
+def test_warm_lists_are_reused_only_until_the_earliest_stat_they_rest_on(tmp_path, warm, file_clock):
+    from dovecot_appauth import filestat
+
+    filestat.set_interval(1.0)
+    config = make_config(tmp_path, {"ip_networks.lst": "192.0.2.0/24\n", "as_numbers.lst": "AS64500\n"},
+                         cache=False)
+    filestat.stat(str(tmp_path / "as_numbers.lst"))  # seen earlier (serve's list watch does so)
+    file_clock.advance(0.6)
+    first = load_lists(config)  # as_numbers.lst's stat is the one from 0.6 s ago
+    _rewrite(tmp_path / "as_numbers.lst", "AS64501\n")
+    file_clock.advance(0.399)
+    assert load_lists(config) is first
+    file_clock.advance(0.001)  # one interval after that stat, not after the build
+    assert [e.text for e in load_lists(config).deny["as_numbers"]] == ["AS64501"]
+
+
+def test_warm_lists_with_a_file_not_kept_are_built_on_every_load(tmp_path, warm, file_clock, monkeypatch):
+    """A list that cannot be read is said on every login, and one changed just now is read
+    again on every load (RACY_NS): neither is handed out again."""
+    from dovecot_appauth import filestat
+    from dovecot_appauth.audit import lists as lists_module
+
+    filestat.set_interval(1.0)
+    config = make_config(tmp_path, {"ip_networks.lst": "192.0.2.0/24\n", "as_numbers.lst": "AS64500\n"},
+                         cache=False)
+    os.unlink(tmp_path / "as_numbers.lst")
+    first = load_lists(config)
+    second = load_lists(config)
+    assert second is not first and [e.reason for e in second.unreadable] == ["file not found"]
+    (tmp_path / "as_numbers.lst").write_text("AS64500\n")
+    file_clock.advance()
+    monkeypatch.setattr(lists_module, "RACY_NS", 3600 * 10**9)
+    warm.clear()
+    assert load_lists(config) is not load_lists(config)
+    assert warm.count("as_numbers.lst") == 2 and not load_lists(config).unreadable
+
+
+def test_lists_are_never_handed_out_again_without_keep_warm(tmp_path, file_clock):
+    """The per-login program (and serve with --file-check-interval 0) builds them each time."""
+    from dovecot_appauth import filestat
+
+    config = make_config(tmp_path, {"ip_networks.lst": "192.0.2.0/24\n"}, cache=False)
+    filestat.set_interval(1.0)
+    assert load_lists(config) is not load_lists(config)  # not warm
+    from dovecot_appauth.audit import lists as lists_module
+
+    lists_module.keep_warm()
+    try:
+        filestat.set_interval(0)
+        assert load_lists(config) is not load_lists(config)  # warm, but every load stats again
+    finally:
+        lists_module.keep_warm(False)
+
+
 def _long_network_list(tmp_path: Path) -> Path:
     lines = [f"10.{i // 256}.{i % 256}.0/24" for i in range(300)]
     lines += ["10.1.0.0/16", "2001:db8::/32", "::ffff:0:0/96", "192.0.2.77", "10.0.5.0/24", "0.0.0.0/0"]

@@ -19,7 +19,8 @@ Theory of operation:
   values a login actually checks, with a string fast path for the common `.*literal` forms.
 - `serve` calls `keep_warm()`: each file is then parsed once and kept in memory with its
   compiled form (`matchers.py`), and read again only when its stat changes (see
-  `load_kept`); a request costs one `os.stat` per file.
+  `load_kept`), at most once per file check interval (filestat.py); within it, the same
+  `Lists` is handed out again (`load_lists`).
 - No regex is compiled at import time; only the stdlib is imported.
 """
 
@@ -467,6 +468,13 @@ def _parse_inline(kind: str, values: tuple[str, ...], where: str) -> tuple[list[
 # more than the scan it saves (and import `re`).
 _kept: dict[tuple[str, str], tuple[tuple[int, ...], tuple[Entry, ...], tuple[Problem, ...]]] | None = None
 _kept_inline: dict[tuple[str, tuple[str, ...], str], tuple[tuple[Entry, ...], tuple[Problem, ...]]] = {}
+# serve: the last `Lists` that `load_lists` built from kept files only, and until when
+# (filestat's clock) every stat it rests on is reused: (config, use_cache, filestat
+# generation, until, lists).
+# Until then a new build would look at the same stats and the same kept files and give
+# the same lists, so it is handed out again (one build looks at every list file: about
+# 0.1 ms per request). Its readers never change a `Lists`.
+_snapshot: tuple[Any, bool, int, float, Lists] | None = None
 # A file changed less than this long ago is not kept (read again on the next load): file
 # times are coarse (a few ms), so a second write of the same size within that tick would
 # leave the stat signature unchanged (git's "racily clean" problem).
@@ -476,9 +484,10 @@ RACY_NS = 1_000_000_000
 def keep_warm(on: bool = True) -> None:
     """Keep lists parsed and compiled in this process from now on (`serve`); `False`
     forgets them and goes back to reading each file on every load."""
-    global _kept
+    global _kept, _snapshot
     _kept = {} if on else None
     _kept_inline.clear()
+    _snapshot = None
 
 
 def _signature(st: os.stat_result) -> tuple[int, ...]:
@@ -493,21 +502,29 @@ def load_kept(kind: str, path: str, *, cache_dir: str | None = None,
     read and parsed again only when its stat signature changes. A file changed within
     `RACY_NS` is not kept (read again on the next load); one that cannot be used raises
     ListUnreadable on every load, as `read_file` does, and is never kept."""
+    entries, problems, _ = _load_kept(kind, path, cache_dir=cache_dir, role=role)
+    return entries, problems
+
+
+def _load_kept(kind: str, path: str, *, cache_dir: str | None,
+               role: str) -> tuple[tuple[Entry, ...], list[Problem], bool]:
+    """`load_kept`, and whether what it returns is the kept copy (False: read for this
+    load only, as every load of the per-login program is)."""
     kept = _kept
     if kept is None:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)
-        return entries if isinstance(entries, tuple) else tuple(entries), problems  # keep an index
+        return entries if isinstance(entries, tuple) else tuple(entries), problems, False  # keep an index
     from ..filestat import stat  # serve: a stat per file and interval, not per request
 
     try:
         st = stat(path)
     except OSError:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)  # raises, saying why
-        return tuple(entries), problems
+        return tuple(entries), problems, False
     signature = _signature(st)
     known = kept.get((kind, path))
     if known is not None and known[0] == signature:
-        return known[1], list(known[2])
+        return known[1], list(known[2]), True
     import time
 
     from .matchers import CompiledList
@@ -517,7 +534,8 @@ def load_kept(kind: str, path: str, *, cache_dir: str | None = None,
     compiled = CompiledList(kind, entries)
     if max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS:
         kept[(kind, path)] = (signature, compiled, tuple(problems))
-    return compiled, problems
+        return compiled, problems, True
+    return compiled, problems, False
 
 
 def _inline_kept(kind: str, values: tuple[str, ...], where: str) -> tuple[tuple[Entry, ...], list[Problem]]:
@@ -538,21 +556,39 @@ def _inline_kept(kind: str, values: tuple[str, ...], where: str) -> tuple[tuple[
 
 
 def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
-    """Every configured deny and allow list, read now (or kept, see `keep_warm`). Never raises."""
+    """Every configured deny and allow list, read now (or kept, see `keep_warm`). Never raises.
+
+    While warm (`serve`), the same `Lists` is returned again as long as the file stats it
+    was built on are reused (filestat: `serve --file-check-interval`), so a changed file
+    takes effect as before, at the latest one interval after the change. Lists built
+    with a file that is not kept (unreadable, or changed within `RACY_NS`) are not reused."""
+    global _snapshot
+    snapshot = _snapshot
+    if snapshot is not None and snapshot[0] is config and snapshot[1] is use_cache:
+        from ..filestat import generation, now
+
+        if snapshot[2] == generation() and now() < snapshot[3]:
+            return snapshot[4]
     audit = config.audit
     cache_dir = _cache_dir(config) if use_cache else None
     lists = Lists()
+    reusable = _kept is not None
+    paths_used: list[str] = []
     for role, files, kinds, into in (("deny", audit.lists, LIST_KINDS, lists.deny),
                                      ("allow", audit.allow, ALLOW_KINDS, lists.allow)):
         for kind in kinds:
             if kind in files:
+                path = config.resolve(files[kind])
                 try:
-                    entries, problems = load_kept(kind, config.resolve(files[kind]), cache_dir=cache_dir, role=role)
+                    entries, problems, kept = _load_kept(kind, path, cache_dir=cache_dir, role=role)
                 except ListUnreadable as e:
                     lists.unreadable.append(e)  # the caller decides: never read as an empty list
+                    reusable = False
                     continue
                 into[kind] = entries
                 lists.problems.extend(problems)
+                reusable = reusable and kept
+                paths_used.append(path)
     for user, allow in audit.allow_users.items():
         per_user: dict[str, tuple[Entry, ...]] = {}
         for kind in ALLOW_KINDS:
@@ -562,6 +598,12 @@ def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
                 per_user[kind] = entries
                 lists.problems.extend(problems)
         lists.user_allow[user.lower()] = per_user
+    if reusable:
+        from ..filestat import generation, now, reused_until
+
+        until = min((reused_until(path) for path in paths_used), default=float("inf"))
+        if now() < until:
+            _snapshot = (config, use_cache, generation(), until, lists)
     return lists
 
 

@@ -97,6 +97,9 @@ class Engine:
         self._config: Config | None = None
         self._lists: dict[str, tuple[int, int, int] | None] = {}  # list file -> (mtime_ns, size, inode)
         self._watched: tuple[Config | None, list[tuple[str, str]]] = (None, [])  # config, its (kind, list file)
+        # (filestat generation, until when): the list files' stats are reused till then, so
+        # looking at them again would find nothing new (_watch_lists)
+        self._watched_until: tuple[int, float] = (-1, 0.0)
         self._throttled: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # THROTTLE_MEMO_SECONDS
         keep_warm()  # lists parsed and compiled once per file version, not per request
         keep_cache_open()  # the enrichment cache's connection, per thread
@@ -180,6 +183,9 @@ class Engine:
             audit = config.audit
             self._watched = (config, [(kind, config.resolve(path)) for kind, path in
                                       [*audit.lists.items(), *(("allow-" + k, p) for k, p in audit.allow.items())]])
+            self._watched_until = (-1, 0.0)
+        elif self._watched_until[0] == filestat.generation() and filestat.now() < self._watched_until[1]:
+            return
         for kind, full in self._watched[1]:
             try:
                 st = filestat.stat(full)
@@ -189,6 +195,8 @@ class Engine:
             if full in self._lists and self._lists[full] != signature:
                 self.metrics.list_reloads.labels(kind).inc()
             self._lists[full] = signature
+        self._watched_until = (filestat.generation(),
+                               min((filestat.reused_until(full) for _, full in self._watched[1]), default=0.0))
 
     def may_run_on_loop(self, config: Config) -> bool:
         """Can a request under `config` be tried on the event loop (run_on_loop)? Not with
