@@ -43,7 +43,7 @@ def interval() -> float:
 
 
 def now() -> float:
-    """This module's clock (monotonic seconds): the one `reused_until` is on."""
+    """This module's clock (monotonic seconds): the one `stat_until` is on."""
     return _clock()
 
 
@@ -52,14 +52,17 @@ def generation() -> int:
     return _generation
 
 
-def reused_until(path: str) -> float:
-    """Until when (`now()`) `stat(path)` answers with the result it last gave: 0.0 when
-    it would stat again now (no interval, or nothing seen for the path). What is built
-    only on such answers stays true until the earliest of them (the same `generation()`)."""
-    seen = _seen.get(path)
-    if _interval <= 0 or seen is None:
-        return 0.0
-    return seen[0] + _interval
+def stat_until(path: str) -> tuple[os.stat_result | None, float]:
+    """`stat(path)` (None where it raises) and until when (`now()`) that same answer is
+    given again: what is built on it holds until then, and what is built on several
+    answers until the earliest of them (in the same `generation()`). 0.0 with no interval."""
+    if _interval <= 0:
+        try:
+            return os.stat(path), 0.0
+        except OSError:
+            return None, 0.0
+    seen_at, result = _look(path)
+    return (result if isinstance(result, os.stat_result) else None), seen_at + _interval
 
 
 def stat(path: str) -> os.stat_result:
@@ -67,6 +70,15 @@ def stat(path: str) -> os.stat_result:
     OSError like os.stat's (a new one each time, with the same errno and message)."""
     if _interval <= 0:
         return os.stat(path)
+    result = _look(path)[1]
+    if isinstance(result, os.stat_result):  # (a tuple too: this test first)
+        return result
+    raise OSError(result[0], result[1], path)  # FileNotFoundError etc., as os.stat raises
+
+
+def _look(path: str) -> tuple[float, os.stat_result | tuple[int, str]]:
+    """When `path` was stat'ed, and what it gave (a stat result, or an OSError's errno and
+    message): the last answer while it is less than `interval` old, else a new one."""
     now = _clock()
     seen = _seen.get(path)
     if seen is None or now - seen[0] >= _interval:
@@ -76,9 +88,5 @@ def stat(path: str) -> os.stat_result:
             result = (e.errno or 0, e.strerror or str(e))
         if len(_seen) >= MAX_PATHS and path not in _seen:
             _seen.clear()
-        _seen[path] = (now, result)
-    else:
-        result = seen[1]
-    if isinstance(result, os.stat_result):  # (a tuple too: this test first)
-        return result
-    raise OSError(result[0], result[1], path)  # FileNotFoundError etc., as os.stat raises
+        seen = _seen[path] = (now, result)
+    return seen

@@ -89,20 +89,28 @@ def test_the_memory_is_bounded(tmp_path, monkeypatch):
         assert len(filestat._seen) <= 3
 
 
-def test_reused_until_says_when_a_path_is_looked_at_again(tmp_path, counted, file_clock):
+def test_stat_until_gives_the_answer_and_how_long_it_stands(tmp_path, counted, file_clock):
     f = str(tmp_path / "f")
     open(f, "w").close()
-    assert filestat.reused_until(f) == 0.0  # off: every call stats
+    st, until = filestat.stat_until(f)
+    assert st.st_size == 0 and until == 0.0  # off: every call stats
     filestat.set_interval(1.0)
     generation = filestat.generation()
-    assert filestat.reused_until(f) == 0.0  # nothing seen yet
-    filestat.stat(f)
-    assert filestat.reused_until(f) == file_clock.now + 1.0 and filestat.now() == file_clock.now
+    st, until = filestat.stat_until(f)
+    assert until == file_clock.now + 1.0 and filestat.now() == file_clock.now
+    with open(f, "w") as out:
+        out.write("x")
     file_clock.advance(0.5)
-    filestat.stat(f)  # the same answer: its time stays
-    assert filestat.reused_until(f) == file_clock.now + 0.5 and len(counted) == 1
+    st, until = filestat.stat_until(f)  # the same answer: it stands as long as before
+    assert st.st_size == 0 and until == file_clock.now + 0.5 and len(counted) == 2
     file_clock.advance(0.5)
-    filestat.stat(f)
-    assert filestat.reused_until(f) == file_clock.now + 1.0 and len(counted) == 2
+    st, until = filestat.stat_until(f)
+    assert st.st_size == 1 and until == file_clock.now + 1.0 and len(counted) == 3
+    assert filestat.stat(f).st_size == 1 and len(counted) == 3  # stat() shares the answers
+    missing = str(tmp_path / "missing")
+    assert filestat.stat_until(missing) == (None, file_clock.now + 1.0)
+    with pytest.raises(FileNotFoundError):
+        filestat.stat(missing)
+    assert len(counted) == 4
     filestat.set_interval(1.0)
-    assert filestat.generation() != generation and filestat.reused_until(f) == 0.0
+    assert filestat.generation() != generation

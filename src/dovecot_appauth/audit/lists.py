@@ -507,24 +507,24 @@ def load_kept(kind: str, path: str, *, cache_dir: str | None = None,
 
 
 def _load_kept(kind: str, path: str, *, cache_dir: str | None,
-               role: str) -> tuple[tuple[Entry, ...], list[Problem], bool]:
-    """`load_kept`, and whether what it returns is the kept copy (False: read for this
-    load only, as every load of the per-login program is)."""
+               role: str) -> tuple[tuple[Entry, ...], list[Problem], float | None]:
+    """`load_kept`, and for the kept copy until when (filestat's clock) the stat it was
+    checked against stands; None when it is read for this load only, as every load of the
+    per-login program is."""
     kept = _kept
     if kept is None:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)
-        return entries if isinstance(entries, tuple) else tuple(entries), problems, False  # keep an index
-    from ..filestat import stat  # serve: a stat per file and interval, not per request
+        return entries if isinstance(entries, tuple) else tuple(entries), problems, None  # keep an index
+    from ..filestat import stat_until  # serve: a stat per file and interval, not per request
 
-    try:
-        st = stat(path)
-    except OSError:
+    st, until = stat_until(path)
+    if st is None:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)  # raises, saying why
-        return tuple(entries), problems, False
+        return tuple(entries), problems, None
     signature = _signature(st)
     known = kept.get((kind, path))
     if known is not None and known[0] == signature:
-        return known[1], list(known[2]), True
+        return known[1], list(known[2]), until
     import time
 
     from .matchers import CompiledList
@@ -534,8 +534,8 @@ def _load_kept(kind: str, path: str, *, cache_dir: str | None,
     compiled = CompiledList(kind, entries)
     if max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - RACY_NS:
         kept[(kind, path)] = (signature, compiled, tuple(problems))
-        return compiled, problems, True
-    return compiled, problems, False
+        return compiled, problems, until
+    return compiled, problems, None
 
 
 def _inline_kept(kind: str, values: tuple[str, ...], where: str) -> tuple[tuple[Entry, ...], list[Problem]]:
@@ -573,22 +573,24 @@ def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
     cache_dir = _cache_dir(config) if use_cache else None
     lists = Lists()
     reusable = _kept is not None
-    paths_used: list[str] = []
+    until = float("inf")  # the earliest end of the stats the kept copies were checked against
     for role, files, kinds, into in (("deny", audit.lists, LIST_KINDS, lists.deny),
                                      ("allow", audit.allow, ALLOW_KINDS, lists.allow)):
         for kind in kinds:
             if kind in files:
                 path = config.resolve(files[kind])
                 try:
-                    entries, problems, kept = _load_kept(kind, path, cache_dir=cache_dir, role=role)
+                    entries, problems, kept_until = _load_kept(kind, path, cache_dir=cache_dir, role=role)
                 except ListUnreadable as e:
                     lists.unreadable.append(e)  # the caller decides: never read as an empty list
                     reusable = False
                     continue
                 into[kind] = entries
                 lists.problems.extend(problems)
-                reusable = reusable and kept
-                paths_used.append(path)
+                if kept_until is None:
+                    reusable = False
+                else:
+                    until = min(until, kept_until)
     for user, allow in audit.allow_users.items():
         per_user: dict[str, tuple[Entry, ...]] = {}
         for kind in ALLOW_KINDS:
@@ -599,9 +601,8 @@ def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
                 lists.problems.extend(problems)
         lists.user_allow[user.lower()] = per_user
     if reusable:
-        from ..filestat import generation, now, reused_until
+        from ..filestat import generation, now
 
-        until = min((reused_until(path) for path in paths_used), default=float("inf"))
         if now() < until:
             _snapshot = (config, use_cache, generation(), until, lists)
     return lists

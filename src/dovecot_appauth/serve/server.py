@@ -186,17 +186,15 @@ class Engine:
             self._watched_until = (-1, 0.0)
         elif self._watched_until[0] == filestat.generation() and filestat.now() < self._watched_until[1]:
             return
+        generation, until = filestat.generation(), float("inf")
         for kind, full in self._watched[1]:
-            try:
-                st = filestat.stat(full)
-                signature: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                signature = None
+            st, stands_until = filestat.stat_until(full)
+            until = min(until, stands_until)
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino) if st is not None else None
             if full in self._lists and self._lists[full] != signature:
                 self.metrics.list_reloads.labels(kind).inc()
             self._lists[full] = signature
-        self._watched_until = (filestat.generation(),
-                               min((filestat.reused_until(full) for _, full in self._watched[1]), default=0.0))
+        self._watched_until = (generation, until)
 
     def may_run_on_loop(self, config: Config) -> bool:
         """Can a request under `config` be tried on the event loop (run_on_loop)? Not with
