@@ -39,6 +39,7 @@ def checkpassword() -> None:
         from .paths import environment
     except BaseException as e:
         _cannot_load(e)
+    env = None
     try:
         env = environment()
         plain = plain_config_path(sys.argv[1:], env)
@@ -58,7 +59,7 @@ def checkpassword() -> None:
         from .login import main
     except BaseException as e:
         _cannot_load(e)
-    main(handover=handover, cached=cached)
+    main(handover=handover, cached=cached, env=env)
 
 _LAUNCHER = '''#!{python} -IS
 # dovecot-appauth-checkpassword for {prefix}, written by

@@ -829,15 +829,18 @@ def respond(outcome: Outcome, options: Options, request: LoginRequest, env: Mapp
     return int(outcome.exit_code)
 
 
-def main(argv: list[str] | None = None, *, handover: Handover | None = None, cached: tuple | None = None) -> None:
+def main(argv: list[str] | None = None, *, handover: Handover | None = None, cached: tuple | None = None,
+         env: dict[str, str] | None = None) -> None:
     """The per-login program. `handover`: a login fast_path.login_via_serve read from fd 3
     and left to this function (with the line to say when serve did not take it);
     `cached`: the config cache as entry.checkpassword read it (config_cache.read_current),
-    not read again by load_cached."""
+    not read again by load_cached; `env`: the environment as entry.checkpassword decoded
+    it (paths.environment), not decoded again."""
     global _debugging
     started = time.monotonic()
     args = sys.argv[1:] if argv is None else argv
-    env = paths.environment()
+    if env is None:
+        env = paths.environment()
     try:
         from .reply import hold_fd4, read_fd3
 
@@ -851,7 +854,7 @@ def main(argv: list[str] | None = None, *, handover: Handover | None = None, cac
         request = read_environment(credentials, env)
         if _debugging:
             _debug_request(request)
-        path = config_path(options.config, dict(env))
+        path = config_path(options.config, env)
         try:
             # the parsed TOML is cached per login user (config.py); validated as always
             config = load_cached(path, cached)

@@ -174,7 +174,7 @@ def notify(command: str | tuple[str, ...], payload: dict[str, Any], stderr: Text
     The command gets its own session, /dev/null for stdout/stderr and no other descriptor
     of ours (Dovecot waits for the login's pipes to close), so neither the login nor
     Dovecot waits for it. It is started by `subprocess` (vfork + exec in C), never by
-    posix.fork(): the login has enrichment threads by then, and a forked copy of a threaded
+    os.fork(): the login has enrichment threads by then, and a forked copy of a threaded
     Python may deadlock on a lock another thread held. A string command runs through
     /bin/sh -c; a list runs as is. False (with one line on `stderr`) when it cannot start.
     """
