@@ -267,6 +267,38 @@ def test_lists_stay_parsed_between_requests_and_are_read_again_when_changed(site
     assert read[2:] == ["_read_cache", "parse_list"]
 
 
+def test_list_reloads_count_what_the_lists_read_again(site, monkeypatch, file_clock):
+    """The list watch of the metrics judges a change as the lists do: a chmod (a new ctime)
+    makes the lists read the file again, and is counted as one reload; nothing is counted
+    while the file check interval lasts or when nothing changed."""
+    from dovecot_appauth.audit import lists as lists_module
+
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)  # the list was written just now
+    read: list[str] = []  # the list file read (its parsed form on disk, or its text)
+    real = lists_module.read_file
+    monkeypatch.setattr(lists_module, "read_file", lambda *a, **k: read.append(a[0]) or real(*a, **k))
+
+    def reloads() -> float:
+        return site.engine.metrics.list_reloads.labels("ip_networks")._value.get()
+
+    req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap"}
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    file_clock.advance()
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert reloads() == 0 and len(read) == 1
+    list_file = site.dir / "ip.deny.lst"
+    mode = list_file.stat().st_mode & 0o777
+    list_file.chmod(mode ^ 0o004)  # the same size, mtime and inode; a new ctime
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert reloads() == 0  # within the interval: not looked at yet
+    file_clock.advance()
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert reloads() == 1 and len(read) == 2  # read again, and counted once
+    file_clock.advance()
+    assert site.post("/policy?command=allow", req)[1]["status"] == -1
+    assert reloads() == 1 and len(read) == 2
+
+
 def test_policy_allow_rejects_denied_addresses(site):
     req = {"login": "alice@example.com", "remote": DENIED_IP, "protocol": "imap", "pwhash": "ab", "session_id": "x"}
     assert site.post("/policy?command=allow", req) == (200, {"status": -1, "msg": "Authentication failed"})

@@ -490,7 +490,7 @@ def keep_warm(on: bool = True) -> None:
     _snapshot = None
 
 
-def _signature(st: os.stat_result) -> tuple[int, ...]:
+def stat_signature(st: os.stat_result) -> tuple[int, ...]:
     # ctime and inode too: a chmod (readable or not) or a new file renamed into place
     # changes them even when size and mtime stay the same
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -521,7 +521,7 @@ def _load_kept(kind: str, path: str, *, cache_dir: str | None,
     if st is None:
         entries, problems = read_file(kind, path, cache_dir=cache_dir, role=role)  # raises, saying why
         return tuple(entries), problems, None
-    signature = _signature(st)
+    signature = stat_signature(st)
     known = kept.get((kind, path))
     if known is not None and known[0] == signature:
         return known[1], list(known[2]), until

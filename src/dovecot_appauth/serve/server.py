@@ -95,7 +95,7 @@ class Engine:
         self.metrics: Any = None
         self._key: tuple[int, int] | None = None
         self._config: Config | None = None
-        self._lists: dict[str, tuple[int, int, int] | None] = {}  # list file -> (mtime_ns, size, inode)
+        self._lists: dict[str, tuple[int, ...] | None] = {}  # list file -> lists.stat_signature
         self._watched: tuple[Config | None, list[tuple[str, str]]] = (None, [])  # config, its (kind, list file)
         # (filestat generation, until when): the list files' stats are reused till then, so
         # looking at them again would find nothing new (_watch_lists)
@@ -176,7 +176,8 @@ class Engine:
     def _watch_lists(self, config: Config) -> None:
         """Count the list files that changed since they were last looked at (the list reloads
         of the metrics): one stat per configured list file and file check interval, shared
-        with the lists' own (filestat)."""
+        with the lists' own (filestat), judged by the lists' own signature, so what is
+        counted is what they read again (a chmod or a file renamed into place too)."""
         if not config.audit.enabled:
             return
         if self._watched[0] is not config:  # resolved once per config, not per request
@@ -186,11 +187,13 @@ class Engine:
             self._watched_until = (-1, 0.0)
         elif self._watched_until[0] == filestat.generation() and filestat.now() < self._watched_until[1]:
             return
+        from ..audit.lists import stat_signature  # the lists' own: a change they read again
+
         generation, until = filestat.generation(), float("inf")
         for kind, full in self._watched[1]:
             st, stands_until = filestat.stat_until(full)
             until = min(until, stands_until)
-            signature = (st.st_mtime_ns, st.st_size, st.st_ino) if st is not None else None
+            signature = stat_signature(st) if st is not None else None
             if full in self._lists and self._lists[full] != signature:
                 self.metrics.list_reloads.labels(kind).inc()
             self._lists[full] = signature
