@@ -171,6 +171,10 @@ def test_serve_verify_and_policy_fail_closed(site, file_clock):
     with pytest.raises(TempFail, match="deny list ip_networks"):
         engine.policy("allow", {"login": USER, "remote": DENIED_IP, "protocol": "imap"})
     assert f"deny list ip_networks {deny_file}: file not found" in log.getvalue()
+    # every login it affects says so, also within one file check interval (the lists built
+    # without it are never handed out again: lists.load_lists)
+    assert engine.verify(body) == {"result": "tempfail"}
+    assert log.getvalue().count(f"deny list ip_networks {deny_file}: file not found") == 2
 
 
 def test_fifo_in_place_of_a_list_does_not_hang_the_login(site):
