@@ -271,7 +271,7 @@ def test_per_login_program_runs_without_cyclic_gc():
     the per-login program: importing entry does not)."""
     code = ("import gc, dovecot_appauth.entry as entry, dovecot_appauth.login as login\n"
             "print(gc.isenabled())\n"
-            "login.main = lambda handover=None, cached=None: print(gc.isenabled())\n"
+            "login.main = lambda handover=None, cached=None, env=None: print(gc.isenabled())\n"
             "entry.checkpassword()\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "False"]
