@@ -13,7 +13,12 @@ server), one user with one app password. Three passdb set-ups, measured side by 
   Dovecot 2.4 way: hash check, policy, audit and recording in `serve`;
 - `policy`: the same passwd-file passdb plus `serve` as Dovecot's auth policy server
   (`/policy`: the lists before the login, the audit line and event after it), with the
-  README's `auth_policy_check_after_auth = no` (`--dovecot-policy-defaults`: without).
+  README's `auth_policy_check_after_auth = no` (`--dovecot-policy-defaults`: without);
+- `floor` (with `--floor`): the same Lua passdb calling benchmarks/floor_responder.py, which
+  answers `/verify` with the hash check alone on serve's HTTP server: the least any
+  service behind the Lua passdb costs. Two more ratios split the Lua set-up's gap to
+  native: floor/native (Dovecot's Lua passdb and HTTP client) and lua/floor (serve's work
+  besides the hash: the policy, the limiter, the audit line and event, the recording).
 
 Each round runs every set-up once (Dovecot restarted with it, one warm-up login per client
 address, so the enrichment cache is warm), the order rotating between rounds, so load from
@@ -37,6 +42,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -64,6 +70,12 @@ MODES = {
 RECOMMENDED_POLICY_SETTINGS = ("auth_policy_check_after_auth = no",)
 RATIOS = (("lua", "native", "Lua passdb / native passwd-file"),
           ("policy", "native", "passwd-file + policy / passwd-file"))
+# --floor: one more set-up and the two ratios that split the Lua set-up's gap (not targets
+# of their own: shown with the same interval, judged against the same 0.9x)
+FLOOR_MODE = ("floor", "Lua passdb -> hash-only responder (benchmarks/floor_responder.py)")
+FLOOR_RATIOS = (("floor", "native", "Lua passdb, hash only / native passwd-file"),
+                ("lua", "floor", "Lua passdb, serve / hash only"))
+FLOOR_RESPONDER = Path(__file__).resolve().parent / "floor_responder.py"
 # CPU per login, by process (comm name): Dovecot's auth and auth-worker processes are
 # `auth`, serve's processes are the console script's name (15 characters at most)
 CPU_GROUPS = (("auth", "Dovecot auth"), ("dovecot-appauth", "serve"))
@@ -124,6 +136,13 @@ def serve_options(token_file: Path, workers: int | None, extra: list[str]) -> li
 def policy_settings(args: argparse.Namespace) -> list[str]:
     """The Dovecot settings of the policy set-up besides the URL, the token and the nonce."""
     return [*(() if args.dovecot_policy_defaults else RECOMMENDED_POLICY_SETTINGS), *args.policy_setting]
+
+
+def set_ups(args: argparse.Namespace) -> tuple[dict[str, str], tuple[tuple[str, str, str], ...]]:
+    """The set-ups to measure (name -> what) and the ratios to print, for these options."""
+    if not args.floor:
+        return dict(MODES), RATIOS
+    return {**MODES, FLOOR_MODE[0]: FLOOR_MODE[1]}, RATIOS + FLOOR_RATIOS
 
 
 def stored_hash(db: Path, user: str) -> str:
@@ -198,6 +217,46 @@ class Site:
         bench.log(f"starting Dovecot (tests/support/dovecot.DovecotServer) in {workdir}")
         self.server.start()
         self.cleanup.append(self.server.stop)
+        self.floor_url: str | None = None
+        if args.floor:
+            self.floor_url = self._start_floor(workdir, stored_hash(db, bench.USER), args.workers)
+
+    def _start_floor(self, workdir: Path, stored: str, workers: int) -> str:
+        """benchmarks/floor_responder.py on a port of its own, answering as serve does (the
+        fields of serve's own answer to the user's right password); returns its URL."""
+        import time
+
+        from tests.support.common import free_port
+
+        status, answer = self.service.request("POST", "/verify", {
+            "user": bench.USER, "password": self.password, "service": "imap", "remote_ip": "198.51.100.10"},
+            token=self.token)
+        if status != 200 or answer.get("result") != "ok":
+            raise SystemExit(f"serve did not accept the benchmark user: HTTP {status} {answer}")
+        secrets_file = workdir / "floor.json"  # the stored hash and the token: never on a command line
+        secrets_file.touch(mode=0o600)
+        secrets_file.write_text(json.dumps({"user": answer["user"], "stored": stored, "token": self.token,
+                                            "fields": answer["fields"]}))
+        port = free_port()
+        log = open(workdir / "floor.log", "ab")
+        self.cleanup.append(log.close)
+        proc = subprocess.Popen([sys.executable, str(FLOOR_RESPONDER), "--port", str(port), "--secrets",
+                                 str(secrets_file), *(["--workers", str(workers)] if workers else [])],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                cwd=bench.ROOT, env={**os.environ, "PYTHONPATH": str(bench.ROOT / "src")})
+        self.cleanup.append(lambda: _stop_group(proc))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    shown = (workdir / "floor.log").read_text()
+                    raise SystemExit(f"floor_responder.py did not start: {shown}") from None
+                time.sleep(0.1)
+        bench.log(f"started benchmarks/floor_responder.py on port {port}")
+        return f"http://127.0.0.1:{port}/verify"
 
     def configure(self, mode: str) -> None:
         from tests.e2e.test_end_to_end_serve import policy_conf, use_lua_passdb
@@ -206,6 +265,8 @@ class Site:
             self.server.reconfigure(passdb=self.native_passdb, extra_conf="", import_environment={})
         elif mode == "lua":
             use_lua_passdb(self.server, self.service.url("/verify"), token=self.token)
+        elif mode == "floor" and self.floor_url:
+            use_lua_passdb(self.server, self.floor_url, token=self.token)
         elif mode == "policy":
             self.server.reconfigure(passdb=self.native_passdb, import_environment={},
                                     extra_conf=policy_conf(self.service.url("/policy"), self.token)
@@ -221,10 +282,23 @@ class Site:
                 bench.log(f"cleanup: {e}")
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:
     ips = [f"198.51.100.{10 + i}" for i in range(args.clients)]
     per_client = max(1, -(-args.logins // args.clients))
-    modes = list(MODES)
+    described, ratios = set_ups(args)
+    modes = list(described)
     runs: dict[str, list[bench.ImapLoad]] = {m: [] for m in modes}
     cpu: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     round_rates: list[dict[str, float]] = []  # each round's logins/s by set-up
@@ -254,7 +328,7 @@ def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:
         latencies = [v for load in loads for v in load.latencies_ms]
         wall = sum(load.wall_s for load in loads)
         out[mode] = {
-            "what": MODES[mode], "rounds": len(loads), "logins": len(latencies),
+            "what": described[mode], "rounds": len(loads), "logins": len(latencies),
             "errors": sum(load.error_count for load in loads) + (1 if mode in warm_failures else 0),
             "logins_per_s": len(latencies) / wall if wall else 0.0,
             "round_rates": [round(load.rate, 2) for load in loads],
@@ -267,12 +341,13 @@ def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:
     # each round measures the set-ups back to back: its ratio is the least disturbed by
     # load from elsewhere that comes and goes between rounds
     per_round = {f"{a}/{b}": [rates[a] / rates[b] for rates in round_rates if rates.get(a) and rates.get(b)]
-                 for a, b, _ in RATIOS}
+                 for a, b, _ in ratios}
     return {"clients": args.clients, "logins_per_client": per_client, "rounds": args.rounds, "modes": out,
             "ratios": {f"{a}/{b}": (out[a]["logins_per_s"] / out[b]["logins_per_s"]
-                                    if out[b]["logins_per_s"] else None) for a, b, _ in RATIOS},
+                                    if out[b]["logins_per_s"] else None) for a, b, _ in ratios},
             "round_ratios": per_round,
-            "intervals": {f"{a}/{b}": ratio_interval(round_loads, a, b) for a, b, _ in RATIOS}}
+            "intervals": {f"{a}/{b}": ratio_interval(round_loads, a, b) for a, b, _ in ratios},
+            "ratio_labels": {f"{a}/{b}": label for a, b, label in ratios}}
 
 
 def pooled_ratio(rounds: list[dict[str, tuple[int, float]]], a: str, b: str) -> float | None:
@@ -333,8 +408,9 @@ def render(result: dict[str, Any], note: str) -> str:
         if m.get("cpu_ms"):
             lines.append(f"{mode:<8} " + " ".join(f"{m['cpu_ms'].get(label, 0):>12.2f}" for label in labels))
     lines.append("")
-    for a, b, label in RATIOS:
-        ratio = result["ratios"][f"{a}/{b}"]
+    for key, label in result.get("ratio_labels", {f"{a}/{b}": label for a, b, label in RATIOS}).items():
+        a, b = key.split("/")
+        ratio = result["ratios"][key]
         interval = result.get("intervals", {}).get(f"{a}/{b}")
         shown = "-" if ratio is None else f"{ratio:.2f}x"
         if interval:
@@ -364,6 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dovecot-policy-defaults", action="store_true",
                    help="measure the policy set-up without the README's advice "
                         f"({'; '.join(RECOMMENDED_POLICY_SETTINGS)})")
+    p.add_argument("--floor", action="store_true",
+                   help="one more set-up: the Lua passdb calling a responder that only checks the hash "
+                        "(benchmarks/floor_responder.py), and the two ratios that split the Lua gap")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"write results here (default {DEFAULT_JSON})")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = p.parse_args(argv)

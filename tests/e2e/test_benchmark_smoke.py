@@ -121,9 +121,10 @@ def test_compare_reads_the_json(quick_run):
 
 @pytest.mark.dovecot
 def test_serve_throughput_runs_every_set_up_through_dovecot(tmp_path):
-    """benchmarks/serve_throughput.py at a tiny size: native passwd-file, serve via the Lua
-    passdb and passwd-file + serve auth policy all log in through a real Dovecot without an
-    error, and both ratios are printed and written (their values are not judged here)."""
+    """benchmarks/serve_throughput.py --floor at a tiny size: native passwd-file, serve via
+    the Lua passdb, passwd-file + serve auth policy and the Lua passdb calling the hash-only
+    responder all log in through a real Dovecot without an error, and the ratios are printed
+    and written (their values are not judged here)."""
     sys.path.insert(0, str(BENCH))
     try:
         import serve_throughput
@@ -138,26 +139,103 @@ def test_serve_throughput_runs_every_set_up_through_dovecot(tmp_path):
     # 40 logins, not fewer: a process's CPU is counted in clock ticks (10 ms), and 4 logins'
     # hashes (about 11 ms) were 0 or 1 tick, so the per-process figures below could be 0
     res = subprocess.run([sys.executable, str(BENCH / "serve_throughput.py"), "--logins", "40", "--rounds", "1",
-                          "--clients", "2", "--json", str(out)],
+                          "--clients", "2", "--floor", "--json", str(out)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert res.returncode == 0, f"serve_throughput.py failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     assert "ratio Lua passdb / native passwd-file: " in res.stdout
     assert "ratio passwd-file + policy / passwd-file: " in res.stdout
     assert "policy set-up settings: auth_policy_check_after_auth = no" in res.stdout
+    assert "ratio Lua passdb, hash only / native passwd-file: " in res.stdout
+    assert "ratio Lua passdb, serve / hash only: " in res.stdout
     data = json.loads(out.read_text())
-    assert set(data["modes"]) == {"native", "lua", "policy"}
+    assert set(data["modes"]) == {"native", "lua", "policy", "floor"}
     for mode in data["modes"].values():
         assert (mode["logins"], mode["errors"], mode["rounds"]) == (40, 0, 1), mode
     assert all(ratio > 0 for ratio in data["ratios"].values()), data["ratios"]
     assert all(len(ratios) == 1 and ratios[0] > 0 for ratios in data["round_ratios"].values()), data
     # one round: no interval, the ratio alone decides
-    assert data["intervals"] == {"lua/native": None, "policy/native": None}, data["intervals"]
+    assert data["intervals"] == {"lua/native": None, "policy/native": None, "floor/native": None,
+                                 "lua/floor": None}, data["intervals"]
     # CPU per login: serve works only in the serve set-ups, Dovecot's auth hashes in the others
     cpu = {mode: m["cpu_ms"] for mode, m in data["modes"].items()}
     assert all(c["machine"] > 0 for c in cpu.values()), cpu
     assert cpu["lua"]["serve"] > 0 and cpu["policy"]["serve"] > 0 and cpu["native"]["Dovecot auth"] > 0, cpu
+    # the floor's hash runs in the responder, neither in serve nor in Dovecot's auth
+    assert cpu["floor"]["serve"] < cpu["lua"]["serve"], cpu
+    assert cpu["floor"]["Dovecot auth"] < cpu["native"]["Dovecot auth"], cpu
     assert "CPU ms per login" in res.stdout and "by round: median" in res.stdout
     assert "--token-file" in res.stderr  # the serve command line, from serve_options()
+
+
+def test_serve_throughput_set_ups_without_floor():
+    """Without --floor: the three set-ups and the two target ratios, nothing more; with it,
+    the floor set-up and the two ratios that split the Lua passdb's gap."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import serve_throughput as st
+    finally:
+        sys.path.remove(str(BENCH))
+    modes, ratios = st.set_ups(st.parse_args([]))
+    assert list(modes) == ["native", "lua", "policy"]
+    assert [(a, b) for a, b, _ in ratios] == [("lua", "native"), ("policy", "native")]
+    modes, ratios = st.set_ups(st.parse_args(["--floor"]))
+    assert list(modes) == ["native", "lua", "policy", "floor"]
+    assert [(a, b) for a, b, _ in ratios] == [("lua", "native"), ("policy", "native"), ("floor", "native"),
+                                             ("lua", "floor")]
+
+
+def test_floor_responder_answers_as_serve_with_the_hash_alone(tmp_path):
+    """benchmarks/floor_responder.py: the right password gets serve's answer (user and
+    fields), a wrong one or another user "fail", a wrong token 401; the stored hash and the
+    token come from its secrets file, never its command line."""
+    pytest.importorskip("uvicorn")
+    import http.client
+    import os
+    import signal
+    import time
+
+    from dovecot_appauth.hashing import hash_password
+    from tests.support.common import free_port, wrong_password
+
+    password = "Right-Pass-Word-1234"
+    stored = hash_password(password)  # "{CRYPT}$6$...", as app_passwords holds it
+    secrets_file = tmp_path / "floor.json"
+    secrets_file.write_text(json.dumps({"user": "alice@example.com", "stored": stored, "token": "t0ken-s3cret",
+                                        "fields": {"userdb_home": "/srv/mail/alice"}}))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(BENCH / "floor_responder.py"), "--port", str(port),
+                             "--secrets", str(secrets_file), "--workers", "1"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def post(body: dict, token: str = "t0ken-s3cret") -> tuple[int, dict]:
+        deadline = time.monotonic() + 20
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                # as Dovecot 2.3's Lua HTTP client sends it
+                conn.request("POST", "/verify", body=json.dumps(body),
+                             headers={"Authorization": f"Bearer {token}", "Expect": "100-continue"})
+                response = conn.getresponse()
+                return response.status, json.loads(response.read())
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+            finally:
+                conn.close()
+
+    try:
+        right = {"user": "alice@example.com", "password": password, "service": "imap"}
+        assert post(right) == (200, {"result": "ok", "user": "alice@example.com",
+                                     "fields": {"userdb_home": "/srv/mail/alice"}})
+        assert post({**right, "password": wrong_password(password)}) == (200, {"result": "fail"})
+        assert post({**right, "user": "bob@example.com"}) == (200, {"result": "fail"})
+        assert post(right, token="t0ken-other") == (401, {"result": "tempfail"})
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    shown = " ".join(proc.args)
+    assert "t0ken-s3cret" not in shown and stored not in shown
 
 
 def test_serve_throughput_verdict_follows_the_interval():
