@@ -165,8 +165,10 @@ FIELDS: tuple[tuple[str, str, tuple[tuple[str, str, Any, Any, str, str], ...]], 
          "Networks judged as global although IANA lists them as special-purpose (tests, demos).", ""),
         ("deadline", "number", 1.5, 0.05, "One deadline for all enrichment sources of a login, in seconds.", ""),
         ("syslog_identifier", "str", "mail-audit", None,
-         "Syslog: identifier, facility and socket. The journal is used when running under\n"
-         'systemd-journald and the systemd Python module is installed (journal = "auto").', ""),
+         "Syslog: identifier, facility and socket. The journal (with AUDIT_* fields) is used when\n"
+         'systemd-journald\'s socket exists (journal = "auto"); "yes" also says on every login that\n'
+         'it is missing; "no" never uses it. A stuck journald or syslog daemon costs a login at\n'
+         "most 1 s each: then the line goes to syslog, or is reported as not logged.", ""),
         ("syslog_facility", "str", "mail", None, "", ""),
         ("syslog_socket", "text", "/dev/log", None, "", ""),
         ("journal", "choice", "auto", ("auto", "yes", "no"), "", ""),

@@ -9,13 +9,19 @@ import socket
 import sys
 import tempfile
 import threading
-import types
 
 import pytest
 
 from dovecot_appauth.audit import line as audit_mod
 from dovecot_appauth.audit.facts import NO_PTR, GeoName, IpFacts, MaxMindFacts, WhoisFacts
-from dovecot_appauth.audit.line import MAX_LINE_CHARS, emit, format_line, journal_fields, syslog_datagram
+from dovecot_appauth.audit.line import (
+    MAX_LINE_CHARS,
+    emit,
+    format_line,
+    journal_datagram,
+    journal_fields,
+    syslog_datagram,
+)
 from dovecot_appauth.audit.lists import Lists, parse_list
 from dovecot_appauth.audit.rules import SourceClass, SourceKind, classify_source, evaluate
 from dovecot_appauth.config import AuditConfig
@@ -337,81 +343,192 @@ def test_emit_never_raises(sock_dir):
     emit("line", {}, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="no"), Broken())
 
 
-def _journal_module(monkeypatch, sock_dir: str, send) -> None:
-    """A `systemd.journal` whose send() is `send`, and a journald socket file that exists."""
-    fake = types.ModuleType("systemd.journal")
-    fake.send = send
-    pkg = types.ModuleType("systemd")
-    pkg.journal = fake
-    monkeypatch.setitem(sys.modules, "systemd", pkg)
-    monkeypatch.setitem(sys.modules, "systemd.journal", fake)
-    journal_socket = os.path.join(sock_dir, "journal")
-    open(journal_socket, "w").close()
-    monkeypatch.setattr(audit_mod, "JOURNAL_SOCKET", journal_socket)
+def _journal_socket(monkeypatch, sock_dir: str) -> socket.socket:
+    """A datagram socket where journald's would be (JOURNAL_SOCKET points at it): what a
+    journald would receive arrives there."""
+    path = os.path.join(sock_dir, "journal")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(5)
+    monkeypatch.setattr(audit_mod, "JOURNAL_SOCKET", path)
+    return server
+
+
+def parse_journal_datagram(data: bytes) -> list[tuple[str, str]]:
+    """journald's native protocol, read as journald reads it (a test of our writer by an
+    independent reader): `KEY=value\\n`, or `KEY\\n` + 64-bit little-endian length + value + `\\n`."""
+    fields, pos = [], 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        head = data[pos:end]
+        if b"=" in head:
+            key, _, value = head.partition(b"=")
+            pos = end + 1
+        else:
+            key, size = head, int.from_bytes(data[end + 1:end + 9], "little")
+            value = data[end + 9:end + 9 + size]
+            assert data[end + 9 + size:end + 10 + size] == b"\n"
+            pos = end + 10 + size
+        assert re.fullmatch(rb"[A-Z0-9][A-Z0-9_]*", key), key
+        fields.append((key.decode(), value.decode()))
+    return fields
+
+
+def test_journal_datagram_is_journalds_native_protocol():
+    data = journal_datagram("the line", {"AUDIT_USER": "u", "AUDIT_NOTE": "two\nlines"},
+                            identifier="mail-audit", facility=2)
+    assert data.startswith(b"MESSAGE=the line\nPRIORITY=6\nSYSLOG_IDENTIFIER=mail-audit\nSYSLOG_FACILITY=2\n")
+    # a value with a newline: length-prefixed, never a second field
+    assert b"AUDIT_NOTE\n" + (9).to_bytes(8, "little") + b"two\nlines\n" in data
+    assert parse_journal_datagram(data) == [("MESSAGE", "the line"), ("PRIORITY", "6"),
+                                            ("SYSLOG_IDENTIFIER", "mail-audit"), ("SYSLOG_FACILITY", "2"),
+                                            ("AUDIT_USER", "u"), ("AUDIT_NOTE", "two\nlines")]
 
 
 def test_emit_uses_journald_when_available(sock_dir, monkeypatch):
-    sent = []
-    _journal_module(monkeypatch, sock_dir, lambda message, **fields: sent.append((message, fields)))
+    server = _journal_socket(monkeypatch, sock_dir)
     audit = AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="auto")
     err = io.StringIO()
-    emit("the line", {"AUDIT_USER": "u"}, audit, err)
-    assert err.getvalue() == ""
-    assert sent == [
-        (
-            "the line",
-            {"PRIORITY": "6", "SYSLOG_IDENTIFIER": "mail-audit", "SYSLOG_FACILITY": "2", "AUDIT_USER": "u"},
-        )
-    ]
-    # journal = "no" skips it
-    emit("x", {}, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="no"), err)
-    assert len(sent) == 1
+    try:
+        emit(VK_LINE, journal_fields("u", "imap", "176.112.169.218", VK_FACTS, None), audit, err)
+        entry = dict(parse_journal_datagram(server.recv(65536)))
+        # journal = "no" skips it
+        emit("x", {}, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="no"), err)
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.recv(65536)
+    finally:
+        server.close()
+    assert err.getvalue().count("\n") == 1 and "audit line not logged" in err.getvalue()  # the "no" one
+    assert entry["MESSAGE"] == VK_LINE
+    assert (entry["PRIORITY"], entry["SYSLOG_IDENTIFIER"], entry["SYSLOG_FACILITY"]) == ("6", "mail-audit", "2")
+    assert entry["AUDIT_USER"] == "u" and entry["AUDIT_IP"] == "176.112.169.218"
+    assert entry == {"MESSAGE": VK_LINE, "PRIORITY": "6", "SYSLOG_IDENTIFIER": "mail-audit", "SYSLOG_FACILITY": "2",
+                     **journal_fields("u", "imap", "176.112.169.218", VK_FACTS, None)}
 
 
 def test_emit_makes_the_journald_fields_only_for_journald(sock_dir, monkeypatch):
     # write_audit_line passes a function: without journald nobody pays for the fields
-    sent, made = [], []
+    made = []
 
     def fields():
         made.append(1)
         return {"AUDIT_USER": "u"}
 
-    _journal_module(monkeypatch, sock_dir, lambda message, **values: sent.append((message, values)))
-    emit("x", fields, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="no"), io.StringIO())
-    assert made == [] and sent == []
-    emit("the line", fields, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="auto"),
-         io.StringIO())
-    assert made == [1] and sent == [("the line", {"PRIORITY": "6", "SYSLOG_IDENTIFIER": "mail-audit",
-                                                  "SYSLOG_FACILITY": "2", "AUDIT_USER": "u"})]
+    server = _journal_socket(monkeypatch, sock_dir)
+    try:
+        emit("x", fields, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="no"),
+             io.StringIO())
+        assert made == []
+        emit("the line", fields, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="auto"),
+             io.StringIO())
+        assert made == [1]
+        assert parse_journal_datagram(server.recv(65536))[-1] == ("AUDIT_USER", "u")
+    finally:
+        server.close()
 
 
-def test_emit_journald_failure_falls_back_to_syslog(sock_dir, monkeypatch):
-    def send(message, **fields):
-        raise OSError("journal gone")
-
-    _journal_module(monkeypatch, sock_dir, send)
+def _syslog_server(sock_dir: str) -> tuple[str, socket.socket]:
     path = os.path.join(sock_dir, "log")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(path)
     server.settimeout(5)
+    return path, server
+
+
+def test_emit_journald_failure_falls_back_to_syslog(sock_dir, monkeypatch):
+    # a journald socket file that nobody listens on
+    journal_socket = os.path.join(sock_dir, "journal")
+    open(journal_socket, "w").close()
+    monkeypatch.setattr(audit_mod, "JOURNAL_SOCKET", journal_socket)
+    path, server = _syslog_server(sock_dir)
     err = io.StringIO()
     try:
         emit("fallback line", {}, AuditConfig(syslog_socket=path, journal="yes"), err)
         assert server.recv(4096).endswith(b": fallback line")
     finally:
         server.close()
-    assert "journald: OSError: journal gone; using syslog" in err.getvalue()
+    assert "journald: ConnectionRefusedError" in err.getvalue() and "using syslog" in err.getvalue()
 
 
-def test_emit_journal_yes_without_module(sock_dir, monkeypatch):
-    monkeypatch.setitem(sys.modules, "systemd", None)  # import fails
-    journal_socket = os.path.join(sock_dir, "journal")
-    open(journal_socket, "w").close()
-    monkeypatch.setattr(audit_mod, "JOURNAL_SOCKET", journal_socket)
+def _fill(server: socket.socket, path: str) -> None:
+    """Fill the queue of `server` (nobody reads it) until a send would wait: a stuck daemon."""
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.connect(path)
+        sender.setblocking(False)
+        for _ in range(100_000):
+            try:
+                sender.send(b"x" * 512)
+            except BlockingIOError:
+                return
+    raise AssertionError("the socket's queue never filled")
+
+
+def test_emit_a_stuck_journald_costs_the_login_one_timeout_then_syslog(sock_dir, monkeypatch):
+    """sd_journal_send() would wait for a stuck journald for ever (holding the login and
+    Dovecot's auth worker); emit() waits LOG_SOCKET_TIMEOUT, says so and uses syslog."""
+    import time
+
+    stuck = _journal_socket(monkeypatch, sock_dir)
+    monkeypatch.setattr(audit_mod, "LOG_SOCKET_TIMEOUT", 0.3)
+    path, server = _syslog_server(sock_dir)
+    err = io.StringIO()
+    try:
+        _fill(stuck, audit_mod.JOURNAL_SOCKET)
+        started = time.monotonic()
+        emit("the line", {"AUDIT_USER": "u"}, AuditConfig(syslog_socket=path, journal="auto"), err)
+        took = time.monotonic() - started
+        assert server.recv(4096).endswith(b": the line")
+    finally:
+        stuck.close()
+        server.close()
+    assert 0.25 <= took < 3.0, took
+    assert "journald: TimeoutError" in err.getvalue() and "using syslog" in err.getvalue()
+
+
+def test_emit_a_stuck_syslog_costs_the_login_one_timeout(sock_dir, monkeypatch):
+    import time
+
+    monkeypatch.setattr(audit_mod, "LOG_SOCKET_TIMEOUT", 0.3)
+    path, server = _syslog_server(sock_dir)
+    err = io.StringIO()
+    try:
+        _fill(server, path)
+        started = time.monotonic()
+        emit("the line", {}, AuditConfig(syslog_socket=path, journal="no"), err)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert 0.25 <= took < 3.0, took
+    assert "TimeoutError" in err.getvalue() and "audit line not logged" in err.getvalue()
+
+
+def test_emit_on_serves_loop_never_waits_for_a_stuck_journald(sock_dir, monkeypatch):
+    """On serve's event loop a full journald queue is WouldWait at once (the request runs
+    again on a thread, which waits the timeout): the loop never waits."""
+    import time
+
+    from dovecot_appauth.core import WouldWait, run_on_loop
+
+    stuck = _journal_socket(monkeypatch, sock_dir)
+    try:
+        _fill(stuck, audit_mod.JOURNAL_SOCKET)
+        started = time.monotonic()
+        with pytest.raises(WouldWait, match="journald's socket is full"):
+            run_on_loop(emit, "the line", {}, AuditConfig(syslog_socket="", journal="auto"), io.StringIO())
+        assert time.monotonic() - started < 0.2
+    finally:
+        stuck.close()
+
+
+def test_emit_journal_yes_without_journald(sock_dir, monkeypatch):
+    monkeypatch.setattr(audit_mod, "JOURNAL_SOCKET", os.path.join(sock_dir, "no-journal"))
     err = io.StringIO()
     emit("x", {}, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="yes"), err)
     lines = err.getvalue().splitlines()
-    assert len(lines) == 2 and "journald: ModuleNotFoundError" in lines[0] and "not logged" in lines[1]
+    # "yes": said on every login; then syslog (missing here too: said as well)
+    assert len(lines) == 2 and "journald: FileNotFoundError" in lines[0] and "not logged" in lines[1]
     err = io.StringIO()
     emit("x", {}, AuditConfig(syslog_socket=os.path.join(sock_dir, "missing"), journal="auto"), err)
     assert "journald" not in err.getvalue()  # auto: quietly syslog

@@ -54,6 +54,9 @@ MAX_VALUE_CHARS = 256
 MAX_LINE_CHARS = 4096
 MAX_ENTITIES = 32
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+# The longest a login waits for journald or syslog to take its line (each): a daemon that
+# is stuck (its socket's queue full) must not hold the login, nor Dovecot's auth worker
+LOG_SOCKET_TIMEOUT = 1.0
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -250,62 +253,89 @@ def syslog_datagram(line: str, audit: AuditConfig, now: float, pid: int) -> byte
     return f"<{pri}>{stamp} {ident}[{pid}]: {line}".encode("utf-8", "backslashreplace")
 
 
-def _send_syslog(data: bytes, path: str) -> None:
+def journal_datagram(message: str, fields: dict[str, str], *, identifier: str, facility: int,
+                     priority: int = SEVERITY_INFO) -> bytes:
+    """One journal entry in journald's native protocol (systemd's JOURNAL_NATIVE_PROTOCOL,
+    what sd_journal_send() sends): `KEY=value` and a newline per field; a value that holds
+    a newline as `KEY`, a newline, its length in bytes (64 bits, little-endian), the value
+    and a newline. `fields` are journal_fields(): upper-case names, no control characters."""
+    out = bytearray()
+    for key, value in (("MESSAGE", message), ("PRIORITY", str(priority)), ("SYSLOG_IDENTIFIER", identifier),
+                       ("SYSLOG_FACILITY", str(facility)), *fields.items()):
+        data = value.encode("utf-8", "backslashreplace")
+        if b"\n" in data:
+            out += key.encode("ascii") + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode("ascii") + b"=" + data + b"\n"
+    return bytes(out)
+
+
+def _send_datagram(data: bytes, path: str, what: str) -> None:
+    """`data` as one datagram to the Unix socket at `path` (journald's, or syslog's), within
+    LOG_SOCKET_TIMEOUT. Connected first: only then does the wait for room see the reader's
+    queue (a stuck daemon), so the timeout holds instead of a busy retry. On serve's event
+    loop nothing may wait: a full queue is WouldWait (the request runs again on a thread)."""
     import socket  # only when logging: keeps the module's import cheap
 
     on_loop = must_not_wait()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        # a stuck syslog daemon must not hold the login; on serve's event loop, nothing
-        # may wait: a full socket buffer sends the request to a thread (WouldWait)
-        sock.settimeout(0.0 if on_loop else 1.0)
-        try:
-            sock.connect(path)
-        except OSError as e:
-            import errno
-
-            if e.errno != errno.EPROTOTYPE:
-                raise
-            if on_loop:
-                raise WouldWait("syslog on a stream socket") from None
-            # a stream socket (some syslog daemons): glibc frames the message with a NUL
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
-                stream.settimeout(1.0)
-                stream.connect(path)
-                stream.sendall(data + b"\0")
-            return
+        sock.settimeout(0.0 if on_loop else LOG_SOCKET_TIMEOUT)
+        sock.connect(path)
         try:
             sock.send(data)
         except BlockingIOError:
-            raise WouldWait("syslog's socket is full") from None
+            if on_loop:
+                raise WouldWait(f"{what}'s socket is full") from None
+            raise
+
+
+def _send_syslog(data: bytes, path: str) -> None:
+    try:
+        _send_datagram(data, path, "syslog")
+    except OSError as e:
+        import errno
+
+        if e.errno != errno.EPROTOTYPE:
+            raise
+        if must_not_wait():
+            raise WouldWait("syslog on a stream socket") from None
+        import socket
+
+        # a stream socket (some syslog daemons): glibc frames the message with a NUL
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
+            stream.settimeout(LOG_SOCKET_TIMEOUT)
+            stream.connect(path)
+            stream.sendall(data + b"\0")
 
 
 def _send_journal(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit: AuditConfig) -> bool:
-    """True when journald took the entry; False when the journal is not usable here."""
-    if audit.journal == "no" or not paths.exists(JOURNAL_SOCKET):
+    """True when journald took the entry; False when the journal is not used here (`journal
+    = "no"`, or "auto" without journald's socket). Raises when it is to be used and cannot
+    be (`journal = "yes"` without the socket; a stuck journald, after LOG_SOCKET_TIMEOUT):
+    emit() then says so and uses syslog.
+
+    Sent in journald's native protocol by this module, not by the systemd Python module:
+    sd_journal_send() waits for a stuck journald without a deadline (and the module is a C
+    extension that pip builds against libsystemd's headers)."""
+    if audit.journal == "no":
         return False
-    try:
-        from systemd import journal  # optional dependency (python3-systemd), imported on use
-    except ImportError:
+    if not paths.exists(JOURNAL_SOCKET):
         if audit.journal == "yes":
-            raise
+            raise FileNotFoundError(f'{JOURNAL_SOCKET} does not exist (journal = "yes")')
         return False
     facility = FACILITIES.get(audit.syslog_facility.lower(), FACILITIES["mail"])
     if callable(fields):
         fields = fields()
-    journal.send(
-        line,
-        PRIORITY=str(SEVERITY_INFO),
-        SYSLOG_IDENTIFIER=audit.syslog_identifier,
-        SYSLOG_FACILITY=str(facility),
-        **fields,
-    )
+    data = journal_datagram(line, fields, identifier=audit.syslog_identifier, facility=facility)
+    _send_datagram(data, JOURNAL_SOCKET, "journald")
     return True
 
 
 def emit(line: str, fields: dict[str, str] | Callable[[], dict[str, str]], audit: AuditConfig,
          stderr: IO[str] | None = None) -> None:
     """Send the line to journald (with the fields) or else syslog. Never raises, but for
-    WouldWait on serve's event loop when syslog's socket is full (nothing was sent).
+    WouldWait on serve's event loop when journald's or syslog's socket is full (nothing was
+    sent). Each waits at most LOG_SOCKET_TIMEOUT.
     `fields` may be a function that makes them: called only when journald takes the line.
 
     A journald failure falls back to syslog so the line is not lost; a syslog failure is
