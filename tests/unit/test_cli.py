@@ -370,3 +370,59 @@ def test_installed_script_help():
     assert "examples:" in proc.stdout
     for name in ("init-db", "password", "login-test", "check-config"):
         assert name in proc.stdout
+
+
+def test_check_config_says_where_audit_lines_cannot_go(tmp_path):
+    """check-config says what every login would otherwise say (a socket that is missing) or
+    never say (lines that go nowhere), judged on this host's sockets."""
+    import socket
+
+    from dovecot_appauth.cli.checks import check_audit_log
+    from dovecot_appauth.config import load
+
+    listening = []
+
+    def unix_socket(name: str) -> str:
+        path = str(tmp_path / name)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        listening.append(sock)
+        return path
+
+    def problems(journal_socket: str, **audit: str) -> list[str]:
+        path = tmp_path / "config.toml"
+        lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in audit.items())
+        path.write_text(f'[database]\ndsn = "sqlite:///{tmp_path}/db.sqlite"\n\n[audit]\nenabled = true\n{lines}')
+        return [str(p) for p in check_audit_log(load(str(path)), journal_socket=journal_socket)]
+
+    journald, syslog = unix_socket("journal"), unix_socket("log")
+    missing = str(tmp_path / "missing")
+    try:
+        # journald here: nothing to say, whatever syslog is
+        assert problems(journald, journal="auto", syslog_socket=missing) == []
+        assert problems(journald, journal="yes") == []
+        # "yes" without journald: said, then syslog is judged as the line's way
+        found = problems(missing, journal="yes", syslog_socket=syslog)
+        assert len(found) == 1 and found[0].startswith('warning: [audit] journal: "yes", but '), found
+        # syslog: a socket is fine; a missing one is said, with the hint when log_file is set
+        assert problems(missing, journal="auto", syslog_socket=syslog) == []
+        assert problems(journald, journal="no", syslog_socket=syslog) == []
+        found = problems(missing, journal="no", syslog_socket=missing)
+        assert len(found) == 1 and f"{missing} is not a socket here" in found[0] and "log_file" not in found[0]
+        found = problems(missing, journal="no", syslog_socket=missing, log_file=str(tmp_path / "audit.log"))
+        assert len(found) == 1 and 'for log_file alone, set syslog_socket = ""' in found[0]
+        # a regular file is not a socket
+        (tmp_path / "plain").write_text("")
+        assert len(problems(missing, journal="no", syslog_socket=str(tmp_path / "plain"))) == 1
+        # nowhere at all; log_file alone is somewhere
+        assert problems(missing, journal="no", syslog_socket="") == [
+            'warning: [audit]: the audit lines go nowhere: no journald here, syslog_socket = "" and no log_file']
+        assert problems(missing, journal="no", syslog_socket="", log_file=str(tmp_path / "audit.log")) == []
+    finally:
+        for sock in listening:
+            sock.close()
+    # no audit, nothing to say
+    path = tmp_path / "config.toml"
+    path.write_text(f'[database]\ndsn = "sqlite:///{tmp_path}/db.sqlite"\n\n[audit]\nenabled = false\n'
+                    f'syslog_socket = "{missing}"\n')
+    assert check_audit_log(load(str(path)), journal_socket=missing) == []

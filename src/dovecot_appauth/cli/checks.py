@@ -24,6 +24,7 @@ def check_all(path: str, *, check_database: bool = True, service_user: str | Non
     problems += check_lists(config)
     problems += check_as_service_user(path, config, service_user, already=problems)
     problems += check_audit_sources(config)
+    problems += check_audit_log(config)
     problems += check_nextcloud(config)
     problems += check_account(config, check_database=check_database)
     if check_database:
@@ -121,6 +122,42 @@ def check_audit_sources(config: Config) -> list[Problem]:
         for name, message in check_sources(config).items()
         if message
     ]
+
+
+def check_audit_log(config: Config, journal_socket: str | None = None) -> list[Problem]:
+    """Where the audit lines can go on this host (audit/line.py's emit): journald's socket,
+    the syslog socket, `log_file`. What a login would otherwise say on every login (a
+    missing socket), or never (lines that go nowhere), is said here before the first one."""
+    import stat
+
+    audit = config.audit
+    if not audit.enabled:
+        return []
+    if journal_socket is None:
+        from ..audit.line import JOURNAL_SOCKET as journal_socket
+
+    def is_socket(path: str) -> bool:
+        try:
+            return stat.S_ISSOCK(os.stat(path).st_mode)
+        except OSError:
+            return False
+
+    problems = []
+    journald = audit.journal != "no" and is_socket(journal_socket)
+    if audit.journal == "yes" and not journald:
+        problems.append(Problem("[audit] journal", f'"yes", but {journal_socket} is not a socket here (no '
+                                "systemd-journald): every login will say so, and its line goes to syslog", "warning"))
+    if journald:
+        return problems
+    if audit.syslog_socket and not is_socket(audit.syslog_socket):
+        problems.append(Problem("[audit] syslog_socket", f"{audit.syslog_socket} is not a socket here (no syslog "
+                                "daemon?): every login will say that its audit line was not logged there"
+                                + (' (for log_file alone, set syslog_socket = "")' if audit.log_file else ""),
+                                "warning"))
+    elif not audit.syslog_socket and not audit.log_file:
+        problems.append(Problem("[audit]", 'the audit lines go nowhere: no journald here, syslog_socket = "" and '
+                                "no log_file", "warning"))
+    return problems
 
 
 def check_nextcloud(config: Config) -> list[Problem]:
