@@ -93,9 +93,9 @@ def test_IpCache_values_are_json_text_never_pickle(cache):
     for value, kind in rows:
         assert kind == "text"
         assert isinstance(json.loads(value), dict)
-    files = [cache.path + sfx for sfx in ("", "-wal") if os.path.exists(cache.path + sfx)]
-    raw = b"".join(open(f, "rb").read() for f in files)
-    assert b"\x80\x04" not in raw and b"\x80\x05" not in raw  # pickle protocol 4/5 headers
+    # Read through SQLite (which sees the WAL too), not searched as raw bytes: the database
+    # and WAL files hold random salts and checksums, where two given bytes (a pickle header)
+    # turn up by chance
 
 
 def test_IpCache_corrupt_file_raises_CacheUnavailable(tmp_path):
