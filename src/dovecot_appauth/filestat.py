@@ -42,20 +42,22 @@ def interval() -> float:
     return _interval
 
 
-def now() -> float:
-    """This module's clock (monotonic seconds): the one `stat_until` is on."""
-    return _clock()
-
-
 def generation() -> int:
     """Changes with every `set_interval`: what was built on the stats seen before is stale."""
     return _generation
 
 
+def stands(generation: int, until: float) -> bool:
+    """Does what was built on stats of `generation` (`generation()` when they were taken)
+    that stand until `until` (`stat_until`, the earliest of them) still hold now?"""
+    return generation == _generation and _clock() < until
+
+
 def stat_until(path: str) -> tuple[os.stat_result | None, float]:
-    """`stat(path)` (None where it raises) and until when (`now()`) that same answer is
-    given again: what is built on it holds until then, and what is built on several
-    answers until the earliest of them (in the same `generation()`). 0.0 with no interval."""
+    """`stat(path)` (None where it raises) and until when (this module's monotonic clock)
+    that same answer is given again: what is built on it holds until then, and what is
+    built on several answers until the earliest of them, in the same `generation()`
+    (`stands` says whether it still does). 0.0 with no interval."""
     if _interval <= 0:
         try:
             return os.stat(path), 0.0

@@ -97,7 +97,10 @@ def test_stat_until_gives_the_answer_and_how_long_it_stands(tmp_path, counted, f
     filestat.set_interval(1.0)
     generation = filestat.generation()
     st, until = filestat.stat_until(f)
-    assert until == file_clock.now + 1.0 and filestat.now() == file_clock.now
+    assert until == file_clock.now + 1.0
+    # what is built on it stands until then, in this generation only
+    assert filestat.stands(generation, until) and not filestat.stands(generation + 1, until)
+    assert not filestat.stands(generation, file_clock.now)
     with open(f, "w") as out:
         out.write("x")
     file_clock.advance(0.5)
@@ -114,3 +117,4 @@ def test_stat_until_gives_the_answer_and_how_long_it_stands(tmp_path, counted, f
     assert len(counted) == 4
     filestat.set_interval(1.0)
     assert filestat.generation() != generation
+    assert not filestat.stands(generation, file_clock.now + 1.0)  # an older generation never stands

@@ -565,14 +565,18 @@ def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
     global _snapshot
     snapshot = _snapshot
     if snapshot is not None and snapshot[0] is config and snapshot[1] is use_cache:
-        from ..filestat import generation, now
+        from ..filestat import stands
 
-        if snapshot[2] == generation() and now() < snapshot[3]:
+        if stands(snapshot[2], snapshot[3]):
             return snapshot[4]
     audit = config.audit
     cache_dir = _cache_dir(config) if use_cache else None
     lists = Lists()
     reusable = _kept is not None
+    if reusable:
+        from ..filestat import generation
+
+        built_on = generation()  # taken before the stats: a newer one never passes for it
     until = float("inf")  # the earliest end of the stats the kept copies were checked against
     for role, files, kinds, into in (("deny", audit.lists, LIST_KINDS, lists.deny),
                                      ("allow", audit.allow, ALLOW_KINDS, lists.allow)):
@@ -601,10 +605,10 @@ def load_lists(config: Config, *, use_cache: bool = True) -> Lists:
                 lists.problems.extend(problems)
         lists.user_allow[user.lower()] = per_user
     if reusable:
-        from ..filestat import generation, now
+        from ..filestat import stands
 
-        if now() < until:
-            _snapshot = (config, use_cache, generation(), until, lists)
+        if stands(built_on, until):
+            _snapshot = (config, use_cache, built_on, until, lists)
     return lists
 
 

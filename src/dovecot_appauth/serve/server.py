@@ -185,7 +185,7 @@ class Engine:
             self._watched = (config, [(kind, config.resolve(path)) for kind, path in
                                       [*audit.lists.items(), *(("allow-" + k, p) for k, p in audit.allow.items())]])
             self._watched_until = (-1, 0.0)
-        elif self._watched_until[0] == filestat.generation() and filestat.now() < self._watched_until[1]:
+        elif filestat.stands(*self._watched_until):
             return
         from ..audit.lists import stat_signature  # the lists' own: a change they read again
 
