@@ -14,7 +14,6 @@ import json
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.support.common import fill_datagram_queue
 from tests.support.hardening import dovecot_env, run_checkpassword
 
 JOURNALD = "/lib/systemd/systemd-journald"
@@ -45,7 +45,7 @@ def main() -> int:
             time.sleep(0.05)
         if mode == "freeze":
             journald.send_signal(signal.SIGSTOP)
-            fill(SOCKET)
+            fill_datagram_queue(SOCKET, b"MESSAGE=filler\n")  # a stuck journald's queue
         run = run_checkpassword(config, request, env=dovecot_env(), user="dovecot")
         entries = [] if mode == "freeze" else read_journal()
     finally:
@@ -55,19 +55,6 @@ def main() -> int:
     print(json.dumps({"status": run.status, "elapsed": run.elapsed, "stderr": run.stderr, "entries": entries,
                       "dovecot_uid": pwd.getpwnam("dovecot").pw_uid}))
     return 0
-
-
-def fill(path: str) -> None:
-    """Send to journald's socket until a send would wait: its queue is full."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-        sender.connect(path)
-        sender.setblocking(False)
-        for _ in range(100_000):
-            try:
-                sender.send(b"MESSAGE=filler\n")
-            except BlockingIOError:
-                return
-    raise SystemExit("journald's queue never filled")
 
 
 def read_journal() -> list[dict]:

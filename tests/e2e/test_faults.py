@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.common import fill_datagram_queue
 from tests.support.hardening import (
     GLOBAL_NETWORKS,
     HangingTcp,
@@ -530,19 +531,11 @@ def test_syslog_receiver_that_never_reads(site):
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(path))
     receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    filler.setblocking(False)
     try:
-        filler.connect(str(path))
-        for _ in range(10_000):  # fill the receive queue: the next send blocks
-            try:
-                filler.send(b"x" * 1024)
-            except BlockingIOError:
-                break
+        fill_datagram_queue(path, b"x" * 1024)  # the next send blocks
         site.write(**audit_sections(site, syslog=str(path)))
         run = site.login("a")
     finally:
-        filler.close()
         receiver.close()
     assert run.status == 0
     assert len(run.lines) <= 1 and "Traceback" not in run.stderr

@@ -17,6 +17,21 @@ TRUTHY = {"1", "true", "yes", "on"}
 DOVECOT_USER = "dovecot"  # the auth process's user: it runs the checkpassword program
 
 
+def fill_datagram_queue(path: str | os.PathLike, datagram: bytes = b"x" * 512, limit: int = 100_000) -> None:
+    """Send to the Unix datagram socket at `path` until a send would wait: its reader's queue
+    is full, as a syslog daemon or journald that stopped reading leaves it (the datagrams
+    stay queued after this returns). AssertionError if it never fills."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.connect(os.fspath(path))
+        sender.setblocking(False)
+        for _ in range(limit):
+            try:
+                sender.send(datagram)
+            except BlockingIOError:
+                return
+    raise AssertionError(f"the queue of {path} never filled")
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in TRUTHY
 

@@ -25,6 +25,7 @@ from dovecot_appauth.audit.line import (
 from dovecot_appauth.audit.lists import Lists, parse_list
 from dovecot_appauth.audit.rules import SourceClass, SourceKind, classify_source, evaluate
 from dovecot_appauth.config import AuditConfig
+from tests.support.common import fill_datagram_queue
 
 # The README's example lines (shared/seeds/004), without the syslog prefix.
 VK_LINE = (
@@ -454,15 +455,7 @@ def test_emit_journald_failure_falls_back_to_syslog(sock_dir, monkeypatch):
 def _fill(server: socket.socket, path: str) -> None:
     """Fill the queue of `server` (nobody reads it) until a send would wait: a stuck daemon."""
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-        sender.connect(path)
-        sender.setblocking(False)
-        for _ in range(100_000):
-            try:
-                sender.send(b"x" * 512)
-            except BlockingIOError:
-                return
-    raise AssertionError("the socket's queue never filled")
+    fill_datagram_queue(path)
 
 
 def test_emit_a_stuck_journald_costs_the_login_one_timeout_then_syslog(sock_dir, monkeypatch):

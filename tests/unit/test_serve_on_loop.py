@@ -26,7 +26,7 @@ from dovecot_appauth.audit.lists import keep_warm
 from dovecot_appauth.cli import schema
 from dovecot_appauth.core import WouldWait, must_not_wait, run_on_loop
 from dovecot_appauth.serve.server import Engine, build_app
-from tests.support.common import wrong_password
+from tests.support.common import fill_datagram_queue, wrong_password
 from tests.support.localservers import MMDB_DIR
 from tests.unit.test_server import ALLOWED_IP, PASSWORD, TOKEN, Served, _site
 
@@ -294,15 +294,8 @@ def test_syslog_with_a_full_socket_is_wouldwait_on_the_loop_and_a_timeout_elsewh
     path = str(tmp_path / "log.sock")
     daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # a syslog daemon that never reads
     daemon.bind(path)
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    filler.setblocking(False)
     try:
-        filler.connect(path)
-        while True:
-            try:
-                filler.send(b"x" * 1024)
-            except BlockingIOError:
-                break
+        fill_datagram_queue(path, b"x" * 1024)
         with pytest.raises(WouldWait):
             run_on_loop(line._send_syslog, b"<22>an audit line", path)
         started = time.monotonic()
@@ -310,6 +303,5 @@ def test_syslog_with_a_full_socket_is_wouldwait_on_the_loop_and_a_timeout_elsewh
             line._send_syslog(b"<22>an audit line", path)
         assert time.monotonic() - started >= 0.9
     finally:
-        filler.close()
         daemon.close()
         os.unlink(path)
