@@ -226,7 +226,7 @@ class Site:
         fields of serve's own answer to the user's right password); returns its URL."""
         import time
 
-        from tests.support.common import free_port
+        from tests.support.common import free_port, stop_process_group
 
         status, answer = self.service.request("POST", "/verify", {
             "user": bench.USER, "password": self.password, "service": "imap", "remote_ip": "198.51.100.10"},
@@ -244,7 +244,7 @@ class Site:
                                  str(secrets_file), *(["--workers", str(workers)] if workers else [])],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 cwd=bench.ROOT, env={**os.environ, "PYTHONPATH": str(bench.ROOT / "src")})
-        self.cleanup.append(lambda: _stop_group(proc))
+        self.cleanup.append(lambda: stop_process_group(proc))
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -280,18 +280,6 @@ class Site:
                 fn()
             except Exception as e:  # cleaning up must not hide the results
                 bench.log(f"cleanup: {e}")
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def measure(site: Site, args: argparse.Namespace) -> dict[str, Any]:

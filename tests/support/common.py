@@ -32,6 +32,20 @@ def fill_datagram_queue(path: str | os.PathLike, datagram: bytes = b"x" * 512, l
     raise AssertionError(f"the queue of {path} never filled")
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM to the process group of `proc` (started with start_new_session=True), SIGKILL
+    if it has not ended within `timeout`; nothing if it already has."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in TRUTHY
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.support.common import free_port
+from tests.support.common import free_port, stop_process_group
 
 CLI = Path(sys.executable).parent / "dovecot-appauth"  # the venv's, as tests/conftest.py's
 
@@ -84,11 +83,5 @@ class Service:
             conn.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process_group(self.proc)
         self.log.close()
