@@ -29,11 +29,10 @@ import socket
 import sys
 from typing import Any
 
-MAX_BODY = 64 * 1024  # serve's limit
-
 
 def build_app(user: str, stored: str, token: str, fields: dict[str, str]) -> Any:
     from dovecot_appauth.hashing import verify
+    from dovecot_appauth.serve.server import MAX_BODY  # serve's limit
 
     expected = f"Bearer {token}".encode()
     ok_answer = {"result": "ok", "user": user, "fields": fields}
