@@ -191,3 +191,58 @@ def test_a_root_owned_cache_directory_does_not_make_root_the_judge_silently(site
     assert f"dovecot-appauth: warning: the cache directory {site.cache} belongs to root" in res.stderr, res.stderr
     # named on purpose, root is not warned about
     assert "belongs to root" not in check_config(site, "--service-user", "root").stdout
+
+
+def test_check_config_reports_an_audit_socket_the_service_user_cannot_send_to(site, monkeypatch):
+    """A syslog or journald socket root may send to but user dovecot may not (its mode): as
+    root it passed, and every login's audit line was not logged there."""
+    import socket
+
+    from dovecot_appauth.cli.service_user import ServiceUser, access_problems
+    from dovecot_appauth.config import load
+
+    def bound(name: str, mode: int) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(site.dir / name))
+        os.chmod(site.dir / name, mode)
+        return sock
+
+    syslog = bound("log", 0o600)
+    journald = bound("journal", 0o666)
+    try:
+        site.write(**{**site.sections, "audit": {**site.sections["audit"], "syslog_socket": syslog.getsockname()}})
+        res = check_config(site)
+        said = (f"warning: [audit] syslog_socket {site.dir / 'log'}: as dovecot: cannot send to it: Permission "
+                "denied: every login will say that its audit line was not logged there")
+        assert said in res.stdout, res.stdout
+        assert check_config(site, "--service-user", "root").stdout.count("syslog_socket") == 0
+        os.chmod(site.dir / "log", 0o666)
+        assert "syslog_socket" not in check_config(site).stdout
+
+        # journald first, as the login sends: syslog is judged only when journald is not usable
+        uid, gid = dovecot_ids()
+        dovecot = ServiceUser("dovecot", uid, gid, "test")
+        monkeypatch.setattr("dovecot_appauth.audit.line.JOURNAL_SOCKET", journald.getsockname())
+
+        def found(journal: str) -> list[str]:
+            site.write(**{**site.sections, "audit": {**site.sections["audit"], "journal": journal}})
+            return [str(p) for p in access_problems(load(str(site.path)), str(site.path), dovecot)
+                    if p.where.startswith("[audit] ")]
+
+        os.chmod(site.dir / "log", 0o600)
+        assert found("auto") == []  # journald takes the lines: syslog is not their way
+        os.chmod(site.dir / "journal", 0o600)
+        assert found("yes") == [
+            f"warning: [audit] journal {site.dir / 'journal'}: as dovecot: cannot send to it: Permission denied: "
+            "every login's audit line goes to syslog instead",
+            f"warning: [audit] syslog_socket {site.dir / 'log'}: as dovecot: cannot send to it: Permission denied: "
+            "every login will say that its audit line was not logged there"]
+        assert found("no") == [f"warning: [audit] syslog_socket {site.dir / 'log'}: as dovecot: cannot send to "
+                               "it: Permission denied: every login will say that its audit line was not logged there"]
+        # a socket nobody listens on any more: refused, said the same way
+        journald.close()
+        os.chmod(site.dir / "journal", 0o666)
+        assert any("journal" in p and "Connection refused" in p for p in found("auto"))
+    finally:
+        syslog.close()
+        journald.close()

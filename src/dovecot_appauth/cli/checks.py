@@ -127,20 +127,15 @@ def check_audit_sources(config: Config) -> list[Problem]:
 def check_audit_log(config: Config, journal_socket: str | None = None) -> list[Problem]:
     """Where the audit lines can go on this host (audit/line.py's emit): journald's socket,
     the syslog socket, `log_file`. What a login would otherwise say on every login (a
-    missing socket), or never (lines that go nowhere), is said here before the first one."""
-    import stat
+    missing socket), or never (lines that go nowhere), is said here before the first one.
+    Whether the service user may send to a socket that is there: service_user.access_problems."""
+    from .service_user import is_socket
 
     audit = config.audit
     if not audit.enabled:
         return []
     if journal_socket is None:
         from ..audit.line import JOURNAL_SOCKET as journal_socket
-
-    def is_socket(path: str) -> bool:
-        try:
-            return stat.S_ISSOCK(os.stat(path).st_mode)
-        except OSError:
-            return False
 
     problems = []
     journald = audit.journal != "no" and is_socket(journal_socket)

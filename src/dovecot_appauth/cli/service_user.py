@@ -5,8 +5,9 @@ configured files as it sees them. Admin commands run as root; judged as root, a 
 database or `.mmdb` only root can read passes every check and is off for every login, and
 files root creates in the cache directories are unusable for the logins. So:
 
-- `check-config` checks every file a login opens in a child that dropped to the service
-  user (`access_problems`), and the cache directory's owner and mode;
+- `check-config` checks every file a login opens, and the sockets its audit line is sent
+  to, in a child that dropped to the service user (`access_problems`), and the cache
+  directory's owner and mode;
 - `explain`, `cache stats` and `cache purge` drop to the service user before they touch the
   cache (`drop_to`), so they see what a login sees and leave only files it can use;
 - `login-test` starts the program as the service user, as Dovecot does.
@@ -178,6 +179,14 @@ def _readable(path: str) -> str | None:
     return None
 
 
+def is_socket(path: str) -> bool:
+    """A Unix socket is at `path` (as this process sees it)."""
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _writable_dir(path: str) -> str | None:
     if not os.path.isdir(path):
         return None  # reported elsewhere (missing)
@@ -201,6 +210,13 @@ def _files_to_check(config: Config, config_path: str) -> list[tuple[str, str, st
                 out.append((f"[audit.maxmind] {label}", config.resolve(file), "read"))
         if audit.log_file:
             out.append(("[audit] log_file", config.resolve(audit.log_file), "append"))
+        # where the audit lines are sent (audit/line.py's emit): journald's socket first
+        if audit.journal != "no":
+            from ..audit.line import JOURNAL_SOCKET
+
+            out.append(("[audit] journal", JOURNAL_SOCKET, "journald"))
+        if audit.syslog_socket:
+            out.append(("[audit] syslog_socket", audit.syslog_socket, "syslog"))
     if audit.cache.enabled:
         out.append(("[audit.cache] path", cache_directory(config), "cachedir"))
     from ..dsn import DsnError, parse_dsn
@@ -218,6 +234,26 @@ def _files_to_check(config: Config, config_path: str) -> list[tuple[str, str, st
             out.append(("[fast_path] token_file", config.resolve(config.fast_path.token_file), "read"))
         out.append(("[fast_path] socket", config.resolve(config.fast_path.socket), "serve"))
     return out
+
+
+def _socket_refuses(path: str) -> str | None:
+    """Why this user cannot send a datagram to the Unix socket at `path` (as audit/line.py
+    does: connect, then send), or None. A stream socket (some syslog daemons) is tried when
+    the datagram connect says it is one."""
+    import errno
+    import socket
+
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.connect(path)
+            except OSError as e:
+                if e.errno == errno.EPROTOTYPE and kind == socket.SOCK_DGRAM:
+                    continue
+                return e.strerror or type(e).__name__
+            return None
+    return None
 
 
 def _cache_entries_problems(directory: str, uid: int) -> list[str]:
@@ -243,8 +279,23 @@ def _cache_entries_problems(directory: str, uid: int) -> list[str]:
 def _check_as_current_user(config: Config, config_path: str) -> list[tuple[str, str, str]]:
     """(where, path, message) of every file this process cannot use as a login would."""
     problems = []
+    journald_takes_lines = False
     for where, path, what in _files_to_check(config, config_path):
-        if what == "read":
+        if what in ("journald", "syslog"):
+            # a socket that is missing, or not a socket, is check_audit_log's (as root sees it);
+            # here: one that exists but that this user may not send to (its mode)
+            if not is_socket(path) or (what == "syslog" and journald_takes_lines):
+                continue
+            reason = _socket_refuses(path)
+            if reason is None:
+                journald_takes_lines = what == "journald"
+            elif what == "journald":
+                problems.append((where, path, f"cannot send to it: {reason}: every login's audit line goes to "
+                                              "syslog instead"))
+            else:
+                problems.append((where, path, f"cannot send to it: {reason}: every login will say that its "
+                                              "audit line was not logged there"))
+        elif what == "read":
             reason = _readable(path)
             if reason and where.startswith("[audit.maxmind]") and not os.path.exists(path):
                 continue  # a missing file: check_audit_sources reports it
@@ -336,7 +387,7 @@ def access_problems(config: Config, config_path: str, user: ServiceUser) -> list
     problems = []
     for where, path, message in found:
         # a MaxMind file only feeds the sources (its lists then see "unknown", G6)
-        level = "warning" if where.startswith(("[audit.cache]", "[audit] log_file", "[audit.maxmind]",
+        level = "warning" if where.startswith(("[audit.cache]", "[audit] ", "[audit.maxmind]",
                                                "[fast_path]")) else "error"
         if where == "[fast_path] socket" and message.endswith("logins take the fast path"):
             level = "info"
