@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.common import free_port, missing_dependency, new_server_dir
+from tests.support.common import free_port, missing_dependency, new_server_dir, stop_process_group
 
 BASEDN = "dc=example,dc=com"
 USERS_DN = f"ou=users,{BASEDN}"
@@ -170,15 +169,7 @@ access to * by dn.exact="{BIND_DN}" read by * none
     def stop(self) -> None:
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_process_group(self.proc)
         self.proc = None
 
     def settings(self, **overrides: object) -> dict:
