@@ -284,7 +284,8 @@ def _ldap_message(error: Exception) -> str:
 
 def _ask_sql(username: str, config: Config, store: Store | None) -> AccountAnswer:
     """`[account.sql] query` with :user: no row means no such account; a row whose first
-    column is 0, false, NULL or empty means disabled; any other row means active."""
+    column is 0, false, NULL, empty or a zero bit field means disabled (`sql_flag_active`);
+    any other row means active."""
     settings = config.account.sql
     query = settings.query or ""
     own = None
@@ -292,7 +293,7 @@ def _ask_sql(username: str, config: Config, store: Store | None) -> AccountAnswe
         from .store import open_store
 
         try:
-            own = open_store(settings.dsn, config.account.timeout)
+            own = open_store(settings.dsn, config.account.timeout, name="[account.sql] dsn")
         except TempFail as e:
             raise TempFail(f"account gate: {e}") from None
         target = own
@@ -312,6 +313,51 @@ def _ask_sql(username: str, config: Config, store: Store | None) -> AccountAnswe
     if not rows:
         return AccountAnswer(MISSING, "no row from [account.sql] query", "sql")
     first = rows[0][0] if rows[0] else 1
-    if first is None or first in (0, False, "", "0", b"", b"0") or str(first).lower() in ("false", "no", "n"):
-        return AccountAnswer(DISABLED, f"[account.sql] query gave {first!r}", "sql")
+    if not sql_flag_active(first):
+        shown = repr(bytes(first) if isinstance(first, (bytearray, memoryview)) else first)
+        return AccountAnswer(DISABLED, f"[account.sql] query gave {shown[:40]}", "sql")
     return AccountAnswer(ACTIVE, "row from [account.sql] query", "sql")
+
+
+_FALSE_WORDS = frozenset(("", "false", "no", "n"))
+
+
+def _false_text(text: str) -> bool:
+    """Text that says "disabled": empty, false, no, n (any case, white space around it
+    ignored), or a number equal to zero (0, 00, 0.0, -0)."""
+    word = text.strip().lower()
+    if word in _FALSE_WORDS:
+        return True
+    digits = word[1:] if word[:1] in ("+", "-") else word
+    return bool(digits) and digits != "." and digits.count(".") <= 1 and not digits.strip("0.")
+
+
+def sql_flag_active(value: Any) -> bool:
+    """Whether the first column of an `[account.sql]` row says the account is enabled.
+
+    Disabled: NULL; false; a number equal to zero (int, float, Decimal) or NaN; text
+    `_false_text` reads as false; bytes (a BIT(n) flag: PyMySQL returns bytes, b"\\x00"
+    for 0) with every bit 0, empty, or ASCII letters and digits that spell such text
+    (b"0", b"no"). Anything else of those types is enabled. A value of another type (a
+    date, a set) says neither: TempFail, never a guess (fail closed)."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value == value and value != 0  # value != value: NaN
+    if isinstance(value, str):
+        return not _false_text(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        if not data.strip(b"\0"):  # every bit 0 (a BIT(n) flag), or empty
+            return False
+        # a word or number in a binary column (b"0", b"false"); other bytes are bits, some 1
+        return not (data.isalnum() and _false_text(data.decode("ascii")))
+    import sys  # built in, already loaded
+
+    decimal = sys.modules.get("decimal")  # loaded by the driver that returns one (PyMySQL)
+    if decimal is not None and isinstance(value, decimal.Decimal):
+        return not value.is_nan() and value != 0
+    raise TempFail(f"account gate: the first column of the [account.sql] query is of type "
+                   f"{type(value).__name__}: it must be a number, a boolean, a bit field or text")

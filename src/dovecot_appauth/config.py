@@ -763,8 +763,11 @@ class _Reader:
 
 
 def _field_name_ok(name: str) -> bool:
-    """A Dovecot extra-field name that survives both ways of answering (reply.py)."""
-    return bool(name) and not any(ch.isspace() or ch == "=" or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+    """A Dovecot extra-field name that survives both ways of answering (reply.py); the
+    fast path checks serve's answers with the same rule (core.field_name_ok)."""
+    from .core import field_name_ok  # loaded already by every program that reads a config
+
+    return field_name_ok(name)
 
 
 def _check_networks(
@@ -962,7 +965,11 @@ def _read_toml(path: str) -> dict[str, Any]:
 
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read()
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:  # where, not the byte: it may be part of a password
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError([Problem(path, f"config file is not UTF-8 (line {line}): TOML must be UTF-8")]) from None
     except FileNotFoundError:
         raise ConfigError([Problem(path, "config file not found")]) from None
     except PermissionError:
@@ -971,6 +978,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError([Problem(path, f"cannot read config file: {e.strerror}")]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Problem(path, f"invalid TOML: {e}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError([Problem(path, "invalid TOML: arrays or tables nested too deeply")]) from None
 
 
 def load(path: str) -> Config:

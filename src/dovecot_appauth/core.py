@@ -48,14 +48,18 @@ EXIT_MEANINGS: dict[int, str] = {
 def say(stderr: TextIO | None, message: str) -> None:
     """One line on `stderr` (default: sys.stderr), white space folded: Dovecot logs each
     line of a checkpassword program's stderr as `auth: Error: ...`. A stream that cannot
-    be written loses the line; the login goes on."""
+    be written loses the line; the login goes on. So does a missing one: Python sets
+    sys.stderr to None when the program starts with fd 2 closed."""
     import sys  # built in, already loaded: costs nothing
 
     stream = stderr if stderr is not None else sys.stderr
+    if stream is None:
+        return
+    line = f"dovecot-appauth: {' '.join(message.split())}\n"
     try:
-        stream.write(f"dovecot-appauth: {' '.join(message.split())}\n")
+        stream.write(line)
         stream.flush()
-    except (OSError, ValueError):
+    except Exception:  # noqa: S110 - a line that cannot be said never changes the answer
         pass
 
 
@@ -296,6 +300,30 @@ def tab_unescape(value: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def utf8_ok(text: str) -> bool:
+    """Whether `text` can be written as UTF-8 (no lone surrogate, as JSON's \\udc80 makes one)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def username_ok(name: str) -> bool:
+    """A user name as `parse_request` takes one from fd 3: not empty, UTF-8, no control character."""
+    return bool(name) and not any(ord(ch) < 0x20 or ch == "\x7f" for ch in name) and utf8_ok(name)
+
+
+def field_name_ok(name: str) -> bool:
+    """A Dovecot extra-field name that survives both ways of answering (reply.py): written
+    to fd 4 (`encode_reply` refuses an empty one or one with "="), and given to the reply
+    helper as an environment variable listed, space-separated, in EXTRA."""
+    return bool(name) and not any(ch.isspace() or ch == "=" or ord(ch) < 0x20 or ord(ch) == 0x7F
+                                  for ch in name) and utf8_ok(name)
 
 
 def encode_reply(fields: list[tuple[str, str | None]]) -> bytes:

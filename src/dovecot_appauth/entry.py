@@ -15,7 +15,10 @@ import sys
 
 
 def _cannot_load(e: BaseException) -> None:
-    posix.write(2, f"dovecot-appauth: internal error: cannot load the program ({type(e).__name__})\n".encode())
+    try:
+        posix.write(2, f"dovecot-appauth: internal error: cannot load the program ({type(e).__name__})\n".encode())
+    except OSError:  # fd 2 closed: the status still says it
+        pass
     posix._exit(111)
 
 
@@ -76,8 +79,11 @@ try:
 except BaseException:
     import os
 
-    os.write(2, b"dovecot-appauth: internal error: cannot load the program from {prefix}: "
-                b"run {python} -m dovecot_appauth.entry install {target}\\n")
+    try:
+        os.write(2, b"dovecot-appauth: internal error: cannot load the program from {prefix}: "
+                    b"run {python} -m dovecot_appauth.entry install {target}\\n")
+    except OSError:
+        pass
     os._exit(111)
 checkpassword()
 '''

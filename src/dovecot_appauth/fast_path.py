@@ -159,10 +159,23 @@ def answer_of(status: int, body: dict) -> Answer:
     user, fields = body.get("user"), body.get("fields")
     if type(user) is not str or not user or type(fields) is not dict:
         raise TempFail("answered ok without a user or fields: temporary failure")
+    # what the in-process login would never answer: a user fd 3 could not have named, a
+    # field name config.py refuses in [userdb.extra] (core.py); refused before anything is
+    # written to Dovecot. The messages name the problem, never a value.
+    from .core import field_name_ok, username_ok, utf8_ok
+
+    if not username_ok(user):
+        raise TempFail("answered ok for a user name with a control character or that is not UTF-8: "
+                       "temporary failure")
     pairs: list[tuple[str, str | None]] = []
-    for name, value in fields.items():
+    for number, (name, value) in enumerate(fields.items(), 1):
+        if not field_name_ok(name):
+            raise TempFail(f"answered field #{number} with a name Dovecot's reply cannot carry (empty, or "
+                           "white space, '=', a control character, not UTF-8): temporary failure")
         if value is not None and type(value) is not str:
             raise TempFail(f"answered field {name[:40]!r} that is not a string: temporary failure")
+        if value is not None and not utf8_ok(value):
+            raise TempFail(f"answered field {name[:40]!r} that is not UTF-8: temporary failure")
         pairs.append((name, value))
     return Answer("ok", user, pairs)
 
@@ -415,6 +428,10 @@ def login_via_serve(record: Any, helper_argv: list[str], env: dict[str, str]) ->
         problem = send(answer.user, answer.fields, helper_argv, env)
     except TempFail as e:
         say(None, str(e))
+        return int(ExitCode.TEMPFAIL)
+    except Exception as e:  # serve decided, the reply could not be made: never a guess, never a traceback
+        say(None, f"fast path: user {request.username}: serve at {where} answered ok, but the reply to Dovecot "
+                  f"cannot be written ({type(e).__name__}): temporary failure")
         return int(ExitCode.TEMPFAIL)
     if problem:
         say(None, problem)

@@ -75,10 +75,39 @@ def scheme_of(stored: str) -> str:
     raise UnsupportedHash("stored hash has an unknown format")
 
 
+def _matches_nothing(password: str) -> bool:
+    """A password no stored hash can be for: one with a NUL (libcrypt and PHP's crypt take
+    C strings, bcrypt refuses it) or with a lone surrogate (not UTF-8, which every scheme
+    hashes). Dovecot's fd 3 cannot carry either; serve's /verify JSON can."""
+    if "\0" in password:
+        return True
+    if password.isascii():
+        return False
+    try:
+        password.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def verify(password: str, stored: str) -> bool:
-    """True when `password` matches `stored`. Constant-time in the comparison."""
+    """True when `password` matches `stored`. Constant-time in the comparison.
+
+    UnsupportedHash when `stored` cannot be verified (unknown format, malformed, a NUL
+    byte in it). A password that cannot match any hash (`_matches_nothing`) is False,
+    after the same hash work as any other."""
     scheme = scheme_of(stored)
     value = strip_scheme(stored)
+    if "\0" in value:  # libcrypt would raise ValueError("embedded null character")
+        raise UnsupportedHash(f"stored {scheme} hash contains a NUL byte")
+    if _matches_nothing(password):
+        _verify(scheme, "\ufffd" * len(password), value)  # the same work, whatever it says
+        return False
+    return _verify(scheme, password, value)
+
+
+def _verify(scheme: str, password: str, value: str) -> bool:
+    """`verify` of `value` (the stored hash without its prefix), of scheme `scheme`."""
     if scheme in ("sha512-crypt", "sha256-crypt"):
         computed = _crypt_module().crypt(password, value)
         if not computed or computed.startswith("*"):

@@ -887,7 +887,10 @@ def main(argv: list[str] | None = None, *, handover: Handover | None = None, cac
         if _debugging:
             _debug_internal_error(e)
         status = int(ExitCode.TEMPFAIL)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()  # --help's text; None when fd 1 was closed at start
+    except Exception:  # noqa: S110 - fd 1 closed or a broken pipe: nothing to tell, the status stands
+        pass
     # Skip interpreter teardown: nothing is left to clean up, and it costs milliseconds
     # on every login (daemon enrichment threads may still be waiting on the network).
     posix._exit(status)

@@ -24,11 +24,11 @@ passwords are never cached (Nextcloud's own brute-force protection sees each one
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 from .core import TempFail
 from .private_file import make_private_dirs
+from .resolver import connect_within
 
 KEY_BYTES = 32
 USER_AGENT = "dovecot-appauth"
@@ -128,7 +128,7 @@ def request_status(settings: NextcloudSettings, user: str, password: str, remote
     where = _redacted(settings.url)
     sock = None
     try:
-        sock = socket.create_connection((host, port), timeout=left())
+        sock = connect_within(host, port, left())  # the host name's lookup within the timeout too
         if https:
             import ssl
 

@@ -116,7 +116,11 @@ def send(user: str, fields: list[tuple[str, str | None]], helper_argv: list[str]
             return None
         import sys
 
-        sys.stderr.flush()  # fd 4 not open (a manual run): the helper, as Dovecot expects it
+        if sys.stderr is not None:  # None: started with fd 2 closed
+            try:
+                sys.stderr.flush()  # fd 4 not open (a manual run): the helper, as Dovecot expects it
+            except (OSError, ValueError):
+                pass  # nothing to keep: the helper is run all the same
         exec_helper(list(helper_argv), helper_environment(env, user, fields, lookup=lookup))
     if not write_fd4(user, fields):
         return "fd 4 is not open: reply not written (run as Dovecot does, or add 4>&1 to see it)"

@@ -571,15 +571,55 @@ class MysqlStore:
             "write_timeout": timeout,
             "autocommit": True,
         }
+        named = None  # a host name, not an address: resolved here, by the deadline (resolver.py)
         if "unix_socket" in dsn.query:
             kwargs["unix_socket"] = dsn.query["unix_socket"]
         else:
             kwargs["host"] = dsn.host or "localhost"
             kwargs["port"] = dsn.port or 3306
+            from .resolver import is_ip_address
+
+            if not is_ip_address(kwargs["host"]):
+                named = kwargs["host"]
+                kwargs["defer_connect"] = True  # no I/O: conn.connect(sock) below
         try:
             self.conn = pymysql.connect(**kwargs)
+            if named is not None:
+                # PyMySQL keeps the name (conn.host): TLS, if ever set up, verifies it
+                self.conn.connect(self._tcp(named, kwargs["port"], timeout, pymysql.err.OperationalError))
         except pymysql.Error as e:
             raise TempFail(f"cannot connect to {self.where}: {self._message(e)}") from None
+
+    def _tcp(self, host: str, port: int, timeout: float, error: type[Exception]) -> Any:
+        """A TCP connection to `host`, a name, as PyMySQL would make it (socket.create_connection:
+        each address in turn, `timeout` each), but with the name resolved within `timeout`.
+        `error(2003, ...)` as PyMySQL raises it when no connection is made; TempFail when
+        the resolver does not answer in time."""
+        import socket
+
+        from .resolver import getaddrinfo_within
+
+        try:
+            addresses = getaddrinfo_within(host, port, timeout)
+        except TimeoutError:
+            raise TempFail(f"cannot connect to {self.where}: no answer from the resolver for {host} within "
+                           f"{timeout:g} s") from None
+        except Exception as e:  # socket.gaierror, UnicodeError (an overlong label)
+            raise error(2003, f"Can't connect to MySQL server on {host!r} ({e})") from None
+        last: Exception | None = None
+        for family, kind, proto, _name, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(address)
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as PyMySQL's connect does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            return sock
+        raise error(2003, f"Can't connect to MySQL server on {host!r} ({last or 'no address'})")
 
     @staticmethod
     def _message(error: Exception) -> str:
@@ -736,15 +776,18 @@ class MysqlStore:
             pass
 
 
-def open_store(dsn_text: str, timeout: float, *, shared: bool = False) -> Store:
+def open_store(dsn_text: str, timeout: float, *, shared: bool = False, name: str = "[database] dsn") -> Store:
     """Connect with the driver the DSN names; `timeout` bounds connecting and each query.
 
     `shared`: the store will be kept in a pool (pool.py) and used by one thread after another.
+    `name`: the setting the DSN comes from, for the message of a DSN that cannot be used.
     """
     try:
         dsn = parse_dsn(dsn_text)
     except DsnError as e:
-        raise TempFail(f"[database] dsn: {e}") from None
+        raise TempFail(f"{name}: {e}") from None
     if dsn.dialect == "sqlite":
+        if "\0" in (dsn.path or ""):  # no file name holds one: sqlite3 would raise ValueError
+            raise TempFail(f"{name}: the SQLite file name contains a NUL byte (%00)")
         return SqliteStore(dsn.path or "", timeout, shared)
     return MysqlStore(dsn, timeout)

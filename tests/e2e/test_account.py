@@ -45,6 +45,35 @@ def test_ldap_filter_escapes_the_login_name():
     assert account.ldap_filter("(uid=%u)", "a\\b\x00") == "(uid=a\\5cb\\00)"
 
 
+@pytest.mark.parametrize(("value", "active"), [
+    (None, False), (False, False), (True, True), (0, False), (1, True), (-1, True), (0.0, False), (2.5, True),
+    (float("nan"), False), ("", False), ("0", False), ("00", False), ("0.0", False), ("-0", False), (" 0 ", False),
+    ("false", False), ("FALSE", False), ("No", False), ("n", False), ("1", True), ("yes", True), ("active", True),
+    ("-", True), ("0.5", True),
+    # bytes: a MariaDB BIT(n) flag (PyMySQL returns b"\x00" for 0), BINARY columns, SQLite blobs
+    (b"", False), (b"\x00", False), (b"\x00\x00", False), (b"\x01", True), (b"\x00\x01", True), (b"\x80", True),
+    (b"0", False), (b"00", False), (b"false", False), (b"1", True), (b" ", True), (b"\xff", True),
+    (bytearray(b"\x00"), False), (bytearray(b"\x01"), True), (memoryview(b"\x00"), False),
+    (memoryview(b"\x01"), True),
+])
+def test_sql_flag_is_judged_by_its_type(value, active):
+    assert account.sql_flag_active(value) is active
+
+
+def test_sql_flag_decimal_and_types_that_say_nothing():
+    from datetime import date, timedelta
+    from decimal import Decimal
+
+    for value, active in ((Decimal("0"), False), (Decimal("0.00"), False), (Decimal("-0"), False),
+                          (Decimal("NaN"), False), (Decimal("sNaN"), False), (Decimal("1"), True),
+                          (Decimal("0.01"), True)):
+        assert account.sql_flag_active(value) is active, value
+    for value in (date(2026, 1, 1), timedelta(0), {"a"}, object()):
+        with pytest.raises(TempFail, match=rf"first column of the \[account.sql\] query is of type "
+                                           rf"{type(value).__name__}: it must be"):
+            account.sql_flag_active(value)
+
+
 def test_config_requires_the_backend_keys():
     with pytest.raises(ConfigError) as e:
         parse({"account": {"backend": "ldap"}})
@@ -365,6 +394,49 @@ def test_program_sql_gate_mariadb(mariadb_database):
                                  "query": "SELECT active FROM mailbox WHERE username = :user"})
         assert site.login("alice").status == 0
         assert site.login("bob").status == 1
+    finally:
+        site.remove()
+
+
+def test_program_sql_gate_mariadb_bit_flag(mariadb_database):
+    """A BIT(1) flag: PyMySQL returns b"\\x00" for 0, which is a disabled account, not an
+    active one (bytes are judged as bits)."""
+    site = make_site(mariadb_database.dsn, prefix="appauth-acct-")
+    try:
+        site.add_password("alice", "alice@example.com")
+        site.add_password("bob", "bob@example.com")
+        site.add_password("carol", "carol@example.com")
+        from dovecot_appauth.cli import schema
+
+        engine = schema.make_engine(mariadb_database.dsn)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE mailbox (username VARCHAR(255) PRIMARY KEY, active BIT(1) NOT NULL, "
+                                 "quota DECIMAL(10,2), created DATE)")
+            conn.exec_driver_sql("INSERT INTO mailbox VALUES ('alice@example.com', b'1', 1.5, '2026-01-01'), "
+                                 "('bob@example.com', b'0', 0.00, '2026-01-01'), "
+                                 "('carol@example.com', b'0', NULL, NULL)")
+        engine.dispose()
+        site.write(account={"backend": "sql", "cache_seconds": 0},
+                   account__sql={"query": "SELECT active FROM mailbox WHERE username = :user"})
+        assert site.login("alice").status == 0
+        for key in ("bob", "carol"):
+            run = site.login(key)
+            assert run.status == 1, run.stderr
+            assert f"user {key}@example.com: refused by the account gate: account disabled in sql: " \
+                   "[account.sql] query gave b'\\x00'" in run.stderr
+        # DECIMAL: 0.00 and NULL are disabled
+        site.write(account={"backend": "sql", "cache_seconds": 0},
+                   account__sql={"query": "SELECT quota FROM mailbox WHERE username = :user"})
+        assert site.login("alice").status == 0
+        assert "query gave Decimal('0.00')" in site.login("bob").stderr
+        assert site.login("carol").status == 1
+        # a column that says neither (a date): a temporary failure naming the type, never a guess
+        site.write(account={"backend": "sql", "cache_seconds": 0},
+                   account__sql={"query": "SELECT created FROM mailbox WHERE username = :user"})
+        run = site.login("alice")
+        assert run.status == 111, run.stderr
+        assert "account gate: the first column of the [account.sql] query is of type date" in run.stderr
+        assert len(run.lines) == 1 and "Traceback" not in run.stderr
     finally:
         site.remove()
 

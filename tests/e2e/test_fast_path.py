@@ -456,3 +456,131 @@ def test_a_socket_of_another_user_gets_no_password(site, tmp_path):
     assert f"is not trusted: its directory {shared} is writable by others (mode 1777)" in result.stderr
     assert not got.exists() or got.read_bytes() == b""
     assert created["password"] not in result.stderr
+
+
+class FakeServe:
+    """A Unix socket (root's, in a 0700 directory: trusted) that answers every request with
+    `body` (HTTP 200): a serve of another version, or a broken one."""
+
+    def __init__(self, path: Path, body: bytes):
+        self.body = body
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(4096) or b"\r\n\r\n"
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), 0)
+                    while len(rest) < length and (chunk := conn.recv(4096)):
+                        rest += chunk
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                                 b"Connection: close\r\n\r\n%s" % (len(self.body), self.body))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _serve_answers(tmp_path: Path, site, name: str, answer: dict) -> tuple[FakeServe, Path]:
+    import json
+
+    directory = tmp_path / name
+    directory.mkdir(mode=0o700)
+    fake = FakeServe(directory / "serve.sock", json.dumps(answer).encode())  # ASCII: a surrogate as \udc80
+    return fake, other_config(site, f"{name}.toml", f'socket = "{directory / "serve.sock"}"')
+
+
+@pytest.mark.parametrize(("user", "fields", "said"), [
+    ("kim@example.com", {"userdb_a=b": "1"}, "answered field #1 with a name Dovecot's reply cannot carry"),
+    ("kim@example.com", {"userdb_home": "/h", "": "1"}, "answered field #2 with a name Dovecot's reply cannot carry"),
+    ("kim@example.com", {"userdb_x y": "1"}, "answered field #1 with a name Dovecot's reply cannot carry"),
+    ("kim@example.com", {"userdb_\udc80": "1"}, "answered field #1 with a name Dovecot's reply cannot carry"),
+    ("kim@example.com", {"userdb_home": "/h\ud800"}, "answered field 'userdb_home' that is not UTF-8"),
+    ("kim\udc80@example.com", {}, "answered ok for a user name with a control character or that is not UTF-8"),
+    ("kim\n@example.com", {}, "answered ok for a user name with a control character or that is not UTF-8"),
+    ("kim\0@example.com", {}, "answered ok for a user name with a control character or that is not UTF-8"),
+], ids=["equals-in-name", "empty-name", "space-in-name", "surrogate-in-name", "surrogate-in-value",
+        "surrogate-in-user", "newline-in-user", "nul-in-user"])
+@pytest.mark.parametrize("debug", [True, False], ids=["login.main", "login_via_serve"])
+def test_an_ok_answer_dovecot_cannot_be_given_is_a_temporary_failure(site, tmp_path, user, fields, said, debug):
+    """An answer whose user or field names the in-process login would never give: refused
+    before anything reaches fd 4, one line, 111 (it was a traceback and exit 1, "wrong
+    password", in login_via_serve)."""
+    fake, config = _serve_answers(tmp_path, site, "odd", {"result": "ok", "user": user, "fields": fields})
+    try:
+        for _ in range(2):  # the first login of a config fills its cache: the second is the one Dovecot sees
+            result = login(config, "kim@example.com", "Kim-0000-pass", debug=debug)
+            assert result.status == 111, result.stderr
+            lines = [line for line in result.stderr.splitlines() if "debug:" not in line]
+            assert len(lines) == 1 and lines[0].endswith(": temporary failure"), result.stderr
+            assert lines[0].startswith(f"dovecot-appauth: fast path: serve at {tmp_path / 'odd' / 'serve.sock'} "
+                                       f"{said}"), result.stderr
+            assert result.reply == b"" and "Traceback" not in result.stderr and "Kim-0000-pass" not in result.stderr
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["login.main", "login_via_serve"])
+def test_a_reply_that_cannot_be_written_after_serve_said_ok_is_a_temporary_failure(site, tmp_path, debug):
+    """fd 4 not open and a reply helper given: the helper is run with the fields in its
+    environment, where a NUL cannot go (execve raises ValueError): 111 and one line."""
+    from tests.support.hardening import PROGRAM
+
+    fake, config = _serve_answers(tmp_path, site, "nul", {"result": "ok", "user": "lea@example.com",
+                                                          "fields": {"userdb_home": "/srv/a\0b"}})
+    try:
+        for _ in range(2):
+            result = run_checkpassword(config, request_bytes("lea@example.com", "Lea-0000-pass"),
+                                       env=dovecot_env(ALLOWED_IP),
+                                       args=("--debug",) * debug + ("/usr/lib/dovecot/checkpassword-reply",),
+                                       program=("/bin/bash", "-c", 'exec "$@" 4>&-', "bash", str(PROGRAM)))
+            assert result.status == 111, result.stderr
+            lines = [line for line in result.stderr.splitlines() if "debug:" not in line]
+            assert len(lines) == 1 and lines[0].endswith("(ValueError): temporary failure"), result.stderr
+            assert "Traceback" not in result.stderr and "Lea-0000-pass" not in result.stderr
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["login.main", "login_via_serve"])
+def test_a_fast_path_login_started_without_stdout_or_stderr_answers_as_always(site, tmp_path, debug):
+    """sys.stderr is None with fd 2 closed: the line of serve's tempfail was an
+    AttributeError, a traceback nobody saw and exit 1 ("wrong password")."""
+    from tests.support.hardening import PROGRAM
+
+    def run(config: Path, closing: str):
+        return run_checkpassword(config, request_bytes("mia@example.com", "Mia-0000-pass"),
+                                 env=dovecot_env(ALLOWED_IP), args=("--debug",) * debug,
+                                 program=("/bin/bash", "-c", f'exec "$@" {closing}', "bash", str(PROGRAM)))
+
+    held, config = _serve_answers(tmp_path, site, "held", {"result": "tempfail"})
+    try:
+        for _ in range(2):  # the first login of a config fills its cache: the second is the one Dovecot sees
+            for closing in ("2>&-", "1>&- 2>&-"):
+                assert run(config, closing).status == 111
+    finally:
+        held.close()
+    taken, config = _serve_answers(tmp_path, site, "taken", {"result": "ok", "user": "mia@example.com",
+                                                             "fields": {"userdb_home": "/srv/mia"}})
+    try:
+        for _ in range(2):
+            for closing in ("1>&-", "2>&-", "1>&- 2>&-"):
+                result = run(config, closing)
+                assert result.status == 0 and result.reply == b"user=mia@example.com\tuserdb_home=/srv/mia\t", \
+                    result.stderr
+    finally:
+        taken.close()

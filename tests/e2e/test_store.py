@@ -457,6 +457,18 @@ def test_bad_dsn_is_tempfail():
     assert "s3cr3t" not in str(info.value)
 
 
+def test_sqlite_dsn_with_a_nul_byte_is_a_dsn_error():
+    """sqlite3 raised ValueError ("embedded null character"): an internal error of every login."""
+    with pytest.raises(TempFail) as info:
+        open_store("sqlite:////var/lib/app%00auth.sqlite", 1)
+    assert str(info.value) == "[database] dsn: the SQLite file name contains a NUL byte (%00)"
+    with pytest.raises(TempFail, match=r"^\[account.sql\] dsn: the SQLite file name contains a NUL byte"):
+        open_store("sqlite:////x%00", 1, name="[account.sql] dsn")
+    with pytest.raises(TempFail, match=r"^\[account.sql\] dsn: unsupported database") as info:
+        open_store("postgresql://u:s3cr3t@db/x", 1, name="[account.sql] dsn")
+    assert "s3cr3t" not in str(info.value)
+
+
 @pytest.mark.mariadb
 def test_mariadb_without_schema(mariadb_database):
     store = open_store(mariadb_database.dsn, 3)
@@ -491,6 +503,125 @@ def test_mariadb_unreachable_is_quick(mariadb):
         open_store(dsn, 1)
     assert time.monotonic() - started < 5
     assert "S3cret-x" not in str(info.value)
+
+
+def test_mariadb_host_name_is_resolved_within_the_timeout(monkeypatch):
+    """The C library's resolver has no deadline (10 s and more with a nameserver that does
+    not answer) and PyMySQL's connect_timeout covers only the TCP connect: the name is
+    resolved by the timeout, as the connect is."""
+    import socket
+
+    asked = []
+
+    def unanswered(host, *args, **kwargs):
+        asked.append(host)
+        time.sleep(3)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unanswered)
+    started = time.monotonic()
+    with pytest.raises(TempFail) as info:
+        open_store("mysql+pymysql://appauth:S3cret-x@db.appauth-test.invalid:3306/appauth", 0.5)
+    assert time.monotonic() - started < 2
+    assert asked == ["db.appauth-test.invalid"]
+    assert str(info.value) == ("cannot connect to mysql+pymysql://appauth:***@db.appauth-test.invalid:3306/appauth: "
+                               "no answer from the resolver for db.appauth-test.invalid within 0.5 s")
+
+
+def test_mariadb_host_name_that_does_not_resolve_is_said_as_pymysql_says_it(monkeypatch):
+    import socket
+
+    def unknown(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(socket, "getaddrinfo", unknown)
+        with pytest.raises(TempFail) as info:
+            open_store("mysql+pymysql://appauth:S3cret-x@db.appauth-test.invalid/appauth", 3)
+    assert str(info.value) == ("cannot connect to mysql+pymysql://appauth:***@db.appauth-test.invalid/appauth: "
+                               "Can't connect to MySQL server on 'db.appauth-test.invalid' ([Errno -2] Name or "
+                               "service not known) (error 2003)")
+    # a label over 63 characters: UnicodeError from the idna codec, before any question is asked
+    with pytest.raises(TempFail, match="Can't connect to MySQL server") as info:
+        open_store(f"mysql+pymysql://appauth:S3cret-x@{'x' * 70}.invalid/appauth", 3)
+    assert "S3cret-x" not in str(info.value)
+
+
+@pytest.mark.mariadb
+def test_mariadb_by_host_name_and_by_address(mariadb_database, monkeypatch):
+    """A name goes through resolver.getaddrinfo_within (localhost: ::1 first, where nothing
+    listens, then 127.0.0.1, as socket.create_connection tries them); an address does not,
+    so its login costs what it did (no thread)."""
+    import dovecot_appauth.resolver as resolver_module
+
+    resolved = []
+    real = resolver_module.getaddrinfo_within
+    monkeypatch.setattr(resolver_module, "getaddrinfo_within",
+                        lambda *args: resolved.append(args[0]) or real(*args))
+    server = mariadb_database.server
+    engine = schema.make_engine(mariadb_database.dsn)
+    schema.init_db(engine)
+    pwid = schema.create_password(engine, "alice@example.com", HASH_A)
+    engine.dispose()
+    by_name = mariadb_database.dsn.replace(f"@{server.host}:", "@localhost:")
+    assert by_name != mariadb_database.dsn
+    for dsn, names in ((by_name, ["localhost"]), (mariadb_database.dsn, [])):
+        resolved.clear()
+        store = open_store(dsn, 3)
+        try:
+            assert [row.id for row in store.find_passwords("alice@example.com")] == [pwid]
+        finally:
+            store.close()
+        assert resolved == names
+    with pytest.raises(TempFail, match=r"Can't connect to MySQL server on 'localhost' \(.*(error 2003)"):
+        open_store(by_name.replace(f":{server.port}/", ":1/"), 3)  # nothing listens: every address refused
+
+
+@pytest.mark.parametrize("backend", ["mariadb", "nextcloud"])
+def test_program_with_a_resolver_that_never_answers_is_a_temporary_failure_by_the_deadline(tmp_path, backend):
+    """The per-login program in a mount namespace whose /etc/resolv.conf names a nameserver
+    that never answers (glibc: 5 s x 2 attempts): a temporary failure after the timeout of
+    the call that named the host (MariaDB's connect_timeout, [nextcloud] timeout)."""
+    import socket
+
+    from tests.support.hardening import PROGRAM, make_site, request_bytes, run_checkpassword
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private /etc/resolv.conf")
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        silent.bind(("127.0.0.153", 53))  # receives the questions, answers none
+    except OSError as e:
+        silent.close()
+        pytest.skip(f"cannot bind 127.0.0.153:53 ({e})")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.153\n")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(resolv, 0o644)
+    site = make_site(prefix="appauth-resolv-")
+    try:
+        site.add_password("alice", "alice@example.com")
+        if backend == "mariadb":
+            site.write(database={"dsn": "mysql+pymysql://appauth:S3cret-x@db.appauth-test.invalid/appauth",
+                                 "connect_timeout": 1.0})
+        else:
+            site.write(auth={"backend": "nextcloud"},
+                       nextcloud={"url": "http://cloud.appauth-test.invalid/", "timeout": 1.0})
+        wrapper = ("unshare", "-m", "/bin/sh", "-c", f'mount --bind {resolv} /etc/resolv.conf && exec "$@"', "sh",
+                   str(PROGRAM))
+        run = run_checkpassword(site.path, request_bytes("alice@example.com", site.pw("alice")), program=wrapper)
+    finally:
+        silent.close()
+        site.remove()
+    assert run.status == 111, run.stderr
+    if backend == "mariadb":
+        assert run.lines == ["dovecot-appauth: cannot connect to mysql+pymysql://appauth:***@db.appauth-test.invalid"
+                             "/appauth: no answer from the resolver for db.appauth-test.invalid within 1 s"], \
+            run.stderr
+    else:
+        assert run.lines == ["dovecot-appauth: nextcloud: no answer from http://cloud.appauth-test.invalid/ "
+                             "within 1s"], run.stderr
+    assert run.elapsed < 4  # was 10 s (glibc's default timeout and attempts)
 
 
 @pytest.mark.mariadb

@@ -302,6 +302,25 @@ def test_load_invalid_toml_names_file_and_line(tmp_path):
     assert "line 3" in str(info.value)
 
 
+def test_load_non_utf8_file_names_file_and_line_not_the_byte(tmp_path):
+    """tomllib raised UnicodeDecodeError (an internal error of every login); the byte itself
+    is not shown: it may be part of a password in the file."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"[database]\n\ndsn = 'mysql+pymysql://u:s\xe9cret@db/x'\n")
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert str(info.value) == f"error: {path}: config file is not UTF-8 (line 3): TOML must be UTF-8"
+    assert "xe9" not in str(info.value) and "cret" not in str(info.value)
+
+
+def test_load_toml_nested_too_deeply_is_a_config_error(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply") as info:
+        load(str(path))
+    assert str(path) in str(info.value)
+
+
 def test_load_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load(str(tmp_path))

@@ -22,10 +22,13 @@ from dovecot_appauth.core import (
     decode_reply,
     encode_reply,
     encode_request,
+    field_name_ok,
     parse_request,
     read_environment,
     tab_escape,
     tab_unescape,
+    username_ok,
+    utf8_ok,
 )
 
 # Every byte Dovecot's str_tabescape() escapes, with its escape (PROTOCOL.md).
@@ -320,3 +323,37 @@ def test_decode_reply_as_checkpassword_reply_writes_it():
     assert decode_reply(data) == [
         ("user", "alice"), ("foo", "a\tb\nc\x01d"), ("userdb_uid", "0"), ("userdb_gid", "0"),
     ]
+
+
+# --- what an answer may carry (fast_path.answer_of checks serve's with these) ---------------
+
+
+def test_utf8_ok():
+    assert utf8_ok("") and utf8_ok("plain") and utf8_ok("zoë ✓ 𝄞")
+    assert not utf8_ok("a\udc80") and not utf8_ok("\ud800b")
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("alice@example.com", True), ("Zoë@example.com", True), ("a b", True), ("", False), ("a\tb", False),
+    ("a\nb", False), ("a\0b", False), ("a\x7fb", False), ("a\x1fb", False), ("a\udc80", False),
+])
+def test_username_ok_agrees_with_parse_request(name, ok):
+    assert username_ok(name) is ok
+    if name and utf8_ok(name):  # what fd 3 can carry: parse_request takes exactly the same names
+        data = name.encode() + b"\0pw\0\0"
+        if ok:
+            assert parse_request(data).username == name
+        else:
+            with pytest.raises(Misuse):
+                parse_request(data)
+
+
+@pytest.mark.parametrize(("name", "ok"), [
+    ("userdb_home", True), ("userdb_namespace/inbox/mailbox/Sent/autocreate", True), ("nopassword", True),
+    ("userdb_zoë", True), ("", False), ("a=b", False), ("a b", False), ("a\tb", False), ("a\u00a0b", False),
+    ("a\x7f", False), ("a\0", False), ("a\udc80", False),
+])
+def test_field_name_ok(name, ok):
+    assert field_name_ok(name) is ok
+    if ok:
+        assert decode_reply(encode_reply([(name, "v")])) == [(name, "v")]

@@ -137,6 +137,38 @@ def test_an_answer_that_decides_nothing_is_a_temporary_failure(status, body):
         answer_of(status, body)
 
 
+@pytest.mark.parametrize(("user", "fields", "said"), [
+    ("a", {"userdb_x=secret-value": "1"}, "field #1 with a name"),
+    ("a", {"userdb_home": "/h", "": "1"}, "field #2 with a name"),
+    ("a", {"user db": "1"}, "field #1 with a name"),
+    ("a", {"userdb_\tx": "1"}, "field #1 with a name"),
+    ("a", {"userdb_\x7f": None}, "field #1 with a name"),
+    ("a", {"userdb_\udc80": "1"}, "field #1 with a name"),
+    ("a", {"userdb_home": "secret-value\ud800"}, "field 'userdb_home' that is not UTF-8"),
+    ("secret-value\udc80", {}, "user name with a control character or that is not UTF-8"),
+    ("secret-value\x00", {}, "user name with a control character"),
+    ("secret-value\n", {}, "user name with a control character"),
+    ("secret-value\x7f", {}, "user name with a control character"),
+])
+def test_an_ok_answer_the_in_process_login_would_never_give_is_a_temporary_failure(user, fields, said):
+    """Checked as login.py's own path checks its user (fd 3, core.username_ok) and field
+    names ([userdb.extra], core.field_name_ok): refused before anything is written to fd 4,
+    saying what is wrong and not the value (reply.send raised ValueError or
+    UnicodeEncodeError on them: a traceback, and exit 1 in login_via_serve)."""
+    with pytest.raises(TempFail, match=said) as info:
+        answer_of(200, {"result": "ok", "user": user, "fields": fields})
+    assert "secret-value" not in str(info.value) and str(info.value).endswith(": temporary failure")
+
+
+def test_an_ok_answer_with_what_dovecot_can_carry_is_taken():
+    """Names Dovecot uses with '/' and '.', non-ASCII values and users, a NUL-free tab in a
+    value (fd 4 escapes it): all as the in-process login would answer them."""
+    fields = {"userdb_namespace/inbox/mailbox/Sent/autocreate": "yes", "userdb_home": "/srv/mail/Zoë\tx",
+              "nopassword": None, "userdb_quota.rule": "*:storage=1G"}
+    ok = answer_of(200, {"result": "ok", "user": "zoë@example.com", "fields": fields})
+    assert (ok.user, ok.fields) == ("zoë@example.com", list(fields.items()))
+
+
 def test_token_file(tmp_path):
     path = tmp_path / "token"
     path.write_text("  abc-123\n")

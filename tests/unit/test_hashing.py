@@ -268,3 +268,37 @@ def test_dummy_verify_follows_configured_rounds(monkeypatch):
     hashing.dummy_verify("x", "sha512-crypt")
     assert seen[0].startswith("{CRYPT}$6$rounds=20000$")
     assert "rounds=" not in seen[1]
+
+
+@pytest.mark.parametrize("stored", [
+    "{CRYPT}$6$saltsalt\x0012345678$a2/CTv42f5VN62PoLuodI", "$6$saltsalt12345678$a2/CTv42f5VN62PoLuodI\x00",
+    "$5$salt$hash\x00", "{BLF-CRYPT}$2y$10$\x00" + "a" * 52, "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=4$\x00$x",
+])
+def test_a_stored_value_with_a_nul_byte_is_unsupported_not_a_crash(stored):
+    """libcrypt raises ValueError("embedded null character"): that row is unverifiable
+    (login.py names it and tries the others), never an internal error of every login."""
+    with pytest.raises(UnsupportedHash, match="contains a NUL byte") as info:
+        verify(PW, stored)
+    assert stored not in str(info.value)
+
+
+@pytest.mark.parametrize("scheme", ["sha512-crypt", "bcrypt", "argon2id"])
+@pytest.mark.parametrize("password", [PW + "\0", "\0" + PW, "a\0b", "\0", PW + "\ud800", "\udcff"])
+def test_a_password_with_a_nul_or_a_surrogate_matches_nothing_after_the_same_work(scheme, password, monkeypatch):
+    """Decided: such a password is a wrong password for every scheme (not a temporary
+    failure, not the stored row's fault). fd 3 cannot carry either, serve's /verify JSON can;
+    not the hash of what a C string would see (up to the NUL), nor an argon2id hash of the
+    same string (argon2 would take it)."""
+    clean = password.replace("\ud800", "").replace("\udcff", "")
+    stored = hash_password(clean if scheme == "argon2id" else clean.split("\0")[0], scheme)
+    seen = []
+    real = hashing._verify
+    monkeypatch.setattr(hashing, "_verify", lambda *args: seen.append(args[0]) or real(*args))
+    assert verify(password, stored) is False
+    assert seen == [scheme]  # one hash computed, as for any other wrong password
+    assert verify(PW, hash_password(PW, scheme)) is True  # the check still works
+
+
+def test_a_password_with_a_nul_costs_the_dummy_work_too():
+    dummy_verify("a\0b", "sha512-crypt", count=2)
+    dummy_verify("\udcff", "bcrypt")

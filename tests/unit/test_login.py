@@ -246,6 +246,18 @@ def test_non_utf8_password_fails_with_the_same_hash_work(site, verify_calls):
     assert len(verify_calls) == 10
 
 
+@pytest.mark.parametrize("password", [DAVE + "\0", "\0" + DAVE, DAVE + "\udc80"], ids=["nul-after", "nul-first",
+                                                                                    "surrogate"])
+def test_password_with_a_nul_or_a_surrogate_is_a_wrong_password_with_the_same_hash_work(site, verify_calls,
+                                                                                       password):
+    """serve's /verify JSON can carry them (fd 3 cannot): a wrong password, counted as one,
+    never an internal error (libcrypt raised ValueError) and never a match of what a C
+    string would see (DAVE, before the NUL)."""
+    outcome, err = _decide(site, _request("dave@example.com", password))
+    assert (outcome.exit_code, outcome.message, err) == (ExitCode.FAIL, None, "")
+    assert len(verify_calls) == 10
+
+
 def test_revoked_password_refused_with_reason(site):
     outcome, _ = _decide(site, _request("alice@example.com", ALICE_OLD))
     assert outcome.exit_code is ExitCode.FAIL
@@ -306,6 +318,9 @@ UNVERIFIABLE = [
     pytest.param("{CRYPT}$6$rounds=1000000000000$abc$def", "libcrypt rejected", id="libcrypt-refuses-setting"),
     pytest.param("{BLF-CRYPT}$2y$10$tooshort", "bcrypt hash is malformed", id="malformed-bcrypt"),
     pytest.param("{ARGON2ID}$argon2id$v=19$broken", "argon2id hash is malformed", id="malformed-argon2"),
+    # libcrypt raised ValueError: every login of the user was "internal error (ValueError)"
+    pytest.param("{CRYPT}$6$salt\0salt$a2/CTv42f5VN62PoLuodI", "sha512-crypt hash contains a NUL byte",
+                 id="nul-in-sha512"),
 ]
 
 
@@ -585,8 +600,10 @@ class Run:
 
 
 def run_program(site: Site, request: bytes | None, *args: str, env: dict | None = None, fd4: bool = True,
-                helper: bool = False, user: str | None = None, config: bool = True) -> Run:
-    """Run the installed checkpassword program with fd 3 (request) and fd 4 (reply pipe)."""
+                helper: bool = False, user: str | None = None, config: bool = True,
+                closed: tuple[int, ...] = ()) -> Run:
+    """Run the installed checkpassword program with fd 3 (request) and fd 4 (reply pipe);
+    `closed`: descriptors (1, 2) the program starts without."""
     argv = [str(PROGRAM)]
     if config:
         argv += ["--config", str(site.path)]
@@ -615,6 +632,8 @@ def run_program(site: Site, request: bytes | None, *args: str, env: dict | None 
                         os.close(target)
                     except OSError:
                         pass
+            for fd in closed:
+                os.close(fd)
 
         proc = subprocess.run(argv, env=environment, close_fds=False, preexec_fn=child, user=user,
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
@@ -690,6 +709,52 @@ def test_program_bad_config_is_tempfail(site, content, expected):
     run = run_program(site, _req("alice@example.com", ALICE_1))
     assert run.status == 111
     assert len(run.lines) == 1 and expected in run.lines[0]
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"[database]\ndsn = 'sqlite:///x'\n# caf\xe9\n", "config file is not UTF-8 (line 3): TOML must be UTF-8"),
+    (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "invalid TOML: arrays or tables nested too deeply"),
+], ids=["latin-1-byte", "nested-too-deeply"])
+def test_program_config_that_tomllib_cannot_read_is_a_clear_config_error(site, content, expected):
+    """Was "internal error (UnicodeDecodeError)" / "(RecursionError)": now the file and the line."""
+    site.path.write_bytes(content)
+    run = run_program(site, _req("alice@example.com", ALICE_1))
+    assert run.status == 111
+    assert run.lines == [f"dovecot-appauth: configuration: error: {site.path}: {expected}"]
+
+
+def test_program_sqlite_dsn_with_a_nul_byte_is_a_clear_dsn_error(site):
+    """sqlite3 raised ValueError ("internal error (ValueError)"): now the setting and the problem."""
+    site.write(dsn=f"sqlite:///{site.db}%00.old")
+    run = run_program(site, _req("alice@example.com", ALICE_1))
+    assert run.status == 111
+    assert run.lines == ["dovecot-appauth: [database] dsn: the SQLite file name contains a NUL byte (%00)"]
+
+
+@pytest.mark.parametrize("closed", [(1,), (2,), (1, 2)], ids=["fd1", "fd2", "fd1-fd2"])
+def test_program_started_without_stdout_or_stderr_answers_as_always(site, closed):
+    """Python sets sys.stdout / sys.stderr to None when fd 1 / fd 2 is closed at start: the
+    final flush and every line said (even main's own error handler) must not turn the
+    answer into a traceback and exit 1 ("wrong password")."""
+    ok = run_program(site, _req("alice@example.com", ALICE_1), closed=closed)
+    assert ok.status == 0 and ok.fields[0] == ("user", "alice@example.com")
+    assert run_program(site, _req("alice@example.com", "wrong"), closed=closed).status == 1
+    revoked = run_program(site, _req("alice@example.com", ALICE_OLD), closed=closed)  # says a line
+    assert revoked.status == 1 and revoked.reply == b""
+    site.db.rename(site.db.with_suffix(".gone"))  # internal errors stay 111
+    assert run_program(site, _req("alice@example.com", ALICE_1), closed=closed).status == 111
+    site.path.unlink()  # a missing config: main's error handler says it
+    assert run_program(site, _req("alice@example.com", ALICE_1), closed=closed).status == 111
+    assert run_program(site, _req("alice@example.com", ALICE_1), "--nosuch", closed=closed).status == 2
+    if 2 not in closed:
+        assert "config file not found" in run_program(site, _req("alice@example.com", ALICE_1), closed=closed).stderr
+
+
+def test_program_without_stderr_or_fd4_still_runs_the_reply_helper(site):
+    """A manual run without fd 4 execs the reply helper; with fd 2 closed too, the flush of
+    stderr before the exec (sys.stderr is None) must not turn the login into a 111."""
+    run = run_program(site, _req("alice@example.com", ALICE_1), fd4=False, helper=True, closed=(2,))
+    assert run.status == 0, run
 
 
 def test_program_database_not_a_database(site):
