@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -170,6 +172,89 @@ def test_enrich_maxmind_cached_until_the_file_changes(tmp_path):
     assert f.sources["maxmind"].status is S.FETCHED and f.maxmind.asn == 64502
 
 
+@pytest.mark.parametrize("damaged", ["city", "asn"])
+def test_enrich_damaged_maxmind_database_is_never_cached_and_always_named(tmp_path, damaged):
+    """One database of two damaged (a truncated download): every login reads it again, says so
+    in the source's detail, and the verdict's reason names the part as unknown. It was cached
+    as a clean answer, served back as `cached` without a word, and the geo or AS deny lists
+    silently saw nothing from the second login on."""
+    from dovecot_appauth.audit.lists import Lists, parse_list
+    from dovecot_appauth.audit.rules import SourceClass, SourceKind, evaluate
+    from tests.support.localservers import ASN_MMDB, CITY_MMDB
+
+    paths = {"city": tmp_path / "city.mmdb", "asn": tmp_path / "asn.mmdb"}
+    shutil.copy(CITY_MMDB, paths["city"])
+    shutil.copy(ASN_MMDB, paths["asn"])
+    intact = paths[damaged].read_bytes()
+    paths[damaged].write_bytes(intact[:-200])
+    cfg = make_config(str(tmp_path / "c"), city=str(paths["city"]), asn=str(paths["asn"]))
+    lists = {kind: Lists(deny={kind: tuple(parse_list(kind, text, f"{kind}.lst")[0])})
+             for kind, text in (("geo_location_ids", "2017370\n"), ("as_numbers", "AS64500\n"))}  # Russia, AS64500
+    gone, kept = ("geo_location_ids", "as_numbers") if damaged == "city" else ("as_numbers", "geo_location_ids")
+    for n in range(3):
+        err = io.StringIO()
+        f = enrich("203.0.113.66", cfg, now=NOW + n, stderr=err)
+        report = f.sources["maxmind"]
+        assert report.status is S.FETCHED, n
+        assert f"{damaged}.mmdb" in report.detail, report.detail
+        assert f.maxmind.unavailable == (damaged,)
+        assert (f.maxmind.country.code, f.maxmind.asn) == (("RU", None) if damaged == "asn" else (None, 64500))
+        assert IpCache(str(tmp_path / "c")).get("maxmind", "203.0.113.66", NOW + n) is None
+        assert err.getvalue() == ""
+        # the damaged part's list cannot be judged, and the reason says why, on every login
+        v = evaluate("alice", "imap", "203.0.113.66", f, lists[gone], cfg.audit, SourceClass(SourceKind.GLOBAL))
+        assert v.reason == f"no list matched (unknown: rdns, maxmind {damaged}, whois)"
+        assert [c.result.value for c in v.checks if c.kind == gone and c.list == "deny"] == ["unknown"]
+        # the intact part still denies
+        v = evaluate("alice", "imap", "203.0.113.66", f, lists[kept], cfg.audit, SourceClass(SourceKind.GLOBAL))
+        assert v.outcome.value == "deny" and v.matched.kind == kept
+    # the file repaired (a new download: its signature changes): complete, and cached again
+    paths[damaged].write_bytes(intact)
+    f = enrich("203.0.113.66", cfg, now=NOW + 10)
+    assert f.sources["maxmind"].status is S.FETCHED and f.sources["maxmind"].detail == ""
+    assert f.maxmind.unavailable == () and (f.maxmind.country.code, f.maxmind.asn) == ("RU", 64500)
+    again = enrich("203.0.113.66", cfg, now=NOW + 11)
+    assert again.sources["maxmind"].status is S.CACHED and again.maxmind == f.maxmind
+
+
+def test_enrich_rdap_origin_as_out_of_range_never_reaches_the_event_row(tmp_path, fresh_rdap_server):
+    """An RDAP network object naming AS99999999999999999999 as its origin: MaxMind's AS takes
+    its place, and the audit event is recorded (SQLite raised OverflowError, which made the
+    right password a temporary failure). A cache row with such a number, written before the
+    check, is asked again instead of served for its remaining days."""
+    from dovecot_appauth.audit.events import event_row
+    from dovecot_appauth.cli import schema
+    from dovecot_appauth.store import open_store
+
+    fresh_rdap_server.networks["203.0.113.0/25"] = {
+        "objectClassName": "ip network", "handle": "203.0.113.0 - 203.0.113.127", "name": "HUGE-ORIGIN",
+        "country": "NL", "arin_originas0_originautnums": ["AS99999999999999999999"]}
+    cfg = make_config(str(tmp_path / "c"), rdap=fresh_rdap_server.rdap_config())
+    dsn = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    schema.init_db(schema.make_engine(dsn))
+    store = open_store(dsn, 3.0)
+
+    def record(facts: IpFacts) -> None:
+        store.record_event(event_row(timestamp="2024-01-01 00:00:00.000", user="alice", pwid=None, service="imap",
+                                     ip=facts.ip, facts=facts, result="unknown", reason="", authenticated=True))
+        store.commit()
+
+    f = enrich("203.0.113.66", cfg, now=NOW)
+    assert f.sources["rdap"].status is S.FETCHED and f.whois.net_name == "HUGE-ORIGIN"
+    assert f.whois.asn == 64500 and f.asns == (64500,)  # MaxMind's, the hint
+    record(f)
+    # a row cached by the old parser: refused, asked again
+    IpCache(str(tmp_path / "c")).put("rdap", "198.51.100.7", {"facts": {"asn": 99999999999999999999,
+                                                                       "net_name": "OLD"}}, 7 * 86400, NOW)
+    f = enrich("198.51.100.7", cfg, now=NOW + 1)
+    assert f.sources["rdap"].status is S.FETCHED and f.whois.asn == 64501 and f.whois.net_name != "OLD"
+    record(f)
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.sqlite")) as conn:
+        assert conn.execute("SELECT src_ip, asn FROM audit_events ORDER BY src_ip").fetchall() == [
+            ("198.51.100.7", 64501), ("203.0.113.66", 64500)]
+    store.close()
+
+
 def test_enrich_corrupt_cache_is_survived_with_one_stderr_line(audit_config, tmp_path):
     d = tmp_path / "cache"
     d.mkdir()
@@ -290,6 +375,36 @@ def test_enrich_concurrent_processes_share_the_cache(tmp_path, dns_server, rdap_
     assert stats["sources"]["rdns"]["entries"] == len(ips)
     assert sorted(os.listdir(tmp_path / "cache"))[0] == FILE_NAME  # no file left under a private name
     assert not [n for n in os.listdir(tmp_path / "cache") if ".new-" in n]
+
+
+def test_kept_cache_connection_is_dropped_when_others_may_write_the_cache(audit_config):
+    """`serve` keeps its cache connection open: a chmod that lets group or others write the
+    cache after it was opened is judged as at opening (uncached, said on every request),
+    not only when the file is replaced."""
+    import io
+
+    from dovecot_appauth.audit import enrich as enrich_module
+
+    cfg = audit_config()
+    directory = cfg.audit.cache.path
+    enrich_module.keep_cache_open()
+    try:
+        enrich("198.51.100.7", cfg, now=NOW)
+        assert statuses(enrich("198.51.100.7", cfg, now=NOW))["rdns"] is S.CACHED
+        for mode, what in ((0o777, f"directory {directory} is group- or world-writable (mode 0777)"),
+                           (0o666, f"{directory}/{FILE_NAME} is group- or world-writable (mode 0666)")):
+            target = directory if mode == 0o777 else os.path.join(directory, FILE_NAME)
+            os.chmod(target, mode)
+            for _ in range(2):
+                said = io.StringIO()
+                assert statuses(enrich("198.51.100.7", cfg, now=NOW, stderr=said))["rdns"] is S.FETCHED
+                assert f"enrichment cache bypassed: {what}" in said.getvalue(), said.getvalue()
+            os.chmod(target, 0o700 if mode == 0o777 else 0o600)
+            said = io.StringIO()
+            assert statuses(enrich("198.51.100.7", cfg, now=NOW, stderr=said))["rdns"] is S.CACHED
+            assert said.getvalue() == ""
+    finally:
+        enrich_module.keep_cache_open(False)
 
 
 def test_kept_cache_connection_is_reused_per_thread_and_reopened_when_the_file_goes(audit_config, monkeypatch):

@@ -10,6 +10,7 @@ decided (0 for a right password) within the audit deadline + margin.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -442,6 +443,38 @@ def test_maxmind_truncated(site, cut):
     report = _find_source(_explain(site), "maxmind")
     assert report is not None
     assert "city.mmdb" in json.dumps(report)  # the unreadable file is named
+
+
+def test_maxmind_truncated_city_is_named_on_every_login(site):
+    """The per-login program with a truncated City file and an intact ASN file: every login's
+    audit line says MaxMind's city part is unknown, and nothing of it is cached (it was
+    cached as a clean answer: from the second login on, the geo deny list saw nothing and
+    no line said so). `explain` names the file and the unknown part."""
+    city = site.dir / "city.mmdb"
+    city.write_bytes((MMDB / "AppAuth-Test-City.mmdb").read_bytes()[:-200])
+    geo = site.dir / "lists" / "geo.deny.lst"
+    geo.write_text("2921044\n")  # Germany: 198.51.100.7 with an intact City file
+    nxdomain = lambda q: q[:2] + b"\x81\x83" + q[4:]  # noqa: E731 (a cached "no PTR": the cache file exists)
+    with UdpResponder(nxdomain) as dns:
+        site.write(**audit_sections(site, dns_port=dns.port, city=str(city), asn=str(MMDB / "AppAuth-Test-ASN.mmdb")),
+                   audit__lists={"geo_location_ids": str(geo)})
+        for n in range(2):
+            run = site.login("a")
+            assert run.status == 0 and run.lines == [], (n, run.stderr)
+            lines = (site.dir / "audit.log").read_text().splitlines()
+            assert len(lines) == n + 1
+            assert ", host=<>, " in lines[n]
+            assert lines[n].endswith(", result=unknown, reason=<no list matched (unknown: maxmind city, whois)>"), \
+                lines[n]
+        with contextlib.closing(sqlite3.connect(f"file:{site.cache / 'cache.sqlite'}?mode=ro", uri=True)) as conn:
+            assert conn.execute("SELECT source FROM entry").fetchall() == [("rdns",)]
+        report = json.loads(run_cli(site.path, "explain", "198.51.100.7", "--json").stdout)
+        text = run_cli(site.path, "explain", "198.51.100.7").stdout
+    assert report["facts"]["sources"]["maxmind"]["status"] == "fetched"
+    assert str(city) in report["facts"]["sources"]["maxmind"]["detail"]
+    assert report["facts"]["maxmind"]["unavailable"] == ["city"]
+    assert report["reason"] == "no list matched (unknown: maxmind city, whois)"
+    assert "maxmind   fetched" in text and str(city) in text, text
 
 
 def test_maxmind_all_files_truncated(site):

@@ -39,6 +39,23 @@ def test_rdns_lookup_nxdomain_is_no_ptr(dns_server):
     assert rdns.lookup("192.0.2.99", dns_server.dns_config(), 1.0) == NO_PTR == "<>"
 
 
+@pytest.mark.parametrize(("ptr", "text"), [
+    ("<>", "\\<\\>"),
+    ("<>.example", "\\<\\>.example"),
+    ("a<b>c.example", "a\\<b\\>c.example"),
+])
+def test_rdns_name_that_looks_like_no_ptr_is_escaped(ptr, text):
+    """A real PTR `<>.` (whoever holds the address's reverse zone writes it) never reads as
+    NO_PTR ("<>", matched by a reverse_hostname `<>` entry as "no PTR"): `<` and `>` are
+    backslash-escaped like dnspython's other special characters, through the local DNS server."""
+    from tests.support.localservers import LocalDns
+
+    with LocalDns(ptr={"192.0.2.77": ptr}) as server:
+        name = rdns.lookup("192.0.2.77", server.dns_config(), 1.0)
+    assert name == text and name != NO_PTR
+    assert rdns.name_text(tuple(label.encode() for label in ptr.split("."))) == text
+
+
 def test_rdns_lookup_servfail_raises(dns_server):
     with pytest.raises(rdns.RdnsError):
         rdns.lookup("198.51.100.250", dns_server.dns_config(), 1.0)
@@ -126,7 +143,51 @@ def test_maxmind_lookup_garbage_file_unavailable(tmp_path):
 def test_maxmind_lookup_detailed_one_file_missing_keeps_the_other(mmdb_paths, tmp_path):
     facts, problems = maxmind.lookup_detailed("203.0.113.66", mmdb_paths[0], str(tmp_path / "asn.mmdb"))
     assert facts.country.code == "RU" and facts.asn is None
+    assert facts.unavailable == ("asn",)  # unknown, not "this address has no AS"
     assert len(problems) == 1 and "asn.mmdb" in problems[0]
+    facts, problems = maxmind.lookup_detailed("203.0.113.66", *mmdb_paths)
+    assert facts.unavailable == () and problems == []
+
+
+@pytest.mark.parametrize("child", [False, True])
+def test_maxmind_truncated_city_file_is_named_unavailable_by_both_readers(tmp_path, child):
+    """A truncated download of the City file next to an intact ASN file: the ASN facts, and
+    the City part named as unavailable (its empty fields are not "no city"), by the pure
+    reader and by the per-login program's C extension in its child."""
+    if child and maxmind._extension() is None:
+        missing_dependency("maxminddb's C extension is not built here")
+    city = tmp_path / "city.mmdb"
+    city.write_bytes(Path(CITY_MMDB).read_bytes()[:-200])
+    facts, problems = _outcome("203.0.113.66", str(city), ASN_MMDB, child=child)
+    assert facts.unavailable == ("city",) and facts.country == GeoName() and facts.latitude is None
+    assert (facts.asn, facts.as_org) == (64500, "Example Hosting")
+    assert [p for p in problems if str(city) in p and "C reader" not in p], problems
+
+
+@pytest.mark.parametrize("number", ["AS64500", 1 << 40, 0])
+@pytest.mark.parametrize("child", [False, True])
+def test_maxmind_asn_record_without_an_as_number_is_a_damaged_file(tmp_path, number, child):
+    """A readable ASN database whose record holds no 4-byte AS number (a genuine one always
+    does): its AS part is unavailable and named, never stored (the audit event's row takes
+    no integer past 2**63 - 1)."""
+    if child and maxmind._extension() is None:
+        missing_dependency("maxminddb's C extension is not built here")
+    from mmdb_writer import MmdbU128, MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", languages=["en"], description="damaged",
+                        ipv4_compatible=True)
+    writer.insert_network(IPSet(["203.0.113.0/24"]), {
+        "autonomous_system_number": number if isinstance(number, str) else MmdbU128(number),
+        "autonomous_system_organization": "Example Hosting"})
+    asn = tmp_path / "asn.mmdb"
+    writer.to_db_file(str(asn))
+    facts, problems = _outcome("203.0.113.66", CITY_MMDB, str(asn), child=child)
+    assert facts.unavailable == ("asn",) and (facts.asn, facts.as_org) == (None, None)
+    assert facts.country.code == "RU"
+    assert problems == [f"{asn}: autonomous_system_number {str(number)!r} is no AS number (a damaged file?)"]
+    # configured alone, no database is usable: the whole source is unavailable
+    assert _outcome("203.0.113.66", None, str(asn), child=child) == ("unavailable", problems[0])
 
 
 def test_maxmind_file_signature_changes_with_the_file(mmdb_paths, tmp_path):
@@ -342,6 +403,32 @@ def test_rdap_lookup_without_asn_has_no_as_fields(rdap_server):
 def test_rdap_lookup_hint_function_is_called(rdap_server):
     f = rdap.lookup("2001:db8::25", rdap_server.rdap_config(), 1.0, asn_hint=lambda: 64502)
     assert f.as_desc == "EXAMPLE-V6 Example IPv6 Net, NL"
+
+
+@pytest.mark.parametrize(("member", "origin", "expected"), [
+    ("arin_originas0_originautnums", ["AS99999999999999999999"], 64500),
+    ("arin_originas0_originautnums", [-7, "AS-7", "+64501", "AS0", 4294967296], 64500),
+    ("arin_originas0_originautnums", ["AS99999999999999999999", "AS64501"], 64501),
+    ("originAutnums", [99999999999999999999, "AS4294967295"], 4294967295),
+    ("originAutnums", ["as64501"], 64501),
+])
+def test_rdap_origin_as_out_of_range_is_skipped(fresh_rdap_server, member, origin, expected):
+    """Whoever registers the network writes its origin AS: a number that is no 4-byte AS
+    number is skipped (the hint, MaxMind's AS, takes its place), never stored; it made
+    SQLite raise OverflowError writing the audit event (a right password then failed
+    temporarily), and the RDAP facts are cached for days."""
+    fresh_rdap_server.networks["198.18.0.0/24"] = {
+        "objectClassName": "ip network", "handle": "198.18.0.0 - 198.18.0.255", "name": "BIG-ORIGIN-NET",
+        "country": "NL", member: origin}
+    f = rdap.lookup("198.18.0.9", fresh_rdap_server.rdap_config(), 1.0, asn_hint=lambda: 64500)
+    assert f.asn == expected and f.net_name == "BIG-ORIGIN-NET"
+    asked = [r for r in fresh_rdap_server.requests if r.startswith("/rdap/autnum/")]
+    assert asked == [f"/rdap/autnum/{expected}"]
+    if expected == 64500:
+        assert f.as_desc == "EXAMPLE-HOSTING-AS Example Hosting backbone, RU"
+    # an impossible hint is no AS number either
+    f = rdap.lookup("198.18.0.9", fresh_rdap_server.rdap_config(), 1.0, asn_hint=1 << 64)
+    assert f.asn == (None if expected == 64500 else expected)
 
 
 def test_rdap_lookup_unknown_address_gives_empty_facts(rdap_server):

@@ -148,6 +148,29 @@ def test_format_line_unknown_values_print_none():
     assert format_line("u", "imap", "203.0.113.5", facts, None).endswith("net_cc=None, entity=")
 
 
+def test_a_real_name_never_prints_or_matches_as_no_ptr():
+    """A PTR record `<>.` arrives escaped (sources/rdns.py): the line shows it escaped, not as
+    `host=<>` ("no PTR"), and a reverse_hostname `<>` entry does not take it for "no PTR"."""
+    from dovecot_appauth.audit.sources.rdns import name_text
+
+    rdns = name_text((b"<>",))
+    facts = IpFacts("203.0.113.5", rdns=rdns, whois=WhoisFacts())
+    verdict = global_verdict(facts, {"reverse_hostname": "<>"})
+    assert verdict.outcome.value == "unknown" and verdict.matched is None
+    line = format_line("u", "imap", "203.0.113.5", facts, verdict)
+    assert "host=<>" not in line and ", host=\\x5c\\x3c\\x5c\\x3e, " in line
+    # the real "no PTR" still matches
+    no_ptr = IpFacts("203.0.113.5", rdns=NO_PTR, whois=WhoisFacts())
+    assert global_verdict(no_ptr, {"reverse_hostname": "<>"}).outcome.value == "deny"
+
+
+def test_format_line_names_an_unreadable_maxmind_database_in_the_reason():
+    facts = IpFacts("203.0.113.5", rdns=NO_PTR, whois=WhoisFacts(),
+                    maxmind=MaxMindFacts(asn=64500, unavailable=("city",)))
+    line = format_line("u", "imap", "203.0.113.5", facts, global_verdict(facts, {"geo_location_ids": "2017370"}))
+    assert line.endswith(", result=unknown, reason=<no list matched (unknown: maxmind city)>"), line
+
+
 def test_format_line_asn_falls_back_to_maxmind():
     facts = IpFacts("203.0.113.5", maxmind=MaxMindFacts(asn=64500, as_org="Example"))
     assert "asn=AS64500, " in format_line("u", "imap", "203.0.113.5", facts, None)

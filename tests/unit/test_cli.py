@@ -426,3 +426,28 @@ def test_check_config_says_where_audit_lines_cannot_go(tmp_path):
     path.write_text(f'[database]\ndsn = "sqlite:///{tmp_path}/db.sqlite"\n\n[audit]\nenabled = false\n'
                     f'syslog_socket = "{missing}"\n')
     assert check_audit_log(load(str(path)), journal_socket=missing) == []
+
+
+def test_check_config_says_an_allow_list_without_its_trusted_source_never_allows(tmp_path):
+    """Allow lists match only facts the admin can trust (MaxMind, the origin-AS service),
+    never RDAP's, which the network's holder writes: an `as_numbers` or `countries` allow
+    list without the source that feeds it can never allow, and check-config says so."""
+    from dovecot_appauth.cli.checks import check_allow_sources
+    from dovecot_appauth.config import load
+
+    (tmp_path / "asn.allow").write_text("AS64500\n")
+    (tmp_path / "cc.allow").write_text("DE\n")
+
+    def found(extra: str) -> list[str]:
+        path = tmp_path / "config.toml"
+        path.write_text(f'[database]\ndsn = "sqlite:///{tmp_path}/db.sqlite"\n\n[audit]\nenabled = true\n\n'
+                        f'[audit.allow]\nas_numbers = "{tmp_path}/asn.allow"\ncountries = "{tmp_path}/cc.allow"\n\n'
+                        '[audit.allow.users."bob@example.com"]\nas_numbers = ["AS64501"]\n\n' + extra)
+        return [f"{p.level} {p.where}" for p in check_allow_sources(load(str(path)))]
+
+    assert found("") == ["warning [audit.allow] as_numbers", 'warning [audit.allow.users."bob@example.com"] as_numbers',
+                         "warning [audit.allow] countries"]
+    assert found('[audit.maxmind]\ncity = "/x/City.mmdb"\nasn = "/x/ASN.mmdb"\n') == []
+    assert found('[audit.origin_as]\nenabled = true\n') == ["warning [audit.allow] countries"]
+    assert found('[audit.maxmind]\ncity = "/x/City.mmdb"\n') == [
+        "warning [audit.allow] as_numbers", 'warning [audit.allow.users."bob@example.com"] as_numbers']

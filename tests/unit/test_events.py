@@ -38,13 +38,26 @@ def test_event_row_from_facts():
                     alert="new-country")
     assert row.to_json() == {
         "timestamp": "2026-03-01 08:10:00.000", "uid": "alice@example.com", "pwid": 7, "service": "imap",
-        "src_ip": "198.51.100.7", "src_rdns": "h7.example.net", "country": "DE", "asn": 64501,
+        "src_ip": "198.51.100.7", "src_rdns": "h7.example.net", "country": "DE", "asn": 64500,
         "as_org": "Example Telecom", "place": "Berlin, Land Berlin, Germany", "latitude": 52.52, "longitude": 13.4,
         "accuracy_km": 20, "result": "unknown", "rule": None, "reason": "no deny list matched",
         "authenticated": True, "alert": "new-country",
     }
     assert row.params()[COLUMNS.index("authenticated")] == 1
     assert INSERT_EVENT.count("{p}") == len(COLUMNS)
+
+
+def test_event_row_takes_the_as_of_a_trusted_source_before_rdaps():
+    """The alerts compare a login's AS and country with the user's earlier ones: RDAP's
+    origin AS and network country are the network holder's word, so they are used only when
+    MaxMind (and the origin-AS service) have none, never in front of them."""
+    row = event_row(timestamp="t", user="u", pwid=1, service="imap", ip="198.51.100.7", facts=_facts(),
+                    result="unknown")
+    assert (row.asn, row.country) == (64500, "DE")  # MaxMind's, though RDAP says AS64501 and NL
+    rdap_only = IpFacts("198.51.100.7", whois=WhoisFacts(asn=64501, net_cc="NL"))
+    row = event_row(timestamp="t", user="u", pwid=1, service="imap", ip="198.51.100.7", facts=rdap_only,
+                    result="unknown")
+    assert (row.asn, row.country) == (64501, "NL")
 
 
 def test_event_row_without_facts_and_long_values():

@@ -288,15 +288,16 @@ json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(
                                                                                        max_size=3), max_leaves=10)
 geo_json = st.fixed_dictionaries({"geoname_id": st.none() | st.integers(0, 2**31), "name": st.none() | nasty_text,
                                   "code": st.none() | nasty_text})
+as_number = st.integers(1, 2**32 - 1)  # facts.as_number: AS0 and numbers past 32 bits are none
 maxmind_json = st.fixed_dictionaries({
     "city": geo_json, "subdivisions": st.lists(geo_json, max_size=3), "country": geo_json, "continent": geo_json,
     "registered_country": geo_json, "represented_country": geo_json,
     "latitude": st.none() | st.floats(-90, 90), "longitude": st.none() | st.floats(-180, 180),
     "accuracy_radius_km": st.none() | st.integers(0, 20000), "postal_code": st.none() | nasty_text,
-    "asn": st.none() | st.integers(0, 2**32 - 1), "as_org": st.none() | nasty_text,
-})
+    "asn": st.none() | as_number, "as_org": st.none() | nasty_text,
+}, optional={"unavailable": st.lists(st.sampled_from(facts.MAXMIND_PARTS), min_size=1, max_size=2, unique=True)})
 whois_json = st.fixed_dictionaries({
-    "asn": st.none() | st.integers(0, 2**32 - 1), "as_cc": st.none() | nasty_text, "as_desc": st.none() | nasty_text,
+    "asn": st.none() | as_number, "as_cc": st.none() | nasty_text, "as_desc": st.none() | nasty_text,
     "net_name": st.none() | nasty_text, "net_cc": st.none() | nasty_text,
     "entities": st.lists(nasty_text, max_size=40),
 })
@@ -323,6 +324,33 @@ def test_ipfacts_json_round_trip(data):
     again = facts.IpFacts.from_json(json.loads(json.dumps(first.to_json())))
     assert _canonical(first) == _canonical(again)
     assert again.asns == first.asns
+    assert again.trusted_asns == first.trusted_asns
+    if first.maxmind is not None:
+        assert again.maxmind.unavailable == tuple(data["maxmind"].get("unavailable", ()))
+
+
+@fuzz(300, 10_000)
+@given(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=30)
+       | st.text("AaSs0123456789+-_ \u0660\uff10", max_size=25)
+       | st.integers(-5, 2**40).map(lambda n: f"AS{n}"))
+def test_as_number_is_a_4_byte_as_number_or_none(value):
+    """Whatever RDAP, a damaged file or a cache row holds: an int SQLite can store, or None."""
+    number = facts.as_number(value)
+    assert number is None or (type(number) is int and 0 < number < 2**32)
+    if number is not None and isinstance(value, str):
+        digits = value.strip().upper().removeprefix("AS")
+        assert digits.isascii() and digits.isdigit() and int(digits) == number
+
+
+@fuzz(300, 10_000)
+@given(st.lists(st.binary(min_size=1, max_size=63), max_size=4))
+def test_no_ptr_name_reads_as_no_ptr(labels):
+    """No PTR name a reverse zone holds prints as NO_PTR ("<>") or with a bare < or >."""
+    from dovecot_appauth.audit.sources.rdns import name_text
+
+    text = name_text(tuple(labels))
+    assert text != facts.NO_PTR
+    assert not re.search(r"(?<!\\)[<>]", text.replace("\\\\", ""))
 
 
 @fuzz(300, 10_000)
@@ -475,7 +503,7 @@ def _rdap_config(responder, bootstrap: bool):
 
 
 def _check_whois(w):
-    assert w.asn is None or isinstance(w.asn, int)
+    assert w.asn is None or (type(w.asn) is int and 0 < w.asn < 2**32)
     for v in (w.as_cc, w.as_desc, w.net_name, w.net_cc):
         assert v is None or isinstance(v, str)
     assert isinstance(w.entities, tuple) and all(isinstance(e, str) for e in w.entities)

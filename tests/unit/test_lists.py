@@ -233,7 +233,46 @@ def test_load_lists_change_applies_at_next_load(tmp_path):
     assert [e.value for e in load_lists(config).deny["as_numbers"]] == [64502]
 
 
-def test_load_lists_cache_is_marshal_private_and_used(tmp_path):
+@pytest.fixture
+def cache_fresh_files(monkeypatch):
+    """The parsed-form cache is not written for a file changed within RACY_NS: these tests
+    write their lists just before loading them."""
+    from dovecot_appauth.audit import lists as lists_module
+
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)
+
+
+def test_list_cache_is_keyed_by_the_whole_stat_and_skips_racy_files(tmp_path, monkeypatch):
+    """A same-size list put in place with the old mtime (`cp -p`, `tar x`, a rename) is read
+    again: the cache's key is the whole stat signature, not size and mtime. A file changed
+    within RACY_NS is not cached at all (a second same-size write in the same time stamp
+    tick would keep even that signature)."""
+    from dovecot_appauth.audit import lists as lists_module
+
+    config = make_config(tmp_path, {"ip_networks.lst": "198.51.100.0/24\n"})
+    path = tmp_path / "ip_networks.lst"
+    cached = tmp_path / "cache" / "lists"
+
+    def networks() -> list[str]:
+        return [e.text for e in load_lists(config).deny["ip_networks"]]
+
+    monkeypatch.setattr(lists_module, "RACY_NS", 3600 * 10**9)  # every file is "just changed"
+    assert networks() == ["198.51.100.0/24"]
+    assert not cached.exists() or list(cached.iterdir()) == []  # parsed, not cached
+    monkeypatch.setattr(lists_module, "RACY_NS", 0)
+    assert networks() == ["198.51.100.0/24"]
+    assert len(list(cached.iterdir())) == 1
+    old = path.stat()
+    replacement = tmp_path / "ip_networks.new"
+    replacement.write_text("198.51.101.0/24\n")  # the same size
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.rename(replacement, path)
+    new = path.stat()
+    assert (new.st_size, new.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert networks() == ["198.51.101.0/24"]
+
+
+def test_load_lists_cache_is_marshal_private_and_used(tmp_path, cache_fresh_files):
     config = make_config(
         tmp_path, {"reverse_hostname.lst": "(bad\n.*\\.example\\.net\n(a|b)x+\\.host\\.example\n"}
     )
@@ -362,7 +401,7 @@ def test_cache_rebuild_of_fast_form_lists_does_not_import_re(tmp_path):
     subprocess.run([sys.executable, "-I", "-S", "-c", code], check=True)
 
 
-def test_load_lists_from_the_cache_equal_a_fresh_parse(tmp_path):
+def test_load_lists_from_the_cache_equal_a_fresh_parse(tmp_path, cache_fresh_files):
     """A realistic list set read back from the parsed-form cache gives the entries a fresh
     parse gives (the per-login cost of that read is measured in benchmarks/, not here)."""
     ips = "".join(f"{i % 223 + 1}.{i // 223 % 256}.{i % 256}.0/24  provider {i}\n" for i in range(2000))
@@ -578,7 +617,7 @@ def _long_network_list(tmp_path: Path) -> Path:
     return path
 
 
-def test_long_ip_networks_list_comes_from_the_cache_with_its_index(tmp_path):
+def test_long_ip_networks_list_comes_from_the_cache_with_its_index(tmp_path, cache_fresh_files):
     """A list of INDEX_MIN_ENTRIES or more networks is cached with its per-prefix index
     (lists.NetworkIndex, the form serve compiles); a login looks addresses up in it and
     gets the entry the scan finds."""
@@ -604,7 +643,7 @@ def test_long_ip_networks_list_comes_from_the_cache_with_its_index(tmp_path):
     assert not isinstance(read_file("ip_networks", str(short), cache_dir=str(cache))[0], IndexedNetworks)
 
 
-def test_a_damaged_network_index_in_the_cache_means_parse_the_file(tmp_path):
+def test_a_damaged_network_index_in_the_cache_means_parse_the_file(tmp_path, cache_fresh_files):
     from dovecot_appauth.audit.lists import IndexedNetworks, read_file
 
     path = _long_network_list(tmp_path)
@@ -648,7 +687,9 @@ def test_regex_future_warning_stays_off_a_logins_stderr(tmp_path):
         "import sys\n"
         "from pathlib import Path\n"
         "from tests.unit.test_lists import FUTURE_WARNING_PATTERN, make_config\n"
+        "from dovecot_appauth.audit import lists\n"
         "from dovecot_appauth.audit.lists import load_lists\n"
+        "lists.RACY_NS = 0  # the list is written just before: cache it all the same\n"
         "from dovecot_appauth.audit.matchers import RegexSet\n"
         "from dovecot_appauth.audit.patterns import regex_fullmatch\n"
         f"config = make_config(Path({str(config_dir)!r}), {{'reverse_hostname.lst': FUTURE_WARNING_PATTERN + '\\n'}})\n"

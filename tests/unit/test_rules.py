@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from dovecot_appauth.audit.facts import NO_PTR, GeoName, IpFacts, MaxMindFacts, WhoisFacts
+from dovecot_appauth.audit.facts import (
+    NO_PTR,
+    GeoName,
+    IpFacts,
+    MaxMindFacts,
+    OriginFacts,
+    WhoisFacts,
+    as_number,
+    maxmind_from_json,
+    origin_from_json,
+    whois_from_json,
+)
 from dovecot_appauth.audit.lists import Lists, parse_list
 from dovecot_appauth.audit.rules import (
     DENY_RULES,
@@ -122,7 +133,8 @@ def test_evaluate_disabled_service_first():
 
 
 def test_evaluate_allow_beats_every_deny():
-    facts = IpFacts("198.51.100.7", rdns="x.bad.example", whois=WhoisFacts(asn=64500, net_cc="XX"))
+    facts = IpFacts("198.51.100.7", rdns="x.bad.example", whois=WhoisFacts(asn=64500, net_cc="XX"),
+                    maxmind=MaxMindFacts(country=GeoName(code="XX"), asn=64500))
     deny = {
         "ip_networks": "198.51.100.0/24",
         "reverse_hostname": r".*\.bad\.example",
@@ -137,6 +149,116 @@ def test_evaluate_allow_beats_every_deny():
         # every deny rule is listed as not reached
         assert all(c.result is CheckResult.NOT_REACHED for c in v.checks if c.list == "deny")
 
+
+
+def test_allow_lists_never_trust_what_the_network_holder_writes():
+    """The review's case: MaxMind says AS64500 (denied), the RDAP network object's
+    registrant-editable origin AS says AS64501 (allow-listed): denied. Same for RDAP's
+    network country against a country allow list."""
+    lists = make_lists({"as_numbers": "AS64500", "as_names": ".*Hoster.*"},
+                       {"as_numbers": "AS64501", "countries": "DE"})
+    facts = IpFacts("203.0.113.9", maxmind=MaxMindFacts(asn=64500, as_org="Bad Hoster"),
+                    whois=WhoisFacts(asn=64501, net_name="BAD-HOSTER-NET", net_cc="DE"))
+    v = judge("203.0.113.9", facts, lists)
+    assert v.outcome is Outcome.DENY and v.matched.rule == "as_numbers" and v.matched.value == "AS64500"
+    allow = {c.kind: (c.result, c.detail) for c in v.checks if c.list == "allow"}
+    assert allow["as_numbers"] == (CheckResult.NO_MATCH, "1 entries")  # MaxMind's AS64500 is not listed
+    assert allow["countries"] == (CheckResult.UNKNOWN, "fact unknown")  # MaxMind has no country
+    # RDAP alone: the allow lists cannot be judged ("fact unknown"), the deny lists still can
+    facts = IpFacts("203.0.113.9", whois=WhoisFacts(asn=64501, as_desc="Bad Hoster", net_cc="DE"))
+    v = judge("203.0.113.9", facts, lists)
+    assert v.outcome is Outcome.DENY and v.matched.rule == "as_names"
+    allow = {c.kind: c.result for c in v.checks if c.list == "allow"}
+    assert allow == {"ip_networks": CheckResult.NO_LIST, "as_numbers": CheckResult.UNKNOWN,
+                     "countries": CheckResult.UNKNOWN}
+    # and a user's inline allow list trusts no more than the global one
+    lists.user_allow["alice"] = make_lists(allow={"as_numbers": "AS64501", "countries": "DE"}).allow
+    assert judge("203.0.113.9", facts, lists).outcome is Outcome.DENY
+    # deny lists keep matching RDAP's values: more sources can only deny more
+    v = judge("203.0.113.9", facts, make_lists({"as_numbers": "AS64501"}))
+    assert v.outcome is Outcome.DENY and v.matched.value == "AS64501"
+
+
+@pytest.mark.parametrize(("facts", "shown"), [
+    (IpFacts("203.0.113.9", maxmind=MaxMindFacts(asn=64501)), "AS64501"),
+    (IpFacts("203.0.113.9", origin=OriginFacts(asn=64501)), "AS64501"),
+    # either trusted source is enough, whatever RDAP says
+    (IpFacts("203.0.113.9", maxmind=MaxMindFacts(asn=64500), origin=OriginFacts(asn=64501),
+             whois=WhoisFacts(asn=64500)), "AS64501"),
+])
+def test_allow_as_numbers_trusts_maxmind_and_the_origin_as_service(facts, shown):
+    v = judge("203.0.113.9", facts, make_lists({"as_numbers": "AS64500"}, {"as_numbers": "AS64501"}))
+    assert v.outcome is Outcome.ALLOW and v.matched.rule == "allow:as_numbers" and v.matched.value == shown
+
+
+def test_allow_countries_trusts_maxmind_only():
+    lists = make_lists({"network_cc": "XX"}, {"countries": "de"})
+    mm = MaxMindFacts(country=GeoName(2921044, "Germany", "DE"))
+    v = judge("203.0.113.9", IpFacts("203.0.113.9", maxmind=mm, whois=WhoisFacts(net_cc="XX")), lists)
+    assert v.outcome is Outcome.ALLOW and v.matched.value == "DE"
+    v = judge("203.0.113.9", IpFacts("203.0.113.9", maxmind=MaxMindFacts(), whois=WhoisFacts(net_cc="DE")), lists)
+    assert v.outcome is Outcome.UNKNOWN
+    assert [c.result for c in v.checks if c.kind == "countries" and c.list == "allow"] == [CheckResult.UNKNOWN]
+
+
+def test_unreadable_maxmind_database_is_named_unknown_in_the_reason():
+    """A damaged City (or ASN) file: MaxMind's facts exist but that part is unknown, and every
+    verdict's reason says which (the audit line carries it)."""
+    facts = IpFacts("203.0.113.9", rdns="h.example", whois=WhoisFacts(),
+                    maxmind=MaxMindFacts(asn=64500, unavailable=("city",)))
+    lists = make_lists({"geo_location_ids": "2017370", "coordinates": "43.2,46.5,100,0.5"}, {"countries": "RU"})
+    v = judge("203.0.113.9", facts, lists)
+    assert v.outcome is Outcome.UNKNOWN and v.unknown == ("maxmind city",)
+    assert v.reason == "no list matched (unknown: maxmind city)"
+    judged = {(c.list, c.kind): c.result for c in v.checks if c.result is not CheckResult.NO_LIST}
+    assert judged == {("allow", "countries"): CheckResult.UNKNOWN, ("deny", "geo_location_ids"): CheckResult.UNKNOWN,
+                      ("deny", "coordinates"): CheckResult.UNKNOWN}
+    both = IpFacts("203.0.113.9", maxmind=MaxMindFacts(unavailable=("city", "asn")))
+    assert judge("203.0.113.9", both, Lists()).reason == \
+        "no list matched (unknown: rdns, maxmind city, maxmind asn, whois)"
+    # an ASN database that could not be read leaves the allow list "fact unknown", never a match
+    asn_gone = IpFacts("203.0.113.9", maxmind=MaxMindFacts(country=GeoName(code="DE"), unavailable=("asn",)),
+                       whois=WhoisFacts(asn=64501))
+    v = judge("203.0.113.9", asn_gone, make_lists(allow={"as_numbers": "AS64501"}))
+    assert v.outcome is Outcome.UNKNOWN and v.reason == "no list matched (unknown: rdns, maxmind asn)"
+    assert [c.result for c in v.checks if c.kind == "as_numbers" and c.list == "allow"] == [CheckResult.UNKNOWN]
+
+
+def test_maxmind_unavailable_round_trips_and_old_entries_still_read():
+    partial = MaxMindFacts(asn=64500, unavailable=("city",))
+    data = partial.to_json()
+    assert data["unavailable"] == ("city",)
+    assert maxmind_from_json(json.loads(json.dumps(data))) == partial
+    # a complete answer's JSON is as before (cache rows, explain --json), and rows written
+    # before the field existed read as complete
+    assert "unavailable" not in MaxMindFacts(asn=64500).to_json()
+    assert maxmind_from_json({"asn": 64500}) == MaxMindFacts(asn=64500)
+    for bad in ({"unavailable": ["town"]}, {"unavailable": "city"}):
+        with pytest.raises(ValueError):
+            maxmind_from_json(bad)
+
+
+@pytest.mark.parametrize("asn", [99999999999999999999, 1 << 32, -7, 0, True, "64500", 64500.0])
+def test_cached_facts_with_an_impossible_as_number_are_refused(asn):
+    """A cache row written before the range check (RDAP facts live 7 days) is refused
+    (enrich.py then asks again) instead of reaching the audit event's row."""
+    for read in (whois_from_json, maxmind_from_json):
+        with pytest.raises((TypeError, ValueError)):
+            read({"asn": asn})
+    if asn != 0:  # origin_as.py takes AS0
+        with pytest.raises((TypeError, ValueError)):
+            origin_from_json({"asn": asn})
+    assert whois_from_json({"asn": 4294967295}).asn == 4294967295
+
+
+@pytest.mark.parametrize(("text", "number"), [
+    ("AS64500", 64500), ("as64500", 64500), ("64500", 64500), (64500, 64500), ("AS4294967295", 4294967295),
+    ("AS4294967296", None), ("AS99999999999999999999", None), ("-7", None), ("AS-7", None), ("+7", None),
+    ("6_4500", None), ("\uff16\uff14\uff15\uff10\uff10", None), ("AS0", None), (0, None), (-1, None),
+    (1 << 32, None), (True, None), (64500.0, None), (None, None), ("", None), ("AS", None), ("9" * 5000, None),
+])
+def test_as_number_accepts_only_4_byte_as_numbers(text, number):
+    assert as_number(text) == number
 
 def test_evaluate_per_user_allow():
     audit = AuditConfig(allow_users={"alice": UserAllow(ip_networks=("198.51.100.0/25",))})

@@ -48,6 +48,17 @@ def check_config(site, *args: str):
     return run_cli(site.path, "check-config", "--no-database", *args, check=False)
 
 
+def settle(path: Path) -> None:
+    """Wait until `path` changed longer ago than lists.RACY_NS: the parsed form of a list is
+    not cached before (a second write within the time stamp's tick could go unseen)."""
+    import time
+
+    from dovecot_appauth.audit.lists import RACY_NS
+
+    st = path.stat()
+    time.sleep(max(0.0, (max(st.st_mtime_ns, st.st_ctime_ns) + RACY_NS - time.time_ns()) / 1e9 + 0.05))
+
+
 def owners(directory: Path) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.lstat().st_uid for p in [directory, *directory.rglob("*")]}
 
@@ -92,6 +103,7 @@ def test_check_config_unknown_service_user(site):
 
 def test_explain_as_root_leaves_only_files_the_service_user_owns(site):
     uid = dovecot_ids()[0]
+    settle(site.dir / "lists" / "ip_net.deny.lst")  # so that its parsed form is cached
     out = run_cli(site.path, "explain", "198.51.100.7", "--json").stdout
     assert json.loads(out)["facts"]["sources"]["maxmind"]["status"] == "fetched"
     made = owners(site.cache)
@@ -157,6 +169,35 @@ def test_cache_directory_others_can_write_is_not_trusted(site, mode):
     res = check_config(site)
     assert res.returncode == 1
     assert f"error: [audit.cache] path {site.cache}: is group- or world-writable (mode {mode:04o})" in res.stdout
+
+
+def test_cache_of_another_user_is_not_trusted(site):
+    """A cache directory or file that belongs to another user (one who made the path first):
+    readable, so its entries were used, and whoever owns it can forge them."""
+    import pwd
+    import sqlite3
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    uid = dovecot_ids()[0]
+    cache_file = site.cache / "cache.sqlite"
+    assert site.login("a", env=dovecot_env(ip="198.51.100.7"), user="dovecot").stderr == ""
+    with sqlite3.connect(cache_file) as conn:  # readable without writing: no -wal/-shm needed
+        conn.execute("PRAGMA journal_mode=DELETE")
+    os.chown(site.cache, nobody, -1)
+    os.chmod(site.cache, 0o755)
+    os.chown(cache_file, nobody, -1)
+    os.chmod(cache_file, 0o644)
+    expected = (f"dovecot-appauth: enrichment cache bypassed: directory {site.cache} belongs to uid {nobody}, "
+                f"not to this user (uid {uid}) or root, so its entries could be forged: not trusted")
+    for _ in range(2):  # uncached, and loud on every login
+        run = site.login("a", env=dovecot_env(ip="198.51.100.7"), user="dovecot")
+        assert run.status == 0 and run.lines == [expected], run.stderr
+    os.chown(site.cache, uid, -1)  # the directory is the service user's again; the file is not
+    os.chmod(site.cache, 0o700)
+    run = site.login("a", env=dovecot_env(ip="198.51.100.7"), user="dovecot")
+    assert run.status == 0 and run.lines == [
+        f"dovecot-appauth: enrichment cache bypassed: {cache_file} belongs to uid {nobody}, not to this user "
+        f"(uid {uid}) or root: not trusted"], run.stderr
 
 
 def test_explain_as_root_warns_before_creating_a_missing_cache_directory(site):

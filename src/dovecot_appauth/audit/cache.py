@@ -102,24 +102,41 @@ def _check_trusted(directory: str, path: str) -> None:
     """Refuse a cache others could write: its entries feed the allow lists (an AS or a
     country on an allow list), so a forged entry could let a login through.
 
-    The directory must be a directory writable by neither group nor
-    others, and an existing cache file must not be writable by them either (its owner is
-    checked by `check-config`: the service user or root). Otherwise the login runs
-    uncached, with one line saying why (enrich.py).
+    The directory must be a directory, and it and an existing cache file must be writable
+    by neither group nor others and belong to this user or root (a path another user made
+    first is theirs to fill). Otherwise the login runs uncached, with one line saying why
+    (enrich.py). `serve` checks again each time it looks at the kept file (distrust).
     """
     st = posix.stat(directory)
-    if (st.st_mode & 0o170000) != 0o040000:
-        raise CacheUnavailable(f"{directory} is not a directory")
-    if st.st_mode & 0o022:
-        raise CacheUnavailable(f"directory {directory} is group- or world-writable (mode {st.st_mode & 0o7777:04o}), "
-                               "so its entries could be forged: not trusted; chmod 0700")
     try:
-        fst = posix.lstat(path)
+        fst: os.stat_result | None = posix.lstat(path)
     except FileNotFoundError:
-        return
+        fst = None
+    problem = distrust(directory, st, path, fst)
+    if problem:
+        raise CacheUnavailable(problem)
+
+
+def distrust(directory: str, st: os.stat_result, path: str, fst: os.stat_result | None) -> str | None:
+    """Why the cache at `path` in `directory` (their stats; `fst` None: no file yet) cannot
+    be trusted, or None. Root may use a cache of any owner (admin commands drop to the
+    service user before they touch it; see cli/service_user.py)."""
+    if (st.st_mode & 0o170000) != 0o040000:
+        return f"{directory} is not a directory"
+    if st.st_mode & 0o022:
+        return (f"directory {directory} is group- or world-writable (mode {st.st_mode & 0o7777:04o}), "
+                "so its entries could be forged: not trusted; chmod 0700")
+    me = posix.geteuid()
+    if me != 0 and st.st_uid not in (me, 0):
+        return (f"directory {directory} belongs to uid {st.st_uid}, not to this user (uid {me}) or root, "
+                "so its entries could be forged: not trusted")
+    if fst is None:
+        return None
     if fst.st_mode & 0o022:
-        raise CacheUnavailable(f"{path} is group- or world-writable (mode {fst.st_mode & 0o7777:04o}): "
-                               "not trusted; chmod 0600")
+        return f"{path} is group- or world-writable (mode {fst.st_mode & 0o7777:04o}): not trusted; chmod 0600"
+    if me != 0 and fst.st_uid not in (me, 0):
+        return f"{path} belongs to uid {fst.st_uid}, not to this user (uid {me}) or root: not trusted"
+    return None
 
 
 class IpCache:

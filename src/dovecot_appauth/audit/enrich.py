@@ -23,7 +23,7 @@ import time
 
 from .. import ipnum
 from ..core import WouldWait, must_not_wait, say
-from .cache import BUSY_TIMEOUT_MS, FILE_NAME, CacheUnavailable, IpCache, Negative, file_signature
+from .cache import BUSY_TIMEOUT_MS, FILE_NAME, CacheUnavailable, IpCache, Negative, distrust, file_signature
 from .facts import (
     IpFacts,
     MaxMindFacts,
@@ -100,14 +100,25 @@ def _kept_cache(directory: str) -> IpCache:
 
     kept: dict[str, tuple[int, tuple[int, int] | None, IpCache]] = _kept_caches.__dict__.setdefault("caches", {})
     pid = os.getpid()
+    path = os.path.join(directory, FILE_NAME)
     try:
-        st = stat(os.path.join(directory, FILE_NAME))
+        st = stat(path)
         identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except OSError:
         identity = None  # made by the first query: kept from the next request on
     known = kept.get(directory)
     if known is not None and known[0] == pid and identity is not None and known[1] == identity:
-        return known[2]
+        # the same file, but trusted only while its modes and owners are: a chmod or chown
+        # after it was opened is judged as at opening (IpCache._prepare_directory)
+        try:
+            problem = distrust(directory, stat(directory), path, st)
+        except OSError as e:
+            problem = f"{directory}: {e.strerror or type(e).__name__}"
+        if problem is None:
+            return known[2]
+        known[2].close()
+        del kept[directory]
+        raise CacheUnavailable(problem)
     if known is not None and known[0] == pid:
         known[2].close()  # the file was replaced or removed; never a parent's connection
     # serve's event loop never waits for another connection's lock (WouldWait instead:
@@ -248,7 +259,11 @@ def enrich(
                 elif name == "rdns":
                     rows.append(("rdns", ip, {"ptr": value}, audit.cache.rdns_ttl, True))
                 elif name == "maxmind":
-                    rows.append(("maxmind", ip, {"sig": mm_sig, "facts": value.to_json()}, None, True))
+                    # a partial answer (a database could not be read) is never kept: it would
+                    # be served as a clean one until the file changes; MaxMind is local and
+                    # cheap to read again, so each login reports (and is judged with) the gap
+                    if not value.unavailable:
+                        rows.append(("maxmind", ip, {"sig": mm_sig, "facts": value.to_json()}, None, True))
                 else:
                     rows.append(("rdap", ip, {"facts": value.to_json()}, audit.cache.rdap_ttl, True))
                     rows.extend((BOOTSTRAP_SOURCE, boot_keys[k], doc, audit.cache.rdap_ttl, True)

@@ -85,7 +85,9 @@ def event_row(*, timestamp: str, user: str, pwid: int | None, service: str | Non
     """The row for one login from what the enrichment found (pure)."""
     mm = facts.maxmind if facts else None
     whois = facts.whois if facts else None
-    asns = facts.asns if facts else ()
+    # the trusted sources' AS first (MaxMind, the origin-AS service), RDAP's only without
+    # them: the network's holder writes RDAP's, and the alerts compare this row's AS
+    asns = (facts.trusted_asns or facts.asns) if facts else ()
     as_org = (mm.as_org if mm else None) or (facts.as_desc if facts else None)
     country = (mm.country.code if mm else None) or (whois.net_cc if whois else None)
     if place is None and mm is not None:

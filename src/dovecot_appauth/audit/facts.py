@@ -49,7 +49,19 @@ class GeoName(Value):
 _NO_PLACE = GeoName()
 
 
+# The MaxMind databases a lookup can miss (MaxMindFacts.unavailable), in this order
+MAXMIND_PARTS = ("city", "asn")
+
+
 class MaxMindFacts(Value):
+    """What MaxMind's City and ASN databases say of an address.
+
+    `unavailable` names the configured databases that could not be read for this lookup
+    ("city", "asn"): their fields are empty because the file is damaged or missing, not
+    because the address is not in it. The rule engine counts them as unknown
+    (rules._unknown_facts) and enrich.py never caches such a partial answer.
+    """
+
     __slots__ = (
         "accuracy_radius_km",
         "as_org",
@@ -63,6 +75,7 @@ class MaxMindFacts(Value):
         "registered_country",
         "represented_country",
         "subdivisions",
+        "unavailable",
     )
 
     def __init__(
@@ -79,6 +92,7 @@ class MaxMindFacts(Value):
         postal_code: str | None = None,
         asn: int | None = None,
         as_org: str | None = None,
+        unavailable: tuple[str, ...] = (),
     ):
         self.city = city
         self.subdivisions = subdivisions  # least specific first, as MaxMind orders them
@@ -92,6 +106,7 @@ class MaxMindFacts(Value):
         self.postal_code = postal_code
         self.asn = asn  # from the ASN database
         self.as_org = as_org  # autonomous_system_organization
+        self.unavailable = unavailable  # of MAXMIND_PARTS: configured, but could not be read
 
     def place(self) -> str | None:
         """A readable place for the `log.src_loc` column: `City, Subdivision, Country`."""
@@ -103,7 +118,7 @@ class MaxMindFacts(Value):
         return text or None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "city": self.city.to_json(),
             "subdivisions": tuple(s.to_json() for s in self.subdivisions),
             "country": self.country.to_json(),
@@ -117,6 +132,9 @@ class MaxMindFacts(Value):
             "asn": self.asn,
             "as_org": self.as_org,
         }
+        if self.unavailable:  # only then: the JSON of a complete answer is as it always was
+            data["unavailable"] = self.unavailable
+        return data
 
 
 class WhoisFacts(Value):
@@ -221,6 +239,18 @@ class IpFacts(Value):
         return tuple(found)
 
     @property
+    def trusted_asns(self) -> tuple[int, ...]:
+        """The AS numbers an allow list may trust: the origin-AS service's (BGP-derived) and
+        MaxMind's ASN database's (the admin's file). Never RDAP's: its origin AS
+        (`originAutnums`) is written by whoever registered the network, i.e. the client's
+        address space holder (docs/SECURITY.md, "The client")."""
+        found = []
+        for source in (self.origin, self.maxmind):
+            if source is not None and source.asn is not None and source.asn not in found:
+                found.append(source.asn)
+        return tuple(found)
+
+    @property
     def as_cc(self) -> str | None:
         """The AS's country: RDAP's autnum country, else the origin-AS service's."""
         if self.whois is not None and self.whois.as_cc:
@@ -267,7 +297,39 @@ def _geo(data: dict[str, Any] | None) -> GeoName:
     return GeoName(data.get("geoname_id"), data.get("name"), data.get("code"))
 
 
+def as_number(value: Any) -> int | None:
+    """`value` (an int, or text like "64500" or "AS64500") as an AS number: 0 < n < 2**32,
+    what a 4-byte AS number can be (AS0 means "not routed", RFC 7607); None when it is
+    none. Keeps numbers from RDAP, a damaged file or a cache row out of the `audit_events`
+    row, where SQLite takes no integer above 2**63 - 1 (OverflowError)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        digits = value.strip()
+        if digits[:2].upper() == "AS":
+            digits = digits[2:]
+        # ASCII digits only: int() also takes "+7", " 7", "6_4500" and other scripts' digits
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 10:
+            return None
+        value = int(digits)
+    if not isinstance(value, int):
+        return None
+    return value if 0 < value < 1 << 32 else None
+
+
+def _cached_asn(data: dict[str, Any], lowest: int = 1) -> int | None:
+    """The `asn` of a cache row's facts; TypeError when it is not one (enrich.py then asks
+    the source again): a row written before the range check could hold any integer."""
+    asn = data.get("asn")
+    if asn is not None and (isinstance(asn, bool) or not isinstance(asn, int) or not lowest <= asn < 1 << 32):
+        raise TypeError("asn")
+    return asn
+
+
 def maxmind_from_json(data: dict[str, Any]) -> MaxMindFacts:
+    unavailable = tuple(data.get("unavailable") or ())
+    if any(part not in MAXMIND_PARTS for part in unavailable):
+        raise ValueError("unavailable")
     return MaxMindFacts(
         city=_geo(data.get("city")),
         subdivisions=tuple(_geo(s) for s in data.get("subdivisions") or ()),
@@ -279,14 +341,15 @@ def maxmind_from_json(data: dict[str, Any]) -> MaxMindFacts:
         longitude=data.get("longitude"),
         accuracy_radius_km=data.get("accuracy_radius_km"),
         postal_code=data.get("postal_code"),
-        asn=data.get("asn"),
+        asn=_cached_asn(data),
         as_org=data.get("as_org"),
+        unavailable=unavailable,
     )
 
 
 def whois_from_json(data: dict[str, Any]) -> WhoisFacts:
     return WhoisFacts(
-        asn=data.get("asn"),
+        asn=_cached_asn(data),
         as_cc=data.get("as_cc"),
         as_desc=data.get("as_desc"),
         net_name=data.get("net_name"),
@@ -296,8 +359,6 @@ def whois_from_json(data: dict[str, Any]) -> WhoisFacts:
 
 
 def origin_from_json(data: dict[str, Any]) -> OriginFacts:
-    asn = data.get("asn")
-    if asn is not None and not isinstance(asn, int):
-        raise TypeError("asn")
-    return OriginFacts(asn=asn, prefix=data.get("prefix"), cc=data.get("cc"), registry=data.get("registry"),
-                       as_name=data.get("as_name"))
+    # origin_as.py takes AS0 too (0 <= asn < 2**32): so does its cache row
+    return OriginFacts(asn=_cached_asn(data, lowest=0), prefix=data.get("prefix"), cc=data.get("cc"),
+                       registry=data.get("registry"), as_name=data.get("as_name"))

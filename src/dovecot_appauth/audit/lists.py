@@ -13,8 +13,10 @@ Theory of operation:
 - The per-login program reads each list once (a change applies at the next login, no reload).
   Parsing 2,000 CIDRs costs a few milliseconds, so when the cache directory is usable the
   parsed form of each file is kept there as a private marshal file (never pickle; see
-  private_file.py: `json` would cost a login its import and `re`), keyed by path, size and
-  mtime_ns. Compiled regexes cannot be stored; the cached form holds only patterns that
+  private_file.py: `json` would cost a login its import and `re`), keyed by path and the
+  file's stat signature (device, inode, size, mtime, ctime: a same-size file renamed into
+  place with the old mtime is read again), and not written for a file changed within
+  `RACY_NS`. Compiled regexes cannot be stored; the cached form holds only patterns that
   compiled when the file was parsed, and `regex_fullmatch` compiles lazily, only for the
   values a login actually checks, with a string fast path for the common `.*literal` forms.
 - `serve` calls `keep_warm()`: each file is then parsed once and kept in memory with its
@@ -45,7 +47,9 @@ if TYPE_CHECKING:
 CC_KINDS = ("network_cc", "as_cc", "countries")
 # Bump when the parsed form changes: older cache files are then ignored.
 # 5: long ip_networks lists carry their NetworkIndex ("index")
-CACHE_FORMAT = 5
+# 6: keyed by the file's whole stat signature (device, inode, size, mtime, ctime), not
+#    size and mtime alone; a file changed within RACY_NS is not cached
+CACHE_FORMAT = 6
 # Files larger than this are refused: a list is a few thousand lines, not a dump.
 MAX_LIST_BYTES = 16 * 1024 * 1024
 
@@ -315,8 +319,7 @@ def _read_cache(
             or data.get("format") != CACHE_FORMAT
             or data.get("path") != path
             or data.get("kind") != kind
-            or data.get("size") != st.st_size
-            or data.get("mtime_ns") != st.st_mtime_ns
+            or data.get("signature") != stat_signature(st)
         ):
             return None
         # marshal keeps tuples: the values come back as parsed (no list -> tuple pass)
@@ -337,12 +340,17 @@ def _read_cache(
 def _write_cache(
     cache_dir: str, kind: str, path: str, st: os.stat_result, entries: list[Entry], problems: list[Problem]
 ) -> None:
+    import time  # loaded already: only when a cache is written
+
+    if max(st.st_mtime_ns, st.st_ctime_ns) >= time.time_ns() - RACY_NS:
+        # changed within the file system's time granularity: a second write of the same size
+        # in that tick would keep the signature, so this parse is not kept (as load_kept)
+        return
     data = {
         "format": CACHE_FORMAT,
         "kind": kind,
         "path": path,
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
+        "signature": stat_signature(st),
         "entries": [(e.line, e.text, e.value, e.hint) for e in entries],
         "problems": [(p.where, p.message, p.level) for p in problems],
         "index": (NetworkIndex(tuple(entries)).tables()

@@ -178,7 +178,9 @@ def _check_alerts(result: Assessment, store: Store, config: Config, *, user: str
         return result
     from .alerts import Sighting
 
-    asns = result.facts.asns if result.facts else ()
+    # as events.event_row: the trusted sources' AS first, so that RDAP's (its network holder's
+    # word) cannot pass for the user's usual AS and keep an alert quiet
+    asns = (result.facts.trusted_asns or result.facts.asns) if result.facts else ()
     current = Sighting(now, mm.country.code if mm else None, asns[0] if asns else None,
                        mm.latitude if mm else None, mm.longitude if mm else None,
                        None if mm is None or mm.accuracy_radius_km is None else float(mm.accuracy_radius_km))

@@ -13,10 +13,17 @@ Theory of operation (order as upstream's `audit/line.py`, plus allow lists):
    Addresses are `(version, int)` pairs (`ipnum.py`): a login never imports `ipaddress`;
    the is_global table is derived from it when the config cache is written;
 3. allow lists (global files, then the user's inline lists) win over every deny list;
+   so they match only facts the admin can trust: the address itself, AS numbers from
+   MaxMind's ASN database and the origin-AS service (BGP-derived), countries from
+   MaxMind. Never RDAP's or DNS's: those are written by whoever holds the client's
+   address space, who can make a lookup fail but must never make an allow list match
+   (docs/SECURITY.md, "The client"). Deny lists match every source: more can only deny more;
 4. the deny lists in `DENY_RULES` order; the first match denies;
 5. nothing matched: `Outcome.UNKNOWN` (no objection; see `Outcome`).
-A fact that is unknown (its source timed out or is not configured) never matches a deny
-entry. `reverse_hostname` `<>` matches only a real "no PTR" (`facts.NO_PTR`).
+A fact that is unknown (its source timed out, is not configured, or its MaxMind database
+could not be read) never matches an allow or deny entry; when no list matched, the reason
+names each such source ("unknown: whois, maxmind city"). `reverse_hostname` `<>` matches
+only a real "no PTR" (`facts.NO_PTR`).
 
 Outcome semantics (upstream `main.py` /audit endpoint and `dovecot/audit.lua`): upstream
 has two results, 403 "forbidden" (a list or a disabled service matched) and 200
@@ -392,11 +399,21 @@ def match_coordinates(entries: tuple[Entry, ...], s: Subject) -> Found:
     return None
 
 
+def match_trusted_as_numbers(entries: tuple[Entry, ...], s: Subject) -> Found:
+    """Allow lists: the AS numbers of MaxMind's ASN database and the origin-AS service only
+    (`IpFacts.trusted_asns`); RDAP's origin AS is the registrant's word. None of them known:
+    UNKNOWN (not a match)."""
+    asns = s.facts.trusted_asns if s.facts else ()
+    if not asns:
+        return UNKNOWN
+    e = _first_in(entries, asns)
+    return None if e is None else (e, f"AS{e.value}")
+
+
 def match_countries(entries: tuple[Entry, ...], s: Subject) -> Found:
-    """Allow lists only: MaxMind's country of the address, else whois' network country."""
+    """Allow lists only: MaxMind's country of the address (never RDAP's network country, which
+    the registrant writes); UNKNOWN when MaxMind has none."""
     cc = s.maxmind.country.code if s.maxmind else None
-    if not cc:
-        cc = s.whois.net_cc if s.whois else None
     return _equal(entries, cc.upper() if cc else None)
 
 
@@ -415,9 +432,11 @@ DENY_RULES: tuple[tuple[str, Callable[[tuple[Entry, ...], Subject], Found]], ...
 )
 
 # Allow lists (global files, then the user's inline lists), checked before every deny list.
+# They win over every deny list, so they match only facts the client's network holder
+# cannot write (see the module docstring, item 3).
 ALLOW_RULES: tuple[tuple[str, Callable[[tuple[Entry, ...], Subject], Found]], ...] = (
     ("ip_networks", match_ip_networks),
-    ("as_numbers", match_as_numbers),
+    ("as_numbers", match_trusted_as_numbers),
     ("countries", match_countries),
 )
 
@@ -473,9 +492,18 @@ def circle_rule_matches(
 
 
 def _unknown_facts(facts: IpFacts | None) -> tuple[str, ...]:
+    """The facts the reason names as unknown: a source without an answer, and each MaxMind
+    database that could not be read ("maxmind city", "maxmind asn")."""
     if facts is None:
         return ("rdns", "maxmind", "whois")
-    return tuple(name for name in ("rdns", "maxmind", "whois") if getattr(facts, name) is None)
+    unknown: list[str] = []
+    for name in ("rdns", "maxmind", "whois"):
+        value = getattr(facts, name)
+        if value is None:
+            unknown.append(name)
+        elif name == "maxmind":
+            unknown.extend(f"maxmind {part}" for part in value.unavailable)
+    return tuple(unknown)
 
 
 def evaluate(

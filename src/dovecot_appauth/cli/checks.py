@@ -24,6 +24,7 @@ def check_all(path: str, *, check_database: bool = True, service_user: str | Non
     problems += check_lists(config)
     problems += check_as_service_user(path, config, service_user, already=problems)
     problems += check_audit_sources(config)
+    problems += check_allow_sources(config)
     problems += check_audit_log(config)
     problems += check_nextcloud(config)
     problems += check_account(config, check_database=check_database)
@@ -152,6 +153,32 @@ def check_audit_log(config: Config, journal_socket: str | None = None) -> list[P
     elif not audit.syslog_socket and not audit.log_file:
         problems.append(Problem("[audit]", 'the audit lines go nowhere: no journald here, syslog_socket = "" and '
                                 "no log_file", "warning"))
+    return problems
+
+
+def check_allow_sources(config: Config) -> list[Problem]:
+    """An allow list matches only facts the admin can trust (rules.ALLOW_RULES): AS numbers
+    from MaxMind's ASN database or the origin-AS service, MaxMind's country. Without the
+    source that feeds it, it can never allow a login: said here, before such a login."""
+    audit = config.audit
+    if not audit.enabled:
+        return []
+
+    def where(kind: str) -> list[str]:
+        found = [f"[audit.allow] {kind}"] if audit.allow.get(kind) else []
+        return found + [f'[audit.allow.users."{user}"] {kind}'
+                        for user, allow in sorted(audit.allow_users.items()) if getattr(allow, kind)]
+
+    problems = []
+    if not audit.maxmind.asn and not audit.origin_as.enabled:
+        problems += [Problem(w, "matches only the AS number of MaxMind's ASN database ([audit.maxmind] asn) or "
+                                "of the origin-AS service ([audit.origin_as]), and neither is configured: it can "
+                                "never allow a login (RDAP's origin AS is written by the network's holder, so it "
+                                "never allows)", "warning") for w in where("as_numbers")]
+    if not audit.maxmind.city:
+        problems += [Problem(w, "matches only MaxMind's country ([audit.maxmind] city), which is not configured: "
+                                "it can never allow a login (RDAP's network country is written by the network's "
+                                "holder, so it never allows)", "warning") for w in where("countries")]
     return problems
 
 

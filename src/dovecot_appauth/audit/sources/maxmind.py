@@ -2,9 +2,11 @@
 
 Not geoip2: it adds model classes and imports aiohttp/requests machinery we never use;
 the raw records have the same keys. Each database is optional. A configured file that is
-missing or unreadable makes its part unknown and is reported; when no configured file is
-readable the whole source raises SourceUnavailable. Results are cached by enrich.py until
-a file's `file_signature` changes.
+missing or unreadable makes its part unknown and is reported: named in the problems and in
+`MaxMindFacts.unavailable` (so the rule engine counts it as unknown, and enrich.py does not
+cache that partial answer); when no configured file is readable the whole source raises
+SourceUnavailable. Complete results are cached by enrich.py until a file's
+`file_signature` changes.
 
 Two readers of the same library:
 - `serve`, the CLI and tests use maxminddb's pure-Python reader over a memory map
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 
 from ..cache import file_signature
-from ..facts import GeoName, MaxMindFacts
+from ..facts import GeoName, MaxMindFacts, as_number
 from . import SourceUnavailable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
@@ -322,6 +324,7 @@ def lookup_detailed(ip: str, city_path: str | None, asn_path: str | None, *,
                     timeout: float | None = None) -> tuple[MaxMindFacts, list[str]]:
     """The facts from every readable database plus one problem line per unreadable one.
 
+    A configured database that cannot be read is named in the facts' `unavailable`.
     `timeout` bounds the per-login program's child (TimeoutError past it).
     """
     from ... import per_login_process
@@ -343,17 +346,22 @@ def lookup_detailed(ip: str, city_path: str | None, asn_path: str | None, *,
     records = dict(zip(paths, answers, strict=True))
     city: dict[str, Any] = {}
     asn: dict[str, Any] = {}
-    ok = 0
-    for path, target in ((city_path, city), (asn_path, asn)):
+    unavailable: list[str] = []
+    for part, path, target in (("city", city_path, city), ("asn", asn_path, asn)):
         if not path:
             continue
         found, value = records[path]
+        number = (value or {}).get("autonomous_system_number") if found and part == "asn" else None
+        if number is not None and (not isinstance(number, int) or as_number(number) is None):
+            # a genuine ASN database holds a uint32 there: anything else comes from damage
+            found, value = False, f"{path}: autonomous_system_number {str(number)[:40]!r} is no AS number " \
+                                  "(a damaged file?)"
         if found:
             target.update(value or {})
-            ok += 1
         else:
             problems.append(value)
-    if not ok:
+            unavailable.append(part)
+    if not paths or len(unavailable) == len(paths):
         raise MaxMindUnavailable("; ".join(problems) or "no MaxMind database configured")
     loc = city.get("location") or {}
     facts = MaxMindFacts(
@@ -369,6 +377,7 @@ def lookup_detailed(ip: str, city_path: str | None, asn_path: str | None, *,
         postal_code=(city.get("postal") or {}).get("code"),
         asn=asn.get("autonomous_system_number"),
         as_org=asn.get("autonomous_system_organization"),
+        unavailable=tuple(unavailable),
     )
     return facts, problems
 

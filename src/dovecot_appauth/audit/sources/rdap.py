@@ -31,7 +31,9 @@ Semantics, compared with ipwhois as upstream used it:
   ones (an org's abuse contact, say) are a superset that lists can match too.
 - `asn`: ipwhois gets it from Team Cymru's origin data. RDAP has no standard member for
   the origin AS of a network; ARIN's `arin_originas0_originautnums` is used where present
-  (first entry), otherwise the caller's `asn_hint` (enrich.py passes MaxMind's ASN).
+  (its first AS number, 0 < n < 2**32: `facts.as_number`), otherwise the caller's
+  `asn_hint` (enrich.py passes MaxMind's ASN). The registrant writes that member: the
+  rule engine lets deny lists match it, never allow lists (rules.py).
 - `as_desc`: like Cymru's description that ipwhois returned, `"NAME description, CC"`
   built from the autnum object's `name`, first untitled/"description" remark line and
   `country`; `as_cc` is that `country` (RFC 9083 autnum member; unset by some RIRs).
@@ -46,7 +48,7 @@ import time
 import urllib.parse
 
 from ...config import RdapConfig
-from ..facts import WhoisFacts
+from ..facts import WhoisFacts, as_number
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see values.py)
 if TYPE_CHECKING:
@@ -398,14 +400,16 @@ def as_description(obj: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def _origin_asn(obj: dict[str, Any]) -> int | None:
+    """The first AS number (0 < n < 2**32) of the network object's origin-AS member: what
+    else is written there ("AS99999999999999999999", "-7") is skipped, never stored (the
+    audit event's row takes no integer past 2**63 - 1; the facts are cached for days)."""
     for key in ("arin_originas0_originautnums", "originAutnums"):
         values = obj.get(key)
         if isinstance(values, list):
             for v in values:
-                try:
-                    return int(str(v).upper().removeprefix("AS"))
-                except ValueError:
-                    continue
+                asn = as_number(v)
+                if asn is not None:
+                    return asn
     return None
 
 
@@ -446,7 +450,7 @@ def _lookup(
         return WhoisFacts()
     asn = _origin_asn(net)
     if asn is None and asn_hint is not None:
-        asn = asn_hint() if callable(asn_hint) else asn_hint
+        asn = as_number(asn_hint() if callable(asn_hint) else asn_hint)
     as_desc = as_cc = None
     if asn is not None:
         autnum = _query(_bases(cfg, "asn", asn, budget, boot), f"autnum/{asn}", budget)

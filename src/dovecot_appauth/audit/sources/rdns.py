@@ -14,8 +14,9 @@ not an answer to our query (another id, not a response, another question, malfor
 take the first NOERROR or NXDOMAIN answer, follow CNAMEs within it (RFC 2317
 delegations), move on after a server error. Names are returned as dnspython's
 `to_text(omit_final_dot=True)` wrote them (special characters backslash-escaped, bytes
-outside printable ASCII as \\DDD). The system's nameservers are the `nameserver` lines
-of /etc/resolv.conf, as dnspython reads them.
+outside printable ASCII as \\DDD), and `<` and `>` escaped too, so that no name reads as
+`facts.NO_PTR` ("<>", "no PTR"): a PTR record `<>.` comes out as `\\<\\>`. The system's
+nameservers are the `nameserver` lines of /etc/resolv.conf, as dnspython reads them.
 
 `_ask` (dnspython's message code, imported when it is called) remains for
 sources/origin_as.py's TXT queries, an opt-in source.
@@ -287,12 +288,15 @@ def _read_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
         offset += length
 
 
-_ESCAPED = frozenset(b'"().;\\@$')
+# dnspython's escaped characters, and `<` `>`: the label "<>" must not print as NO_PTR
+_ESCAPED = frozenset(b'"().;\\@$<>')
 
 
 def name_text(labels: tuple[bytes, ...]) -> str:
     """dnspython's `Name.to_text(omit_final_dot=True)`: the root is "."; `"().;\\@$`
-    backslash-escaped; bytes outside printable ASCII as \\DDD (so never a control character)."""
+    backslash-escaped; bytes outside printable ASCII as \\DDD (so never a control character).
+    Also `<` and `>` backslash-escaped (dnspython leaves them): the name `<>.` reads
+    `\\<\\>`, never as NO_PTR ("<>")."""
     if not labels:
         return "."
     parts = []
