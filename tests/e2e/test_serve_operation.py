@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import threading
 import time
@@ -290,6 +291,107 @@ def test_a_10_mib_body_is_refused_without_being_buffered(site):
         assert grown < 4096, f"peak memory grew by {grown} KiB"
     finally:
         served.stop()
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """What serve sends until it closes the connection (socket.timeout, the socket's
+    own, fails the test)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_requests_not_sent_whole_are_closed_after_the_deadline(site):
+    """Connections a local process opens without ever finishing a request (no token
+    needed) are answered 408 and closed REQUEST_TIMEOUT (10 s) after they were made; a
+    real login meanwhile is answered. The workers' open-file limit is raised."""
+    from dovecot_appauth.serve.http import REQUEST_TIMEOUT, WANTED_NOFILE
+
+    created = site.create_password("deadline@example.com")
+    served = start(site, "deadline", "--workers", "1")
+    held: list[socket.socket] = []
+    try:
+        (worker,) = _workers(served.proc.pid)
+        limits = Path(f"/proc/{worker}/limits").read_text()
+        soft, hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()
+        assert int(soft) >= min(int(hard), WANTED_NOFILE), limits
+        for i in range(30):
+            sock = socket.create_connection(("127.0.0.1", served.port), timeout=REQUEST_TIMEOUT + 50)
+            sock.sendall(b"POST /verify HTTP/1.1\r\nHost: x\r\n" if i % 2 else b"")  # half a head, or nothing
+            held.append(sock)
+        status, answer = served.request("POST", "/verify", verify_body("deadline@example.com", created["password"],
+                                                                       GOOD_IP), token=site.token)
+        assert (status, answer["result"]) == (200, "ok")
+        for sock in held:
+            assert _until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    finally:
+        for sock in held:
+            sock.close()
+        served.stop()
+    log = (site.dir / "deadline.log").read_text()
+    assert log.count(f"closed: request not received within {REQUEST_TIMEOUT:g} s") == 30, log
+
+
+def test_an_oversized_head_is_refused_without_being_buffered(site):
+    """httptools keeps every header until the head ends: serve stops reading a head at
+    MAX_HEAD (431 and closed), so 64 MiB of headers cost the worker no memory."""
+    from dovecot_appauth.serve.http import MAX_HEAD
+
+    served = start(site, "head", "--workers", "1")
+    try:
+        (worker,) = _workers(served.proc.pid)
+        assert served.request("GET", "/health", timeout=5)[0] == 200
+        before = _peak_kib(worker)
+        sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+        try:
+            sock.sendall(b"POST /verify HTTP/1.1\r\nHost: x\r\n")
+            line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+            sent = 0
+            with pytest.raises(OSError):  # closed by serve long before it all went
+                while sent < 64 * 1024 * 1024:
+                    sock.sendall(line)
+                    sent += len(line)
+        finally:
+            sock.close()
+        grown = _peak_kib(worker) - before
+        assert grown < 4096, f"peak memory grew by {grown} KiB after {sent} bytes of headers"
+        sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+        try:
+            sock.sendall(b"POST /verify HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * MAX_HEAD + b"\r\n")
+            assert _until_closed(sock).startswith(b"HTTP/1.1 431 ")
+        finally:
+            sock.close()
+        assert served.request("GET", "/health", timeout=5)[0] == 200
+    finally:
+        served.stop()
+    assert f"closed: request head over {MAX_HEAD} bytes" in (site.dir / "head.log").read_text()
+
+
+def test_nested_json_and_a_nul_in_config_get_a_clean_answer_and_no_traceback(site):
+    served = start(site, "malformed", "--workers", "1")
+    try:
+        headers = {"Authorization": f"Bearer {site.token}", "Content-Type": "application/json"}
+        for path in ("/verify", "/policy?command=allow"):
+            conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+            try:
+                conn.request("POST", path, body=b"[" * 60000, headers=headers)
+                response = conn.getresponse()
+                assert response.status == 400, (path, response.status, response.read())
+            finally:
+                conn.close()
+        body = {**verify_body("nobody@example.com", WRONG, GOOD_IP), "config": str(site.path) + "\0"}
+        status, answer = served.request("POST", "/verify", body, token=site.token)
+        assert status == 409 and answer["result"] == "tempfail"
+    finally:
+        served.stop()
+    log = (site.dir / "malformed.log").read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
 
 
 @pytest.fixture

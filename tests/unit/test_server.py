@@ -172,6 +172,35 @@ def test_verify_bad_requests(site):
     assert site.post("/verify", {"user": 1, "password": None})[1]["result"] == "fail"
 
 
+def test_nested_json_and_an_unusable_config_name_are_refused_cleanly(site, capfd):
+    """JSON nested past Python's recursion limit is a bad request like any other bad JSON,
+    and a config name with a NUL (which os.path.realpath refuses) is another config: clean
+    answers, nothing decided, no traceback (uvicorn's is on the process's stderr)."""
+    for deep in (b"[" * 60000, b'{"user":' * 8000, b"[" * 30000 + b"]" * 30000):  # under MAX_BODY
+        assert site.post("/verify", deep) == (400, {"result": "fail", "reason": "bad request"})
+        assert site.post("/policy?command=allow", deep) == (400, {"status": 0, "msg": "bad request"})
+    body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+    for name in ("\0", site.engine.path + "\0", "/etc/\0/config.toml", "\udcff" * 5000):
+        status, answer = site.post("/verify", {**body, "config": name})
+        assert status == 409 and answer["result"] == "tempfail", name[:20]
+    assert sqlite3.connect(site.db).execute("SELECT count(*) FROM log").fetchone() == (0,)
+    assert site.post("/verify", {**body, "config": site.engine.path})[1]["result"] == "ok"
+    assert "Traceback" not in capfd.readouterr().err + site.log.getvalue()
+
+
+def test_an_error_outside_the_engine_is_a_tempfail_without_traceback(site, capfd):
+    def broken(body):
+        raise KeyError("a bug")
+
+    site.engine.throttled_answer = broken  # on the event loop, before the engine runs
+    body = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+    assert site.post("/verify", body) == (200, {"result": "tempfail"})
+    site.engine.same_config = broken
+    assert site.post("/verify", {**body, "config": "x"}) == (200, {"result": "tempfail"})
+    assert site.log.getvalue().count("internal error in verify: KeyError") == 2
+    assert "Traceback" not in capfd.readouterr().err + site.log.getvalue()
+
+
 def test_a_client_address_that_is_not_an_address_is_refused_not_taken_for_a_local_one(site):
     # the right password from a denied network, with a port stuck to the address: read as
     # "no client", it passed for a local process that no list or limit judges
@@ -341,10 +370,75 @@ def test_engine_reloads_the_config_on_change(tmp_path, file_clock):
     assert engine.config().audit.enabled  # not looked at again within the file check interval
     file_clock.advance()
     assert not engine.config().audit.enabled
+    good = path.read_text()
     path.write_text("[database\n")
     file_clock.advance()
     assert not engine.config().audit.enabled  # a broken edit keeps the previous config
-    assert "not reloaded" in engine.stderr.getvalue()
+    assert "not reloaded" in engine.reload_failed  # said by every request (the next test)
+    path.write_text(good)
+    file_clock.advance()
+    assert not engine.config().audit.enabled and engine.reload_failed is None
+
+
+def test_a_failed_reload_is_said_with_every_request_on_the_previous_config(site, file_clock):
+    path = site.dir / "config.toml"
+    good = path.read_text()
+    verify = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+    assert site.post("/verify", verify)[1]["result"] == "ok"
+    path.write_text(good.replace("[database]", "[database", 1))
+    file_clock.advance()
+    assert site.post("/verify", verify)[1]["result"] == "ok"  # the previous config answers
+    assert site.post("/verify", {**verify, "password": "nope"})[1] == {"result": "fail"}
+    assert site.post("/policy?command=allow", {"login": "alice@example.com", "remote": DENIED_IP,
+                                               "protocol": "imap"})[1]["status"] == -1
+    said = [line for line in site.log.getvalue().splitlines() if "not reloaded" in line]
+    assert len(said) == 3, site.log.getvalue()  # one line with each request, not once
+    assert all(line.startswith(f"dovecot-appauth serve: configuration {path} not reloaded (keeping the "
+                               "previous one): ") for line in said)
+    path.write_text(good)
+    file_clock.advance()
+    assert site.post("/verify", verify)[1]["result"] == "ok"
+    assert site.log.getvalue().count("not reloaded") == 3  # mended: said no more
+
+
+def test_a_worker_started_after_the_config_broke_fails_closed_and_says_why(tmp_path):
+    path, _ = _site(tmp_path)
+    path.write_text(path.read_text().replace("[database]", "[database", 1))
+    log = io.StringIO()
+    served = Served(build_app(Engine(str(path), stderr=log), TOKEN), TOKEN)
+    try:
+        verify = {"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}
+        assert [served.post("/verify", verify) for _ in range(2)] == [(200, {"result": "tempfail"})] * 2
+        policy = {"login": "alice@example.com", "remote": ALLOWED_IP, "protocol": "imap"}
+        assert served.post("/policy?command=allow", policy)[0] == 503
+    finally:
+        served.close()
+        keep_warm(False)
+        keep_cache_open(False)
+    said = [line for line in log.getvalue().splitlines() if line.startswith(f"dovecot-appauth serve: configuration "
+                                                                              f"{path}: ")]
+    assert len(said) == 3, log.getvalue()
+
+
+def test_a_config_renamed_into_place_with_the_same_size_and_mtime_is_loaded(tmp_path, file_clock):
+    """The stat a change is seen by includes the inode (and ctime): a config replaced by a
+    rename with the same size and mtime (rsync -t, a deployment tool) is loaded."""
+    path, _ = _site(tmp_path)
+    engine = Engine(str(path), stderr=io.StringIO())
+    assert engine.config().audit.enabled
+    text = path.read_text()
+    assert engine.config().userdb.uid == "5000"
+    new = text.replace('uid = "5000"', 'uid = "6000"', 1)
+    assert len(new) == len(text)
+    before = os.stat(path)
+    temp = tmp_path / "config.toml.new"
+    temp.write_text(new)
+    os.utime(temp, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.rename(temp, path)
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    file_clock.advance()
+    assert engine.config().userdb.uid == "6000"
 
 
 # --- serve's Unix socket and token file ---------------------------------------------------
@@ -708,3 +802,64 @@ def test_a_client_gone_before_its_body_arrived_is_not_answered(tmp_path):
     scope, _ = _asgi_call("/verify", body)  # the same request, whole: decided
     sent = answer(scope, [{"type": "http.request", "body": body, "more_body": False}])
     assert sent[0]["status"] == 200 and json.loads(sent[1]["body"])["result"] == "ok"
+
+
+SUPERVISOR_SCRIPT = """
+import os, signal, sys, time
+from dovecot_appauth.serve.server import Supervisor
+import socket
+
+real_fork = os.fork
+
+
+def slow_fork():  # the child is slow to get going: SIGTERM reaches it before its own handling
+    pid = real_fork()
+    if pid == 0:
+        time.sleep(0.5)
+    return pid
+
+
+os.fork = slow_fork
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+
+
+def target():
+    while True:
+        time.sleep(1)
+
+
+class Stopped(Supervisor):
+    def _start(self):
+        super()._start()
+        if len(self.children) == 1:  # systemctl stop while the workers are started
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+supervisor = Stopped(listener, target, 3)
+print("started", supervisor.run(), flush=True)
+"""
+
+
+def test_sigterm_while_the_workers_start_stops_them_all(tmp_path):
+    """A SIGTERM that arrives while the workers are being started: no more are started,
+    and the one forked just before, which had not yet put its own signal handling in
+    place, ends too (the signal waits, blocked, until it has): run() returns."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        out, err = "(no answer within 60 s)", ""
+    finally:
+        try:  # whatever is left of it, workers included
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert out == "started 0\n", out + err

@@ -42,9 +42,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .base import CliError
 
     try:
+        from ..serve import http  # noqa: F401  (uvicorn's httptools protocol: serve/http.py)
         from ..serve.server import serve
     except ImportError as e:
-        raise CliError("serve needs starlette, uvicorn and prometheus_client: "
+        raise CliError("serve needs starlette, uvicorn, httptools and prometheus_client: "
                        f"pip install 'dovecot-appauth[serve]' ({e})") from None
     if args.token_file and args.insecure_no_token:
         raise CliError("--token-file and --insecure-no-token contradict each other")

@@ -33,7 +33,9 @@ code (`build_app`'s `app`, `Call`); the others are a Starlette app.
 
 Processes: `serve` listens, then forks `workers` processes that share the listening
 socket (Supervisor), each with its own engine (pool, caches), so hashing and the audit
-use every core; SIGTERM lets each finish the requests in flight.
+use every core; SIGTERM lets each finish the requests in flight. Each worker's HTTP
+connections (serve/http.py): a request must arrive whole within REQUEST_TIMEOUT, its
+head within MAX_HEAD bytes, and a worker keeps a bounded number of connections open.
 
 Trust: with a token (the default on TCP), a caller that shows it is Dovecot and may name
 the client's address and report logins; without one, it may not (see build_app).
@@ -93,8 +95,11 @@ class Engine:
         self.threads_only = False  # serve --threads-only: no request runs on the event loop
         self._on_loop: tuple[Config | None, bool] = (None, False)  # config -> may_run_on_loop
         self.metrics: Any = None
-        self._key: tuple[int, int] | None = None
+        self._key: tuple[int, ...] | None = None
         self._config: Config | None = None
+        # the line said with every request while a changed config file cannot be loaded and
+        # the previous config answers (None when the file in force is the one loaded)
+        self.reload_failed: str | None = None
         self._lists: dict[str, tuple[int, ...] | None] = {}  # list file -> lists.stat_signature
         self._watched: tuple[Config | None, list[tuple[str, str]]] = (None, [])  # config, its (kind, list file)
         # (filestat generation, until when): the list files' stats are reused till then, so
@@ -108,10 +113,18 @@ class Engine:
         filestat.set_interval(file_check_interval)
 
     def same_config(self, named: Any) -> bool:
-        """True unless the caller named a config file (the fast path does) other than this one."""
+        """True unless the caller named a config file (the fast path does) other than this
+        one; False for anything that is not a usable path (not a string, a NUL in it)."""
         if named is None:
             return True
-        return isinstance(named, str) and (named == self.real_path or os.path.realpath(named) == self.real_path)
+        if not isinstance(named, str) or "\0" in named:
+            return False
+        if named == self.real_path:
+            return True
+        try:
+            return os.path.realpath(named) == self.real_path
+        except (OSError, ValueError):  # e.g. a name the file system cannot take
+            return False
 
     @staticmethod
     def client_key(body: dict[str, Any]) -> tuple[str, str] | None:
@@ -150,8 +163,22 @@ class Engine:
         return answer
 
     def config(self) -> Config:
-        st = filestat.stat(self.path)
-        key = (st.st_mtime_ns, st.st_size)
+        """The config, loaded again when its file's stat changed: size, mtime, ctime or
+        inode (a file renamed into place with the same size and mtime, or rewritten and
+        given its old mtime back, is still seen). A change that cannot be loaded keeps the
+        previous config, and `reload_failed` says so (with every request: the requests
+        write it to their log); without a previous one (a worker started after the file
+        broke) every request is a temporary failure that says why (TempFail)."""
+        try:
+            st = filestat.stat(self.path)
+        except OSError as e:
+            if self._config is None:
+                raise TempFail(f"configuration {self.path}: {e.strerror or e}") from None
+            self.reload_failed = (f"configuration {self.path} cannot be read (keeping the previous one): "
+                                  f"{e.strerror or e}")
+            self._key = None  # loaded again once it can be read
+            return self._config
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if key != self._key or self._config is None:
             first = self._config is None
             try:
@@ -159,9 +186,10 @@ class Engine:
             except ConfigError as e:
                 if self._config is None:
                     raise TempFail(f"configuration {self.path}: {e}") from None
-                self.say(f"configuration {self.path} not reloaded (keeping the previous one): {e}")
+                self.reload_failed = f"configuration {self.path} not reloaded (keeping the previous one): {e}"
                 self._count_reload("failed")
             else:
+                self.reload_failed = None
                 if not first:
                     self._count_reload("ok")
             self._key = key
@@ -263,8 +291,10 @@ class Engine:
                                local_ip=_ip(body.get("local_ip")), remote_port=_port(body.get("remote_port")),
                                local_port=_port(body.get("local_port")))
         config = self.config()
-        pool = self._pool_for(config)
         log = io.StringIO()  # said when the request is answered (not when it is run again)
+        if self.reload_failed is not None:
+            log.write(self.reload_failed + "\n")
+        pool = self._pool_for(config)
         try:
             with pool.store(config.database.dsn, config.database.connect_timeout) as store:
                 outcome = decide(request, config, now=time.time(), stderr=log, store=store, hold_throttled=False)
@@ -299,6 +329,9 @@ class Engine:
         from ..audit.pipeline import assess
 
         config = self.config()
+        log = io.StringIO()  # said when the request is answered (not when it is run again)
+        if self.reload_failed is not None:
+            log.write(self.reload_failed + "\n")
         pool = self._pool_for(config)
         user = _text(body.get("login"), "")
         service = _text(body.get("protocol"), "imap").lower()
@@ -307,13 +340,13 @@ class Engine:
         except BadAddress as e:
             # never "no client" (a local process, which no list judges): a check is
             # refused; a report is not audited (the login has happened either way)
+            self._relay(log)
             self.say(f"user {user}: {'refused' if command == 'allow' else 'report not audited'}: {e}")
             if command == "allow":
                 self._count_check("deny")
                 return {"status": -1, "msg": "Authentication failed"}
             return {"status": 0, "msg": ""}
         now = time.time()
-        log = io.StringIO()
         again = False  # WouldWait: the messages are said by the run on a thread
         try:
             if command == "report":
@@ -529,7 +562,7 @@ def _json(body: bytes) -> dict[str, Any] | None:
         # surrogateescape: a client's password need not be UTF-8 (Dovecot passes its bytes
         # on); such a password is a wrong one (verify), not a malformed request
         data = json.loads(body.decode("utf-8", "surrogateescape") or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep ("[" * 60000)
         return None
     return data if isinstance(data, dict) else None
 
@@ -797,10 +830,15 @@ def build_app(engine: Engine, token: str | None = None, *, callers_trusted: bool
         endpoint, handler = found
         started = time.monotonic()
         try:  # its time observed in the latency histogram, whatever the answer
-            status, content = await handler(Call(scope, receive))
+            try:
+                status, content = await handler(Call(scope, receive))
+            except Disconnected:
+                return  # nobody left to answer
+            except Exception as e:  # a bug: a temporary failure and one line, never a traceback
+                engine.say(f"internal error in {endpoint}: {type(e).__name__}")
+                status, content = (200, {"result": "tempfail"}) if endpoint == "verify" else \
+                    (503, {"status": 0, "msg": "temporary failure"})
             await _send_json(send, content, status)
-        except Disconnected:
-            pass  # nobody left to answer
         finally:
             latency[endpoint].observe(time.monotonic() - started)
 
@@ -820,6 +858,15 @@ def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: s
     event loop (Engine.may_run_on_loop). Returns the exit status. Raises OSError (cannot
     listen)."""
     Engine(config_path).config()  # a broken config fails at start, not at the first login
+    from .http import MAX_CONNECTIONS, connections_allowed, raise_open_file_limit
+
+    # descriptors for many connections and the engine (inherited by the workers); each
+    # worker keeps at most `max_connections` open (serve/http.py)
+    max_connections = connections_allowed(raise_open_file_limit())
+    if max_connections < MAX_CONNECTIONS:
+        print(f"dovecot-appauth serve: the open-file limit ({resource_limit()}) allows {max_connections} "
+              f"connections per worker, not {MAX_CONNECTIONS} (raise it: LimitNOFILE= or ulimit -n)",
+              file=sys.stderr)
     if uds:
         listener = unix_listener(uds, socket_mode)
         if callers_trusted is None:
@@ -830,24 +877,49 @@ def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8077, uds: s
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family, backlog=2048)
     supervisor = Supervisor(listener, lambda: _worker(config_path, listener, token, callers_trusted,
-                                                      max_requests, file_check_interval, threads_only), workers)
+                                                      max_requests, file_check_interval, threads_only,
+                                                      max_connections), workers)
     return supervisor.run()
+
+
+def resource_limit() -> str:
+    """The soft open-file limit, as said in the log."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+
+
+def uvicorn_config(app: Any, say: Any = None, **bounds: Any) -> Any:
+    """The uvicorn.Config a worker runs `app` with. `bounds`: serve/http.py's
+    guarded_protocol arguments (request_timeout, max_head, max_connections; tests make
+    the timeout shorter); `say`: where its refusals are said."""
+    import uvicorn
+
+    from .http import guarded_protocol
+
+    # proxy_headers=False: uvicorn's default takes X-Forwarded-For from a client on
+    # 127.0.0.1 as the client's address, so without a token any local process could name
+    # an exempt client (build_app's `peer`); `serve` is never behind a proxy that sets it.
+    # http: httptools with a deadline per request and bounds on the head and the
+    # connections (serve/http.py); ws="none": no WebSocket upgrade, whatever is installed
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                          timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=False,
+                          http=guarded_protocol(say=say, **bounds), ws="none")
 
 
 def _worker(config_path: str, listener: Any, token: str | None, callers_trusted: bool | None,
             max_requests: int, file_check_interval: float = DEFAULT_FILE_CHECK_INTERVAL,
-            threads_only: bool = False) -> None:
+            threads_only: bool = False, max_connections: int | None = None) -> None:
     """One worker process: its own engine (pool, caches) on the shared socket."""
     import uvicorn
+
+    from .http import MAX_CONNECTIONS
 
     engine = Engine(config_path, file_check_interval=file_check_interval)
     engine.threads_only = threads_only
     app = build_app(engine, token, callers_trusted=callers_trusted, max_requests=max_requests)
-    # proxy_headers=False: uvicorn's default takes X-Forwarded-For from a client on
-    # 127.0.0.1 as the client's address, so without a token any local process could name
-    # an exempt client (build_app's `peer`); `serve` is never behind a proxy that sets it
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS, proxy_headers=False)
+    config = uvicorn_config(app, engine.say, max_connections=max_connections or MAX_CONNECTIONS)
     uvicorn.Server(config).run(sockets=[listener])
 
 
@@ -891,6 +963,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, stop)
         try:
             for _ in range(self.count):
+                if self.stopping:  # SIGTERM while the workers are started: no more of them
+                    break
                 self._start()
             while self.children:
                 try:
@@ -916,14 +990,25 @@ class Supervisor:
         return 0
 
     def _start(self) -> None:
+        """Fork a worker. SIGTERM and SIGINT are blocked around the fork: one that arrives
+        then waits, in the parent until the child is in `children` (so `stop` signals it
+        too), in the child until the parent's handlers are replaced by the default ones (so
+        it ends the child instead of running the parent's `stop` there and being lost)."""
         import signal
 
-        pid = os.fork()
+        stop_signals = {signal.SIGTERM, signal.SIGINT}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
         if pid == 0:  # the worker
             code = 0
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGTERM ends it here
                 self.target()
             except BaseException as e:  # never return into the parent's loop
                 if not isinstance(e, (KeyboardInterrupt, SystemExit)):
@@ -932,6 +1017,7 @@ class Supervisor:
             finally:
                 os._exit(code)
         self.children[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _status_text(status: int) -> str:
