@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+class LookupTimeout(TimeoutError):
+    """The host name's lookup had no answer within the timeout (not a connect that timed out)."""
+
+
 def is_ip_address(host: str) -> bool:
     """Whether `host` is an IPv4 or IPv6 address (nothing to resolve)."""
     from _socket import AF_INET, AF_INET6, inet_pton  # loaded with PyMySQL's socket
@@ -54,7 +58,7 @@ def getaddrinfo_within(host: str, port: int, timeout: float) -> list[tuple[Any, 
 
     _thread.start_new_thread(ask, ())
     if not done.acquire(timeout=max(timeout, 0.001)):
-        raise TimeoutError
+        raise LookupTimeout
     if isinstance(answer[0], BaseException):
         raise answer[0]
     return answer[0]
@@ -63,8 +67,9 @@ def getaddrinfo_within(host: str, port: int, timeout: float) -> list[tuple[Any, 
 def connect_within(host: str, port: int, timeout: float) -> Any:
     """A TCP socket connected to `host` (a name or an address) within `timeout` seconds in
     all: the lookup and then each address in turn, as socket.create_connection tries them.
-    Raises TimeoutError past the deadline, OSError (socket.gaierror) when no connection is
-    made."""
+    Raises LookupTimeout when the lookup is late, TimeoutError when the connects are,
+    OSError (socket.gaierror: no such name; the last address's error) or UnicodeError (a
+    label the idna codec refuses) when no connection is made."""
     import socket
     import time
 

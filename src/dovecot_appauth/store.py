@@ -591,35 +591,25 @@ class MysqlStore:
             raise TempFail(f"cannot connect to {self.where}: {self._message(e)}") from None
 
     def _tcp(self, host: str, port: int, timeout: float, error: type[Exception]) -> Any:
-        """A TCP connection to `host`, a name, as PyMySQL would make it (socket.create_connection:
-        each address in turn, `timeout` each), but with the name resolved within `timeout`.
+        """A TCP connection to `host`, a name, as PyMySQL would make it (each address in turn,
+        its socket options), but the lookup and the connects within `timeout` in all
+        (resolver.connect_within).
         `error(2003, ...)` as PyMySQL raises it when no connection is made; TempFail when
         the resolver does not answer in time."""
         import socket
 
-        from .resolver import getaddrinfo_within
+        from .resolver import LookupTimeout, connect_within
 
         try:
-            addresses = getaddrinfo_within(host, port, timeout)
-        except TimeoutError:
+            sock = connect_within(host, port, timeout)
+        except LookupTimeout:
             raise TempFail(f"cannot connect to {self.where}: no answer from the resolver for {host} within "
                            f"{timeout:g} s") from None
-        except Exception as e:  # socket.gaierror, UnicodeError (an overlong label)
+        except (OSError, UnicodeError) as e:  # socket.gaierror, refused, timed out; an overlong label
             raise error(2003, f"Can't connect to MySQL server on {host!r} ({e})") from None
-        last: Exception | None = None
-        for family, kind, proto, _name, address in addresses:
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(address)
-            except OSError as e:
-                sock.close()
-                last = e
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as PyMySQL's connect does
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            return sock
-        raise error(2003, f"Can't connect to MySQL server on {host!r} ({last or 'no address'})")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as PyMySQL's connect does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock
 
     @staticmethod
     def _message(error: Exception) -> str:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import _give_to_dovecot, run_cli
 from tests.e2e.test_end_to_end_serve import LUA_MODULE, LUA_SCRIPT
+from tests.support.common import until_closed
 from tests.support.localservers import BlackHoleDns
 from tests.support.serve import Service
 
@@ -293,20 +294,6 @@ def test_a_10_mib_body_is_refused_without_being_buffered(site):
         served.stop()
 
 
-def _until_closed(sock: socket.socket) -> bytes:
-    """What serve sends until it closes the connection (socket.timeout, the socket's
-    own, fails the test)."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
 def test_requests_not_sent_whole_are_closed_after_the_deadline(site):
     """Connections a local process opens without ever finishing a request (no token
     needed) are answered 408 and closed REQUEST_TIMEOUT (10 s) after they were made; a
@@ -329,7 +316,7 @@ def test_requests_not_sent_whole_are_closed_after_the_deadline(site):
                                                                        GOOD_IP), token=site.token)
         assert (status, answer["result"]) == (200, "ok")
         for sock in held:
-            assert _until_closed(sock).startswith(b"HTTP/1.1 408 ")
+            assert until_closed(sock).startswith(b"HTTP/1.1 408 ")
     finally:
         for sock in held:
             sock.close()
@@ -364,7 +351,7 @@ def test_an_oversized_head_is_refused_without_being_buffered(site):
         sock = socket.create_connection(("127.0.0.1", served.port), timeout=30)
         try:
             sock.sendall(b"POST /verify HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * MAX_HEAD + b"\r\n")
-            assert _until_closed(sock).startswith(b"HTTP/1.1 431 ")
+            assert until_closed(sock).startswith(b"HTTP/1.1 431 ")
         finally:
             sock.close()
         assert served.request("GET", "/health", timeout=5)[0] == 200

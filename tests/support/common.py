@@ -32,6 +32,20 @@ def fill_datagram_queue(path: str | os.PathLike, datagram: bytes = b"x" * 512, l
     raise AssertionError(f"the queue of {path} never filled")
 
 
+def until_closed(sock: socket.socket) -> bytes:
+    """Everything a server sends on `sock` until it closes the connection (the socket's own
+    timeout, socket.timeout, fails the caller)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
 def stop_process_group(proc: subprocess.Popen, timeout: float = 10) -> None:
     """SIGTERM to the process group of `proc` (started with start_new_session=True), SIGKILL
     if it has not ended within `timeout`; nothing if it already has."""

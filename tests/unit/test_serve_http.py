@@ -23,6 +23,7 @@ from dovecot_appauth.audit.lists import keep_warm  # noqa: E402
 from dovecot_appauth.core import WouldWait, must_not_wait  # noqa: E402
 from dovecot_appauth.serve.http import MAX_HEAD, connections_allowed  # noqa: E402
 from dovecot_appauth.serve.server import Engine, build_app, uvicorn_config  # noqa: E402
+from tests.support.common import until_closed  # noqa: E402
 from tests.unit.test_server import ALLOWED_IP, PASSWORD, TOKEN, _site  # noqa: E402
 
 VERIFY = json.dumps({"user": "alice@example.com", "password": PASSWORD, "remote_ip": ALLOWED_IP}).encode()
@@ -81,20 +82,6 @@ def serve_with(tmp_path):
         served.close()
     keep_warm(False)  # the Engine turned these on for this process
     keep_cache_open(False)
-
-
-def until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (30 s at most: a
-    socket.timeout fails the test)."""
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 def answer(sock: socket.socket) -> tuple[int, bytes]:
