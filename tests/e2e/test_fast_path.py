@@ -270,7 +270,10 @@ class HungServe:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.held.append(conn)
+            self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:
+        self.held.append(conn)  # never answered, never closed until close()
 
     def close(self) -> None:
         self.sock.close()
@@ -458,41 +461,30 @@ def test_a_socket_of_another_user_gets_no_password(site, tmp_path):
     assert created["password"] not in result.stderr
 
 
-class FakeServe:
+class FakeServe(HungServe):
     """A Unix socket (root's, in a 0700 directory: trusted) that answers every request with
     `body` (HTTP 200): a serve of another version, or a broken one."""
 
     def __init__(self, path: Path, body: bytes):
         self.body = body
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(path)
 
-    def _accept(self) -> None:
-        while True:
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            data = b""
             try:
-                conn, _ = self.sock.accept()
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096) or b"\r\n\r\n"
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(rest) < length and (chunk := conn.recv(4096)):
+                    rest += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (len(self.body), self.body))
             except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                try:
-                    while b"\r\n\r\n" not in data:
-                        data += conn.recv(4096) or b"\r\n\r\n"
-                    head, _, rest = data.partition(b"\r\n\r\n")
-                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                                   if line.lower().startswith(b"content-length:")), 0)
-                    while len(rest) < length and (chunk := conn.recv(4096)):
-                        rest += chunk
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                                 b"Connection: close\r\n\r\n%s" % (len(self.body), self.body))
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
+                pass
 
 
 def _serve_answers(tmp_path: Path, site, name: str, answer: dict) -> tuple[FakeServe, Path]:
