@@ -167,7 +167,7 @@ def parse_request(data: bytes) -> Credentials:
         username = raw_user.decode("utf-8")
     except UnicodeDecodeError:
         raise Misuse("username on fd 3 is not valid UTF-8") from None
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in username):
+    if has_control_character(username):
         raise Misuse("username on fd 3 contains a control character")
     try:
         password: str | None = raw_password.decode("utf-8")
@@ -313,17 +313,22 @@ def utf8_ok(text: str) -> bool:
     return True
 
 
+def has_control_character(text: str) -> bool:
+    """A C0 control character or DEL in `text`."""
+    return any(ord(ch) < 0x20 or ch == "\x7f" for ch in text)
+
+
 def username_ok(name: str) -> bool:
     """A user name as `parse_request` takes one from fd 3: not empty, UTF-8, no control character."""
-    return bool(name) and not any(ord(ch) < 0x20 or ch == "\x7f" for ch in name) and utf8_ok(name)
+    return bool(name) and not has_control_character(name) and utf8_ok(name)
 
 
 def field_name_ok(name: str) -> bool:
     """A Dovecot extra-field name that survives both ways of answering (reply.py): written
     to fd 4 (`encode_reply` refuses an empty one or one with "="), and given to the reply
     helper as an environment variable listed, space-separated, in EXTRA."""
-    return bool(name) and not any(ch.isspace() or ch == "=" or ord(ch) < 0x20 or ord(ch) == 0x7F
-                                  for ch in name) and utf8_ok(name)
+    return (bool(name) and not has_control_character(name) and not any(ch.isspace() or ch == "=" for ch in name)
+            and utf8_ok(name))
 
 
 def encode_reply(fields: list[tuple[str, str | None]]) -> bytes:

@@ -79,15 +79,9 @@ def _matches_nothing(password: str) -> bool:
     """A password no stored hash can be for: one with a NUL (libcrypt and PHP's crypt take
     C strings, bcrypt refuses it) or with a lone surrogate (not UTF-8, which every scheme
     hashes). Dovecot's fd 3 cannot carry either; serve's /verify JSON can."""
-    if "\0" in password:
-        return True
-    if password.isascii():
-        return False
-    try:
-        password.encode()
-    except UnicodeEncodeError:
-        return True
-    return False
+    from .core import utf8_ok  # loaded already by every program that checks a password
+
+    return "\0" in password or not utf8_ok(password)
 
 
 def verify(password: str, stored: str) -> bool:

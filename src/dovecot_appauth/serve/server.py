@@ -54,7 +54,7 @@ from typing import Any
 
 from .. import filestat
 from ..config import Config, ConfigError, load
-from ..core import LoginRequest, Mode, TempFail, WouldWait, must_not_wait, run_on_loop
+from ..core import LoginRequest, Mode, TempFail, WouldWait, must_not_wait, run_on_loop, utf8_ok
 from ..filestat import DEFAULT_INTERVAL as DEFAULT_FILE_CHECK_INTERVAL
 from .pool import StorePool
 
@@ -274,10 +274,10 @@ class Engine:
         if not isinstance(user, str) or not isinstance(password, str) or not user:
             return {"result": "fail", "reason": "user and password must be strings"}
         service = _text(body.get("service"), "imap").lower()
-        if not _utf8(user):
+        if not utf8_ok(user):
             self._count_login("verify", "fail", _label(service))
             return {"result": "fail"}  # no user has such a name
-        if not _utf8(password):
+        if not utf8_ok(password):
             password = None  # as from fd 3: not UTF-8, so it matches nothing (after the same hash work)
         try:
             remote_ip = _client_ip(body.get("remote_ip"))
@@ -427,14 +427,6 @@ _SERVICES = frozenset(("imap", "pop3", "smtp", "submission", "lmtp", "managesiev
 def _port(value: Any) -> int | None:
     """A TCP port from a request body (the per-login fast path sends Dovecot's), else None."""
     return value if type(value) is int and 0 < value < 65536 else None
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _text(value: Any, default: str) -> str:
