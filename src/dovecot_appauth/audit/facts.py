@@ -232,11 +232,7 @@ class IpFacts(Value):
     @property
     def asns(self) -> tuple[int, ...]:
         """Every AS number a source reported, the preferred first (whois, origin AS, MaxMind)."""
-        found = []
-        for source in (self.whois, self.origin, self.maxmind):
-            if source is not None and source.asn is not None and source.asn not in found:
-                found.append(source.asn)
-        return tuple(found)
+        return _distinct_asns(self.whois, self.origin, self.maxmind)
 
     @property
     def trusted_asns(self) -> tuple[int, ...]:
@@ -244,11 +240,7 @@ class IpFacts(Value):
         MaxMind's ASN database's (the admin's file). Never RDAP's: its origin AS
         (`originAutnums`) is written by whoever registered the network, i.e. the client's
         address space holder (docs/SECURITY.md, "The client")."""
-        found = []
-        for source in (self.origin, self.maxmind):
-            if source is not None and source.asn is not None and source.asn not in found:
-                found.append(source.asn)
-        return tuple(found)
+        return _distinct_asns(self.origin, self.maxmind)
 
     @property
     def as_cc(self) -> str | None:
@@ -295,6 +287,15 @@ class IpFacts(Value):
 def _geo(data: dict[str, Any] | None) -> GeoName:
     data = data or {}
     return GeoName(data.get("geoname_id"), data.get("name"), data.get("code"))
+
+
+def _distinct_asns(*sources: Any) -> tuple[int, ...]:
+    """The AS number of each source that has one, in the sources' order, each once."""
+    found: list[int] = []
+    for source in sources:
+        if source is not None and source.asn is not None and source.asn not in found:
+            found.append(source.asn)
+    return tuple(found)
 
 
 def as_number(value: Any) -> int | None:
